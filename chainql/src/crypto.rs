@@ -1,0 +1,316 @@
+//! Keys, addresses and domain-separated ed25519 signatures.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use ed25519_dalek::Signer;
+#[cfg(test)]
+use ed25519_dalek::Verifier;
+
+use crate::hash::Hash;
+use crate::{Error, Result};
+
+/// Signatures over a transaction sign `TRANSACTION_DOMAIN || 0x00 || transaction bytes`.
+pub const TRANSACTION_DOMAIN: &str = "chainql/transaction/v1";
+/// Signatures over a block header sign `BLOCK_HEADER_DOMAIN || 0x00 || header bytes`.
+pub const BLOCK_HEADER_DOMAIN: &str = "chainql/block-header/v1";
+const ADDRESS_DOMAIN: &str = "chainql/address/v1";
+const KEY_FILE_MAGIC: &str = "chainql-ed25519-secret-key v1";
+
+/// The bytes an ed25519 signature covers: a domain naming the message type and version, a zero
+/// byte, then the encoded message. A signature for one kind of message is never valid for another.
+pub fn signing_bytes(domain: &str, message: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(domain.len() + 1 + message.len());
+    bytes.extend_from_slice(domain.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(message);
+    bytes
+}
+
+/// An account's address: the first 20 bytes of a tagged blake3 digest of its public key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address(pub [u8; 20]);
+
+impl Address {
+    pub fn to_hex(&self) -> String {
+        format!("0x{}", hex::encode(self.0))
+    }
+
+    /// Parses `0x` followed by 40 hex digits.
+    pub fn from_hex(text: &str) -> Result<Address> {
+        let digits = text
+            .strip_prefix("0x")
+            .ok_or_else(|| Error::InvalidAddress(text.to_string()))?;
+        let bytes = hex::decode(digits).map_err(|_| Error::InvalidAddress(text.to_string()))?;
+        let bytes: [u8; 20] = bytes
+            .try_into()
+            .map_err(|_| Error::InvalidAddress(text.to_string()))?;
+        Ok(Address(bytes))
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// An ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(ed25519_dalek::VerifyingKey);
+
+impl PublicKey {
+    /// Reads a 32-byte public key; refuses bytes that are not a point on the curve.
+    pub fn from_bytes(bytes: &[u8]) -> Result<PublicKey> {
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::InvalidPublicKey(format!("{} bytes, expected 32", bytes.len())))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| Error::InvalidPublicKey("not a valid ed25519 point".into()))?;
+        Ok(PublicKey(key))
+    }
+
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn address(&self) -> Address {
+        let digest = Hash::tagged(ADDRESS_DOMAIN, &[self.0.as_bytes()]);
+        let mut address = [0; 20];
+        address.copy_from_slice(&digest.0[..20]);
+        Address(address)
+    }
+
+    /// Verifies `signature` over `domain`-separated `message`, in strict mode (no malleable or
+    /// small-order signatures).
+    pub fn verify(&self, domain: &str, message: &[u8], signature: &[u8]) -> Result<()> {
+        let signature = parse_signature(signature)?;
+        self.0
+            .verify_strict(&signing_bytes(domain, message), &signature)
+            .map_err(|_| Error::BadSignature)
+    }
+
+    pub(crate) fn inner(&self) -> &ed25519_dalek::VerifyingKey {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey(0x{})", hex::encode(self.0.as_bytes()))
+    }
+}
+
+pub(crate) fn parse_signature(bytes: &[u8]) -> Result<ed25519_dalek::Signature> {
+    let bytes: [u8; 64] = bytes.try_into().map_err(|_| Error::BadSignature)?;
+    Ok(ed25519_dalek::Signature::from_bytes(&bytes))
+}
+
+/// An ed25519 signing key. Its secret never appears in `Debug` output.
+#[derive(Clone)]
+pub struct Keypair(ed25519_dalek::SigningKey);
+
+impl Keypair {
+    /// A new key from the operating system's random number generator.
+    pub fn generate() -> Keypair {
+        Keypair(ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng))
+    }
+
+    /// A key from a 32-byte seed. Deterministic: use it for tests and fixtures.
+    pub fn from_seed(seed: [u8; 32]) -> Keypair {
+        Keypair(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    pub fn address(&self) -> Address {
+        self.public_key().address()
+    }
+
+    /// Signs `domain`-separated `message`.
+    pub fn sign(&self, domain: &str, message: &[u8]) -> [u8; 64] {
+        self.0.sign(&signing_bytes(domain, message)).to_bytes()
+    }
+
+    /// Writes the key to `path`, readable and writable by the owner only (mode 0600). Refuses to
+    /// overwrite an existing file.
+    pub fn write_file(&self, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(path, e))?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
+        let text = format!("{KEY_FILE_MAGIC}\n{}\n", hex::encode(self.0.to_bytes()));
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(path, e))?;
+        Ok(())
+    }
+
+    /// Reads a key written by [`Keypair::write_file`].
+    pub fn read_file(path: &Path) -> Result<Keypair> {
+        let metadata = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if metadata.len() > 4096 {
+            return Err(Error::InvalidKeyFile {
+                path: path.display().to_string(),
+                reason: "file is too large to be a key".into(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let invalid = |reason: &str| Error::InvalidKeyFile {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(KEY_FILE_MAGIC) {
+            return Err(invalid("missing the chainql key header"));
+        }
+        let seed = lines
+            .next()
+            .and_then(|line| hex::decode(line.trim()).ok())
+            .ok_or_else(|| invalid("the secret is not hex"))?;
+        let seed: [u8; 32] = seed
+            .try_into()
+            .map_err(|_| invalid("the secret is not 32 bytes"))?;
+        Ok(Keypair::from_seed(seed))
+    }
+
+    /// Reads the key at `path`, or creates one there if there is none. Returns the key and
+    /// whether it was created.
+    pub fn load_or_create(path: &Path) -> Result<(Keypair, bool)> {
+        if path.exists() {
+            return Ok((Keypair::read_file(path)?, false));
+        }
+        let key = Keypair::generate();
+        key.write_file(path)?;
+        Ok((key, true))
+    }
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keypair({})", self.address())
+    }
+}
+
+/// Verifies many `(key, domain-separated message, signature)` triples at once.
+///
+/// Batch verification checks all signatures in one multi-scalar multiplication, about twice as
+/// fast as one by one. When the batch fails, each signature is checked alone so the caller learns
+/// which ones are bad. Returns one result per item, in order.
+pub fn verify_batch(domain: &str, items: &[(PublicKey, &[u8], &[u8])]) -> Vec<Result<()>> {
+    let mut messages = Vec::with_capacity(items.len());
+    let mut signatures = Vec::with_capacity(items.len());
+    let mut keys = Vec::with_capacity(items.len());
+    let mut all_parsed = true;
+    for (key, message, signature) in items {
+        match parse_signature(signature) {
+            Ok(signature) => signatures.push(signature),
+            Err(_) => {
+                all_parsed = false;
+                break;
+            }
+        }
+        messages.push(signing_bytes(domain, message));
+        keys.push(*key.inner());
+    }
+    if all_parsed {
+        let message_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        if ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).is_ok() {
+            return items.iter().map(|_| Ok(())).collect();
+        }
+    }
+    items
+        .iter()
+        .map(|(key, message, signature)| key.verify(domain, message, signature))
+        .collect()
+}
+
+/// Verifies a signature in the non-strict way `verify_batch` does, for tests comparing the two.
+#[cfg(test)]
+fn verify_plain(key: &PublicKey, domain: &str, message: &[u8], signature: &[u8]) -> bool {
+    parse_signature(signature)
+        .map(|signature| key.0.verify(&signing_bytes(domain, message), &signature).is_ok())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_domain_separated() {
+        let key = Keypair::from_seed([7; 32]);
+        let signature = key.sign(TRANSACTION_DOMAIN, b"hello");
+        let public = key.public_key();
+        assert!(public.verify(TRANSACTION_DOMAIN, b"hello", &signature).is_ok());
+        assert!(public.verify(BLOCK_HEADER_DOMAIN, b"hello", &signature).is_err());
+        assert!(public.verify(TRANSACTION_DOMAIN, b"hellO", &signature).is_err());
+        assert!(verify_plain(&public, TRANSACTION_DOMAIN, b"hello", &signature));
+    }
+
+    #[test]
+    fn batch_verification_names_the_bad_signature() {
+        let keys: Vec<Keypair> = (0..5u8).map(|i| Keypair::from_seed([i; 32])).collect();
+        let messages: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10]).collect();
+        let mut signatures: Vec<[u8; 64]> = keys
+            .iter()
+            .zip(&messages)
+            .map(|(k, m)| k.sign(TRANSACTION_DOMAIN, m))
+            .collect();
+        signatures[3][0] ^= 1;
+        let items: Vec<(PublicKey, &[u8], &[u8])> = keys
+            .iter()
+            .zip(&messages)
+            .zip(&signatures)
+            .map(|((k, m), s)| (k.public_key(), m.as_slice(), s.as_slice()))
+            .collect();
+        let results = verify_batch(TRANSACTION_DOMAIN, &items);
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [true, true, true, false, true]);
+    }
+
+    #[test]
+    fn key_file_round_trip_and_mode() {
+        let dir = std::env::temp_dir().join(format!("chainql-key-test-{}", std::process::id()));
+        let path = dir.join("k.key");
+        let _ = std::fs::remove_file(&path);
+        let key = Keypair::generate();
+        key.write_file(&path).expect("write key");
+        assert!(key.write_file(&path).is_err(), "never overwrites a key");
+        let read = Keypair::read_file(&path).expect("read key");
+        assert_eq!(read.address(), key.address());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "not a key").expect("overwrite");
+        assert!(matches!(Keypair::read_file(&path), Err(Error::InvalidKeyFile { .. })));
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn address_hex_round_trip() {
+        let address = Keypair::from_seed([1; 32]).address();
+        assert_eq!(Address::from_hex(&address.to_hex()).expect("parse"), address);
+        assert!(Address::from_hex("0x1234").is_err());
+        assert!(Address::from_hex("1234").is_err());
+    }
+}

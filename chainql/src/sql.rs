@@ -1,0 +1,390 @@
+//! SQL text: splitting scripts into statements, parsing, and the checks a statement must pass to
+//! be part of a transaction.
+//!
+//! Statements are parsed with sqlparser's PostgreSQL dialect, the same sqlparser that DataFusion
+//! re-exports, so the planner can hand the AST to DataFusion without printing and re-parsing it.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Expr, ObjectType, Statement, visit_expressions};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::{Error, Result};
+
+pub use sqlparser;
+
+/// Functions whose value inside a transaction is the block's timestamp, so every validator
+/// computes the same result.
+pub const BLOCK_TIME_FUNCTIONS: &[&str] = &[
+    "now",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtime",
+    "localtimestamp",
+    "today",
+    "transaction_timestamp",
+    "statement_timestamp",
+];
+
+/// Functions refused inside a transaction: their value differs between validators or runs.
+pub const NON_DETERMINISTIC_FUNCTIONS: &[&str] = &[
+    "random",
+    "rand",
+    "setseed",
+    "uuid",
+    "gen_random_uuid",
+    "clock_timestamp",
+    "timeofday",
+    "version",
+    "pg_backend_pid",
+    "input_file_name",
+    "file_row_index",
+];
+
+/// Recursion depth bound while parsing, so deeply nested input is an error, not a stack overflow.
+const PARSE_DEPTH_MAX: usize = 64;
+
+/// What a statement does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    CreateTable,
+    DropTable,
+    Insert,
+    Update,
+    Delete,
+    /// A read: answered from committed state, never part of a transaction.
+    Query,
+    /// `BEGIN`/`START TRANSACTION`.
+    Begin,
+    /// `COMMIT`/`END`.
+    Commit,
+    /// `ROLLBACK`/`ABORT`.
+    Rollback,
+    /// Anything else (`SHOW`, `EXPLAIN`, `SET`, ...): answered by the query engine.
+    Other,
+}
+
+impl StatementKind {
+    /// True for statements that change state and so must travel in a signed transaction.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            StatementKind::CreateTable
+                | StatementKind::DropTable
+                | StatementKind::Insert
+                | StatementKind::Update
+                | StatementKind::Delete
+        )
+    }
+
+    /// The command tag of a write: "INSERT", "CREATE TABLE", ...
+    pub fn command_tag(self) -> &'static str {
+        match self {
+            StatementKind::CreateTable => "CREATE TABLE",
+            StatementKind::DropTable => "DROP TABLE",
+            StatementKind::Insert => "INSERT",
+            StatementKind::Update => "UPDATE",
+            StatementKind::Delete => "DELETE",
+            StatementKind::Query => "SELECT",
+            StatementKind::Begin => "BEGIN",
+            StatementKind::Commit => "COMMIT",
+            StatementKind::Rollback => "ROLLBACK",
+            StatementKind::Other => "",
+        }
+    }
+}
+
+/// Classifies a parsed statement.
+pub fn classify(statement: &Statement) -> StatementKind {
+    match statement {
+        Statement::CreateTable(_) => StatementKind::CreateTable,
+        Statement::Drop {
+            object_type: ObjectType::Table,
+            ..
+        } => StatementKind::DropTable,
+        Statement::Insert(_) => StatementKind::Insert,
+        Statement::Update(_) => StatementKind::Update,
+        Statement::Delete(_) => StatementKind::Delete,
+        Statement::Query(_) => StatementKind::Query,
+        Statement::StartTransaction { .. } => StatementKind::Begin,
+        Statement::Commit { .. } => StatementKind::Commit,
+        Statement::Rollback { .. } => StatementKind::Rollback,
+        _ => StatementKind::Other,
+    }
+}
+
+/// Parses text holding exactly one statement (a trailing `;` is allowed).
+pub fn parse_statement(sql: &str) -> Result<Statement> {
+    let mut statements = parse_statements(sql)?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        0 => Err(Error::Sql("empty statement".into())),
+        n => Err(Error::Sql(format!("expected one statement, found {n}"))),
+    }
+}
+
+/// Parses text holding any number of `;`-separated statements.
+pub fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
+    Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(PARSE_DEPTH_MAX)
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|e| Error::Sql(e.to_string()))
+}
+
+/// Parses one statement of a transaction and checks that it may run as one: it is a write, and it
+/// calls no non-deterministic function.
+pub fn parse_transaction_statement(sql: &str) -> Result<(Statement, StatementKind)> {
+    let statement = parse_statement(sql)?;
+    let kind = classify(&statement);
+    if !kind.is_write() {
+        return Err(Error::NotATransactionStatement(first_words(sql)));
+    }
+    check_deterministic(&statement)?;
+    Ok((statement, kind))
+}
+
+/// Refuses a statement that calls a function from [`NON_DETERMINISTIC_FUNCTIONS`].
+pub fn check_deterministic(statement: &Statement) -> Result<()> {
+    let found = visit_expressions(statement, |expr| {
+        if let Expr::Function(function) = expr {
+            let name = function.name.to_string().to_ascii_lowercase();
+            let base = name.rsplit('.').next().unwrap_or(&name).trim_matches('"');
+            if NON_DETERMINISTIC_FUNCTIONS.contains(&base) {
+                return ControlFlow::Break(base.to_string());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match found {
+        ControlFlow::Break(name) => Err(Error::NonDeterministic(name)),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ").to_uppercase()
+}
+
+/// The result of splitting a script at its top-level semicolons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split<'a> {
+    /// Complete statements, without their terminating `;`, trimmed, comments-only pieces left out.
+    pub statements: Vec<&'a str>,
+    /// Text after the last `;`: an unfinished statement (or only whitespace and comments).
+    pub remainder: &'a str,
+}
+
+impl Split<'_> {
+    /// True when the remainder holds something besides whitespace and comments.
+    pub fn has_unfinished_statement(&self) -> bool {
+        has_content(self.remainder)
+    }
+}
+
+/// Splits SQL text at the semicolons that end statements, respecting quoted strings and
+/// identifiers, dollar-quoted bodies, and comments.
+pub fn split_statements(text: &str) -> Split<'_> {
+    let bytes = text.as_bytes();
+    let mut statements = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' => {
+                let piece = text[start..i].trim();
+                if has_content(piece) {
+                    statements.push(piece);
+                }
+                start = i + 1;
+                i += 1;
+            }
+            _ => i = skip_token(bytes, i),
+        }
+    }
+    Split {
+        statements,
+        remainder: &text[start..],
+    }
+}
+
+/// True when `text` holds something besides whitespace and comments.
+fn has_content(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if starts_comment(bytes, i) {
+            i = skip_token(bytes, i);
+        } else {
+            return true;
+        }
+    }
+    false
+}
+
+fn starts_comment(bytes: &[u8], i: usize) -> bool {
+    matches!(
+        (bytes.get(i), bytes.get(i + 1)),
+        (Some(b'-'), Some(b'-')) | (Some(b'/'), Some(b'*'))
+    )
+}
+
+/// Returns the index just past the token starting at `i`: a whole quoted string, identifier,
+/// dollar-quoted body or comment, or a single byte otherwise. An unterminated token runs to the
+/// end of the text.
+fn skip_token(bytes: &[u8], i: usize) -> usize {
+    let len = bytes.len();
+    match bytes[i] {
+        b'-' if bytes.get(i + 1) == Some(&b'-') => {
+            let mut j = i + 2;
+            while j < len && bytes[j] != b'\n' {
+                j += 1;
+            }
+            j
+        }
+        b'/' if bytes.get(i + 1) == Some(&b'*') => {
+            // PostgreSQL block comments nest.
+            let mut depth = 1;
+            let mut j = i + 2;
+            while j < len && depth > 0 {
+                if bytes[j] == b'/' && bytes.get(j + 1) == Some(&b'*') {
+                    depth += 1;
+                    j += 2;
+                } else if bytes[j] == b'*' && bytes.get(j + 1) == Some(&b'/') {
+                    depth -= 1;
+                    j += 2;
+                } else {
+                    j += 1;
+                }
+            }
+            j
+        }
+        quote @ (b'\'' | b'"') => {
+            // E'...' strings allow backslash escapes.
+            let backslash_escapes = quote == b'\''
+                && i > 0
+                && matches!(bytes[i - 1], b'e' | b'E')
+                && (i < 2 || !(bytes[i - 2].is_ascii_alphanumeric() || bytes[i - 2] == b'_'));
+            let mut j = i + 1;
+            while j < len {
+                if backslash_escapes && bytes[j] == b'\\' {
+                    j += 2;
+                } else if bytes[j] == quote {
+                    if bytes.get(j + 1) == Some(&quote) {
+                        j += 2;
+                    } else {
+                        return j + 1;
+                    }
+                } else {
+                    j += 1;
+                }
+            }
+            len
+        }
+        b'$' => match dollar_tag(bytes, i) {
+            Some(tag_end) => {
+                let tag = &bytes[i..tag_end];
+                let mut j = tag_end;
+                while j + tag.len() <= len {
+                    if &bytes[j..j + tag.len()] == tag {
+                        return j + tag.len();
+                    }
+                    j += 1;
+                }
+                len
+            }
+            None => i + 1,
+        },
+        _ => i + 1,
+    }
+}
+
+/// If a dollar-quote opening tag (`$$` or `$name$`) starts at `i`, returns the index past it.
+/// `$1` is a parameter, not a tag: a tag never starts with a digit.
+fn dollar_tag(bytes: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') {
+        return None;
+    }
+    let mut j = i + 1;
+    if bytes.get(j).is_some_and(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    while let Some(&c) = bytes.get(j) {
+        if c == b'$' {
+            return Some(j + 1);
+        }
+        if !(c.is_ascii_alphanumeric() || c == b'_') {
+            return None;
+        }
+        j += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_top_level_semicolons_only() {
+        let split = split_statements(
+            "INSERT INTO t VALUES ('a;b'); -- c;d\n SELECT \"x;y\" FROM t; SELECT $$;$$, $q$;$q$; /* ; /* ; */ ; */ SELECT 1",
+        );
+        assert_eq!(
+            split.statements,
+            [
+                "INSERT INTO t VALUES ('a;b')",
+                "-- c;d\n SELECT \"x;y\" FROM t",
+                "SELECT $$;$$, $q$;$q$",
+            ]
+        );
+        assert_eq!(split.remainder.trim(), "/* ; /* ; */ ; */ SELECT 1");
+        assert!(split.has_unfinished_statement());
+    }
+
+    #[test]
+    fn unterminated_quotes_stay_in_the_remainder() {
+        let split = split_statements("SELECT 'abc;\ndef");
+        assert!(split.statements.is_empty());
+        assert!(split.has_unfinished_statement());
+        let split = split_statements("SELECT E'it\\'s;' ; SELECT $1;");
+        assert_eq!(split.statements, ["SELECT E'it\\'s;'", "SELECT $1"]);
+        let split = split_statements("-- only a comment\n;  ");
+        assert!(split.statements.is_empty());
+        assert!(!split.has_unfinished_statement());
+    }
+
+    #[test]
+    fn transaction_statements_are_writes_and_deterministic() {
+        assert_eq!(
+            parse_transaction_statement("INSERT INTO t VALUES (1)").expect("ok").1,
+            StatementKind::Insert
+        );
+        assert!(matches!(
+            parse_transaction_statement("SELECT 1"),
+            Err(Error::NotATransactionStatement(_))
+        ));
+        assert!(matches!(
+            parse_transaction_statement("INSERT INTO t VALUES (random())"),
+            Err(Error::NonDeterministic(name)) if name == "random"
+        ));
+        assert!(matches!(
+            parse_transaction_statement("UPDATE t SET a = (SELECT max(x) FROM u WHERE y = uuid())"),
+            Err(Error::NonDeterministic(name)) if name == "uuid"
+        ));
+        assert!(parse_transaction_statement("INSERT INTO t VALUES (now())").is_ok());
+        assert!(matches!(parse_transaction_statement("INSERT INTO"), Err(Error::Sql(_))));
+        assert!(parse_transaction_statement("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let sql = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(matches!(parse_statement(&sql), Err(Error::Sql(_))));
+    }
+}

@@ -1,0 +1,167 @@
+//! Building, signing and checking blocks.
+
+use chainql::wire::{Block, BlockHeader, LogRange, SignedTransaction};
+use chainql::{BLOCK_HEADER_DOMAIN, Hash, Keypair, PublicKey, merkle_root, transaction_hash};
+use prost::Message;
+
+use crate::{Error, Result};
+
+const BLOCK_HASH_DOMAIN: &str = "chainql/block-hash/v1";
+
+/// The hash of a block: a tagged digest of its canonically encoded header.
+pub fn header_hash(header: &BlockHeader) -> Hash {
+    Hash::tagged(BLOCK_HASH_DOMAIN, &[&header.encode_to_vec()])
+}
+
+/// The Merkle root of the hashes of `transactions`, in order.
+pub fn transactions_root(transactions: &[SignedTransaction]) -> Hash {
+    let hashes: Vec<Hash> = transactions
+        .iter()
+        .map(|t| transaction_hash(&t.transaction))
+        .collect();
+    merkle_root(&hashes)
+}
+
+/// Everything a proposer decides about a new block.
+#[derive(Debug, Clone)]
+pub struct BlockProposal {
+    pub chain_id: String,
+    pub height: u64,
+    pub parent_hash: Hash,
+    pub timestamp_ms: u64,
+    pub state_root: Hash,
+    pub log_ranges: Vec<LogRange>,
+    pub transactions: Vec<SignedTransaction>,
+}
+
+impl BlockProposal {
+    /// Fills in the derived header fields and signs the header with the proposer's key.
+    pub fn sign(self, proposer: &Keypair) -> Block {
+        let header = BlockHeader {
+            chain_id: self.chain_id,
+            height: self.height,
+            parent_hash: self.parent_hash.0.to_vec(),
+            timestamp_ms: self.timestamp_ms,
+            transactions_root: transactions_root(&self.transactions).0.to_vec(),
+            transaction_count: u32::try_from(self.transactions.len())
+                .expect("block size is bounded by the block producer's config"),
+            state_root: self.state_root.0.to_vec(),
+            proposer: proposer.public_key().to_bytes().to_vec(),
+            log_ranges: self.log_ranges,
+        };
+        let signature = proposer.sign(BLOCK_HEADER_DOMAIN, &header.encode_to_vec());
+        Block {
+            header: Some(header),
+            proposer_signature: signature.to_vec(),
+            transactions: self.transactions,
+        }
+    }
+}
+
+/// What a block is checked against: the block before it.
+#[derive(Debug, Clone)]
+pub struct Parent {
+    pub chain_id: String,
+    pub height: u64,
+    pub hash: Hash,
+    pub timestamp_ms: u64,
+}
+
+/// Checks a block's structure, its link to `parent`, its transaction root and its proposer's
+/// signature, with `proposer_allowed` deciding whether the signer may propose. Returns the
+/// block's hash.
+pub fn verify_block(
+    block: &Block,
+    parent: &Parent,
+    proposer_allowed: impl Fn(&PublicKey) -> bool,
+) -> Result<Hash> {
+    let header = block
+        .header
+        .as_ref()
+        .ok_or_else(|| Error::InvalidBlock("the block has no header".into()))?;
+    let invalid = |m: String| Err(Error::InvalidBlock(format!("block {}: {m}", header.height)));
+    if header.chain_id != parent.chain_id {
+        return invalid(format!("chain id {:?}, expected {:?}", header.chain_id, parent.chain_id));
+    }
+    if header.height != parent.height + 1 {
+        return invalid(format!("height follows {}", parent.height));
+    }
+    if Hash::from_slice(&header.parent_hash) != Some(parent.hash) {
+        return invalid("parent hash does not match the previous block".into());
+    }
+    if header.timestamp_ms <= parent.timestamp_ms {
+        return invalid("timestamp is not after the parent's".into());
+    }
+    if header.transaction_count as usize != block.transactions.len() {
+        return invalid("transaction count does not match the transactions".into());
+    }
+    if Hash::from_slice(&header.transactions_root) != Some(transactions_root(&block.transactions)) {
+        return invalid("transactions root does not match the transactions".into());
+    }
+    if header.state_root.len() != 32 {
+        return invalid("state root is not 32 bytes".into());
+    }
+    let proposer = PublicKey::from_bytes(&header.proposer)
+        .map_err(|e| Error::InvalidBlock(format!("block {}: proposer: {e}", header.height)))?;
+    if !proposer_allowed(&proposer) {
+        return invalid(format!("{} may not propose it", proposer.address()));
+    }
+    proposer
+        .verify(BLOCK_HEADER_DOMAIN, &header.encode_to_vec(), &block.proposer_signature)
+        .map_err(|_| Error::InvalidBlock(format!("block {}: bad proposer signature", header.height)))?;
+    Ok(header_hash(header))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainql::TransactionBuilder;
+
+    fn proposal(key: &Keypair) -> (BlockProposal, Parent) {
+        let builder = TransactionBuilder::new("c", key.clone());
+        let parent = Parent {
+            chain_id: "c".into(),
+            height: 4,
+            hash: Hash::tagged("t", &[b"parent"]),
+            timestamp_ms: 1000,
+        };
+        let proposal = BlockProposal {
+            chain_id: "c".into(),
+            height: 5,
+            parent_hash: parent.hash,
+            timestamp_ms: 1001,
+            state_root: Hash::ZERO,
+            log_ranges: vec![],
+            transactions: vec![
+                builder.build(0, vec!["INSERT INTO t VALUES (1)".into()]),
+                builder.build(1, vec!["INSERT INTO t VALUES (2)".into()]),
+            ],
+        };
+        (proposal, parent)
+    }
+
+    #[test]
+    fn a_signed_block_verifies_and_tampering_is_caught() {
+        let key = Keypair::from_seed([9; 32]);
+        let (proposal, parent) = proposal(&key);
+        let block = proposal.sign(&key);
+        let me = key.public_key();
+        let hash = verify_block(&block, &parent, |p| *p == me).expect("valid block");
+        assert_eq!(Some(hash), block.header.as_ref().map(header_hash));
+
+        assert!(verify_block(&block, &parent, |_| false).is_err(), "proposer not allowed");
+
+        let mut swapped = block.clone();
+        swapped.transactions.swap(0, 1);
+        assert!(verify_block(&swapped, &parent, |p| *p == me).is_err(), "order is committed");
+
+        let mut later = block.clone();
+        if let Some(h) = later.header.as_mut() {
+            h.timestamp_ms += 1;
+        }
+        assert!(verify_block(&later, &parent, |p| *p == me).is_err(), "signature covers the header");
+
+        let wrong_parent = Parent { height: 5, ..parent };
+        assert!(verify_block(&block, &wrong_parent, |p| *p == me).is_err());
+    }
+}

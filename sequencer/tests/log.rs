@@ -1,0 +1,193 @@
+//! The log's public behaviour: durability across reopen, group commit, torn tails, corruption.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use chainql_sequencer::{Error, Log, LogConfig, PartitionId, segment_file};
+
+const P0: PartitionId = PartitionId(0);
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("entry-{i:05}-{}", "x".repeat((i % 50) as usize)).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_survive_reopen_and_continue_numbering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig { partitions: 2, ..LogConfig::default() };
+    {
+        let log = Log::open(dir.path(), config.clone()).expect("open");
+        for i in 1..=20 {
+            assert_eq!(log.append(P0, payload(i)).await.expect("append"), i);
+        }
+        assert_eq!(log.append(PartitionId(1), b"other".to_vec()).await.expect("append"), 1);
+        assert!(matches!(
+            log.append(PartitionId(2), b"x".to_vec()).await,
+            Err(Error::NoSuchPartition { .. })
+        ));
+    }
+    let log = Log::open(dir.path(), config).expect("reopen");
+    assert_eq!(log.recovery().last_seqnos, [20, 1]);
+    assert_eq!(log.recovery().truncated_bytes, 0);
+    let entries = log.read(P0, 5, 3).expect("read");
+    assert_eq!(entries.iter().map(|e| e.seqno).collect::<Vec<_>>(), [5, 6, 7]);
+    assert_eq!(&entries[0].payload[..], &payload(5)[..]);
+    assert_eq!(log.append(P0, payload(21)).await.expect("append"), 21);
+    assert_eq!(log.read(P0, 21, 10).expect("read").len(), 1);
+    assert!(log.read(P0, 22, 10).expect("read").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_get_distinct_consecutive_seqnos() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(Log::open(dir.path(), LogConfig::default()).expect("open"));
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let log = Arc::clone(&log);
+        tasks.push(tokio::spawn(async move {
+            let mut seqnos = Vec::new();
+            for i in 0..100 {
+                seqnos.push(log.append(P0, payload(t * 1000 + i)).await.expect("append"));
+            }
+            seqnos
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let seqnos = task.await.expect("task");
+        assert!(seqnos.windows(2).all(|w| w[0] < w[1]), "one appender's entries stay in order");
+        all.extend(seqnos);
+    }
+    all.sort();
+    assert_eq!(all, (1..=800).collect::<Vec<_>>());
+    let batch = log
+        .append_many((0..5).map(|i| (P0, payload(i))).collect())
+        .await
+        .expect("append many");
+    assert_eq!(batch, [801, 802, 803, 804, 805]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_off_and_appends_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+        for i in 1..=10 {
+            log.append(P0, payload(i)).await.expect("append");
+        }
+    }
+    // A crash in the middle of the next write leaves half a record.
+    let path = segment_file(dir.path(), P0, 1);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("open segment");
+    file.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 11, 0, 0, 0, 0, 0, 0, 0, b'p', b'a', b'r'])
+        .expect("write torn record");
+    drop(file);
+    let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
+    assert_eq!(log.recovery().last_seqnos, [10]);
+    assert_eq!(log.recovery().truncated_bytes, 19);
+    assert_eq!(log.append(P0, payload(11)).await.expect("append"), 11);
+    drop(log);
+    let log = Log::open(dir.path(), LogConfig::default()).expect("reopen again");
+    let entries = log.read(P0, 1, 100).expect("read");
+    assert_eq!(entries.len(), 11);
+    assert_eq!(&entries[10].payload[..], &payload(11)[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_roll_over_and_old_ones_are_read_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes_max: 1024,
+        record_bytes_max: 256,
+        tail_bytes_max: 200,
+        ..LogConfig::default()
+    };
+    let log = Log::open(dir.path(), config.clone()).expect("open");
+    for i in 1..=100 {
+        log.append(P0, payload(i)).await.expect("append");
+    }
+    let segments = std::fs::read_dir(dir.path().join("p0000")).expect("list").count();
+    assert!(segments > 5, "rolled over into {segments} segments");
+    let entries = log.read(P0, 1, 1000).expect("read from disk");
+    assert_eq!(entries.len(), 100);
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry.seqno, i as u64 + 1);
+        assert_eq!(&entry.payload[..], &payload(i as u64 + 1)[..]);
+    }
+    drop(log);
+    let log = Log::open(dir.path(), config).expect("reopen");
+    assert_eq!(log.recovery().last_seqnos, [100]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_before_the_tail_is_refused_with_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes_max: 1024,
+        record_bytes_max: 256,
+        ..LogConfig::default()
+    };
+    {
+        let log = Log::open(dir.path(), config.clone()).expect("open");
+        for i in 1..=50 {
+            log.append(P0, payload(i)).await.expect("append");
+        }
+    }
+    let first = segment_file(dir.path(), P0, 1);
+    let mut bytes = std::fs::read(&first).expect("read segment");
+    bytes[32 + 16 + 2] ^= 0xff; // inside the payload of the first record
+    std::fs::write(&first, &bytes).expect("write");
+    match Log::open(dir.path(), config) {
+        Err(Error::Corrupt { path, offset, reason }) => {
+            assert!(path.ends_with("00000000000000000001.seg"), "{path}");
+            assert_eq!(offset, 32);
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_format_version_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+        log.append(P0, payload(1)).await.expect("append");
+    }
+    let path = segment_file(dir.path(), P0, 1);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[8] = 9;
+    let crc = crc32c_of(&bytes[0..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).expect("write");
+    assert!(matches!(
+        Log::open(dir.path(), LogConfig::default()),
+        Err(Error::UnsupportedVersion { version: 9, .. })
+    ));
+    std::fs::write(&path, b"garbage that is not a segment at all").expect("write");
+    assert!(matches!(Log::open(dir.path(), LogConfig::default()), Err(Error::Corrupt { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_records_are_refused_before_writing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig { record_bytes_max: 100, ..LogConfig::default() };
+    let log = Log::open(dir.path(), config).expect("open");
+    assert!(matches!(
+        log.append(P0, vec![0; 101]).await,
+        Err(Error::RecordTooLarge { size: 101, max: 100 })
+    ));
+    assert_eq!(log.last_seqno(P0).expect("seqno"), 0);
+}
+
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    // CRC-32C (Castagnoli), bitwise: independent of the implementation under test.
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
