@@ -1,1 +1,105 @@
-//! placeholder
+//! The ChainQL executor: versioned Arrow state, deterministic block execution, the state root,
+//! and queries over any committed version.
+//!
+//! A [`State`] is one version of everything on chain: user tables (immutable Arrow chunks with a
+//! primary-key index, see [`Table`]), accounts, and the `chain.*` system tables. The
+//! [`Executor`] applies a block's transactions to a state, in block order, each one atomically,
+//! and returns the next state and the receipts. Queries run on whichever version they are given,
+//! so they never see a half-applied block.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> chainql_executor::Result<()> {
+//! use chainql::{Hash, Keypair};
+//! use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, State};
+//!
+//! let alice = Keypair::from_seed([1; 32]).address();
+//! let genesis = State::genesis(Hash::ZERO, 0, &[(alice, 100)])?;
+//! let executor = Executor::new(1, QueryLimits::default())?;
+//! let block = BlockContext {
+//!     height: 1, hash: Hash::ZERO, parent_hash: Hash::ZERO, timestamp_ms: 1,
+//!     transactions_root: Hash::ZERO, state_root: genesis.root(), proposer: alice,
+//! };
+//! let transaction = ExecutableTransaction {
+//!     hash: Hash::ZERO, sender: alice, nonce: 0, gas_limit: 1_000_000,
+//!     statements: vec![
+//!         "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)".into(),
+//!         "INSERT INTO t VALUES (1, 'one'), (2, 'two')".into(),
+//!     ],
+//! };
+//! let (state, receipts) = executor.execute_block(&genesis, &block, &[transaction]).await?;
+//! assert!(receipts[0].error.is_empty());
+//! let answer = executor.query(&state, "SELECT count(*) FROM t").await?;
+//! assert_eq!(answer.row_count(), 1);
+//! # Ok(()) }
+//! ```
+
+mod encode;
+mod execute;
+mod provider;
+mod state;
+mod system;
+mod table;
+
+pub use execute::{
+    BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_READ,
+    GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT, QueryLimits, QueryResult, TABLES_MAX,
+};
+pub use state::{Account, State};
+pub use system::SystemTables;
+pub use table::{CHUNK_ROWS, Table};
+
+/// Errors of execution. Every variant but `Internal` is a transaction's own fault and ends up in
+/// its receipt.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("relation \"{0}\" does not exist")]
+    UndefinedTable(String),
+    #[error("column \"{column}\" of relation \"{table}\" does not exist")]
+    UndefinedColumn { table: String, column: String },
+    #[error("relation \"{0}\" already exists")]
+    DuplicateTable(String),
+    #[error("duplicate key value violates unique constraint \"{constraint}\": key {key} already exists")]
+    UniqueViolation { constraint: String, key: String },
+    #[error("null value in column \"{column}\" of relation \"{table}\" violates not-null constraint")]
+    NotNullViolation { table: String, column: String },
+    #[error("value too long for type character varying({max}) in column \"{column}\"")]
+    ValueTooLong { column: String, max: u32 },
+    #[error("invalid value for column \"{column}\" of type {column_type}: {reason}")]
+    InvalidValue {
+        column: String,
+        column_type: String,
+        reason: String,
+    },
+    #[error("UPDATE would change the same row more than once: its FROM clause matches a row twice")]
+    RowChangedTwice,
+    #[error("out of gas: the transaction needs more than {used} gas; its limit is {limit}")]
+    OutOfGas { used: u64, limit: u64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    #[error("{0} changes state: send it as a transaction, not as a query")]
+    WriteInQuery(String),
+    #[error(transparent)]
+    Language(#[from] chainql::Error),
+    #[error(transparent)]
+    Plan(#[from] chainql_planner::Error),
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<Error> for datafusion::error::DataFusionError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::DataFusion(inner) => inner,
+            other => datafusion::error::DataFusionError::External(Box::new(other)),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,7 +16,7 @@
 //!
 //! The executor then replaces exactly the rows at those positions.
 
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::sql::sqlparser::ast::{
     self, AssignmentTarget, ColumnOption, FromTable, Ident, ObjectName, ObjectNamePart, ObjectType,
     Statement, TableConstraint, TableFactor, TableWithJoins, UpdateTableFromKind,
@@ -87,7 +87,7 @@ impl TableDefinition {
             .map(|c| Field::new(&c.name, c.column_type.data_type.clone(), c.nullable))
             .collect();
         if self.has_hidden_row_id() {
-            fields.push(Field::new(ROW_ID_COLUMN, datafusion::arrow::datatypes::DataType::Int64, false));
+            fields.push(Field::new(ROW_ID_COLUMN, DataType::Int64, false));
         }
         Arc::new(Schema::new(fields))
     }
@@ -383,7 +383,15 @@ fn plan_create_table(create: &ast::CreateTable) -> Result<WritePlan> {
         }
     }
     for &position in &primary_key {
-        columns[position].nullable = false;
+        let column = &mut columns[position];
+        column.nullable = false;
+        if !is_key_type(&column.column_type.data_type) {
+            return Err(Error::Unsupported(format!(
+                "primary key column {:?} of type {}: keys must be integers, text, bytea, boolean, numeric, date or timestamp",
+                column.name,
+                column.column_type.sql_name()
+            )));
+        }
     }
     Ok(WritePlan::CreateTable {
         definition: TableDefinition {
@@ -393,6 +401,23 @@ fn plan_create_table(create: &ast::CreateTable) -> Result<WritePlan> {
         },
         if_not_exists: create.if_not_exists,
     })
+}
+
+/// Types that can be part of a primary key: their values have one exact encoding (floats do not:
+/// `-0.0 = 0.0` and NaN).
+pub fn is_key_type(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Boolean
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Utf8
+            | DataType::Binary
+            | DataType::Date32
+            | DataType::Timestamp(_, _)
+            | DataType::Decimal128(_, _)
+    )
 }
 
 fn plan_insert(insert: &ast::Insert) -> Result<WritePlan> {
@@ -521,7 +546,6 @@ fn plan_delete(delete: &ast::Delete) -> Result<WritePlan> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::datatypes::DataType;
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
 
@@ -570,6 +594,7 @@ mod tests {
             "CREATE TABLE __chainql_t (a INT)",
             "CREATE TABLE t (__chainql_row INT)",
             "CREATE TABLE other.t (a INT)",
+            "CREATE TABLE t (a DOUBLE PRECISION PRIMARY KEY)",
         ] {
             assert!(plan(sql).is_err(), "{sql} should be refused");
         }

@@ -1,0 +1,192 @@
+//! Byte encodings of values: primary keys (order-preserving, for the index) and rows (canonical,
+//! for the state root).
+//!
+//! Both depend only on the values, never on how rows are laid out in Arrow chunks, so two nodes
+//! that reached the same table contents by different histories hash them identically.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
+    TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType,
+};
+
+use crate::{Error, Result};
+
+/// An encoded primary key. Byte order equals the SQL order of the key values.
+pub type Key = Arc<[u8]>;
+
+/// Appends the order-preserving encoding of `column[row]` to `out`. Key columns are never null.
+fn encode_key_value(out: &mut Vec<u8>, column: &ArrayRef, row: usize) -> Result<()> {
+    // Signed integers: big-endian with the sign bit flipped, so byte order is numeric order.
+    macro_rules! signed {
+        ($t:ty, $unsigned:ty) => {{
+            let v = column.as_primitive::<$t>().value(row);
+            let flipped = (v as $unsigned) ^ (1 << (<$unsigned>::BITS - 1));
+            out.extend_from_slice(&flipped.to_be_bytes());
+        }};
+    }
+    match column.data_type() {
+        DataType::Boolean => out.push(column.as_boolean().value(row) as u8),
+        DataType::Int16 => signed!(Int16Type, u16),
+        DataType::Int32 => signed!(Int32Type, u32),
+        DataType::Int64 => signed!(Int64Type, u64),
+        DataType::Date32 => signed!(Date32Type, u32),
+        DataType::Decimal128(_, _) => signed!(Decimal128Type, u128),
+        DataType::Timestamp(TimeUnit::Second, _) => signed!(TimestampSecondType, u64),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => signed!(TimestampMillisecondType, u64),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => signed!(TimestampMicrosecondType, u64),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => signed!(TimestampNanosecondType, u64),
+        DataType::Utf8 => escape_bytes(out, column.as_string::<i32>().value(row).as_bytes()),
+        DataType::Binary => escape_bytes(out, column.as_binary::<i32>().value(row)),
+        other => return Err(Error::Internal(format!("{other} cannot be part of a key"))),
+    }
+    Ok(())
+}
+
+/// Byte strings: 0x00 is escaped as 0x00 0xFF and the value ends with 0x00 0x01, so a prefix sorts
+/// before its extensions and a multi-column key never runs one value into the next.
+fn escape_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0, 1]);
+}
+
+/// The key of `row`, from the `key_columns` of `batch`.
+pub fn encode_key(batch: &RecordBatch, key_columns: &[usize], row: usize) -> Result<Key> {
+    let mut out = Vec::with_capacity(16);
+    for &c in key_columns {
+        encode_key_value(&mut out, batch.column(c), row)?;
+    }
+    Ok(out.into())
+}
+
+/// Renders the key values of `row` for error messages: `(id)=(5)`.
+pub fn describe_key(batch: &RecordBatch, key_columns: &[usize], row: usize) -> String {
+    let names: Vec<String> = key_columns
+        .iter()
+        .map(|&c| batch.schema().field(c).name().clone())
+        .collect();
+    let values: Vec<String> = key_columns
+        .iter()
+        .map(|&c| {
+            datafusion::arrow::util::display::array_value_to_string(batch.column(c), row)
+                .unwrap_or_else(|_| "?".into())
+        })
+        .collect();
+    format!("({})=({})", names.join(", "), values.join(", "))
+}
+
+/// Appends the canonical encoding of `column[row]`: a null flag, then the value in a fixed-width
+/// little-endian form or, for variable-length values, a u32 length and the bytes.
+pub fn encode_value(out: &mut Vec<u8>, column: &ArrayRef, row: usize) -> Result<()> {
+    if column.is_null(row) {
+        out.push(0);
+        return Ok(());
+    }
+    out.push(1);
+    macro_rules! fixed {
+        ($t:ty) => {
+            out.extend_from_slice(&column.as_primitive::<$t>().value(row).to_le_bytes())
+        };
+    }
+    match column.data_type() {
+        DataType::Boolean => out.push(column.as_boolean().value(row) as u8),
+        DataType::Int16 => fixed!(Int16Type),
+        DataType::Int32 => fixed!(Int32Type),
+        DataType::Int64 => fixed!(Int64Type),
+        DataType::Date32 => fixed!(Date32Type),
+        DataType::Decimal128(_, _) => fixed!(Decimal128Type),
+        DataType::Timestamp(TimeUnit::Second, _) => fixed!(TimestampSecondType),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => fixed!(TimestampMillisecondType),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => fixed!(TimestampMicrosecondType),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => fixed!(TimestampNanosecondType),
+        // One NaN bit pattern, so equal-looking values hash equally.
+        DataType::Float32 => {
+            let v = column.as_primitive::<Float32Type>().value(row);
+            let v = if v.is_nan() { f32::NAN } else { v };
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        DataType::Float64 => {
+            let v = column.as_primitive::<Float64Type>().value(row);
+            let v = if v.is_nan() { f64::NAN } else { v };
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        DataType::Utf8 => length_prefixed(out, column.as_string::<i32>().value(row).as_bytes()),
+        DataType::Binary => length_prefixed(out, column.as_binary::<i32>().value(row)),
+        other => return Err(Error::Internal(format!("no canonical encoding for {other}"))),
+    }
+    Ok(())
+}
+
+fn length_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn key_order_is_value_order() {
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![-5, -1, 0, 1, 300, i64::MIN, i64::MAX]));
+        let texts: ArrayRef = Arc::new(StringArray::from(vec!["", "a", "a\0", "ab", "b", "B", "ba"]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int64, false),
+            Field::new("t", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(schema, vec![ints.clone(), texts.clone()]).expect("batch");
+        let int_keys: Vec<Key> = (0..7).map(|r| encode_key(&batch, &[0], r).expect("key")).collect();
+        let mut sorted: Vec<i64> = ints.as_primitive::<Int64Type>().values().to_vec();
+        sorted.sort();
+        let mut by_key: Vec<(Key, i64)> = int_keys
+            .into_iter()
+            .zip(ints.as_primitive::<Int64Type>().values().iter().copied())
+            .collect();
+        by_key.sort();
+        assert_eq!(by_key.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), sorted);
+
+        let mut text_keys: Vec<(Key, String)> = (0..7)
+            .map(|r| {
+                (
+                    encode_key(&batch, &[1], r).expect("key"),
+                    texts.as_string::<i32>().value(r).to_string(),
+                )
+            })
+            .collect();
+        text_keys.sort();
+        let mut expected: Vec<String> = texts.as_string::<i32>().iter().flatten().map(String::from).collect();
+        expected.sort();
+        assert_eq!(text_keys.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), expected);
+        assert_eq!(describe_key(&batch, &[0, 1], 1), "(i, t)=(-1, a)");
+    }
+
+    #[test]
+    fn composite_keys_do_not_run_together() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Utf8, false),
+            Field::new("b", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["ab", "a"])),
+                Arc::new(StringArray::from(vec!["c", "bc"])),
+            ],
+        )
+        .expect("batch");
+        assert_ne!(
+            encode_key(&batch, &[0, 1], 0).expect("key"),
+            encode_key(&batch, &[0, 1], 1).expect("key")
+        );
+    }
+}

@@ -1,0 +1,540 @@
+//! Executing blocks of transactions, and answering queries.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, new_null_array};
+use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches};
+use datafusion::arrow::datatypes::{Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::util::display::FormatOptions;
+use datafusion::common::ScalarValue;
+use datafusion::execution::context::{SQLOptions, SessionState};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{collect, execute_stream};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
+
+use chainql::wire::{Receipt, ReceiptStatus, StatementResult};
+use chainql::{Address, Hash};
+use chainql_planner::{
+    DeletePlan, InsertPlan, SessionTemplates, TableDefinition, UpdatePlan, WritePlan, plan_write,
+};
+
+use crate::provider::ScanMeter;
+use crate::state::State;
+use crate::system::{BlockRecord, TransactionRecord};
+use crate::table::{RowLocation, Table, check_constraints};
+use crate::{Error, Result};
+
+/// Gas charged per statement; the schedule is documented in `docs/architecture.md`.
+pub const GAS_PER_STATEMENT: u64 = 1_000;
+/// Extra gas for `CREATE TABLE` and `DROP TABLE`.
+pub const GAS_PER_DDL: u64 = 10_000;
+/// Gas per row a statement reads from a table.
+pub const GAS_PER_ROW_READ: u64 = 1;
+/// Gas per row inserted, updated or deleted.
+pub const GAS_PER_ROW_WRITTEN: u64 = 100;
+/// The most tables a chain may hold.
+pub const TABLES_MAX: usize = 10_000;
+
+/// A transaction as the executor needs it: decoded and admitted, its signature already checked.
+#[derive(Debug, Clone)]
+pub struct ExecutableTransaction {
+    pub hash: Hash,
+    pub sender: Address,
+    pub nonce: u64,
+    pub gas_limit: u64,
+    pub statements: Vec<String>,
+}
+
+/// The header facts of the block being executed.
+#[derive(Debug, Clone)]
+pub struct BlockContext {
+    pub height: u64,
+    pub hash: Hash,
+    pub parent_hash: Hash,
+    pub timestamp_ms: u64,
+    pub transactions_root: Hash,
+    /// The state root the header carries (the state before this block).
+    pub state_root: Hash,
+    pub proposer: Address,
+}
+
+/// Rows and schema of a query's answer.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    pub fn row_count(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Bounds on query answers.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Rows in one answer.
+    pub rows_max: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits { rows_max: 1_000_000 }
+    }
+}
+
+/// Runs blocks and queries. Holds no state of its own: every call takes the state version it
+/// works on, so the same executor serves any number of versions.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    templates: SessionTemplates,
+    query_limits: QueryLimits,
+}
+
+/// What one transaction is doing: its sender, block and gas so far.
+struct TransactionScope<'a> {
+    block: &'a BlockContext,
+    gas_used: u64,
+    gas_limit: u64,
+    meter: Arc<ScanMeter>,
+}
+
+impl TransactionScope<'_> {
+    fn charge(&mut self, gas: u64) -> Result<()> {
+        self.gas_used = self.gas_used.saturating_add(gas);
+        if self.gas_used > self.gas_limit {
+            return Err(Error::OutOfGas {
+                used: self.gas_used,
+                limit: self.gas_limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Charges for rows read since the last call.
+    fn charge_reads(&mut self, counted: &mut u64) -> Result<()> {
+        let rows = self.meter.rows();
+        let new_rows = rows - *counted;
+        *counted = rows;
+        self.charge(new_rows.saturating_mul(GAS_PER_ROW_READ))
+    }
+}
+
+impl Executor {
+    pub fn new(query_partitions: usize, query_limits: QueryLimits) -> Result<Executor> {
+        Ok(Executor {
+            templates: SessionTemplates::new(query_partitions)?,
+            query_limits,
+        })
+    }
+
+    /// Executes `transactions`, in order, on `state`: the block's result is a new state and one
+    /// receipt per transaction. A transaction either applies all its statements or none; a failed
+    /// one still uses its nonce. Only an internal failure (never a transaction's fault) returns
+    /// an error.
+    pub async fn execute_block(
+        &self,
+        state: &State,
+        block: &BlockContext,
+        transactions: &[ExecutableTransaction],
+    ) -> Result<(State, Vec<Receipt>)> {
+        assert_eq!(block.height, state.height + 1, "blocks execute in height order");
+        let mut state = state.clone();
+        let mut receipts = Vec::with_capacity(transactions.len());
+        let mut records = Vec::with_capacity(transactions.len());
+        for (index, transaction) in transactions.iter().enumerate() {
+            let (receipt, record) = self.execute_transaction(&mut state, block, index as u32, transaction).await?;
+            receipts.push(receipt);
+            records.push(record);
+        }
+        state.height = block.height;
+        state.block_hash = block.hash;
+        state.timestamp_ms = block.timestamp_ms;
+        state.root = state.compute_root()?;
+        let accounts = state.accounts.clone();
+        state.system.set_accounts(accounts);
+        state.system.push_block(
+            &BlockRecord {
+                height: block.height,
+                hash: block.hash,
+                parent_hash: block.parent_hash,
+                timestamp_ms: block.timestamp_ms,
+                transaction_count: transactions.len() as u32,
+                transactions_root: block.transactions_root,
+                state_root: block.state_root,
+                proposer: block.proposer,
+            },
+            &records,
+        )?;
+        Ok((state, receipts))
+    }
+
+    async fn execute_transaction(
+        &self,
+        state: &mut State,
+        block: &BlockContext,
+        index: u32,
+        transaction: &ExecutableTransaction,
+    ) -> Result<(Receipt, TransactionRecord)> {
+        let mut receipt = Receipt {
+            transaction_hash: transaction.hash.0.to_vec(),
+            block_height: block.height,
+            index,
+            status: ReceiptStatus::Failed as i32,
+            error: String::new(),
+            statements: Vec::new(),
+            gas_used: 0,
+        };
+        let mut record = TransactionRecord {
+            hash: transaction.hash,
+            sender: transaction.sender,
+            nonce: transaction.nonce,
+            success: false,
+            error: None,
+            statements: transaction.statements.join(";\n"),
+            gas_used: 0,
+        };
+        let expected = state.account(&transaction.sender).nonce;
+        if transaction.nonce != expected {
+            // Admission never lets this happen on an honest node; a block that carries such a
+            // transaction still executes deterministically, without using the nonce.
+            let error = format!("invalid nonce {}: the sender's next nonce is {expected}", transaction.nonce);
+            receipt.error = error.clone();
+            record.error = Some(error);
+            return Ok((receipt, record));
+        }
+
+        let mut working = state.clone();
+        let mut scope = TransactionScope {
+            block,
+            gas_used: 0,
+            gas_limit: transaction.gas_limit,
+            meter: Arc::new(ScanMeter::default()),
+        };
+        let mut results = Vec::with_capacity(transaction.statements.len());
+        let mut outcome = Ok(());
+        for sql in &transaction.statements {
+            match self.execute_statement(&mut working, &mut scope, sql).await {
+                Ok(result) => results.push(result),
+                Err(error) => {
+                    if let Error::Internal(message) = &error {
+                        tracing::error!(transaction = %transaction.hash, %message, "internal error while executing a transaction");
+                    }
+                    outcome = Err(error);
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Ok(()) => {
+                *state = working;
+                receipt.status = ReceiptStatus::Success as i32;
+                receipt.statements = results;
+                record.success = true;
+            }
+            Err(error) => {
+                let message = error.to_string();
+                receipt.error = message.clone();
+                record.error = Some(message);
+            }
+        }
+        receipt.gas_used = scope.gas_used.min(scope.gas_limit);
+        record.gas_used = receipt.gas_used;
+        let mut account = state.account(&transaction.sender);
+        account.nonce += 1;
+        state.accounts.insert(transaction.sender, account);
+        Ok((receipt, record))
+    }
+
+    async fn execute_statement(
+        &self,
+        working: &mut State,
+        scope: &mut TransactionScope<'_>,
+        sql: &str,
+    ) -> Result<StatementResult> {
+        let (statement, kind) = chainql::sql::parse_transaction_statement(sql)?;
+        scope.charge(GAS_PER_STATEMENT)?;
+        let plan = plan_write(&statement)?;
+        let mut counted = 0;
+        let rows = match plan {
+            WritePlan::CreateTable { definition, if_not_exists } => {
+                scope.charge(GAS_PER_DDL)?;
+                if working.tables.contains_key(&definition.name) {
+                    if !if_not_exists {
+                        return Err(Error::DuplicateTable(definition.name));
+                    }
+                } else {
+                    if working.tables.len() >= TABLES_MAX {
+                        return Err(Error::LimitExceeded(format!("a chain holds at most {TABLES_MAX} tables")));
+                    }
+                    working
+                        .tables
+                        .insert(definition.name.clone(), Arc::new(Table::new(definition)));
+                }
+                0
+            }
+            WritePlan::DropTable { names, if_exists } => {
+                scope.charge(GAS_PER_DDL)?;
+                for name in names {
+                    if working.tables.remove(&name).is_none() && !if_exists {
+                        return Err(Error::UndefinedTable(name));
+                    }
+                }
+                0
+            }
+            WritePlan::Insert(plan) => self.insert(working, scope, plan).await?,
+            WritePlan::Update(plan) => self.update(working, scope, plan).await?,
+            WritePlan::Delete(plan) => self.delete(working, scope, plan).await?,
+        };
+        scope.charge_reads(&mut counted)?;
+        scope.charge((rows as u64).saturating_mul(GAS_PER_ROW_WRITTEN))?;
+        Ok(StatementResult {
+            command: kind.command_tag().to_string(),
+            rows: rows as u64,
+        })
+    }
+
+    fn transaction_session(&self, state: &State, scope: &TransactionScope<'_>, write_target: Option<Arc<Table>>) -> SessionState {
+        let catalog = state.catalog(write_target, Some(scope.meter.clone()));
+        self.templates.transaction_session(scope.block.timestamp_ms, catalog)
+    }
+
+    async fn run_query(&self, session: &SessionState, statement: Statement) -> Result<Vec<RecordBatch>> {
+        let plan = session
+            .statement_to_plan(DFStatement::Statement(Box::new(statement)))
+            .await?;
+        read_only_options().verify_plan(&plan)?;
+        let physical = session.create_physical_plan(&plan).await?;
+        Ok(collect(physical, session.task_ctx()).await?)
+    }
+
+    async fn insert(&self, working: &mut State, scope: &mut TransactionScope<'_>, plan: InsertPlan) -> Result<usize> {
+        let table = working
+            .table(&plan.table)
+            .cloned()
+            .ok_or_else(|| Error::UndefinedTable(plan.table.clone()))?;
+        let definition = table.definition().clone();
+        let targets: Vec<usize> = match &plan.columns {
+            None => (0..definition.columns.len()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    definition.column_index(name).ok_or_else(|| Error::UndefinedColumn {
+                        table: definition.name.clone(),
+                        column: name.clone(),
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        let session = self.transaction_session(working, scope, None);
+        let (source, rows) = match plan.source {
+            Some(query) => {
+                let batches = self.run_query(&session, Statement::Query(query)).await?;
+                let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+                let source = match batches.first() {
+                    Some(first) => concat_batches(&first.schema(), &batches)?,
+                    None => RecordBatch::new_empty(Arc::new(Schema::empty())),
+                };
+                if rows > 0 && source.num_columns() != targets.len() {
+                    return Err(Error::Invalid(format!(
+                        "INSERT has {} expressions but {} target columns",
+                        source.num_columns(),
+                        targets.len()
+                    )));
+                }
+                (source, rows)
+            }
+            None => {
+                if plan.columns.is_some() {
+                    return Err(Error::Invalid("DEFAULT VALUES takes no column list".into()));
+                }
+                let empty = RecordBatch::try_new_with_options(
+                    Arc::new(Schema::empty()),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some(1)),
+                )?;
+                (empty, 1)
+            }
+        };
+        if rows == 0 {
+            return Ok(0);
+        }
+        let source_columns: Vec<Option<ArrayRef>> = if source.num_columns() == 0 {
+            vec![None; definition.columns.len()]
+        } else {
+            let mut columns = vec![None; definition.columns.len()];
+            for (position, &target) in targets.iter().enumerate() {
+                columns[target] = Some(source.column(position).clone());
+            }
+            columns
+        };
+        let mut columns = Vec::with_capacity(definition.columns.len() + 1);
+        for (i, column) in definition.columns.iter().enumerate() {
+            let values = match &source_columns[i] {
+                Some(values) => values.clone(),
+                None => match &column.default {
+                    Some(default) => self.default_value(&session, default, rows).await?,
+                    None => new_null_array(&column.column_type.data_type, rows),
+                },
+            };
+            columns.push(cast_column(&definition, i, &values)?);
+        }
+        let mut table = table;
+        let table_mut = Arc::make_mut(&mut table);
+        if definition.has_hidden_row_id() {
+            columns.push(table_mut.allocate_row_ids(rows));
+        }
+        let batch = RecordBatch::try_new(table_mut.storage_schema().clone(), columns)?;
+        check_constraints(&definition, &batch)?;
+        table_mut.insert(batch)?;
+        working.tables.insert(plan.table, table);
+        Ok(rows)
+    }
+
+    async fn default_value(&self, session: &SessionState, default: &str, rows: usize) -> Result<ArrayRef> {
+        let statement = chainql::sql::parse_statement(&format!("SELECT {default}"))?;
+        let batches = self.run_query(session, statement).await?;
+        let value = match batches.iter().find(|b| b.num_rows() > 0) {
+            Some(batch) => ScalarValue::try_from_array(batch.column(0), 0)?,
+            None => ScalarValue::Null,
+        };
+        Ok(value.to_array_of_size(rows)?)
+    }
+
+    /// Runs a row query of an `UPDATE` or `DELETE` and returns its rows and the locations they
+    /// name.
+    async fn target_rows(
+        &self,
+        working: &State,
+        scope: &TransactionScope<'_>,
+        table: &Arc<Table>,
+        sql: &str,
+    ) -> Result<(Option<RecordBatch>, Vec<RowLocation>)> {
+        let statement = chainql::sql::parse_statement(sql)?;
+        let session = self.transaction_session(working, scope, Some(table.clone()));
+        let batches = self.run_query(&session, statement).await?;
+        let Some(first) = batches.first() else {
+            return Ok((None, Vec::new()));
+        };
+        let batch = concat_batches(&first.schema(), &batches)?;
+        let positions = batch.column(0).as_primitive_opt::<UInt64Type>().ok_or_else(|| {
+            Error::Internal("the row position column is not UInt64".into())
+        })?;
+        let locations = positions.values().iter().map(|p| RowLocation::unpack(*p)).collect();
+        Ok((Some(batch), locations))
+    }
+
+    async fn update(&self, working: &mut State, scope: &mut TransactionScope<'_>, plan: UpdatePlan) -> Result<usize> {
+        let table = working
+            .table(&plan.table)
+            .cloned()
+            .ok_or_else(|| Error::UndefinedTable(plan.table.clone()))?;
+        let definition = table.definition().clone();
+        let sql = plan.row_query(&definition)?;
+        let (batch, locations) = self.target_rows(working, scope, &table, &sql).await?;
+        let Some(batch) = batch else {
+            return Ok(0);
+        };
+        let rows = locations.len();
+        if rows == 0 {
+            return Ok(0);
+        }
+        let mut columns = Vec::with_capacity(definition.columns.len() + 1);
+        for i in 0..definition.columns.len() {
+            columns.push(cast_column(&definition, i, batch.column(i + 1))?);
+        }
+        let mut table = table;
+        let table_mut = Arc::make_mut(&mut table);
+        if definition.has_hidden_row_id() {
+            columns.push(table_mut.row_ids_at(&locations)?);
+        }
+        let new_rows = RecordBatch::try_new(table_mut.storage_schema().clone(), columns)?;
+        check_constraints(&definition, &new_rows)?;
+        table_mut.delete(&locations)?;
+        table_mut.insert(new_rows)?;
+        working.tables.insert(plan.table, table);
+        Ok(rows)
+    }
+
+    async fn delete(&self, working: &mut State, scope: &mut TransactionScope<'_>, plan: DeletePlan) -> Result<usize> {
+        let table = working
+            .table(&plan.table)
+            .cloned()
+            .ok_or_else(|| Error::UndefinedTable(plan.table.clone()))?;
+        let (_, mut locations) = self.target_rows(working, scope, &table, &plan.row_query()).await?;
+        // `USING` may match a row more than once; it is deleted once.
+        locations.sort_unstable();
+        locations.dedup();
+        if locations.is_empty() {
+            return Ok(0);
+        }
+        let mut table = table;
+        let deleted = Arc::make_mut(&mut table).delete(&locations)?;
+        working.tables.insert(plan.table, table);
+        Ok(deleted)
+    }
+
+    /// Answers a read-only query on `state`. Writes are refused: they travel as transactions.
+    pub async fn query(&self, state: &State, sql: &str) -> Result<QueryResult> {
+        let session = self.templates.query_session(state.catalog(None, None));
+        let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
+        if let DFStatement::Statement(inner) = &statement {
+            let kind = chainql::sql::classify(inner);
+            if kind.is_write() {
+                return Err(Error::WriteInQuery(kind.command_tag().to_string()));
+            }
+        }
+        let plan: LogicalPlan = session.statement_to_plan(statement).await?;
+        read_only_options().verify_plan(&plan)?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let physical = session.create_physical_plan(&plan).await?;
+        let mut stream = execute_stream(physical, session.task_ctx())?;
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows();
+            if rows > self.query_limits.rows_max {
+                return Err(Error::LimitExceeded(format!(
+                    "the query returns more than {} rows; add a LIMIT or narrow it",
+                    self.query_limits.rows_max
+                )));
+            }
+            if batch.num_rows() > 0 {
+                batches.push(batch);
+            }
+        }
+        let schema = batches.first().map(|b| b.schema()).unwrap_or(schema);
+        Ok(QueryResult { schema, batches })
+    }
+}
+
+fn read_only_options() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Casts `values` to the type of column `i`, refusing values that do not fit (no silent
+/// truncation or overflow).
+fn cast_column(definition: &TableDefinition, i: usize, values: &ArrayRef) -> Result<ArrayRef> {
+    let column = &definition.columns[i];
+    let target = &column.column_type.data_type;
+    if values.data_type() == target {
+        return Ok(values.clone());
+    }
+    let options = CastOptions {
+        safe: false,
+        format_options: FormatOptions::default(),
+    };
+    cast_with_options(values, target, &options).map_err(|e| Error::InvalidValue {
+        column: column.name.clone(),
+        column_type: column.column_type.sql_name(),
+        reason: e.to_string(),
+    })
+}
+

@@ -1,0 +1,339 @@
+//! DataFusion catalogs and table providers over one state version.
+//!
+//! A catalog is built per statement from a state version, so every table a statement names is
+//! read at the same version, and a state changed afterwards is never seen. Providers hand
+//! DataFusion the version's Arrow chunks without copying them (cloning a `RecordBatch` clones
+//! `Arc`s).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session, TableProvider};
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown, expr::BinaryExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use chainql_planner::{SYSTEM_SCHEMA, USER_SCHEMA, WRITE_TARGET_TABLE};
+
+use crate::encode::encode_key;
+use crate::system::SystemTables;
+use crate::table::Table;
+
+/// Counts rows handed to queries, for gas.
+#[derive(Debug, Default)]
+pub struct ScanMeter {
+    rows: AtomicU64,
+}
+
+impl ScanMeter {
+    pub fn add(&self, rows: usize) {
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+}
+
+fn memory_exec(
+    batches: Vec<RecordBatch>,
+    schema: SchemaRef,
+    projection: Option<&Vec<usize>>,
+    meter: &Option<Arc<ScanMeter>>,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    if let Some(meter) = meter {
+        meter.add(batches.iter().map(RecordBatch::num_rows).sum());
+    }
+    let plan: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&[batches], schema, projection.cloned())?;
+    Ok(plan)
+}
+
+/// A user table at one version.
+#[derive(Debug)]
+pub struct UserTableProvider {
+    table: Arc<Table>,
+    schema: SchemaRef,
+    meter: Option<Arc<ScanMeter>>,
+}
+
+impl UserTableProvider {
+    pub fn new(table: Arc<Table>, meter: Option<Arc<ScanMeter>>) -> Self {
+        let schema = table.definition().schema();
+        UserTableProvider { table, schema, meter }
+    }
+
+    /// For a single-column primary key `k`, the literal of a filter `k = literal`.
+    fn key_literal<'a>(&self, filter: &'a Expr) -> Option<&'a ScalarValue> {
+        let definition = self.table.definition();
+        let [key] = definition.primary_key.as_slice() else {
+            return None;
+        };
+        let key_name = &definition.columns[*key].name;
+        let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = filter else {
+            return None;
+        };
+        match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
+                if c.name == *key_name && !v.is_null() =>
+            {
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for UserTableProvider {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| match self.key_literal(f) {
+                Some(_) => TableProviderFilterPushDown::Exact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let literals: Vec<&ScalarValue> = filters.iter().filter_map(|f| self.key_literal(f)).collect();
+        let batches = if literals.is_empty() {
+            self.table.scan().map_err(DataFusionError::from)?
+        } else {
+            // Point lookup through the primary-key index: every pushed-down literal must name
+            // the same key.
+            let definition = self.table.definition();
+            let key_type = &definition.columns[definition.primary_key[0]].column_type.data_type;
+            let mut keys = Vec::with_capacity(literals.len());
+            for literal in literals {
+                let value = literal.cast_to(key_type)?.to_array()?;
+                let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+                    datafusion::arrow::datatypes::Field::new("k", key_type.clone(), false),
+                ]));
+                let batch = RecordBatch::try_new(schema, vec![value])?;
+                keys.push(encode_key(&batch, &[0], 0).map_err(DataFusionError::from)?);
+            }
+            if keys.windows(2).any(|w| w[0] != w[1]) {
+                Vec::new()
+            } else {
+                self.table
+                    .get(&keys[0])
+                    .map_err(DataFusionError::from)?
+                    .into_iter()
+                    .collect()
+            }
+        };
+        memory_exec(batches, self.schema.clone(), projection, &self.meter)
+    }
+}
+
+/// The target of an `UPDATE` or `DELETE`: the table's rows with their positions.
+#[derive(Debug)]
+pub struct WriteTargetProvider {
+    table: Arc<Table>,
+    schema: SchemaRef,
+    meter: Option<Arc<ScanMeter>>,
+}
+
+#[async_trait]
+impl TableProvider for WriteTargetProvider {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.table.scan_with_positions().map_err(DataFusionError::from)?;
+        memory_exec(batches, self.schema.clone(), projection, &self.meter)
+    }
+}
+
+/// A system table's rows, built from a state version.
+#[derive(Debug)]
+pub struct SystemTableProvider {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    meter: Option<Arc<ScanMeter>>,
+}
+
+#[async_trait]
+impl TableProvider for SystemTableProvider {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        memory_exec(self.batches.clone(), self.schema.clone(), projection, &self.meter)
+    }
+}
+
+/// The `public` schema: user tables at one version, and the write target of the statement.
+#[derive(Debug)]
+struct UserSchema {
+    tables: BTreeMap<String, Arc<Table>>,
+    write_target: Option<Arc<Table>>,
+    meter: Option<Arc<ScanMeter>>,
+}
+
+#[async_trait]
+impl SchemaProvider for UserSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables.keys().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        if name == WRITE_TARGET_TABLE {
+            return Ok(self.write_target.as_ref().map(|table| {
+                Arc::new(WriteTargetProvider {
+                    schema: table.schema_with_positions(),
+                    table: table.clone(),
+                    meter: self.meter.clone(),
+                }) as Arc<dyn TableProvider>
+            }));
+        }
+        Ok(self.tables.get(name).map(|table| {
+            Arc::new(UserTableProvider::new(table.clone(), self.meter.clone())) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+}
+
+/// The `chain` schema: system tables.
+#[derive(Debug)]
+struct SystemSchema {
+    tables: SystemTables,
+    meter: Option<Arc<ScanMeter>>,
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        SystemTables::NAMES.iter().map(|s| s.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        let Some((schema, batches)) = self.tables.get(name)? else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(SystemTableProvider {
+            schema,
+            batches,
+            meter: self.meter.clone(),
+        })))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        SystemTables::NAMES.contains(&name)
+    }
+}
+
+/// The single catalog, `datafusion`, with the `public` and `chain` schemas.
+#[derive(Debug)]
+struct Catalog {
+    public: Arc<UserSchema>,
+    chain: Arc<SystemSchema>,
+}
+
+impl CatalogProvider for Catalog {
+    fn schema_names(&self) -> Vec<String> {
+        vec![SYSTEM_SCHEMA.to_string(), USER_SCHEMA.to_string()]
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        match name {
+            USER_SCHEMA => Some(self.public.clone()),
+            SYSTEM_SCHEMA => Some(self.chain.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The catalog list DataFusion sessions are given.
+#[derive(Debug)]
+pub struct CatalogList {
+    catalog: Arc<Catalog>,
+}
+
+impl CatalogList {
+    pub fn new(
+        tables: BTreeMap<String, Arc<Table>>,
+        system: SystemTables,
+        write_target: Option<Arc<Table>>,
+        meter: Option<Arc<ScanMeter>>,
+    ) -> Arc<CatalogList> {
+        Arc::new(CatalogList {
+            catalog: Arc::new(Catalog {
+                public: Arc::new(UserSchema {
+                    tables,
+                    write_target,
+                    meter: meter.clone(),
+                }),
+                chain: Arc::new(SystemSchema { tables: system, meter }),
+            }),
+        })
+    }
+}
+
+impl CatalogProviderList for CatalogList {
+    fn register_catalog(
+        &self,
+        _name: String,
+        _catalog: Arc<dyn CatalogProvider>,
+    ) -> Option<Arc<dyn CatalogProvider>> {
+        None
+    }
+
+    fn catalog_names(&self) -> Vec<String> {
+        vec!["datafusion".to_string()]
+    }
+
+    fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        (name == "datafusion").then(|| self.catalog.clone() as Arc<dyn CatalogProvider>)
+    }
+}
+

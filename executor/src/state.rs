@@ -1,0 +1,125 @@
+//! A version of the chain's state: tables, accounts, system tables, and the state root.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chainql::{Address, Hash, merkle_root};
+
+use crate::provider::{CatalogList, ScanMeter};
+use crate::system::SystemTables;
+use crate::table::Table;
+use crate::Result;
+
+const STATE_ROOT_DOMAIN: &str = "chainql/state/v1";
+
+/// An account's native balance and the nonce its next transaction must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Account {
+    pub balance: u64,
+    pub nonce: u64,
+}
+
+/// The state after a block (height 0: the genesis state). Immutable once built; cloning is
+/// cheap, and a block's execution works on a clone.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub(crate) height: u64,
+    pub(crate) block_hash: Hash,
+    pub(crate) timestamp_ms: u64,
+    pub(crate) tables: BTreeMap<String, Arc<Table>>,
+    pub(crate) accounts: imbl::OrdMap<Address, Account>,
+    pub(crate) system: SystemTables,
+    pub(crate) root: Hash,
+}
+
+impl State {
+    /// The state before the first block.
+    pub fn genesis(genesis_hash: Hash, genesis_time_ms: u64, balances: &[(Address, u64)]) -> Result<State> {
+        let accounts: imbl::OrdMap<Address, Account> = balances
+            .iter()
+            .map(|(address, balance)| (*address, Account { balance: *balance, nonce: 0 }))
+            .collect();
+        let mut state = State {
+            height: 0,
+            block_hash: genesis_hash,
+            timestamp_ms: genesis_time_ms,
+            tables: BTreeMap::new(),
+            system: SystemTables::new(accounts.clone()),
+            accounts,
+            root: Hash::ZERO,
+        };
+        state.root = state.compute_root()?;
+        Ok(state)
+    }
+
+    /// Height of the last block applied (0 for genesis).
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// Hash of the last block applied (the genesis hash at height 0).
+    pub fn block_hash(&self) -> Hash {
+        self.block_hash
+    }
+
+    /// Timestamp of the last block applied.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    /// The state root: a blake3 Merkle commitment to every table and account.
+    pub fn root(&self) -> Hash {
+        self.root
+    }
+
+    pub fn account(&self, address: &Address) -> Account {
+        self.accounts.get(address).copied().unwrap_or_default()
+    }
+
+    pub fn table(&self, name: &str) -> Option<&Arc<Table>> {
+        self.tables.get(name)
+    }
+
+    pub fn table_names(&self) -> impl Iterator<Item = &str> {
+        self.tables.keys().map(String::as_str)
+    }
+
+    /// A DataFusion catalog over this version.
+    pub(crate) fn catalog(&self, write_target: Option<Arc<Table>>, meter: Option<Arc<ScanMeter>>) -> Arc<CatalogList> {
+        CatalogList::new(self.tables.clone(), self.system.clone(), write_target, meter)
+    }
+
+    /// Compacts the tables changed since the last root and computes the new root:
+    /// `H(height, Merkle(tables by name), Merkle(accounts by address))`.
+    pub(crate) fn compute_root(&mut self) -> Result<Hash> {
+        let mut table_leaves = Vec::with_capacity(self.tables.len());
+        for (name, table) in self.tables.iter_mut() {
+            if table.is_dirty() {
+                Arc::make_mut(table).compact()?;
+            }
+            let digest = match table.cached_digest() {
+                Some(digest) => digest,
+                None => Arc::make_mut(table).digest()?,
+            };
+            table_leaves.push(Hash::tagged("chainql/table-leaf/v1", &[name.as_bytes(), digest.as_bytes()]));
+        }
+        let account_leaves: Vec<Hash> = self
+            .accounts
+            .iter()
+            .map(|(address, account)| {
+                Hash::tagged(
+                    "chainql/account/v1",
+                    &[&address.0, &account.balance.to_le_bytes(), &account.nonce.to_le_bytes()],
+                )
+            })
+            .collect();
+        Ok(Hash::tagged(
+            STATE_ROOT_DOMAIN,
+            &[
+                &self.height.to_le_bytes(),
+                merkle_root(&table_leaves).as_bytes(),
+                merkle_root(&account_leaves).as_bytes(),
+            ],
+        ))
+    }
+}

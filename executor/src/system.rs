@@ -1,0 +1,207 @@
+//! The `chain` schema's system tables: `chain.blocks`, `chain.transactions`, `chain.accounts`.
+//!
+//! Blocks and transactions are history: each executed block appends a batch, and the batches are
+//! held in persistent vectors so every state version shares them. They are derived from the
+//! block store, so they are not part of the state root. Accounts are state and are hashed.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chainql::{Address, Hash};
+
+use crate::state::Account;
+use crate::table::CHUNK_ROWS;
+use crate::{Error, Result};
+
+/// Trailing small batches kept before they are merged into one.
+const SMALL_BATCHES_MAX: usize = 64;
+
+/// An append-only history table: batches shared between versions.
+#[derive(Debug, Clone)]
+struct History {
+    schema: SchemaRef,
+    batches: imbl::Vector<RecordBatch>,
+    /// Trailing batches smaller than a chunk.
+    small: usize,
+}
+
+impl History {
+    fn new(schema: SchemaRef) -> History {
+        History {
+            schema,
+            batches: imbl::Vector::new(),
+            small: 0,
+        }
+    }
+
+    fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.batches.push_back(batch);
+        self.small += 1;
+        if self.small >= SMALL_BATCHES_MAX {
+            let mut tail = Vec::with_capacity(self.small);
+            while tail.len() < self.small {
+                match self.batches.pop_back() {
+                    Some(batch) => tail.push(batch),
+                    None => break,
+                }
+            }
+            tail.reverse();
+            let merged = concat_batches(&self.schema, &tail)?;
+            self.small = usize::from(merged.num_rows() < CHUNK_ROWS);
+            self.batches.push_back(merged);
+        }
+        Ok(())
+    }
+
+    fn batches(&self) -> Vec<RecordBatch> {
+        self.batches.iter().cloned().collect()
+    }
+}
+
+/// One executed transaction, as `chain.transactions` shows it.
+#[derive(Debug, Clone)]
+pub struct TransactionRecord {
+    pub hash: Hash,
+    pub sender: Address,
+    pub nonce: u64,
+    pub success: bool,
+    pub error: Option<String>,
+    pub statements: String,
+    pub gas_used: u64,
+}
+
+/// One executed block, as `chain.blocks` shows it.
+#[derive(Debug, Clone)]
+pub struct BlockRecord {
+    pub height: u64,
+    pub hash: Hash,
+    pub parent_hash: Hash,
+    pub timestamp_ms: u64,
+    pub transaction_count: u32,
+    pub transactions_root: Hash,
+    pub state_root: Hash,
+    pub proposer: Address,
+}
+
+/// The system tables of one state version.
+#[derive(Debug, Clone)]
+pub struct SystemTables {
+    blocks: History,
+    transactions: History,
+    accounts: imbl::OrdMap<Address, Account>,
+}
+
+fn blocks_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("height", DataType::Int64, false),
+        Field::new("hash", DataType::Utf8, false),
+        Field::new("parent_hash", DataType::Utf8, false),
+        Field::new("timestamp", DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())), false),
+        Field::new("transaction_count", DataType::Int32, false),
+        Field::new("transactions_root", DataType::Utf8, false),
+        Field::new("state_root", DataType::Utf8, false),
+        Field::new("proposer", DataType::Utf8, false),
+    ]))
+}
+
+fn transactions_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("hash", DataType::Utf8, false),
+        Field::new("block_height", DataType::Int64, false),
+        Field::new("index", DataType::Int32, false),
+        Field::new("sender", DataType::Utf8, false),
+        Field::new("nonce", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("statements", DataType::Utf8, false),
+        Field::new("gas_used", DataType::Int64, false),
+    ]))
+}
+
+fn accounts_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("address", DataType::Utf8, false),
+        Field::new("balance", DataType::Int64, false),
+        Field::new("nonce", DataType::Int64, false),
+    ]))
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl SystemTables {
+    /// The names of the tables in the `chain` schema.
+    pub const NAMES: &'static [&'static str] = &["accounts", "blocks", "transactions"];
+
+    pub fn new(accounts: imbl::OrdMap<Address, Account>) -> SystemTables {
+        SystemTables {
+            blocks: History::new(blocks_schema()),
+            transactions: History::new(transactions_schema()),
+            accounts,
+        }
+    }
+
+    pub(crate) fn set_accounts(&mut self, accounts: imbl::OrdMap<Address, Account>) {
+        self.accounts = accounts;
+    }
+
+    /// Appends an executed block and its transactions.
+    pub fn push_block(&mut self, block: &BlockRecord, transactions: &[TransactionRecord]) -> Result<()> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![to_i64(block.height)])),
+            Arc::new(StringArray::from(vec![block.hash.to_hex()])),
+            Arc::new(StringArray::from(vec![block.parent_hash.to_hex()])),
+            Arc::new(
+                TimestampMillisecondArray::from(vec![to_i64(block.timestamp_ms)]).with_timezone("+00:00"),
+            ),
+            Arc::new(Int32Array::from(vec![block.transaction_count as i32])),
+            Arc::new(StringArray::from(vec![block.transactions_root.to_hex()])),
+            Arc::new(StringArray::from(vec![block.state_root.to_hex()])),
+            Arc::new(StringArray::from(vec![block.proposer.to_hex()])),
+        ];
+        self.blocks.push(RecordBatch::try_new(blocks_schema(), columns)?)?;
+        let height = to_i64(block.height);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(transactions.iter().map(|t| t.hash.to_hex()))),
+            Arc::new(Int64Array::from(vec![height; transactions.len()])),
+            Arc::new(Int32Array::from_iter_values(0..transactions.len() as i32)),
+            Arc::new(StringArray::from_iter_values(transactions.iter().map(|t| t.sender.to_hex()))),
+            Arc::new(Int64Array::from_iter_values(transactions.iter().map(|t| to_i64(t.nonce)))),
+            Arc::new(StringArray::from_iter_values(
+                transactions.iter().map(|t| if t.success { "success" } else { "failed" }),
+            )),
+            Arc::new(StringArray::from_iter(transactions.iter().map(|t| t.error.as_deref()))),
+            Arc::new(StringArray::from_iter_values(transactions.iter().map(|t| t.statements.as_str()))),
+            Arc::new(Int64Array::from_iter_values(transactions.iter().map(|t| to_i64(t.gas_used)))),
+        ];
+        self.transactions
+            .push(RecordBatch::try_new(transactions_schema(), columns)?)
+    }
+
+    /// The schema and rows of system table `name`.
+    pub fn get(&self, name: &str) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
+        Ok(match name {
+            "blocks" => Some((self.blocks.schema.clone(), self.blocks.batches())),
+            "transactions" => Some((self.transactions.schema.clone(), self.transactions.batches())),
+            "accounts" => {
+                let schema = accounts_schema();
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from_iter_values(self.accounts.keys().map(Address::to_hex))),
+                    Arc::new(Int64Array::from_iter_values(self.accounts.values().map(|a| to_i64(a.balance)))),
+                    Arc::new(Int64Array::from_iter_values(self.accounts.values().map(|a| to_i64(a.nonce)))),
+                ];
+                let batch = RecordBatch::try_new(schema.clone(), columns).map_err(Error::from)?;
+                Some((schema, vec![batch]))
+            }
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,431 @@
+//! A table's data: immutable Arrow chunks with deletion masks, and a primary-key index.
+//!
+//! A [`Table`] value is one version of a table. Cloning it is cheap (the chunk map holds `Arc`s
+//! and the index is a persistent B-tree that shares structure), so a transaction clones the
+//! versions it writes, changes its private copies, and either publishes them or drops them. A
+//! write never changes a chunk in place: deleting rows makes a new mask for the chunk, inserting
+//! rows adds a chunk. Readers of older versions are never disturbed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array,
+};
+use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chainql::Hash;
+use chainql_planner::{ROW_POSITION_COLUMN, TableDefinition};
+
+use crate::encode::{Key, describe_key, encode_key, encode_value};
+use crate::{Error, Result};
+
+/// Rows per chunk once chunks are compacted.
+pub const CHUNK_ROWS: usize = 8192;
+/// Rows whose hashes are grouped under one node of a table's Merkle tree.
+const HASH_PAGE_ROWS: usize = 1024;
+
+/// Where a row is stored: a chunk and a row within it. Packed into a `u64` for the position
+/// column that `UPDATE` and `DELETE` row queries read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowLocation {
+    pub chunk: u64,
+    pub row: u32,
+}
+
+impl RowLocation {
+    pub fn pack(self) -> u64 {
+        (self.chunk << 32) | self.row as u64
+    }
+
+    pub fn unpack(packed: u64) -> RowLocation {
+        RowLocation {
+            chunk: packed >> 32,
+            row: packed as u32,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Chunk {
+    /// Rows in the storage schema.
+    batch: RecordBatch,
+    /// Which rows are still live.
+    live: BooleanBuffer,
+    live_rows: usize,
+}
+
+impl Chunk {
+    fn new(batch: RecordBatch) -> Chunk {
+        let rows = batch.num_rows();
+        Chunk {
+            batch,
+            live: BooleanBuffer::new_set(rows),
+            live_rows: rows,
+        }
+    }
+
+    /// The live rows.
+    fn live_batch(&self) -> Result<RecordBatch> {
+        if self.live_rows == self.batch.num_rows() {
+            return Ok(self.batch.clone());
+        }
+        Ok(filter_record_batch(
+            &self.batch,
+            &BooleanArray::new(self.live.clone(), None),
+        )?)
+    }
+}
+
+/// One version of a table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    definition: Arc<TableDefinition>,
+    storage_schema: SchemaRef,
+    key_columns: Arc<[usize]>,
+    chunks: BTreeMap<u64, Arc<Chunk>>,
+    next_chunk_id: u64,
+    index: imbl::OrdMap<Key, RowLocation>,
+    /// The next hidden row id, for tables without a primary key.
+    next_row_id: i64,
+    /// The digest of the contents, or `None` once they changed.
+    digest: Option<Hash>,
+    /// Set by writes, cleared by compaction.
+    dirty: bool,
+}
+
+impl Table {
+    /// A new, empty table.
+    pub fn new(definition: TableDefinition) -> Table {
+        let storage_schema = definition.storage_schema();
+        let key_columns: Arc<[usize]> = definition.key_columns().into();
+        Table {
+            definition: Arc::new(definition),
+            storage_schema,
+            key_columns,
+            chunks: BTreeMap::new(),
+            next_chunk_id: 0,
+            index: imbl::OrdMap::new(),
+            next_row_id: 1,
+            digest: None,
+            dirty: true,
+        }
+    }
+
+    pub fn definition(&self) -> &TableDefinition {
+        &self.definition
+    }
+
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    pub fn storage_schema(&self) -> &SchemaRef {
+        &self.storage_schema
+    }
+
+    pub fn row_count(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Reserves `n` hidden row ids and returns them as a column.
+    pub fn allocate_row_ids(&mut self, n: usize) -> ArrayRef {
+        let first = self.next_row_id;
+        self.next_row_id += n as i64;
+        Arc::new(Int64Array::from_iter_values(first..first + n as i64))
+    }
+
+    /// Live rows in the user's schema (the hidden row id left out), in storage order.
+    pub fn scan(&self) -> Result<Vec<RecordBatch>> {
+        let user_columns: Vec<usize> = (0..self.definition.columns.len()).collect();
+        let mut out = Vec::with_capacity(self.chunks.len());
+        for chunk in self.chunks.values() {
+            if chunk.live_rows == 0 {
+                continue;
+            }
+            out.push(chunk.live_batch()?.project(&user_columns)?);
+        }
+        Ok(out)
+    }
+
+    /// The schema of [`Table::scan_with_positions`]: the user's columns and the position column.
+    pub fn schema_with_positions(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .definition
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(ROW_POSITION_COLUMN, DataType::UInt64, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Live rows in the user's schema plus each row's packed [`RowLocation`].
+    pub fn scan_with_positions(&self) -> Result<Vec<RecordBatch>> {
+        let schema = self.schema_with_positions();
+        let user_columns = self.definition.columns.len();
+        let mut out = Vec::with_capacity(self.chunks.len());
+        for (&id, chunk) in &self.chunks {
+            if chunk.live_rows == 0 {
+                continue;
+            }
+            let positions: Vec<u64> = chunk
+                .live
+                .set_indices()
+                .map(|row| RowLocation { chunk: id, row: row as u32 }.pack())
+                .collect();
+            let live = chunk.live_batch()?;
+            let mut columns: Vec<ArrayRef> = live.columns()[..user_columns].to_vec();
+            columns.push(Arc::new(UInt64Array::from(positions)));
+            out.push(RecordBatch::try_new(schema.clone(), columns)?);
+        }
+        Ok(out)
+    }
+
+    /// The row with primary key `key`, in the user's schema, if it exists.
+    pub fn get(&self, key: &[u8]) -> Result<Option<RecordBatch>> {
+        let Some(location) = self.index.get(key) else {
+            return Ok(None);
+        };
+        let chunk = &self.chunks[&location.chunk];
+        let user_columns: Vec<usize> = (0..self.definition.columns.len()).collect();
+        Ok(Some(chunk.batch.slice(location.row as usize, 1).project(&user_columns)?))
+    }
+
+    /// The row at `location`, in the storage schema, if it is live.
+    pub fn row_at(&self, location: RowLocation) -> Option<RecordBatch> {
+        let chunk = self.chunks.get(&location.chunk)?;
+        let row = location.row as usize;
+        (row < chunk.batch.num_rows() && chunk.live.value(row)).then(|| chunk.batch.slice(row, 1))
+    }
+
+    /// Adds rows given in the storage schema. Refuses the whole batch if any key is already
+    /// present or repeats within it.
+    pub fn insert(&mut self, batch: RecordBatch) -> Result<usize> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(0);
+        }
+        assert_eq!(batch.schema().fields(), self.storage_schema.fields(), "insert in storage schema");
+        let chunk_id = self.next_chunk_id;
+        let mut keys = Vec::with_capacity(rows);
+        // Membership only: iteration order of the set is never observed.
+        let mut seen = std::collections::HashSet::with_capacity(rows);
+        for row in 0..rows {
+            let key = encode_key(&batch, &self.key_columns, row)?;
+            if self.index.contains_key(&key) || !seen.insert(key.clone()) {
+                return Err(self.duplicate(&batch, row));
+            }
+            keys.push((key, row as u32));
+        }
+        for (key, row) in keys {
+            self.index.insert(key, RowLocation { chunk: chunk_id, row });
+        }
+        self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
+        self.next_chunk_id += 1;
+        self.touch();
+        Ok(rows)
+    }
+
+    fn duplicate(&self, batch: &RecordBatch, row: usize) -> Error {
+        Error::UniqueViolation {
+            constraint: format!("{}_pkey", self.definition.name),
+            key: describe_key(batch, &self.key_columns, row),
+        }
+    }
+
+    /// The hidden row ids of the rows at `locations` (tables without a primary key).
+    pub fn row_ids_at(&self, locations: &[RowLocation]) -> Result<ArrayRef> {
+        let column = self.definition.columns.len();
+        let mut ids = Vec::with_capacity(locations.len());
+        for location in locations {
+            let chunk = self
+                .chunks
+                .get(&location.chunk)
+                .ok_or_else(|| Error::Internal(format!("row {location:?} does not exist")))?;
+            let values = chunk
+                .batch
+                .column(column)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| Error::Internal("the hidden row id is not BIGINT".into()))?;
+            ids.push(values.value(location.row as usize));
+        }
+        Ok(Arc::new(Int64Array::from(ids)))
+    }
+
+    /// Deletes the live rows at `locations`. Refuses a location that is not a live row or that
+    /// appears twice.
+    pub fn delete(&mut self, locations: &[RowLocation]) -> Result<usize> {
+        let mut by_chunk: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for location in locations {
+            if self.row_at(*location).is_none() {
+                return Err(Error::Internal(format!("row {location:?} is not live")));
+            }
+            by_chunk.entry(location.chunk).or_default().push(location.row);
+        }
+        for (chunk_id, mut rows) in by_chunk {
+            rows.sort_unstable();
+            if rows.windows(2).any(|w| w[0] == w[1]) {
+                return Err(Error::RowChangedTwice);
+            }
+            let chunk = self.chunks[&chunk_id].clone();
+            let mut live = chunk.live.iter().collect::<Vec<bool>>();
+            for &row in &rows {
+                live[row as usize] = false;
+                let key = encode_key(&chunk.batch, &self.key_columns, row as usize)?;
+                self.index.remove(&key);
+            }
+            let live = BooleanBuffer::from(live);
+            let live_rows = live.count_set_bits();
+            self.chunks.insert(
+                chunk_id,
+                Arc::new(Chunk {
+                    batch: chunk.batch.clone(),
+                    live,
+                    live_rows,
+                }),
+            );
+        }
+        self.touch();
+        Ok(locations.len())
+    }
+
+    fn touch(&mut self) {
+        self.digest = None;
+        self.dirty = true;
+    }
+
+    /// Rewrites chunks that are small or mostly deleted into full ones, so the number of chunks
+    /// stays proportional to the number of rows. Deterministic: it depends only on the table.
+    pub fn compact(&mut self) -> Result<()> {
+        self.dirty = false;
+        let candidates: Vec<u64> = self
+            .chunks
+            .iter()
+            .filter(|(_, c)| c.batch.num_rows() < CHUNK_ROWS / 2 || c.live_rows * 2 < c.batch.num_rows())
+            .map(|(&id, _)| id)
+            .collect();
+        let fully_deleted = candidates.iter().any(|id| self.chunks[id].live_rows == 0);
+        if candidates.len() < 2 && !fully_deleted {
+            return Ok(());
+        }
+        let mut live = Vec::with_capacity(candidates.len());
+        for id in &candidates {
+            if let Some(chunk) = self.chunks.remove(id) {
+                if chunk.live_rows > 0 {
+                    live.push(chunk.live_batch()?);
+                }
+            }
+        }
+        if live.is_empty() {
+            return Ok(());
+        }
+        let merged = concat_batches(&self.storage_schema, &live)?;
+        let mut offset = 0;
+        while offset < merged.num_rows() {
+            let length = CHUNK_ROWS.min(merged.num_rows() - offset);
+            let batch = merged.slice(offset, length);
+            let chunk_id = self.next_chunk_id;
+            self.next_chunk_id += 1;
+            for row in 0..length {
+                let key = encode_key(&batch, &self.key_columns, row)?;
+                self.index.insert(key, RowLocation { chunk: chunk_id, row: row as u32 });
+            }
+            self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
+            offset += length;
+        }
+        Ok(())
+    }
+
+    /// The digest of the table: its definition and a Merkle root over its rows in key order.
+    /// Independent of how rows are laid out in chunks. Cached until the next write.
+    pub fn digest(&mut self) -> Result<Hash> {
+        if let Some(digest) = self.digest {
+            return Ok(digest);
+        }
+        let mut pages = Vec::with_capacity(self.index.len() / HASH_PAGE_ROWS + 1);
+        let mut page = blake3::Hasher::new();
+        let mut in_page = 0;
+        let mut row_bytes = Vec::with_capacity(128);
+        for (key, location) in self.index.iter() {
+            let chunk = &self.chunks[&location.chunk];
+            row_bytes.clear();
+            row_bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            row_bytes.extend_from_slice(key);
+            for column in chunk.batch.columns() {
+                encode_value(&mut row_bytes, column, location.row as usize)?;
+            }
+            page.update(&row_bytes);
+            in_page += 1;
+            if in_page == HASH_PAGE_ROWS {
+                pages.push(Hash(*page.finalize().as_bytes()));
+                page = blake3::Hasher::new();
+                in_page = 0;
+            }
+        }
+        if in_page > 0 {
+            pages.push(Hash(*page.finalize().as_bytes()));
+        }
+        let definition = format!("{:?}", self.definition);
+        let digest = Hash::tagged(
+            "chainql/table/v1",
+            &[
+                definition.as_bytes(),
+                &(self.index.len() as u64).to_le_bytes(),
+                &self.next_row_id.to_le_bytes(),
+                chainql::merkle_root(&pages).as_bytes(),
+            ],
+        );
+        self.digest = Some(digest);
+        Ok(digest)
+    }
+
+    /// The digest, if it is known without hashing.
+    pub fn cached_digest(&self) -> Option<Hash> {
+        self.digest
+    }
+
+    /// Looks up the row with the same key as `batch[row]`.
+    pub fn contains_key_of(&self, batch: &RecordBatch, row: usize) -> Result<bool> {
+        Ok(self.index.contains_key(&encode_key(batch, &self.key_columns, row)?))
+    }
+
+    /// Number of chunks, for tests of compaction.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+/// Checks shared by every write: `NOT NULL` and `VARCHAR(n)` bounds of the user's columns.
+pub fn check_constraints(definition: &TableDefinition, batch: &RecordBatch) -> Result<()> {
+    for (i, column) in definition.columns.iter().enumerate() {
+        let values = batch.column(i);
+        if !column.nullable && values.null_count() > 0 {
+            return Err(Error::NotNullViolation {
+                table: definition.name.clone(),
+                column: column.name.clone(),
+            });
+        }
+        if let Some(max) = column.column_type.max_chars {
+            let strings = values.as_any().downcast_ref::<datafusion::arrow::array::StringArray>();
+            if let Some(strings) = strings {
+                for value in strings.iter().flatten() {
+                    if value.chars().count() > max as usize {
+                        return Err(Error::ValueTooLong {
+                            column: column.name.clone(),
+                            max,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
