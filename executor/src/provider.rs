@@ -246,7 +246,9 @@ impl SchemaProvider for UserSchema {
 /// The `chain` schema: system tables.
 #[derive(Debug)]
 struct SystemSchema {
-    tables: SystemTables,
+    system: SystemTables,
+    /// The user tables of the same version, which `chain.tables` and `chain.columns` describe.
+    tables: BTreeMap<String, Arc<Table>>,
     meter: Option<Arc<ScanMeter>>,
 }
 
@@ -257,7 +259,7 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        let Some((schema, batches)) = self.tables.get(name)? else {
+        let Some((schema, batches)) = self.system.get(name, &self.tables)? else {
             return Ok(None);
         };
         Ok(Some(Arc::new(SystemTableProvider {
@@ -308,12 +310,16 @@ impl CatalogList {
     ) -> Arc<CatalogList> {
         Arc::new(CatalogList {
             catalog: Arc::new(Catalog {
+                chain: Arc::new(SystemSchema {
+                    system,
+                    tables: tables.clone(),
+                    meter: meter.clone(),
+                }),
                 public: Arc::new(UserSchema {
                     tables,
                     write_target,
-                    meter: meter.clone(),
+                    meter,
                 }),
-                chain: Arc::new(SystemSchema { tables: system, meter }),
             }),
         })
     }

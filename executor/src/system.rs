@@ -4,17 +4,18 @@
 //! held in persistent vectors so every state version shares them. They are derived from the
 //! block store, so they are not part of the state root. Accounts are state and are hashed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chainql::{Address, Hash};
 
 use crate::state::Account;
-use crate::table::CHUNK_ROWS;
+use crate::table::{CHUNK_ROWS, Table};
 use crate::{Error, Result};
 
 /// Trailing small batches kept before they are merged into one.
@@ -139,7 +140,7 @@ fn to_i64(value: u64) -> i64 {
 
 impl SystemTables {
     /// The names of the tables in the `chain` schema.
-    pub const NAMES: &'static [&'static str] = &["accounts", "blocks", "transactions"];
+    pub const NAMES: &'static [&'static str] = &["accounts", "blocks", "columns", "tables", "transactions"];
 
     pub fn new(accounts: imbl::OrdMap<Address, Account>) -> SystemTables {
         SystemTables {
@@ -186,9 +187,16 @@ impl SystemTables {
             .push(RecordBatch::try_new(transactions_schema(), columns)?)
     }
 
-    /// The schema and rows of system table `name`.
-    pub fn get(&self, name: &str) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
+    /// The schema and rows of system table `name`; `tables` are the user tables of the same
+    /// version, which `chain.tables` and `chain.columns` describe.
+    pub fn get(
+        &self,
+        name: &str,
+        tables: &BTreeMap<String, Arc<Table>>,
+    ) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
         Ok(match name {
+            "tables" => Some(describe_tables(tables)?),
+            "columns" => Some(describe_columns(tables)?),
             "blocks" => Some((self.blocks.schema.clone(), self.blocks.batches())),
             "transactions" => Some((self.transactions.schema.clone(), self.transactions.batches())),
             "accounts" => {
@@ -204,4 +212,77 @@ impl SystemTables {
             _ => None,
         })
     }
+}
+
+/// `chain.tables`: every user table, its row count and its key.
+fn describe_tables(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("row_count", DataType::Int64, false),
+        Field::new("primary_key", DataType::Utf8, true),
+    ]));
+    let keys: Vec<Option<String>> = tables
+        .values()
+        .map(|t| {
+            let definition = t.definition();
+            (!definition.has_hidden_row_id()).then(|| {
+                definition
+                    .primary_key
+                    .iter()
+                    .map(|&c| definition.columns[c].name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(tables.keys())),
+        Arc::new(Int64Array::from_iter_values(tables.values().map(|t| t.row_count() as i64))),
+        Arc::new(StringArray::from(keys)),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok((schema, vec![batch]))
+}
+
+/// `chain.columns`: every column of every user table, in order, with its SQL type.
+fn describe_columns(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("ordinal", DataType::Int32, false),
+        Field::new("data_type", DataType::Utf8, false),
+        Field::new("nullable", DataType::Boolean, false),
+        Field::new("default_value", DataType::Utf8, true),
+        Field::new("key_ordinal", DataType::Int32, true),
+    ]));
+    let mut table_names = Vec::new();
+    let mut names = Vec::new();
+    let mut ordinals = Vec::new();
+    let mut types = Vec::new();
+    let mut nullable = Vec::new();
+    let mut defaults = Vec::new();
+    let mut key_ordinals = Vec::new();
+    for (table_name, table) in tables {
+        let definition = table.definition();
+        for (i, column) in definition.columns.iter().enumerate() {
+            table_names.push(table_name.clone());
+            names.push(column.name.clone());
+            ordinals.push(i as i32 + 1);
+            types.push(column.column_type.sql_name());
+            nullable.push(column.nullable);
+            defaults.push(column.default.clone());
+            key_ordinals.push(definition.primary_key.iter().position(|&k| k == i).map(|p| p as i32 + 1));
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(table_names)),
+        Arc::new(StringArray::from(names)),
+        Arc::new(Int32Array::from(ordinals)),
+        Arc::new(StringArray::from(types)),
+        Arc::new(BooleanArray::from(nullable)),
+        Arc::new(StringArray::from(defaults)),
+        Arc::new(Int32Array::from(key_ordinals)),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok((schema, vec![batch]))
 }

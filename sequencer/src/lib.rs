@@ -144,6 +144,23 @@ impl LogConfig {
     }
 }
 
+fn writer_gone() -> Error {
+    Error::Stopped("the writer is not running".into())
+}
+
+/// Entries queued for the writer; [`PendingAppend::durable`] waits for their group commit.
+#[derive(Debug)]
+pub struct PendingAppend {
+    answer: oneshot::Receiver<Result<Vec<SeqNo>>>,
+}
+
+impl PendingAppend {
+    /// Waits until the entries are durable and returns their sequence numbers.
+    pub async fn durable(self) -> Result<Vec<SeqNo>> {
+        self.answer.await.map_err(|_| writer_gone())?
+    }
+}
+
 /// What recovery found when the log was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -270,6 +287,14 @@ impl Log {
 
     /// Appends entries, in order, and returns their sequence numbers once all are durable.
     pub async fn append_many(&self, entries: Vec<(PartitionId, Vec<u8>)>) -> Result<Vec<SeqNo>> {
+        self.enqueue(entries).await?.durable().await
+    }
+
+    /// Queues entries for the writer and returns once they are queued, not yet durable. Entries
+    /// are written in the order their `enqueue` calls completed, so a caller that must keep
+    /// several appends in order (one sender's nonces) enqueues them one after another and waits
+    /// for durability afterwards, outside its own lock.
+    pub async fn enqueue(&self, entries: Vec<(PartitionId, Vec<u8>)>) -> Result<PendingAppend> {
         for (partition, payload) in &entries {
             if partition.0 >= self.shared.config.partitions {
                 return Err(Error::NoSuchPartition {
@@ -284,17 +309,17 @@ impl Log {
                 });
             }
         }
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
         let (reply, answer) = oneshot::channel();
-        let stopped = || Error::Stopped("the writer is not running".into());
-        let requests = self.requests.as_ref().ok_or_else(stopped)?;
+        if entries.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return Ok(PendingAppend { answer });
+        }
+        let requests = self.requests.as_ref().ok_or_else(writer_gone)?;
         requests
             .send(Request { entries, reply })
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| writer_gone())?;
+        Ok(PendingAppend { answer })
     }
 
     /// The last durable sequence number of `partition` (0 if it is empty).

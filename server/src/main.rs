@@ -1,1 +1,331 @@
-fn main() {}
+//! `chainql`: the ChainQL command-line tool — shell, node, keys, bench.
+
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use chainql::{Address, Keypair};
+use chainql_server::bench::{BenchConfig, run_update};
+use chainql_server::{
+    Connection, Error, Node, NodeConfig, RemoteNode, Result, Session, Shell, grpc, init_data_dir,
+    load_or_create_key,
+};
+
+const DEFAULT_DATA_DIR: &str = "chainql-data";
+const DEFAULT_CHAIN_ID: &str = "chainql-local";
+/// The balance the embedded shell's own account starts with on a new chain.
+const SHELL_ACCOUNT_BALANCE: u64 = 1_000_000_000;
+
+#[derive(Parser)]
+#[command(name = "chainql", version, about = "ChainQL: a replicated, verifiable SQL ledger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open a psql-style shell on an embedded node (or, with --connect, on a running one).
+    Shell(ShellArgs),
+    /// Run a node serving the gRPC API.
+    Node(NodeArgs),
+    /// Create a data directory: a validator key and a genesis.
+    Init(InitArgs),
+    /// Manage keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Measure end-to-end throughput on a fresh embedded node.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new ed25519 key (mode 0600) and print its address.
+    New {
+        /// Where to write the key.
+        #[arg(long, default_value = "chainql-data/keys/default.key")]
+        out: PathBuf,
+    },
+    /// Print the address of a key.
+    Address {
+        #[arg(long, default_value = "chainql-data/keys/default.key")]
+        key: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct NodeOptions {
+    /// The node's data directory.
+    #[arg(long, default_value = DEFAULT_DATA_DIR, env = "CHAINQL_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The shortest time between two blocks, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    block_interval_ms: u64,
+    /// The most transactions in one block.
+    #[arg(long, default_value_t = 5_000)]
+    block_transactions_max: usize,
+    /// The largest query answer, in rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    query_rows_max: usize,
+}
+
+impl NodeOptions {
+    fn config(&self) -> NodeConfig {
+        let mut config = NodeConfig::new(&self.data_dir);
+        config.block_interval_ms = self.block_interval_ms;
+        config.block_transactions_max = self.block_transactions_max;
+        config.query_limits.rows_max = self.query_rows_max;
+        config
+    }
+}
+
+#[derive(Args)]
+struct ShellArgs {
+    #[command(flatten)]
+    node: NodeOptions,
+    /// Talk to a running node (e.g. http://127.0.0.1:50051) instead of an embedded one.
+    #[arg(long)]
+    connect: Option<String>,
+    /// The key that signs this session's transactions [default: DATA_DIR/keys/default.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Run this command (statements or a backslash command) and exit.
+    #[arg(short = 'c', long = "command")]
+    command: Option<String>,
+    /// Run the statements in this file and exit.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    node: NodeOptions,
+    /// Where the gRPC API listens.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    grpc_listen: SocketAddr,
+    /// Create the data directory first if it does not exist, with this chain id.
+    #[arg(long)]
+    init_chain_id: Option<String>,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = DEFAULT_CHAIN_ID)]
+    chain_id: String,
+    /// An opening balance, ADDRESS=AMOUNT (repeatable).
+    #[arg(long = "account")]
+    accounts: Vec<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Signed transactions to commit.
+    #[arg(long, default_value_t = 20_000)]
+    transactions: usize,
+    /// Concurrent clients, each with its own key.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Rows in the updated table.
+    #[arg(long, default_value_t = 10_000)]
+    rows: usize,
+    #[arg(long, default_value_t = 10)]
+    block_interval_ms: u64,
+    #[arg(long, default_value_t = 5_000)]
+    block_transactions_max: usize,
+    /// Where the bench node keeps its data [default: a new temporary directory].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Shell(args) => shell(args),
+        Command::Node(args) => node(args),
+        Command::Init(args) => init(args),
+        Command::Keys(command) => keys(command),
+        Command::Bench(args) => bench(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keys(command: KeysCommand) -> Result<ExitCode> {
+    match command {
+        KeysCommand::New { out } => {
+            let key = Keypair::generate();
+            key.write_file(&out)?;
+            println!("{}", key.address());
+            eprintln!("wrote {}", out.display());
+        }
+        KeysCommand::Address { key } => println!("{}", Keypair::read_file(&key)?.address()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_accounts(accounts: &[String]) -> Result<Vec<(Address, u64)>> {
+    accounts
+        .iter()
+        .map(|spec| {
+            let (address, amount) = spec
+                .split_once('=')
+                .ok_or_else(|| Error::Config(format!("--account {spec:?}: expected ADDRESS=AMOUNT")))?;
+            let amount = amount
+                .parse()
+                .map_err(|_| Error::Config(format!("--account {spec:?}: the amount is not a number")))?;
+            Ok((Address::from_hex(address)?, amount))
+        })
+        .collect()
+}
+
+fn init(args: InitArgs) -> Result<ExitCode> {
+    let config = NodeConfig::new(&args.data_dir);
+    if config.genesis_path().exists() {
+        return Err(Error::Config(format!("{} already exists", config.genesis_path().display())));
+    }
+    let genesis = init_data_dir(&config, &args.chain_id, &parse_accounts(&args.accounts)?)?;
+    println!(
+        "initialized chain {} in {} (genesis {})",
+        genesis.chain_id,
+        args.data_dir.display(),
+        genesis.hash()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn node(args: NodeArgs) -> Result<ExitCode> {
+    init_tracing("info");
+    let config = args.node.config();
+    if let Some(chain_id) = &args.init_chain_id {
+        init_data_dir(&config, chain_id, &[])?;
+    }
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let node = Node::open(config).await?;
+        let status = node.status();
+        tracing::info!(
+            chain = %status.chain_id,
+            height = status.height,
+            state_root = %status.state_root,
+            grpc = %args.grpc_listen,
+            "node started"
+        );
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        };
+        grpc::serve(node.clone(), args.grpc_listen, shutdown).await?;
+        node.shutdown().await;
+        Ok::<(), Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shell(args: ShellArgs) -> Result<ExitCode> {
+    init_tracing("warn");
+    let runtime = runtime()?;
+    let config = args.node.config();
+    let key_path = args
+        .key
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("keys").join("default.key"));
+    let key = load_or_create_key(&key_path)?;
+    let (connection, target, embedded) = match &args.connect {
+        Some(url) => {
+            let remote = runtime.block_on(RemoteNode::connect(url))?;
+            (Connection::Remote(Arc::new(remote)), url.clone(), None)
+        }
+        None => {
+            init_data_dir(&config, DEFAULT_CHAIN_ID, &[(key.address(), SHELL_ACCOUNT_BALANCE)])?;
+            let node = runtime.block_on(Node::open(config.clone()))?;
+            let target = format!("the embedded node in {}", config.data_dir.display());
+            (Connection::Embedded(node.clone()), target, Some(node))
+        }
+    };
+    let session = runtime.block_on(Session::new(connection, key))?;
+    let mut shell = Shell::new(session, runtime.handle().clone(), target);
+
+    let script = match (&args.command, &args.file) {
+        (Some(command), _) => Some(command.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file).map_err(|e| Error::io(format!("reading {}", file.display()), e))?,
+        ),
+        (None, None) if !std::io::stdin().is_terminal() => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Error::io("reading standard input", e))?;
+            Some(text)
+        }
+        (None, None) => None,
+    };
+    let ok = match script {
+        Some(script) => shell.run_script(&script),
+        None => {
+            let history = config.data_dir.join("shell_history");
+            shell.run_interactive(&history)?;
+            true
+        }
+    };
+    if let Some(node) = embedded {
+        runtime.block_on(node.shutdown());
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    init_tracing("warn");
+    let runtime = runtime()?;
+    let temporary;
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temporary = std::env::temp_dir().join(format!("chainql-bench-{}", std::process::id()));
+            temporary.clone()
+        }
+    };
+    if data_dir.exists() {
+        return Err(Error::Config(format!("{} already exists; bench needs a fresh directory", data_dir.display())));
+    }
+    let config = BenchConfig {
+        transactions: args.transactions,
+        clients: args.clients,
+        rows: args.rows,
+        block_interval_ms: args.block_interval_ms,
+        block_transactions_max: args.block_transactions_max,
+    };
+    let report = runtime.block_on(run_update(&data_dir, &config));
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    println!("{}", report?);
+    Ok(ExitCode::SUCCESS)
+}

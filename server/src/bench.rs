@@ -1,0 +1,204 @@
+//! `chainql bench`: end-to-end throughput of signed transactions through an embedded node, with
+//! the ed25519 batch-verification rate measured in the same run as the ceiling beside it.
+//!
+//! The `update` workload: a table of `accounts` rows, and transactions that each carry one
+//! `UPDATE accounts SET balance = balance + 1 WHERE id = k`. Every transaction is signed before
+//! the clock starts (signing is the clients' work, not the node's); then `clients` tasks submit
+//! their transactions in nonce order, each waiting only for its log entry to be durable, and the
+//! clock stops when the last transaction's block is committed and executed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chainql::wire::SignedTransaction;
+use chainql::{DecodedTransaction, Keypair, TransactionBuilder, TransactionLimits, verify_transactions};
+
+use crate::error::{Error, Result};
+use crate::node::{Node, NodeConfig, init_data_dir};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub transactions: usize,
+    pub clients: usize,
+    pub rows: usize,
+    pub block_interval_ms: u64,
+    pub block_transactions_max: usize,
+}
+
+/// What was measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub transactions: usize,
+    pub clients: usize,
+    pub rows: usize,
+    pub elapsed: Duration,
+    pub blocks: u64,
+    pub failed: u64,
+    pub signing_per_second: f64,
+    pub batch_verify_per_second: f64,
+    pub single_verify_per_second: f64,
+}
+
+impl BenchReport {
+    pub fn transactions_per_second(&self) -> f64 {
+        self.transactions as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "workload             single-statement UPDATE by primary key, {} rows", self.rows)?;
+        writeln!(f, "transactions         {} from {} clients ({} failed)", self.transactions, self.clients, self.failed)?;
+        writeln!(f, "blocks               {} ({:.0} transactions per block)", self.blocks, self.transactions as f64 / self.blocks.max(1) as f64)?;
+        writeln!(f, "elapsed              {:.3} s", self.elapsed.as_secs_f64())?;
+        writeln!(f, "end-to-end           {:.0} tx/s (signed, admitted, logged, committed, applied)", self.transactions_per_second())?;
+        writeln!(f, "ed25519 batch verify {:.0} signatures/s on all cores (the ceiling)", self.batch_verify_per_second)?;
+        writeln!(f, "ed25519 verify       {:.0} signatures/s on all cores, one by one", self.single_verify_per_second)?;
+        write!(f, "ed25519 sign         {:.0} signatures/s on one core", self.signing_per_second)
+    }
+}
+
+fn client_key(i: usize) -> Keypair {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    seed[8] = 0xbe;
+    Keypair::from_seed(seed)
+}
+
+/// Runs the `update` workload on a fresh node in `data_dir`.
+pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Result<BenchReport> {
+    if bench.clients == 0 || bench.transactions < bench.clients || bench.rows == 0 {
+        return Err(Error::Config("bench needs clients ≥ 1, transactions ≥ clients and rows ≥ 1".into()));
+    }
+    let mut config = NodeConfig::new(data_dir);
+    config.block_interval_ms = bench.block_interval_ms;
+    config.block_transactions_max = bench.block_transactions_max;
+    let owner = client_key(usize::MAX - 1);
+    let clients: Vec<Keypair> = (0..bench.clients).map(client_key).collect();
+    let mut accounts: Vec<_> = clients.iter().map(|k| (k.address(), 0)).collect();
+    accounts.push((owner.address(), 0));
+    init_data_dir(&config, "chainql-bench", &accounts)?;
+    let node = Node::open(config).await?;
+    let chain_id = node.chain_id().to_string();
+
+    let setup = TransactionBuilder::new(chain_id.clone(), owner);
+    let receipt = node
+        .submit_and_wait(setup.build(
+            0,
+            vec![
+                "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
+                format!("INSERT INTO accounts SELECT value, 0 FROM generate_series(1, {})", bench.rows),
+            ],
+        ))
+        .await?;
+    if !receipt.error.is_empty() {
+        return Err(Error::Client(format!("bench setup failed: {}", receipt.error)));
+    }
+
+    // Sign every transaction up front.
+    let per_client = bench.transactions / bench.clients;
+    let signing_started = Instant::now();
+    let mut work: Vec<Vec<SignedTransaction>> = Vec::with_capacity(bench.clients);
+    for (c, key) in clients.iter().enumerate() {
+        let builder = TransactionBuilder::new(chain_id.clone(), key.clone());
+        let mut signed = Vec::with_capacity(per_client);
+        for n in 0..per_client {
+            let id = (c * per_client + n) % bench.rows + 1;
+            signed.push(builder.build(
+                n as u64,
+                vec![format!("UPDATE accounts SET balance = balance + 1 WHERE id = {id}")],
+            ));
+        }
+        work.push(signed);
+    }
+    let total = per_client * bench.clients;
+    let signing_per_second = total as f64 / signing_started.elapsed().as_secs_f64();
+    let (batch_verify_per_second, single_verify_per_second) = verification_rates(&work, &chain_id)?;
+
+    let start_height = node.state().height();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(work.len());
+    for transactions in work {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            let count = transactions.len();
+            for (i, signed) in transactions.into_iter().enumerate() {
+                if i + 1 == count {
+                    node.submit_and_wait(signed).await?;
+                } else {
+                    node.submit(signed).await?;
+                }
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| Error::Client(format!("bench client: {e}")))??;
+    }
+    let elapsed = started.elapsed();
+    let state = node.state();
+    let blocks = state.height() - start_height;
+    let (failed, _) = node
+        .query("SELECT count(*) FROM chain.transactions WHERE status <> 'success'")
+        .await?;
+    let failed = crate::format::cell_text(failed.batches[0].column(0), 0)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(u64::MAX);
+    let (sum, _) = node.query("SELECT sum(balance) FROM accounts").await?;
+    let sum: u64 = crate::format::cell_text(sum.batches[0].column(0), 0)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    node.shutdown().await;
+    if sum != total as u64 {
+        return Err(Error::Client(format!("bench check failed: balances sum to {sum}, expected {total}")));
+    }
+    Ok(BenchReport {
+        transactions: total,
+        clients: bench.clients,
+        rows: bench.rows,
+        elapsed,
+        blocks,
+        failed,
+        signing_per_second,
+        batch_verify_per_second,
+        single_verify_per_second,
+    })
+}
+
+/// Verifies the bench's signatures on every core, in batches of 64 and one by one.
+fn verification_rates(work: &[Vec<SignedTransaction>], chain_id: &str) -> Result<(f64, f64)> {
+    let limits = TransactionLimits::default();
+    let decoded: Vec<DecodedTransaction> = work
+        .iter()
+        .flatten()
+        .take(20_000)
+        .map(|s| DecodedTransaction::from_signed(s.clone(), &limits, chain_id))
+        .collect::<std::result::Result<_, _>>()?;
+    let decoded = Arc::new(decoded);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let rate = |batched: bool| -> f64 {
+        let started = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let decoded = Arc::clone(&decoded);
+                std::thread::spawn(move || {
+                    let mine: Vec<&DecodedTransaction> = decoded.iter().skip(t).step_by(threads).collect();
+                    if batched {
+                        for chunk in mine.chunks(64) {
+                            assert!(verify_transactions(chunk).iter().all(|r| r.is_ok()));
+                        }
+                    } else {
+                        for d in &mine {
+                            assert!(d.verify_signature().is_ok());
+                        }
+                    }
+                    mine.len()
+                })
+            })
+            .collect();
+        let verified: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        verified as f64 / started.elapsed().as_secs_f64()
+    };
+    Ok((rate(true), rate(false)))
+}

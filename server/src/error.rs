@@ -1,0 +1,69 @@
+//! The server's errors, and their translation to gRPC status codes: the one place where
+//! ChainQL errors meet a wire protocol's error codes.
+
+/// Everything that can go wrong in the node or its front ends.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Transaction(#[from] chainql::Error),
+    #[error("invalid nonce {found}: the sender's next nonce is {expected}")]
+    Nonce { found: u64, expected: u64 },
+    #[error(transparent)]
+    Log(#[from] chainql_sequencer::Error),
+    #[error(transparent)]
+    Consensus(#[from] chainql_consensus::Error),
+    #[error(transparent)]
+    Execution(#[from] chainql_executor::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("the node's data is damaged: {0}")]
+    Corrupt(String),
+    #[error("the node has halted: {0}")]
+    Halted(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Client(String),
+    /// A committed transaction whose receipt reports failure.
+    #[error("{message}")]
+    TransactionFailed {
+        message: String,
+        receipt: Box<chainql::wire::Receipt>,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> tonic::Status {
+        use tonic::Code;
+        let code = match &error {
+            Error::Transaction(_) => Code::InvalidArgument,
+            Error::Nonce { .. } => Code::FailedPrecondition,
+            Error::Execution(chainql_executor::Error::WriteInQuery(_)) => Code::InvalidArgument,
+            Error::Execution(chainql_executor::Error::LimitExceeded(_)) => Code::ResourceExhausted,
+            Error::Execution(_) => Code::InvalidArgument,
+            Error::Log(_) | Error::Halted(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::Consensus(_) | Error::Corrupt(_) | Error::Io { .. } => Code::Internal,
+            Error::Config(_) => Code::FailedPrecondition,
+            Error::Client(_) => Code::InvalidArgument,
+            Error::TransactionFailed { .. } => Code::Aborted,
+        };
+        tonic::Status::new(code, error.to_string())
+    }
+}

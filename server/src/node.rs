@@ -1,0 +1,645 @@
+//! The node: admission, the log, block production, execution and the committed state.
+//!
+//! ```text
+//! submit ─▶ admission ─▶ log (group commit) ─▶ block producer ─▶ block store (fsync) ─▶ executor ─▶ committed state
+//!           decode, size,                       cuts a block when      signed header              receipts, waiters
+//!           chain id, signature,                entries wait (at most
+//!           SQL checks, nonce                   every N ms, M txs)
+//! ```
+//!
+//! Durability points: a transaction is acknowledged once its log entry is fsynced; a block is
+//! committed once its record in the block store is fsynced. Everything else (the state, the
+//! receipts, the pending nonces) is rebuilt from those two files on start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chainql::wire::{Block, LogRange, Receipt, SignedTransaction, Transaction};
+use chainql::{Address, DecodedTransaction, Hash, Keypair, PublicKey, TransactionLimits};
+use chainql_consensus::{BlockProposal, BlockStore, Genesis, Parent, ValidatorSet, verify_block};
+use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, QueryResult, State};
+use chainql_sequencer::{Log, LogConfig, PartitionId};
+use prost::Message;
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::error::{Error, Result};
+
+/// The only partition until the log is partitioned by sender.
+const PARTITION: PartitionId = PartitionId(0);
+
+/// How a node runs. Every field has a default and a command-line flag.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    /// The shortest time between two blocks.
+    pub block_interval_ms: u64,
+    /// The most transactions in one block.
+    pub block_transactions_max: usize,
+    pub transaction_limits: TransactionLimits,
+    /// Partitions DataFusion uses for queries (execution of blocks always uses one).
+    pub query_partitions: usize,
+    pub query_limits: QueryLimits,
+    /// Size at which a log segment is closed.
+    pub log_segment_bytes_max: u64,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            block_interval_ms: 10,
+            block_transactions_max: 5_000,
+            transaction_limits: TransactionLimits::default(),
+            query_partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            query_limits: QueryLimits::default(),
+            log_segment_bytes_max: 64 << 20,
+        }
+    }
+
+    pub fn genesis_path(&self) -> PathBuf {
+        self.data_dir.join("genesis.json")
+    }
+
+    pub fn validator_key_path(&self) -> PathBuf {
+        self.data_dir.join("keys").join("validator.key")
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.block_transactions_max == 0 || self.block_transactions_max > 1_000_000 {
+            return Err(Error::Config("block_transactions_max must be between 1 and 1,000,000".into()));
+        }
+        if self.block_interval_ms > 60_000 {
+            return Err(Error::Config("block_interval_ms must be at most 60,000".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Creates a data directory for a one-validator chain: a validator key and a genesis that gives
+/// each of `accounts` its balance. Leaves an existing directory as it is.
+pub fn init_data_dir(config: &NodeConfig, chain_id: &str, accounts: &[(Address, u64)]) -> Result<Genesis> {
+    let genesis_path = config.genesis_path();
+    if genesis_path.exists() {
+        return Ok(Genesis::read(&genesis_path)?);
+    }
+    let (validator, _) = Keypair::load_or_create(&config.validator_key_path())?;
+    let mut balances = accounts.to_vec();
+    if !balances.iter().any(|(a, _)| *a == validator.address()) {
+        balances.push((validator.address(), 0));
+    }
+    let genesis_time_ms = now_ms();
+    let genesis = Genesis::single_validator(chain_id, genesis_time_ms, &validator.public_key(), &balances);
+    genesis.validate()?;
+    genesis.write(&genesis_path)?;
+    Ok(genesis)
+}
+
+/// Runs blocking file I/O without stalling the runtime's other tasks where the runtime allows it.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the node reports about itself.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub chain_id: String,
+    pub height: u64,
+    pub block_hash: Hash,
+    pub state_root: Hash,
+    pub block_time_ms: u64,
+    pub validator: Address,
+    pub pending_transactions: u64,
+}
+
+/// Nonces of senders with transactions admitted but not yet committed.
+#[derive(Debug, Default)]
+struct Admission {
+    next_nonces: HashMap<Address, u64>,
+}
+
+impl Admission {
+    fn next_nonce(&self, address: &Address, committed: u64) -> u64 {
+        self.next_nonces.get(address).copied().unwrap_or(0).max(committed)
+    }
+}
+
+type Waiters = HashMap<Hash, Vec<(u64, oneshot::Sender<Receipt>)>>;
+
+struct Inner {
+    config: NodeConfig,
+    genesis: Genesis,
+    validator: Keypair,
+    validators: ValidatorSet,
+    log: Log,
+    executor: Executor,
+    committed: watch::Sender<Arc<State>>,
+    admission: tokio::sync::Mutex<Admission>,
+    /// Receipt of every committed transaction, rebuilt by replay.
+    receipts: Mutex<HashMap<Hash, Receipt>>,
+    waiters: Mutex<Waiters>,
+    next_waiter: AtomicU64,
+    blocks: Mutex<BlockStore>,
+    /// The first log entry not yet in a block.
+    next_seqno: AtomicU64,
+    stopping: AtomicBool,
+    stop: Notify,
+    /// Set when the block producer stopped on an error; the node then refuses new work.
+    halted: Mutex<Option<String>>,
+}
+
+/// A running node. Cheap to clone; the last clone to be dropped does not stop it: call
+/// [`Node::shutdown`].
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+    producer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("data_dir", &self.inner.config.data_dir)
+            .field("height", &self.state().height())
+            .finish()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded maps are updated by single inserts and removes; a panic elsewhere cannot leave
+    // them half-changed, so a poisoned lock is still consistent.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads the transaction a block or log entry carries. These were admitted, so a failure here
+/// means the file was damaged.
+fn executable(signed: &SignedTransaction) -> Result<(ExecutableTransaction, Address)> {
+    let body = Transaction::decode(signed.transaction.as_slice())
+        .map_err(|e| Error::Corrupt(format!("a stored transaction does not decode: {e}")))?;
+    let sender = PublicKey::from_bytes(&body.sender)?.address();
+    Ok((
+        ExecutableTransaction {
+            hash: chainql::transaction_hash(&signed.transaction),
+            sender,
+            nonce: body.nonce,
+            gas_limit: body.gas_limit,
+            statements: body.statements,
+        },
+        sender,
+    ))
+}
+
+impl Node {
+    /// Opens the node in `config.data_dir` (which `init_data_dir` created), replays its blocks
+    /// and starts producing blocks.
+    pub async fn open(config: NodeConfig) -> Result<Node> {
+        config.validate()?;
+        let genesis = Genesis::read(&config.genesis_path()).map_err(|e| {
+            Error::Config(format!(
+                "{e} (create the data directory with `chainql init --data-dir {}`)",
+                config.data_dir.display()
+            ))
+        })?;
+        let validator = Keypair::read_file(&config.validator_key_path())?;
+        let validators = ValidatorSet::from_genesis(&genesis)?;
+        if !validators.contains(&validator.public_key()) {
+            return Err(Error::Config(format!(
+                "the key in {} is not a validator of chain {}",
+                config.validator_key_path().display(),
+                genesis.chain_id
+            )));
+        }
+        let log = Log::open(
+            &config.data_dir.join("log"),
+            LogConfig {
+                partitions: genesis.log_partitions,
+                segment_bytes_max: config.log_segment_bytes_max,
+                record_bytes_max: config.transaction_limits.transaction_bytes_max + 1024,
+                ..LogConfig::default()
+            },
+        )?;
+        let blocks = BlockStore::open(&config.data_dir.join("blocks"))?;
+        let executor = Executor::new(config.query_partitions, config.query_limits)?;
+        let genesis_state = State::genesis(genesis.hash(), genesis.genesis_time_ms, &genesis.accounts()?)?;
+        let (committed, _) = watch::channel(Arc::new(genesis_state));
+        let inner = Arc::new(Inner {
+            config,
+            genesis,
+            validator,
+            validators,
+            log,
+            executor,
+            committed,
+            admission: tokio::sync::Mutex::new(Admission::default()),
+            receipts: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            next_waiter: AtomicU64::new(0),
+            blocks: Mutex::new(blocks),
+            next_seqno: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            halted: Mutex::new(None),
+        });
+        inner.replay().await?;
+        inner.recover_pending().await?;
+        let producer = tokio::spawn(Arc::clone(&inner).produce_blocks());
+        Ok(Node {
+            inner,
+            producer: Arc::new(Mutex::new(Some(producer))),
+        })
+    }
+
+    pub fn chain_id(&self) -> &str {
+        &self.inner.genesis.chain_id
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    /// The latest committed state.
+    pub fn state(&self) -> Arc<State> {
+        self.inner.committed.borrow().clone()
+    }
+
+    /// A receiver that changes whenever a block is committed.
+    pub fn committed(&self) -> watch::Receiver<Arc<State>> {
+        self.inner.committed.subscribe()
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let state = self.state();
+        let last = self.inner.log.last_seqno(PARTITION).unwrap_or(0);
+        let next = self.inner.next_seqno.load(Ordering::Acquire);
+        NodeStatus {
+            chain_id: self.inner.genesis.chain_id.clone(),
+            height: state.height(),
+            block_hash: state.block_hash(),
+            state_root: state.root(),
+            block_time_ms: state.timestamp_ms(),
+            validator: self.inner.validator.address(),
+            pending_transactions: (last + 1).saturating_sub(next),
+        }
+    }
+
+    /// The nonce the node expects next from `address`, counting admitted transactions.
+    pub async fn next_nonce(&self, address: &Address) -> u64 {
+        let committed = self.state().account(address).nonce;
+        self.inner.admission.lock().await.next_nonce(address, committed)
+    }
+
+    /// Admits a transaction: checks it, appends it to the log, and returns its hash once the log
+    /// entry is durable. Nothing refused reaches the log.
+    pub async fn submit(&self, signed: SignedTransaction) -> Result<Hash> {
+        self.inner.check_running()?;
+        let limits = &self.inner.config.transaction_limits;
+        let decoded = DecodedTransaction::from_signed(signed, limits, &self.inner.genesis.chain_id)?;
+        decoded.verify_signature()?;
+        for statement in &decoded.body.statements {
+            chainql::sql::parse_transaction_statement(statement)?;
+        }
+        let payload = decoded.signed.encode_to_vec();
+        let pending = {
+            let mut admission = self.inner.admission.lock().await;
+            let committed = self.state().account(&decoded.address).nonce;
+            let expected = admission.next_nonce(&decoded.address, committed);
+            if decoded.body.nonce != expected {
+                return Err(Error::Nonce {
+                    found: decoded.body.nonce,
+                    expected,
+                });
+            }
+            // Queued under the admission lock, so one sender's transactions enter the log in
+            // nonce order; the fsync is awaited outside it, so admissions overlap.
+            let pending = self.inner.log.enqueue(vec![(PARTITION, payload)]).await?;
+            admission.next_nonces.insert(decoded.address, expected + 1);
+            pending
+        };
+        pending.durable().await?;
+        Ok(decoded.hash)
+    }
+
+    /// Admits a transaction and waits until it is committed; returns its receipt.
+    pub async fn submit_and_wait(&self, signed: SignedTransaction) -> Result<Receipt> {
+        let hash = chainql::transaction_hash(&signed.transaction);
+        let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.inner.waiters).entry(hash).or_default().push((id, sender));
+        if let Err(error) = self.submit(signed).await {
+            let mut waiters = lock(&self.inner.waiters);
+            if let Some(list) = waiters.get_mut(&hash) {
+                list.retain(|(other, _)| *other != id);
+                if list.is_empty() {
+                    waiters.remove(&hash);
+                }
+            }
+            return Err(error);
+        }
+        receiver.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Answers a read-only query on the latest committed state.
+    pub async fn query(&self, sql: &str) -> Result<(QueryResult, u64)> {
+        let state = self.state();
+        let result = self.inner.executor.query(&state, sql).await?;
+        Ok((result, state.height()))
+    }
+
+    /// A committed block; height 0 means the latest.
+    pub fn block(&self, height: u64) -> Result<Option<Block>> {
+        let mut blocks = lock(&self.inner.blocks);
+        let height = if height == 0 { blocks.height() } else { height };
+        Ok(blocks.get(height)?)
+    }
+
+    /// A committed transaction and its receipt.
+    pub fn transaction(&self, hash: &Hash) -> Result<Option<(SignedTransaction, Receipt)>> {
+        let Some(receipt) = lock(&self.inner.receipts).get(hash).cloned() else {
+            return Ok(None);
+        };
+        let block = self
+            .block(receipt.block_height)?
+            .ok_or_else(|| Error::Corrupt(format!("block {} of a receipt is missing", receipt.block_height)))?;
+        let signed = block
+            .transactions
+            .get(receipt.index as usize)
+            .cloned()
+            .ok_or_else(|| Error::Corrupt(format!("block {} lacks transaction {}", receipt.block_height, receipt.index)))?;
+        Ok(Some((signed, receipt)))
+    }
+
+    /// Waits until the committed height reaches `height`.
+    pub async fn wait_for_height(&self, height: u64) -> Result<()> {
+        let mut committed = self.committed();
+        loop {
+            if committed.borrow_and_update().height() >= height {
+                return Ok(());
+            }
+            committed.changed().await.map_err(|_| Error::ShuttingDown)?;
+        }
+    }
+
+    /// Stops producing blocks, after the block in progress, and closes the log.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.stop.notify_waiters();
+        let producer = lock(&self.producer).take();
+        if let Some(producer) = producer {
+            let _ = producer.await;
+        }
+    }
+}
+
+impl Inner {
+    fn check_running(&self) -> Result<()> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        if let Some(reason) = lock(&self.halted).as_ref() {
+            return Err(Error::Halted(reason.clone()));
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Arc<State> {
+        self.committed.borrow().clone()
+    }
+
+    /// Re-executes every stored block, checking each against its parent and the state root its
+    /// successor carries.
+    async fn replay(&self) -> Result<()> {
+        let height = lock(&self.blocks).height();
+        if height == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut transactions = 0u64;
+        let mut state = self.state();
+        let mut next_seqno = 1;
+        for h in 1..=height {
+            let block = lock(&self.blocks)
+                .get(h)?
+                .ok_or_else(|| Error::Corrupt(format!("block {h} is missing")))?;
+            if let Some(range) = block.header.as_ref().and_then(|header| header.log_ranges.first()) {
+                next_seqno = range.first_seqno + range.count;
+            }
+            transactions += block.transactions.len() as u64;
+            let (next, receipts) = self.apply_block(&state, &block).await?;
+            let next = Arc::new(next);
+            self.publish(Arc::clone(&next), receipts);
+            state = next;
+            if h % 1000 == 0 || h == height {
+                let rate = transactions as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                tracing::info!(height = h, of = height, transactions, rate = format!("{rate:.0} tx/s"), "replaying blocks");
+            }
+        }
+        let last = self.log.last_seqno(PARTITION)?;
+        if last + 1 < next_seqno {
+            return Err(Error::Corrupt(format!(
+                "the log ends at entry {last} but block {height} orders entries up to {}",
+                next_seqno - 1
+            )));
+        }
+        self.next_seqno.store(next_seqno, Ordering::Release);
+        Ok(())
+    }
+
+    /// Rebuilds the pending nonces from log entries not yet in a block.
+    async fn recover_pending(&self) -> Result<()> {
+        let mut admission = self.admission.lock().await;
+        let mut from = self.next_seqno.load(Ordering::Acquire);
+        loop {
+            let entries = self.log.read(PARTITION, from, 4096)?;
+            let Some(last) = entries.last() else { break };
+            from = last.seqno + 1;
+            for entry in &entries {
+                let signed = SignedTransaction::decode(&entry.payload[..])
+                    .map_err(|e| Error::Corrupt(format!("log entry {} does not decode: {e}", entry.seqno)))?;
+                let (transaction, sender) = executable(&signed)?;
+                let next = admission.next_nonces.entry(sender).or_default();
+                *next = (*next).max(transaction.nonce + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `block` against the committed chain and executes it on `state`.
+    async fn apply_block(&self, state: &State, block: &Block) -> Result<(State, Vec<Receipt>)> {
+        let parent = Parent {
+            chain_id: self.genesis.chain_id.clone(),
+            height: state.height(),
+            hash: state.block_hash(),
+            timestamp_ms: state.timestamp_ms(),
+        };
+        let hash = verify_block(block, &parent, |key| self.validators.contains(key))?;
+        let header = block.header.as_ref().ok_or_else(|| Error::Corrupt("a block has no header".into()))?;
+        if Hash::from_slice(&header.state_root) != Some(state.root()) {
+            return Err(Error::Corrupt(format!(
+                "block {} carries state root {}, but the state before it has root {}",
+                header.height,
+                hex::encode(&header.state_root),
+                state.root()
+            )));
+        }
+        let transactions = block
+            .transactions
+            .iter()
+            .map(|signed| executable(signed).map(|(t, _)| t))
+            .collect::<Result<Vec<_>>>()?;
+        let context = BlockContext {
+            height: header.height,
+            hash,
+            parent_hash: parent.hash,
+            timestamp_ms: header.timestamp_ms,
+            transactions_root: Hash::from_slice(&header.transactions_root).unwrap_or_default(),
+            state_root: state.root(),
+            proposer: PublicKey::from_bytes(&header.proposer)?.address(),
+        };
+        Ok(self.executor.execute_block(state, &context, &transactions).await?)
+    }
+
+    /// Makes an executed block visible: the new state, its receipts, and the waiters' answers.
+    fn publish(&self, state: Arc<State>, receipts: Vec<Receipt>) {
+        let mut waiting = Vec::new();
+        {
+            let mut known = lock(&self.receipts);
+            let mut waiters = lock(&self.waiters);
+            for receipt in receipts {
+                let hash = Hash::from_slice(&receipt.transaction_hash).unwrap_or_default();
+                if let Some(list) = waiters.remove(&hash) {
+                    waiting.push((list, receipt.clone()));
+                }
+                known.insert(hash, receipt);
+            }
+        }
+        self.committed.send_replace(state);
+        for (list, receipt) in waiting {
+            for (_, sender) in list {
+                let _ = sender.send(receipt.clone());
+            }
+        }
+    }
+
+    /// The block producer: cuts a block whenever log entries are waiting, at most every
+    /// `block_interval_ms` and with at most `block_transactions_max` transactions.
+    async fn produce_blocks(self: Arc<Self>) {
+        let interval = Duration::from_millis(self.config.block_interval_ms);
+        let mut commits = self.log.commits();
+        let mut last_block = Instant::now() - interval;
+        loop {
+            // Wait until entries are waiting, or the node stops.
+            loop {
+                if self.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                let last = self.log.last_seqno(PARTITION).unwrap_or(0);
+                if last >= self.next_seqno.load(Ordering::Acquire) {
+                    break;
+                }
+                tokio::select! {
+                    changed = commits.changed() => if changed.is_err() { return },
+                    () = self.stop.notified() => {}
+                }
+            }
+            let due = last_block + interval;
+            if Instant::now() < due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            last_block = Instant::now();
+            if let Err(error) = self.produce_block().await {
+                let message = error.to_string();
+                tracing::error!(error = %message, "block production stopped");
+                *lock(&self.halted) = Some(message);
+                return;
+            }
+        }
+    }
+
+    async fn produce_block(&self) -> Result<()> {
+        let first = self.next_seqno.load(Ordering::Acquire);
+        let entries = self.log.read(PARTITION, first, self.config.block_transactions_max)?;
+        let transactions = entries
+            .iter()
+            .map(|entry| {
+                SignedTransaction::decode(&entry.payload[..])
+                    .map_err(|e| Error::Corrupt(format!("log entry {} does not decode: {e}", entry.seqno)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let count = transactions.len() as u64;
+        let state = self.state();
+        let block = BlockProposal {
+            chain_id: self.genesis.chain_id.clone(),
+            height: state.height() + 1,
+            parent_hash: state.block_hash(),
+            timestamp_ms: now_ms().max(state.timestamp_ms() + 1),
+            state_root: state.root(),
+            log_ranges: vec![LogRange {
+                partition: PARTITION.0,
+                first_seqno: first,
+                count,
+            }],
+            transactions,
+        }
+        .sign(&self.validator);
+        let started = Instant::now();
+        blocking(|| lock(&self.blocks).append(&block))?;
+        let stored = started.elapsed();
+        let (next, receipts) = self.apply_block(&state, &block).await?;
+        let failed = receipts.iter().filter(|r| !r.error.is_empty()).count();
+        let senders: Vec<Address> = block
+            .transactions
+            .iter()
+            .filter_map(|signed| executable(signed).ok().map(|(_, sender)| sender))
+            .collect();
+        let height = next.height();
+        let root = next.root();
+        self.next_seqno.store(first + count, Ordering::Release);
+        self.publish(Arc::new(next), receipts);
+        self.forget_committed_nonces(&senders).await;
+        tracing::info!(
+            height,
+            transactions = count,
+            failed,
+            state_root = %root,
+            store_ms = stored.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "committed block"
+        );
+        Ok(())
+    }
+
+    /// Drops pending-nonce entries that the committed state has caught up with.
+    async fn forget_committed_nonces(&self, senders: &[Address]) {
+        let state = self.state();
+        let mut admission = self.admission.lock().await;
+        for sender in senders {
+            if let Some(next) = admission.next_nonces.get(sender)
+                && *next <= state.account(sender).nonce
+            {
+                admission.next_nonces.remove(sender);
+            }
+        }
+    }
+}
+
+/// Prepares a key for the shell and node: the key at `path`, created on first use.
+pub fn load_or_create_key(path: &Path) -> Result<Keypair> {
+    let (key, created) = Keypair::load_or_create(path)?;
+    if created {
+        tracing::info!(path = %path.display(), address = %key.address(), "created a new key");
+    }
+    Ok(key)
+}
+
