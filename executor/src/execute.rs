@@ -9,7 +9,7 @@ use datafusion::arrow::util::display::FormatOptions;
 use datafusion::common::ScalarValue;
 use datafusion::execution::context::{SQLOptions, SessionState};
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::{collect, execute_stream};
+use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
@@ -236,6 +236,10 @@ impl Executor {
                 record.success = true;
             }
             Err(error) => {
+                if let Error::OutOfGas { .. } = error {
+                    // Running out of gas spends all of it.
+                    scope.gas_used = scope.gas_limit;
+                }
                 let message = error.to_string();
                 receipt.error = message.clone();
                 record.error = Some(message);
@@ -302,13 +306,36 @@ impl Executor {
         self.templates.transaction_session(scope.block.timestamp_ms, catalog)
     }
 
-    async fn run_query(&self, session: &SessionState, statement: Statement) -> Result<Vec<RecordBatch>> {
+    /// Runs a query inside a transaction. Each row it yields is a row the statement will write,
+    /// so the rows are paid for as they stream: a statement that would write more rows than its
+    /// gas allows stops at that point instead of first materializing all of them.
+    async fn run_query(
+        &self,
+        session: &SessionState,
+        scope: &TransactionScope<'_>,
+        statement: Statement,
+    ) -> Result<Vec<RecordBatch>> {
         let plan = session
             .statement_to_plan(DFStatement::Statement(Box::new(statement)))
             .await?;
         read_only_options().verify_plan(&plan)?;
         let physical = session.create_physical_plan(&plan).await?;
-        Ok(collect(physical, session.task_ctx()).await?)
+        let mut stream = execute_stream(physical, session.task_ctx())?;
+        let affordable = scope.gas_limit.saturating_sub(scope.gas_used) / GAS_PER_ROW_WRITTEN;
+        let mut rows = 0u64;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows() as u64;
+            if rows > affordable {
+                return Err(Error::OutOfGas {
+                    used: scope.gas_used.saturating_add(rows.saturating_mul(GAS_PER_ROW_WRITTEN)),
+                    limit: scope.gas_limit,
+                });
+            }
+            batches.push(batch);
+        }
+        Ok(batches)
     }
 
     async fn insert(&self, working: &mut State, scope: &mut TransactionScope<'_>, plan: InsertPlan) -> Result<usize> {
@@ -332,7 +359,7 @@ impl Executor {
         let session = self.transaction_session(working, scope, None);
         let (source, rows) = match plan.source {
             Some(query) => {
-                let batches = self.run_query(&session, Statement::Query(query)).await?;
+                let batches = self.run_query(&session, scope, Statement::Query(query)).await?;
                 let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
                 let source = match batches.first() {
                     Some(first) => concat_batches(&first.schema(), &batches)?,
@@ -376,27 +403,33 @@ impl Executor {
             let values = match &source_columns[i] {
                 Some(values) => values.clone(),
                 None => match &column.default {
-                    Some(default) => self.default_value(&session, default, rows).await?,
+                    Some(default) => self.default_value(&session, scope, default, rows).await?,
                     None => new_null_array(&column.column_type.data_type, rows),
                 },
             };
             columns.push(cast_column(&definition, i, &values)?);
         }
+        check_constraints(&definition, &columns)?;
         let mut table = table;
         let table_mut = Arc::make_mut(&mut table);
         if definition.has_hidden_row_id() {
             columns.push(table_mut.allocate_row_ids(rows));
         }
         let batch = RecordBatch::try_new(table_mut.storage_schema().clone(), columns)?;
-        check_constraints(&definition, &batch)?;
         table_mut.insert(batch)?;
         working.tables.insert(plan.table, table);
         Ok(rows)
     }
 
-    async fn default_value(&self, session: &SessionState, default: &str, rows: usize) -> Result<ArrayRef> {
+    async fn default_value(
+        &self,
+        session: &SessionState,
+        scope: &TransactionScope<'_>,
+        default: &str,
+        rows: usize,
+    ) -> Result<ArrayRef> {
         let statement = chainql::sql::parse_statement(&format!("SELECT {default}"))?;
-        let batches = self.run_query(session, statement).await?;
+        let batches = self.run_query(session, scope, statement).await?;
         let value = match batches.iter().find(|b| b.num_rows() > 0) {
             Some(batch) => ScalarValue::try_from_array(batch.column(0), 0)?,
             None => ScalarValue::Null,
@@ -415,7 +448,7 @@ impl Executor {
     ) -> Result<(Option<RecordBatch>, Vec<RowLocation>)> {
         let statement = chainql::sql::parse_statement(sql)?;
         let session = self.transaction_session(working, scope, Some(table.clone()));
-        let batches = self.run_query(&session, statement).await?;
+        let batches = self.run_query(&session, scope, statement).await?;
         let Some(first) = batches.first() else {
             return Ok((None, Vec::new()));
         };
@@ -446,13 +479,13 @@ impl Executor {
         for i in 0..definition.columns.len() {
             columns.push(cast_column(&definition, i, batch.column(i + 1))?);
         }
+        check_constraints(&definition, &columns)?;
         let mut table = table;
         let table_mut = Arc::make_mut(&mut table);
         if definition.has_hidden_row_id() {
             columns.push(table_mut.row_ids_at(&locations)?);
         }
         let new_rows = RecordBatch::try_new(table_mut.storage_schema().clone(), columns)?;
-        check_constraints(&definition, &new_rows)?;
         table_mut.delete(&locations)?;
         table_mut.insert(new_rows)?;
         working.tables.insert(plan.table, table);

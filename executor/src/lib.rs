@@ -73,7 +73,7 @@ pub enum Error {
     },
     #[error("UPDATE would change the same row more than once: its FROM clause matches a row twice")]
     RowChangedTwice,
-    #[error("out of gas: the transaction needs more than {used} gas; its limit is {limit}")]
+    #[error("out of gas: the transaction needs at least {used} gas; its limit is {limit}")]
     OutOfGas { used: u64, limit: u64 },
     #[error("{0}")]
     Invalid(String),

@@ -403,10 +403,10 @@ impl Table {
     }
 }
 
-/// Checks shared by every write: `NOT NULL` and `VARCHAR(n)` bounds of the user's columns.
-pub fn check_constraints(definition: &TableDefinition, batch: &RecordBatch) -> Result<()> {
-    for (i, column) in definition.columns.iter().enumerate() {
-        let values = batch.column(i);
+/// Checks shared by every write: `NOT NULL` and `VARCHAR(n)` bounds of the user's columns, given
+/// in table order.
+pub fn check_constraints(definition: &TableDefinition, columns: &[ArrayRef]) -> Result<()> {
+    for (column, values) in definition.columns.iter().zip(columns) {
         if !column.nullable && values.null_count() > 0 {
             return Err(Error::NotNullViolation {
                 table: definition.name.clone(),

@@ -1,1 +1,266 @@
-//! placeholder
+//! The sqllogictest runner for ChainQL: every `.slt` file in `suites/` runs against a fresh
+//! embedded node, through the same [`Session`] the shell uses, so a write is signed, logged,
+//! committed in a block and executed before the next record runs.
+//!
+//! Conventions (DataFusion's): NULL prints as `NULL`, the empty string as `(empty)`, booleans as
+//! `true`/`false`. Column types: `I` integer, `R` float or decimal, `T` text, `B` boolean,
+//! `D` date or time, `P` timestamp, `?` anything else. A write's result is its row count, so
+//! `statement count N` checks rows affected.
+//!
+//! A record may start with directive comments that change how its transaction is built, to test
+//! admission refusals that plain SQL cannot produce:
+//!
+//! ```text
+//! statement error wrong chain id
+//! -- chainql: chain_id=another-chain
+//! INSERT INTO t VALUES (1)
+//! ```
+//!
+//! Directives: `chain_id=ID`, `nonce=+N` / `nonce=-N` (offset from the expected nonce),
+//! `bad_signature`, `gas_limit=N`, `pad_statement=BYTES` (append a comment of that size),
+//! `statements=N` (repeat the statement N times in one transaction), and `as_query` (send the
+//! record as a query even if it is a write). A record with
+//! `connection NAME` runs as another account: each new connection gets the next test key.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use chainql::wire::ReceiptStatus;
+use chainql::{Keypair, TransactionBuilder};
+use chainql_executor::QueryResult;
+use chainql_server::format::cell_text;
+use chainql_server::{Connection, Error as ServerError, Outcome, Session};
+use datafusion::arrow::datatypes::DataType;
+use sqllogictest::{AsyncDB, DBOutput};
+
+/// Column types of query results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    Boolean,
+    Integer,
+    Float,
+    Text,
+    DateTime,
+    Timestamp,
+    Other,
+}
+
+impl sqllogictest::ColumnType for ColumnType {
+    fn from_char(value: char) -> Option<Self> {
+        Some(match value {
+            'B' => ColumnType::Boolean,
+            'I' => ColumnType::Integer,
+            'R' => ColumnType::Float,
+            'T' => ColumnType::Text,
+            'D' => ColumnType::DateTime,
+            'P' => ColumnType::Timestamp,
+            '?' => ColumnType::Other,
+            _ => return None,
+        })
+    }
+
+    fn to_char(&self) -> char {
+        match self {
+            ColumnType::Boolean => 'B',
+            ColumnType::Integer => 'I',
+            ColumnType::Float => 'R',
+            ColumnType::Text => 'T',
+            ColumnType::DateTime => 'D',
+            ColumnType::Timestamp => 'P',
+            ColumnType::Other => '?',
+        }
+    }
+}
+
+fn column_type(data_type: &DataType) -> ColumnType {
+    match data_type {
+        DataType::Boolean => ColumnType::Boolean,
+        t if t.is_integer() => ColumnType::Integer,
+        t if t.is_floating() => ColumnType::Float,
+        DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => ColumnType::Float,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Text,
+        DataType::Date32 | DataType::Date64 | DataType::Time32(_) | DataType::Time64(_) => ColumnType::DateTime,
+        DataType::Timestamp(_, _) => ColumnType::Timestamp,
+        _ => ColumnType::Other,
+    }
+}
+
+/// An error a record can expect with `statement error <regex>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SltError(String);
+
+impl From<ServerError> for SltError {
+    fn from(error: ServerError) -> Self {
+        SltError(error.to_string())
+    }
+}
+
+/// The seed of the `n`th test key (0: the default connection).
+pub fn test_key(n: u8) -> Keypair {
+    Keypair::from_seed([0x51 ^ n; 32])
+}
+
+/// One connection of a test file: an account's session with the file's node.
+#[derive(Debug)]
+pub struct LedgerDb {
+    session: Session,
+    builder: TransactionBuilder,
+}
+
+impl LedgerDb {
+    pub async fn new(connection: Connection, key: Keypair) -> Result<LedgerDb, SltError> {
+        let chain_id = connection.chain_id().await?;
+        Ok(LedgerDb {
+            session: Session::new(connection, key.clone()).await?,
+            builder: TransactionBuilder::new(chain_id, key),
+        })
+    }
+
+    /// Hands out test keys to connections in the order they are made.
+    pub fn key_dealer() -> Arc<AtomicU8> {
+        Arc::new(AtomicU8::new(0))
+    }
+
+    pub fn next_key(dealer: &AtomicU8) -> Keypair {
+        test_key(dealer.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Builds and submits a transaction with the record's directives applied.
+    async fn run_tampered(&self, directives: &[(&str, &str)], sql: &str) -> Result<u64, SltError> {
+        let connection = self.session.connection();
+        let mut builder = self.builder.clone();
+        let mut nonce = connection.next_nonce(&builder.key.address()).await? as i64;
+        let mut statement = sql.to_string();
+        let mut count = 1;
+        let mut bad_signature = false;
+        let invalid = |d: &str| SltError(format!("invalid chainql directive {d:?}"));
+        for (name, value) in directives {
+            match *name {
+                "chain_id" => builder.chain_id = value.to_string(),
+                "nonce" => nonce += value.parse::<i64>().map_err(|_| invalid(name))?,
+                "bad_signature" => bad_signature = true,
+                "gas_limit" => builder.gas_limit = value.parse().map_err(|_| invalid(name))?,
+                "pad_statement" => {
+                    let bytes: usize = value.parse().map_err(|_| invalid(name))?;
+                    statement = format!("{sql} /*{}*/", "x".repeat(bytes));
+                }
+                "statements" => count = value.parse().map_err(|_| invalid(name))?,
+                _ => return Err(invalid(name)),
+            }
+        }
+        let mut signed = builder.build(nonce.max(0) as u64, vec![statement; count]);
+        if bad_signature {
+            signed.signature[0] ^= 1;
+        }
+        let receipt = connection.submit_and_wait(signed).await?;
+        if receipt.status != ReceiptStatus::Success as i32 {
+            return Err(SltError(receipt.error));
+        }
+        Ok(receipt.statements.iter().map(|s| s.rows).sum())
+    }
+}
+
+/// A query's answer in sqllogictest's text conventions.
+fn rows(result: QueryResult) -> DBOutput<ColumnType> {
+    let types = result
+        .schema
+        .fields()
+        .iter()
+        .map(|f| column_type(f.data_type()))
+        .collect();
+    let mut rows = Vec::with_capacity(result.row_count());
+    for batch in &result.batches {
+        for row in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| match cell_text(c, row) {
+                        None => "NULL".to_string(),
+                        Some(text) if text.is_empty() => "(empty)".to_string(),
+                        Some(text) => text,
+                    })
+                    .collect(),
+            );
+        }
+    }
+    DBOutput::Rows { types, rows }
+}
+
+/// Splits leading `-- chainql: name[=value]` lines off a record.
+fn directives(sql: &str) -> (Vec<(&str, &str)>, &str) {
+    let mut found = Vec::new();
+    let mut rest = sql;
+    loop {
+        let trimmed = rest.trim_start();
+        let Some(line_end) = trimmed.find('\n') else { break };
+        let line = &trimmed[..line_end];
+        let Some(directive) = line.trim().strip_prefix("-- chainql:") else { break };
+        for item in directive.split_whitespace() {
+            found.push(item.split_once('=').unwrap_or((item, "")));
+        }
+        rest = &trimmed[line_end + 1..];
+    }
+    (found, rest)
+}
+
+#[async_trait::async_trait]
+impl AsyncDB for LedgerDb {
+    type Error = SltError;
+    type ColumnType = ColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<ColumnType>, SltError> {
+        let (directives, sql) = directives(sql);
+        if directives.iter().any(|(name, _)| *name == "as_query") {
+            return Ok(rows(self.session.query(sql.trim()).await?));
+        }
+        if !directives.is_empty() {
+            return Ok(DBOutput::StatementComplete(self.run_tampered(&directives, sql.trim()).await?));
+        }
+        // A record holding several statements is one transaction: that is how suites test
+        // multi-statement atomicity.
+        let split = chainql::sql::split_statements(sql);
+        let mut statements: Vec<String> = split.statements.iter().map(|s| s.to_string()).collect();
+        if split.has_unfinished_statement() {
+            statements.push(split.remainder.trim().to_string());
+        }
+        if statements.len() > 1 {
+            let receipt = self.session.execute(statements).await?;
+            return Ok(DBOutput::StatementComplete(receipt.statements.iter().map(|s| s.rows).sum()));
+        }
+        let statement = statements.pop().unwrap_or_default();
+        match self.session.run(&statement).await? {
+            Outcome::Rows(result) => Ok(rows(result)),
+            Outcome::Committed(receipt) => {
+                Ok(DBOutput::StatementComplete(receipt.statements.iter().map(|s| s.rows).sum()))
+            }
+            Outcome::Began | Outcome::RolledBack => Ok(DBOutput::StatementComplete(0)),
+        }
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "chainql"
+    }
+
+    async fn sleep(duration: std::time::Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives_are_split_off() {
+        let (found, rest) = directives("-- chainql: chain_id=x bad_signature\n-- chainql: nonce=+1\nINSERT INTO t VALUES (1)");
+        assert_eq!(found, [("chain_id", "x"), ("bad_signature", ""), ("nonce", "+1")]);
+        assert_eq!(rest, "INSERT INTO t VALUES (1)");
+        let (found, rest) = directives("-- an ordinary comment\nSELECT 1");
+        assert!(found.is_empty());
+        assert_eq!(rest, "-- an ordinary comment\nSELECT 1");
+    }
+}
