@@ -169,7 +169,7 @@ mod tests {
         };
         assert_eq!(
             aligned_table(&result),
-            "  id | name\n-----+-------\n   1 | alice\n 100 |\n(2 rows)\n"
+            " id  | name\n-----+-------\n   1 | alice\n 100 |\n(2 rows)\n"
         );
         assert_eq!(
             expanded(&result),

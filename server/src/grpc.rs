@@ -270,6 +270,43 @@ impl RemoteNode {
         from_ipc(&response.arrow_ipc)
     }
 
+    /// A committed transaction and its receipt, or `None` if the node has not committed it.
+    pub async fn transaction(&self, hash: &Hash) -> Result<Option<(SignedTransaction, Receipt)>> {
+        let response = self
+            .client
+            .clone()
+            .get_transaction(proto::GetTransactionRequest {
+                transaction_hash: hash.0.to_vec(),
+            })
+            .await;
+        match response {
+            Ok(response) => {
+                let response = response.into_inner();
+                Ok(response.transaction.zip(response.receipt))
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(Self::status_error(status)),
+        }
+    }
+
+    /// A committed block and its hash; height 0 means the latest.
+    pub async fn block(&self, height: u64) -> Result<Option<(chainql::wire::Block, Hash)>> {
+        match self.client.clone().get_block(proto::GetBlockRequest { height }).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let hash = Hash::from_slice(&response.block_hash).unwrap_or_default();
+                Ok(response.block.map(|block| (block, hash)))
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(Self::status_error(status)),
+        }
+    }
+
+    /// The underlying generated client, for calls this wrapper does not cover.
+    pub fn client(&self) -> NodeClient<tonic::transport::Channel> {
+        self.client.clone()
+    }
+
     pub async fn next_nonce(&self, address: &Address) -> Result<u64> {
         let response = self
             .client

@@ -1,0 +1,202 @@
+//! The gRPC API against an in-process node: submit, query (Arrow IPC and rows), blocks,
+//! transactions, accounts, status, and refusals with their status codes.
+
+use std::sync::Arc;
+
+use chainql::wire::ReceiptStatus;
+use chainql::{Keypair, TransactionBuilder};
+use chainql_server::grpc::{from_ipc, proto, serve_listener};
+use chainql_server::{Connection, Node, NodeConfig, RemoteNode, Session, init_data_dir};
+use tonic::Code;
+
+struct Served {
+    node: Node,
+    remote: RemoteNode,
+    stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve() -> Served {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(dir.path());
+    config.block_interval_ms = 1;
+    init_data_dir(&config, "grpc-test", &[]).expect("init");
+    let node = Node::open(config).await.expect("open");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = node.clone();
+    tokio::spawn(async move {
+        serve_listener(served, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let remote = RemoteNode::connect(&url).await.expect("connect");
+    Served {
+        node,
+        remote,
+        stop,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_query_and_read_back_over_grpc() {
+    let served = serve().await;
+    let key = Keypair::from_seed([11; 32]);
+    let builder = TransactionBuilder::new("grpc-test", key.clone());
+    let remote = &served.remote;
+
+    let (hash, receipt) = remote
+        .submit(
+            builder.build(
+                0,
+                vec![
+                    "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT)".into(),
+                    "INSERT INTO kv VALUES ('a', 1), ('b', NULL)".into(),
+                ],
+            ),
+            true,
+        )
+        .await
+        .expect("submit");
+    let receipt = receipt.expect("a receipt was asked for");
+    assert_eq!(receipt.status, ReceiptStatus::Success as i32);
+    assert_eq!(receipt.statements[1].rows, 2);
+
+    // Without waiting: the hash comes back at once; the transaction commits soon after.
+    let (second, none) = remote
+        .submit(builder.build(1, vec!["UPDATE kv SET v = 5 WHERE k = 'b'".into()]), false)
+        .await
+        .expect("submit");
+    assert!(none.is_none());
+    served.node.wait_for_height(2).await.expect("height 2");
+
+    // Query: Arrow IPC and text rows.
+    let response = remote
+        .client()
+        .query(proto::QueryRequest {
+            sql: "SELECT k, v FROM kv ORDER BY k".into(),
+            include_rows: true,
+        })
+        .await
+        .expect("query")
+        .into_inner();
+    assert_eq!(response.row_count, 2);
+    assert_eq!(response.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["k", "v"]);
+    let texts: Vec<Vec<Option<String>>> = response
+        .rows
+        .iter()
+        .map(|r| r.cells.iter().map(|c| c.text.clone()).collect())
+        .collect();
+    assert_eq!(texts, [[Some("a".to_string()), Some("1".to_string())], [Some("b".to_string()), Some("5".to_string())]]);
+    let decoded = from_ipc(&response.arrow_ipc).expect("ipc");
+    assert_eq!(decoded.row_count(), 2);
+    assert_eq!(decoded.schema.field(1).name(), "v");
+
+    // Transactions and blocks by hash and height.
+    let (signed, receipt) = remote.transaction(&hash).await.expect("get").expect("committed");
+    assert_eq!(chainql::transaction_hash(&signed.transaction), hash);
+    assert_eq!(receipt.block_height, 1);
+    let (_, receipt) = remote.transaction(&second).await.expect("get").expect("committed");
+    assert_eq!(receipt.block_height, 2);
+    let (block, block_hash) = remote.block(1).await.expect("block").expect("block 1");
+    assert_eq!(block.transactions.len(), 1);
+    assert_eq!(block.header.as_ref().map(chainql_consensus::header_hash), Some(block_hash));
+    assert!(remote.block(99).await.expect("block").is_none());
+    let missing = chainql::Hash([9; 32]);
+    assert!(remote.transaction(&missing).await.expect("get").is_none());
+
+    // Status and accounts.
+    let status = remote.status().await.expect("status");
+    assert_eq!(status.chain_id, "grpc-test");
+    assert_eq!(status.height, 2);
+    assert_eq!(status.state_root, served.node.state().root());
+    assert_eq!(remote.next_nonce(&key.address()).await.expect("nonce"), 2);
+
+    // The same session API the shell uses, over gRPC.
+    let mut session = Session::new(Connection::Remote(Arc::new(remote.clone())), key.clone())
+        .await
+        .expect("session");
+    session.run("DELETE FROM kv WHERE k = 'a'").await.expect("delete");
+    let rows = session.query("SELECT count(*) AS n FROM kv").await.expect("count");
+    assert_eq!(chainql_server::format::cell_text(rows.batches[0].column(0), 0).as_deref(), Some("1"));
+    let _ = served.stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_status_codes_and_the_node_survives_them() {
+    let served = serve().await;
+    let key = Keypair::from_seed([12; 32]);
+    let builder = TransactionBuilder::new("grpc-test", key.clone());
+    let mut client = served.remote.client();
+
+    let submit = |signed| proto::SubmitTransactionRequest {
+        transaction: Some(signed),
+        wait_for_receipt: true,
+    };
+    let mut bad = builder.build(0, vec!["CREATE TABLE t (id INT PRIMARY KEY)".into()]);
+    bad.signature[3] ^= 0x10;
+    let status = client.submit_transaction(submit(bad)).await.expect_err("bad signature");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("invalid signature"), "{}", status.message());
+
+    let ahead = builder.build(5, vec!["CREATE TABLE t (id INT PRIMARY KEY)".into()]);
+    let status = client.submit_transaction(submit(ahead)).await.expect_err("nonce");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    let status = client
+        .submit_transaction(proto::SubmitTransactionRequest {
+            transaction: None,
+            wait_for_receipt: false,
+        })
+        .await
+        .expect_err("missing transaction");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let status = client
+        .query(proto::QueryRequest {
+            sql: "DROP TABLE t".into(),
+            include_rows: false,
+        })
+        .await
+        .expect_err("a write as a query");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let status = client
+        .query(proto::QueryRequest {
+            sql: "SELEC nonsense".into(),
+            include_rows: false,
+        })
+        .await
+        .expect_err("not SQL");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // A message over the size limit is refused by the transport, not decoded.
+    let status = client
+        .clone()
+        .max_encoding_message_size(usize::MAX)
+        .query(proto::QueryRequest {
+            sql: "x".repeat(chainql_server::grpc::REQUEST_BYTES_MAX + 1),
+            include_rows: false,
+        })
+        .await
+        .expect_err("oversize");
+    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
+
+    let status = client
+        .get_transaction(proto::GetTransactionRequest {
+            transaction_hash: vec![1, 2, 3],
+        })
+        .await
+        .expect_err("short hash");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Nothing refused reached the chain, and the node still works.
+    assert_eq!(served.node.state().height(), 0);
+    let ok = builder.build(0, vec!["CREATE TABLE t (id INT PRIMARY KEY)".into()]);
+    let response = client.submit_transaction(submit(ok)).await.expect("valid").into_inner();
+    assert_eq!(response.receipt.map(|r| r.status), Some(ReceiptStatus::Success as i32));
+    let _ = served.stop.send(());
+}

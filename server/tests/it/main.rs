@@ -1,0 +1,6 @@
+//! Public-behaviour tests of the node, in one test binary (linking DataFusion dominates build
+//! time, so the modules share it).
+
+mod grpc;
+mod restart;
+mod support;

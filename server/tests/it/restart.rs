@@ -1,0 +1,111 @@
+//! Stopping a real node process with `kill -9` and starting it again brings back exactly the
+//! committed state, and every transaction it acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chainql::{Hash, Keypair, TransactionBuilder};
+use chainql_server::{Connection, RemoteNode, Session};
+
+use crate::support::{NodeProcess, chainql};
+
+async fn session(url: &str, key: &Keypair) -> Session {
+    let remote = RemoteNode::connect(url).await.expect("connect");
+    Session::new(Connection::Remote(Arc::new(remote)), key.clone())
+        .await
+        .expect("session")
+}
+
+async fn snapshot(session: &Session) -> (u64, Hash, String) {
+    let status = session.connection().status().await.expect("status");
+    let rows = session
+        .query("SELECT id, v, n FROM t ORDER BY id")
+        .await
+        .expect("query");
+    let text = chainql_server::format::aligned_table(&rows);
+    (status.height, status.state_root, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_recovers_the_committed_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("node");
+    let data = data_dir.to_str().expect("utf-8 path");
+    chainql(&["init", "--data-dir", data, "--chain-id", "restart-test"]);
+    let key = Keypair::from_seed([7; 32]);
+
+    let node = NodeProcess::start(&data_dir).await;
+    let mut writer = session(&node.url, &key).await;
+    for sql in [
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT, n BIGINT)",
+        "INSERT INTO t SELECT value, 'row ' || value, value * value FROM generate_series(1, 500)",
+        "UPDATE t SET v = upper(v) WHERE id % 7 = 0",
+        "DELETE FROM t WHERE id > 450",
+        "INSERT INTO t VALUES (1, 'duplicate', 0)",
+    ] {
+        let _ = writer.run(sql).await;
+    }
+    let before = snapshot(&writer).await;
+    assert!(before.0 >= 5, "five blocks were committed");
+    node.kill();
+
+    let node = NodeProcess::start(&data_dir).await;
+    let reader = session(&node.url, &key).await;
+    let after = snapshot(&reader).await;
+    assert_eq!(after, before, "same height, same state root, same rows");
+
+    // Transactions acknowledged (durable in the log) but not yet in a block when the process
+    // dies are committed after the restart.
+    let chain_id = reader.connection().chain_id().await.expect("chain id");
+    let builder = TransactionBuilder::new(chain_id, key.clone());
+    let remote = RemoteNode::connect(&node.url).await.expect("connect");
+    let first_nonce = remote.next_nonce(&key.address()).await.expect("nonce");
+    let mut hashes = Vec::new();
+    for i in 0..50u64 {
+        let signed = builder.build(first_nonce + i, vec![format!("UPDATE t SET n = n + 1 WHERE id = {}", i + 1)]);
+        let (hash, _) = remote.submit(signed, false).await.expect("admitted");
+        hashes.push(hash);
+    }
+    node.kill();
+
+    let node = NodeProcess::start(&data_dir).await;
+    let remote = RemoteNode::connect(&node.url).await.expect("connect");
+    let reader = session(&node.url, &key).await;
+    let mut waited = 0;
+    loop {
+        let result = reader
+            .query("SELECT count(*) FROM chain.transactions WHERE status = 'success' AND statements LIKE 'UPDATE t SET n = n + 1%'")
+            .await
+            .expect("query");
+        let committed = chainql_server::format::cell_text(result.batches[0].column(0), 0).unwrap_or_default();
+        if committed == "50" {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 600, "acknowledged transactions were not all committed: {committed} of 50");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        remote.next_nonce(&key.address()).await.expect("nonce"),
+        first_nonce + 50,
+        "every acknowledged nonce was used exactly once"
+    );
+    let sum = reader
+        .query("SELECT sum(n) FROM t WHERE id <= 50")
+        .await
+        .expect("query");
+    let expected: i64 = (1..=50i64).map(|i| i * i + 1).sum();
+    assert_eq!(
+        chainql_server::format::cell_text(sum.batches[0].column(0), 0),
+        Some(expected.to_string())
+    );
+    for hash in &hashes {
+        let (_, receipt) = remote
+            .transaction(hash)
+            .await
+            .expect("get transaction")
+            .expect("every acknowledged transaction has a receipt");
+        assert!(receipt.error.is_empty(), "{}", receipt.error);
+    }
+    drop(writer);
+}

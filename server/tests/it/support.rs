@@ -1,0 +1,82 @@
+//! Helpers shared by the tests: free ports, a `chainql node` child process, waiting for it.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chainql_server::RemoteNode;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Runs the `chainql` binary with `arguments` and checks it succeeded.
+pub fn chainql(arguments: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .args(arguments)
+        .output()
+        .expect("run chainql");
+    assert!(
+        output.status.success(),
+        "chainql {arguments:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// A `chainql node` process, killed (SIGKILL) when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl NodeProcess {
+    pub async fn start(data_dir: &Path) -> NodeProcess {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_chainql"))
+            .args(["node", "--data-dir"])
+            .arg(data_dir)
+            .args(["--grpc-listen", &format!("127.0.0.1:{port}"), "--block-interval-ms", "5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chainql node");
+        let process = NodeProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        process.wait_ready().await;
+        process
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(remote) = RemoteNode::connect(&self.url).await
+                && remote.status().await.is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the node at {} did not start", self.url);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
