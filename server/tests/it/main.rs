@@ -3,4 +3,5 @@
 
 mod grpc;
 mod restart;
+mod shell;
 mod support;

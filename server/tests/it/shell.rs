@@ -1,0 +1,115 @@
+//! The `chainql` binary as a user runs it: keys, and the shell on scripts, embedded and connected.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::support::{NodeProcess, chainql};
+
+/// Runs `chainql shell` with `arguments`, feeding `input` on stdin; returns (success, stdout,
+/// stderr).
+fn shell(arguments: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .arg("shell")
+        .args(arguments)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shell");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write the script");
+    let output = child.wait_with_output().expect("shell output");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn keys_new_writes_a_private_key_and_prints_its_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys").join("alice.key");
+    let path_text = path.to_str().expect("utf-8");
+    let printed = chainql(&["keys", "new", "--out", path_text]);
+    let address = printed.trim();
+    assert!(address.starts_with("0x") && address.len() == 42, "{address}");
+    assert_eq!(chainql(&["keys", "address", "--key", path_text]).trim(), address);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .args(["keys", "new", "--out", path_text])
+        .output()
+        .expect("run");
+    assert!(!again.status.success(), "an existing key is never overwritten");
+}
+
+#[test]
+fn a_piped_script_runs_statements_and_stops_at_the_first_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let script = "CREATE TABLE accounts (id BIGINT PRIMARY KEY,\n  owner TEXT NOT NULL);\n\
+                  INSERT INTO accounts VALUES (1, 'alice'), (2, 'bob');\n\
+                  SELECT * FROM accounts ORDER BY id;\n\
+                  \\dt\n\
+                  \\d accounts\n\
+                  BEGIN;\nUPDATE accounts SET owner = 'carol' WHERE id = 2;\nDELETE FROM accounts WHERE id = 1;\nCOMMIT;\n\
+                  INSERT INTO accounts VALUES (2, 'duplicate');\n\
+                  SELECT 'never reached';\n";
+    let (ok, out, err) = shell(&["--data-dir", data], script);
+    assert!(!ok, "the failing INSERT makes the exit status non-zero");
+    assert!(out.contains("CREATE TABLE\n(committed in block 1, transaction 0x"), "{out}");
+    assert!(out.contains("INSERT 2\n(committed in block 2"), "{out}");
+    assert!(out.contains(" id | owner\n----+-------\n  1 | alice\n  2 | bob\n(2 rows)\n"), "{out}");
+    assert!(out.contains("List of tables"), "{out}");
+    assert!(out.contains("Primary key: id"), "{out}");
+    assert!(out.contains("UPDATE 1\nDELETE 1\n(committed in block 3"), "{out}");
+    assert!(err.contains("ERROR:  duplicate key value violates unique constraint \"accounts_pkey\""), "{err}");
+    assert!(err.contains("failed in block 4; none of its statements were applied"), "{err}");
+    assert!(!out.contains("never reached"), "{out}");
+    assert!(
+        dir.path().join("data").join("keys").join("default.key").exists(),
+        "the shell created its key"
+    );
+
+    // The state survives: a second shell on the same directory sees it.
+    let (ok, out, err) = shell(&["--data-dir", data, "-c", "SELECT owner FROM accounts"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("carol"), "{out}");
+    let (ok, _, err) = shell(&["--data-dir", data, "-c", "\\nonsense"], "");
+    assert!(ok, "an unknown backslash command is reported, not fatal");
+    assert!(err.contains("invalid command \\nonsense"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_connects_to_a_running_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    chainql(&["init", "--data-dir", data.to_str().expect("utf-8"), "--chain-id", "shell-test"]);
+    let node = NodeProcess::start(&data).await;
+    let key = dir.path().join("me.key");
+    let key = key.to_str().expect("utf-8").to_string();
+    let url = node.url.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        shell(
+            &["--connect", &url, "--key", &key],
+            "CREATE TABLE t (id INT PRIMARY KEY);\nINSERT INTO t VALUES (7);\nSELECT id * 6 AS answer FROM t;\n\\conninfo\n",
+        )
+    })
+    .await
+    .expect("shell");
+    assert!(ok, "{err}");
+    assert!(out.contains("INSERT 1"), "{out}");
+    assert!(out.contains(" answer\n--------\n     42\n(1 row)\n"), "{out}");
+    assert!(out.contains("chain shell-test, height 2"), "{out}");
+    node.kill();
+}
