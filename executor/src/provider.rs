@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session, TableProvider};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::datasource::TableType;
@@ -22,7 +22,7 @@ use chainql_planner::{SYSTEM_SCHEMA, USER_SCHEMA, WRITE_TARGET_TABLE};
 
 use crate::encode::encode_key;
 use crate::system::SystemTables;
-use crate::table::Table;
+use crate::table::{RowLocation, Table};
 
 /// Counts rows handed to queries, for gas.
 #[derive(Debug, Default)]
@@ -67,26 +67,58 @@ impl UserTableProvider {
         let schema = table.definition().schema();
         UserTableProvider { table, schema, meter }
     }
+}
 
-    /// For a single-column primary key `k`, the literal of a filter `k = literal`.
-    fn key_literal<'a>(&self, filter: &'a Expr) -> Option<&'a ScalarValue> {
-        let definition = self.table.definition();
-        let [key] = definition.primary_key.as_slice() else {
-            return None;
-        };
-        let key_name = &definition.columns[*key].name;
-        let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = filter else {
-            return None;
-        };
-        match (left.as_ref(), right.as_ref()) {
-            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
-                if c.name == *key_name && !v.is_null() =>
-            {
-                Some(v)
-            }
-            _ => None,
+/// For a table with a single-column primary key `k`, the literal of a filter `k = literal`.
+fn key_literal<'a>(table: &Table, filter: &'a Expr) -> Option<&'a ScalarValue> {
+    let definition = table.definition();
+    let [key] = definition.primary_key.as_slice() else {
+        return None;
+    };
+    let key_name = &definition.columns[*key].name;
+    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = filter else {
+        return None;
+    };
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
+            if c.name == *key_name && !v.is_null() =>
+        {
+            Some(v)
         }
+        _ => None,
     }
+}
+
+/// Filters a scan answers exactly: equality on the single-column primary key.
+fn key_pushdown(table: &Table, filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
+    filters
+        .iter()
+        .map(|f| match key_literal(table, f) {
+            Some(_) => TableProviderFilterPushDown::Exact,
+            None => TableProviderFilterPushDown::Unsupported,
+        })
+        .collect()
+}
+
+/// Resolves pushed-down key filters through the primary-key index: `None` when there are none
+/// (scan everything), otherwise the one row they all name, if it exists.
+fn key_lookup(table: &Table, filters: &[Expr]) -> datafusion::error::Result<Option<Option<RowLocation>>> {
+    let literals: Vec<&ScalarValue> = filters.iter().filter_map(|f| key_literal(table, f)).collect();
+    if literals.is_empty() {
+        return Ok(None);
+    }
+    let definition = table.definition();
+    let key_type = &definition.columns[definition.primary_key[0]].column_type.data_type;
+    let schema = Arc::new(Schema::new(vec![Field::new("k", key_type.clone(), false)]));
+    let mut keys = Vec::with_capacity(literals.len());
+    for literal in literals {
+        let batch = RecordBatch::try_new(schema.clone(), vec![literal.cast_to(key_type)?.to_array()?])?;
+        keys.push(encode_key(&batch, &[0], 0).map_err(DataFusionError::from)?);
+    }
+    if keys.windows(2).any(|w| w[0] != w[1]) {
+        return Ok(Some(None));
+    }
+    Ok(Some(table.locate(&keys[0])))
 }
 
 #[async_trait]
@@ -103,13 +135,7 @@ impl TableProvider for UserTableProvider {
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| match self.key_literal(f) {
-                Some(_) => TableProviderFilterPushDown::Exact,
-                None => TableProviderFilterPushDown::Unsupported,
-            })
-            .collect())
+        Ok(key_pushdown(&self.table, filters))
     }
 
     async fn scan(
@@ -119,32 +145,10 @@ impl TableProvider for UserTableProvider {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let literals: Vec<&ScalarValue> = filters.iter().filter_map(|f| self.key_literal(f)).collect();
-        let batches = if literals.is_empty() {
-            self.table.scan().map_err(DataFusionError::from)?
-        } else {
-            // Point lookup through the primary-key index: every pushed-down literal must name
-            // the same key.
-            let definition = self.table.definition();
-            let key_type = &definition.columns[definition.primary_key[0]].column_type.data_type;
-            let mut keys = Vec::with_capacity(literals.len());
-            for literal in literals {
-                let value = literal.cast_to(key_type)?.to_array()?;
-                let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
-                    datafusion::arrow::datatypes::Field::new("k", key_type.clone(), false),
-                ]));
-                let batch = RecordBatch::try_new(schema, vec![value])?;
-                keys.push(encode_key(&batch, &[0], 0).map_err(DataFusionError::from)?);
-            }
-            if keys.windows(2).any(|w| w[0] != w[1]) {
-                Vec::new()
-            } else {
-                self.table
-                    .get(&keys[0])
-                    .map_err(DataFusionError::from)?
-                    .into_iter()
-                    .collect()
-            }
+        let batches = match key_lookup(&self.table, filters)? {
+            None => self.table.scan().map_err(DataFusionError::from)?,
+            Some(None) => Vec::new(),
+            Some(Some(location)) => vec![self.table.user_row(location, false).map_err(DataFusionError::from)?],
         };
         memory_exec(batches, self.schema.clone(), projection, &self.meter)
     }
@@ -168,14 +172,25 @@ impl TableProvider for WriteTargetProvider {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(key_pushdown(&self.table, filters))
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.table.scan_with_positions().map_err(DataFusionError::from)?;
+        let batches = match key_lookup(&self.table, filters)? {
+            None => self.table.scan_with_positions().map_err(DataFusionError::from)?,
+            Some(None) => Vec::new(),
+            Some(Some(location)) => vec![self.table.user_row(location, true).map_err(DataFusionError::from)?],
+        };
         memory_exec(batches, self.schema.clone(), projection, &self.meter)
     }
 }

@@ -188,14 +188,25 @@ impl Table {
         Ok(out)
     }
 
-    /// The row with primary key `key`, in the user's schema, if it exists.
-    pub fn get(&self, key: &[u8]) -> Result<Option<RecordBatch>> {
-        let Some(location) = self.index.get(key) else {
-            return Ok(None);
-        };
-        let chunk = &self.chunks[&location.chunk];
+    /// Where the row with primary key `key` is, if it exists.
+    pub fn locate(&self, key: &[u8]) -> Option<RowLocation> {
+        self.index.get(key).copied()
+    }
+
+    /// The live row at `location` in the user's schema, with its packed position as a last
+    /// column when `with_position` is set (the layout of [`Table::scan_with_positions`]).
+    pub fn user_row(&self, location: RowLocation, with_position: bool) -> Result<RecordBatch> {
+        let row = self
+            .row_at(location)
+            .ok_or_else(|| Error::Internal(format!("row {location:?} is not live")))?;
         let user_columns: Vec<usize> = (0..self.definition.columns.len()).collect();
-        Ok(Some(chunk.batch.slice(location.row as usize, 1).project(&user_columns)?))
+        let row = row.project(&user_columns)?;
+        if !with_position {
+            return Ok(row);
+        }
+        let mut columns = row.columns().to_vec();
+        columns.push(Arc::new(UInt64Array::from(vec![location.pack()])));
+        Ok(RecordBatch::try_new(self.schema_with_positions(), columns)?)
     }
 
     /// The row at `location`, in the storage schema, if it is live.
@@ -318,10 +329,10 @@ impl Table {
         }
         let mut live = Vec::with_capacity(candidates.len());
         for id in &candidates {
-            if let Some(chunk) = self.chunks.remove(id) {
-                if chunk.live_rows > 0 {
-                    live.push(chunk.live_batch()?);
-                }
+            if let Some(chunk) = self.chunks.remove(id)
+                && chunk.live_rows > 0
+            {
+                live.push(chunk.live_batch()?);
             }
         }
         if live.is_empty() {
