@@ -20,7 +20,7 @@ use chainql_planner::{
     DeletePlan, InsertPlan, SessionTemplates, TableDefinition, UpdatePlan, WritePlan, plan_write,
 };
 
-use crate::provider::ScanMeter;
+use crate::gas::{GasMeter, meter_plan};
 use crate::state::State;
 use crate::system::{BlockRecord, TransactionRecord};
 use crate::table::{RowLocation, Table, check_constraints};
@@ -30,8 +30,6 @@ use crate::{Error, Result};
 pub const GAS_PER_STATEMENT: u64 = 1_000;
 /// Extra gas for `CREATE TABLE` and `DROP TABLE`.
 pub const GAS_PER_DDL: u64 = 10_000;
-/// Gas per row a statement reads from a table.
-pub const GAS_PER_ROW_READ: u64 = 1;
 /// Gas per row inserted, updated or deleted.
 pub const GAS_PER_ROW_WRITTEN: u64 = 100;
 /// The most tables a chain may hold.
@@ -94,33 +92,10 @@ pub struct Executor {
     query_limits: QueryLimits,
 }
 
-/// What one transaction is doing: its sender, block and gas so far.
+/// What one transaction is doing: its block and its gas.
 struct TransactionScope<'a> {
     block: &'a BlockContext,
-    gas_used: u64,
-    gas_limit: u64,
-    meter: Arc<ScanMeter>,
-}
-
-impl TransactionScope<'_> {
-    fn charge(&mut self, gas: u64) -> Result<()> {
-        self.gas_used = self.gas_used.saturating_add(gas);
-        if self.gas_used > self.gas_limit {
-            return Err(Error::OutOfGas {
-                used: self.gas_used,
-                limit: self.gas_limit,
-            });
-        }
-        Ok(())
-    }
-
-    /// Charges for rows read since the last call.
-    fn charge_reads(&mut self, counted: &mut u64) -> Result<()> {
-        let rows = self.meter.rows();
-        let new_rows = rows - *counted;
-        *counted = rows;
-        self.charge(new_rows.saturating_mul(GAS_PER_ROW_READ))
-    }
+    gas: Arc<GasMeter>,
 }
 
 impl Executor {
@@ -208,16 +183,14 @@ impl Executor {
         }
 
         let mut working = state.clone();
-        let mut scope = TransactionScope {
+        let scope = TransactionScope {
             block,
-            gas_used: 0,
-            gas_limit: transaction.gas_limit,
-            meter: Arc::new(ScanMeter::default()),
+            gas: Arc::new(GasMeter::new(transaction.gas_limit)),
         };
         let mut results = Vec::with_capacity(transaction.statements.len());
         let mut outcome = Ok(());
         for sql in &transaction.statements {
-            match self.execute_statement(&mut working, &mut scope, sql).await {
+            match self.execute_statement(&mut working, &scope, sql).await {
                 Ok(result) => results.push(result),
                 Err(error) => {
                     if let Error::Internal(message) = &error {
@@ -238,14 +211,14 @@ impl Executor {
             Err(error) => {
                 if let Error::OutOfGas { .. } = error {
                     // Running out of gas spends all of it.
-                    scope.gas_used = scope.gas_limit;
+                    scope.gas.exhaust();
                 }
                 let message = error.to_string();
                 receipt.error = message.clone();
                 record.error = Some(message);
             }
         }
-        receipt.gas_used = scope.gas_used.min(scope.gas_limit);
+        receipt.gas_used = scope.gas.used();
         record.gas_used = receipt.gas_used;
         let mut account = state.account(&transaction.sender);
         account.nonce += 1;
@@ -256,16 +229,15 @@ impl Executor {
     async fn execute_statement(
         &self,
         working: &mut State,
-        scope: &mut TransactionScope<'_>,
+        scope: &TransactionScope<'_>,
         sql: &str,
     ) -> Result<StatementResult> {
         let (statement, kind) = chainql::sql::parse_transaction_statement(sql)?;
-        scope.charge(GAS_PER_STATEMENT)?;
+        scope.gas.charge(GAS_PER_STATEMENT)?;
         let plan = plan_write(&statement)?;
-        let mut counted = 0;
         let rows = match plan {
             WritePlan::CreateTable { definition, if_not_exists } => {
-                scope.charge(GAS_PER_DDL)?;
+                scope.gas.charge(GAS_PER_DDL)?;
                 if working.tables.contains_key(&definition.name) {
                     if !if_not_exists {
                         return Err(Error::DuplicateTable(definition.name));
@@ -281,7 +253,7 @@ impl Executor {
                 0
             }
             WritePlan::DropTable { names, if_exists } => {
-                scope.charge(GAS_PER_DDL)?;
+                scope.gas.charge(GAS_PER_DDL)?;
                 for name in names {
                     if working.tables.remove(&name).is_none() && !if_exists {
                         return Err(Error::UndefinedTable(name));
@@ -293,8 +265,6 @@ impl Executor {
             WritePlan::Update(plan) => self.update(working, scope, plan).await?,
             WritePlan::Delete(plan) => self.delete(working, scope, plan).await?,
         };
-        scope.charge_reads(&mut counted)?;
-        scope.charge((rows as u64).saturating_mul(GAS_PER_ROW_WRITTEN))?;
         Ok(StatementResult {
             command: kind.command_tag().to_string(),
             rows: rows as u64,
@@ -302,43 +272,36 @@ impl Executor {
     }
 
     fn transaction_session(&self, state: &State, scope: &TransactionScope<'_>, write_target: Option<Arc<Table>>) -> SessionState {
-        let catalog = state.catalog(write_target, Some(scope.meter.clone()));
+        let catalog = state.catalog(write_target);
         self.templates.transaction_session(scope.block.timestamp_ms, catalog)
     }
 
-    /// Runs a query inside a transaction. Each row it yields is a row the statement will write,
-    /// so the rows are paid for as they stream: a statement that would write more rows than its
-    /// gas allows stops at that point instead of first materializing all of them.
+    /// Runs a query inside a transaction, metered: every operator's rows cost gas, and each row
+    /// the query yields costs `gas_per_row` more (the rows a write will write), paid as they
+    /// stream, so a statement that cannot afford its rows stops there.
     async fn run_query(
         &self,
         session: &SessionState,
         scope: &TransactionScope<'_>,
         statement: Statement,
+        gas_per_row: u64,
     ) -> Result<Vec<RecordBatch>> {
         let plan = session
             .statement_to_plan(DFStatement::Statement(Box::new(statement)))
             .await?;
         read_only_options().verify_plan(&plan)?;
-        let physical = session.create_physical_plan(&plan).await?;
+        let physical = meter_plan(session.create_physical_plan(&plan).await?, &scope.gas)?;
         let mut stream = execute_stream(physical, session.task_ctx())?;
-        let affordable = scope.gas_limit.saturating_sub(scope.gas_used) / GAS_PER_ROW_WRITTEN;
-        let mut rows = 0u64;
         let mut batches = Vec::new();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            rows += batch.num_rows() as u64;
-            if rows > affordable {
-                return Err(Error::OutOfGas {
-                    used: scope.gas_used.saturating_add(rows.saturating_mul(GAS_PER_ROW_WRITTEN)),
-                    limit: scope.gas_limit,
-                });
-            }
+            scope.gas.charge((batch.num_rows() as u64).saturating_mul(gas_per_row))?;
             batches.push(batch);
         }
         Ok(batches)
     }
 
-    async fn insert(&self, working: &mut State, scope: &mut TransactionScope<'_>, plan: InsertPlan) -> Result<usize> {
+    async fn insert(&self, working: &mut State, scope: &TransactionScope<'_>, plan: InsertPlan) -> Result<usize> {
         let table = working
             .table(&plan.table)
             .cloned()
@@ -359,7 +322,7 @@ impl Executor {
         let session = self.transaction_session(working, scope, None);
         let (source, rows) = match plan.source {
             Some(query) => {
-                let batches = self.run_query(&session, scope, Statement::Query(query)).await?;
+                let batches = self.run_query(&session, scope, Statement::Query(query), GAS_PER_ROW_WRITTEN).await?;
                 let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
                 let source = match batches.first() {
                     Some(first) => concat_batches(&first.schema(), &batches)?,
@@ -429,7 +392,7 @@ impl Executor {
         rows: usize,
     ) -> Result<ArrayRef> {
         let statement = chainql::sql::parse_statement(&format!("SELECT {default}"))?;
-        let batches = self.run_query(session, scope, statement).await?;
+        let batches = self.run_query(session, scope, statement, 0).await?;
         let value = match batches.iter().find(|b| b.num_rows() > 0) {
             Some(batch) => ScalarValue::try_from_array(batch.column(0), 0)?,
             None => ScalarValue::Null,
@@ -448,7 +411,7 @@ impl Executor {
     ) -> Result<(Option<RecordBatch>, Vec<RowLocation>)> {
         let statement = chainql::sql::parse_statement(sql)?;
         let session = self.transaction_session(working, scope, Some(table.clone()));
-        let batches = self.run_query(&session, scope, statement).await?;
+        let batches = self.run_query(&session, scope, statement, GAS_PER_ROW_WRITTEN).await?;
         let Some(first) = batches.first() else {
             return Ok((None, Vec::new()));
         };
@@ -460,7 +423,7 @@ impl Executor {
         Ok((Some(batch), locations))
     }
 
-    async fn update(&self, working: &mut State, scope: &mut TransactionScope<'_>, plan: UpdatePlan) -> Result<usize> {
+    async fn update(&self, working: &mut State, scope: &TransactionScope<'_>, plan: UpdatePlan) -> Result<usize> {
         let table = working
             .table(&plan.table)
             .cloned()
@@ -492,7 +455,7 @@ impl Executor {
         Ok(rows)
     }
 
-    async fn delete(&self, working: &mut State, scope: &mut TransactionScope<'_>, plan: DeletePlan) -> Result<usize> {
+    async fn delete(&self, working: &mut State, scope: &TransactionScope<'_>, plan: DeletePlan) -> Result<usize> {
         let table = working
             .table(&plan.table)
             .cloned()
@@ -512,7 +475,7 @@ impl Executor {
 
     /// Answers a read-only query on `state`. Writes are refused: they travel as transactions.
     pub async fn query(&self, state: &State, sql: &str) -> Result<QueryResult> {
-        let session = self.templates.query_session(state.catalog(None, None));
+        let session = self.templates.query_session(state.catalog(None));
         let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         if let DFStatement::Statement(inner) = &statement {
             let kind = chainql::sql::classify(inner);

@@ -36,15 +36,17 @@
 
 mod encode;
 mod execute;
+mod gas;
 mod provider;
 mod state;
 mod system;
 mod table;
 
 pub use execute::{
-    BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_READ,
-    GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT, QueryLimits, QueryResult, TABLES_MAX,
+    BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_WRITTEN,
+    GAS_PER_STATEMENT, QueryLimits, QueryResult, TABLES_MAX,
 };
+pub use gas::{GAS_PER_ROW_PROCESSED, GasMeter};
 pub use state::{Account, State};
 pub use system::SystemTables;
 pub use table::{CHUNK_ROWS, Table};
@@ -73,8 +75,8 @@ pub enum Error {
     },
     #[error("UPDATE would change the same row more than once: its FROM clause matches a row twice")]
     RowChangedTwice,
-    #[error("out of gas: the transaction needs at least {used} gas; its limit is {limit}")]
-    OutOfGas { used: u64, limit: u64 },
+    #[error("out of gas: the transaction's gas limit of {limit} is exhausted")]
+    OutOfGas { limit: u64 },
     #[error("{0}")]
     Invalid(String),
     #[error("limit exceeded: {0}")]
@@ -86,11 +88,24 @@ pub enum Error {
     #[error(transparent)]
     Plan(#[from] chainql_planner::Error),
     #[error(transparent)]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    DataFusion(datafusion::error::DataFusionError),
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    /// Unwraps errors of ours that travelled through DataFusion (running out of gas inside a
+    /// plan), so they keep their meaning.
+    fn from(error: datafusion::error::DataFusionError) -> Self {
+        if let datafusion::error::DataFusionError::External(inner) = error.find_root()
+            && let Some(Error::OutOfGas { limit }) = inner.downcast_ref::<Error>()
+        {
+            return Error::OutOfGas { limit: *limit };
+        }
+        Error::DataFusion(error)
+    }
 }
 
 impl From<Error> for datafusion::error::DataFusionError {

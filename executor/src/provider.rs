@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -24,31 +23,11 @@ use crate::encode::encode_key;
 use crate::system::SystemTables;
 use crate::table::{RowLocation, Table};
 
-/// Counts rows handed to queries, for gas.
-#[derive(Debug, Default)]
-pub struct ScanMeter {
-    rows: AtomicU64,
-}
-
-impl ScanMeter {
-    pub fn add(&self, rows: usize) {
-        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows.load(Ordering::Relaxed)
-    }
-}
-
 fn memory_exec(
     batches: Vec<RecordBatch>,
     schema: SchemaRef,
     projection: Option<&Vec<usize>>,
-    meter: &Option<Arc<ScanMeter>>,
 ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-    if let Some(meter) = meter {
-        meter.add(batches.iter().map(RecordBatch::num_rows).sum());
-    }
     let plan: Arc<dyn ExecutionPlan> =
         MemorySourceConfig::try_new_exec(&[batches], schema, projection.cloned())?;
     Ok(plan)
@@ -59,13 +38,12 @@ fn memory_exec(
 pub struct UserTableProvider {
     table: Arc<Table>,
     schema: SchemaRef,
-    meter: Option<Arc<ScanMeter>>,
 }
 
 impl UserTableProvider {
-    pub fn new(table: Arc<Table>, meter: Option<Arc<ScanMeter>>) -> Self {
+    pub fn new(table: Arc<Table>) -> Self {
         let schema = table.definition().schema();
-        UserTableProvider { table, schema, meter }
+        UserTableProvider { table, schema }
     }
 }
 
@@ -150,7 +128,7 @@ impl TableProvider for UserTableProvider {
             Some(None) => Vec::new(),
             Some(Some(location)) => vec![self.table.user_row(location, false).map_err(DataFusionError::from)?],
         };
-        memory_exec(batches, self.schema.clone(), projection, &self.meter)
+        memory_exec(batches, self.schema.clone(), projection)
     }
 }
 
@@ -159,7 +137,6 @@ impl TableProvider for UserTableProvider {
 pub struct WriteTargetProvider {
     table: Arc<Table>,
     schema: SchemaRef,
-    meter: Option<Arc<ScanMeter>>,
 }
 
 #[async_trait]
@@ -191,7 +168,7 @@ impl TableProvider for WriteTargetProvider {
             Some(None) => Vec::new(),
             Some(Some(location)) => vec![self.table.user_row(location, true).map_err(DataFusionError::from)?],
         };
-        memory_exec(batches, self.schema.clone(), projection, &self.meter)
+        memory_exec(batches, self.schema.clone(), projection)
     }
 }
 
@@ -200,7 +177,6 @@ impl TableProvider for WriteTargetProvider {
 pub struct SystemTableProvider {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
-    meter: Option<Arc<ScanMeter>>,
 }
 
 #[async_trait]
@@ -220,7 +196,7 @@ impl TableProvider for SystemTableProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        memory_exec(self.batches.clone(), self.schema.clone(), projection, &self.meter)
+        memory_exec(self.batches.clone(), self.schema.clone(), projection)
     }
 }
 
@@ -229,7 +205,6 @@ impl TableProvider for SystemTableProvider {
 struct UserSchema {
     tables: BTreeMap<String, Arc<Table>>,
     write_target: Option<Arc<Table>>,
-    meter: Option<Arc<ScanMeter>>,
 }
 
 #[async_trait]
@@ -244,12 +219,11 @@ impl SchemaProvider for UserSchema {
                 Arc::new(WriteTargetProvider {
                     schema: table.schema_with_positions(),
                     table: table.clone(),
-                    meter: self.meter.clone(),
                 }) as Arc<dyn TableProvider>
             }));
         }
         Ok(self.tables.get(name).map(|table| {
-            Arc::new(UserTableProvider::new(table.clone(), self.meter.clone())) as Arc<dyn TableProvider>
+            Arc::new(UserTableProvider::new(table.clone())) as Arc<dyn TableProvider>
         }))
     }
 
@@ -264,7 +238,6 @@ struct SystemSchema {
     system: SystemTables,
     /// The user tables of the same version, which `chain.tables` and `chain.columns` describe.
     tables: BTreeMap<String, Arc<Table>>,
-    meter: Option<Arc<ScanMeter>>,
 }
 
 #[async_trait]
@@ -280,7 +253,6 @@ impl SchemaProvider for SystemSchema {
         Ok(Some(Arc::new(SystemTableProvider {
             schema,
             batches,
-            meter: self.meter.clone(),
         })))
     }
 
@@ -321,19 +293,16 @@ impl CatalogList {
         tables: BTreeMap<String, Arc<Table>>,
         system: SystemTables,
         write_target: Option<Arc<Table>>,
-        meter: Option<Arc<ScanMeter>>,
     ) -> Arc<CatalogList> {
         Arc::new(CatalogList {
             catalog: Arc::new(Catalog {
                 chain: Arc::new(SystemSchema {
                     system,
                     tables: tables.clone(),
-                    meter: meter.clone(),
                 }),
                 public: Arc::new(UserSchema {
                     tables,
                     write_target,
-                    meter,
                 }),
             }),
         })

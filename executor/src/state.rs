@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chainql::{Address, Hash, merkle_root};
 
-use crate::provider::{CatalogList, ScanMeter};
+use crate::provider::CatalogList;
 use crate::system::SystemTables;
 use crate::table::Table;
 use crate::Result;
@@ -85,8 +85,8 @@ impl State {
     }
 
     /// A DataFusion catalog over this version.
-    pub(crate) fn catalog(&self, write_target: Option<Arc<Table>>, meter: Option<Arc<ScanMeter>>) -> Arc<CatalogList> {
-        CatalogList::new(self.tables.clone(), self.system.clone(), write_target, meter)
+    pub(crate) fn catalog(&self, write_target: Option<Arc<Table>>) -> Arc<CatalogList> {
+        CatalogList::new(self.tables.clone(), self.system.clone(), write_target)
     }
 
     /// Compacts the tables changed since the last root and computes the new root:

@@ -126,7 +126,7 @@ async fn gas_runs_out_and_time_is_the_block_time() {
         .await
         .expect("block");
     assert!(receipts[0].error.is_empty(), "{}", receipts[0].error);
-    assert!(receipts[1].error.starts_with("out of gas: the transaction needs at least"), "{}", receipts[1].error);
+    assert_eq!(receipts[1].error, "out of gas: the transaction's gas limit of 50000 is exhausted");
     assert_eq!(receipts[1].gas_used, 50_000);
     assert_eq!(rows(&executor, &state, "SELECT count(*) FROM t").await, ["1"]);
     assert_eq!(rows(&executor, &state, "SELECT at FROM t").await, ["2023-11-14T22:13:21"]);
