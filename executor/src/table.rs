@@ -12,6 +12,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array,
 };
+use datafusion::arrow::array::BooleanBufferBuilder;
 use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -78,6 +79,25 @@ impl Chunk {
     }
 }
 
+/// Where a row is, and the hash of its canonical encoding (key and values), computed once when
+/// the row is written so the table's digest never re-reads rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexEntry {
+    location: RowLocation,
+    hash: Hash,
+}
+
+/// The hash of row `row` of `batch` under `key`: what the table digest is built from.
+fn row_hash(key: &[u8], batch: &RecordBatch, row: usize, scratch: &mut Vec<u8>) -> Result<Hash> {
+    scratch.clear();
+    scratch.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    scratch.extend_from_slice(key);
+    for column in batch.columns() {
+        encode_value(scratch, column, row)?;
+    }
+    Ok(Hash::tagged("chainql/row/v1", &[scratch]))
+}
+
 /// One version of a table.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -86,7 +106,7 @@ pub struct Table {
     key_columns: Arc<[usize]>,
     chunks: BTreeMap<u64, Arc<Chunk>>,
     next_chunk_id: u64,
-    index: imbl::OrdMap<Key, RowLocation>,
+    index: imbl::OrdMap<Key, IndexEntry>,
     /// The next hidden row id, for tables without a primary key.
     next_row_id: i64,
     /// The digest of the contents, or `None` once they changed.
@@ -190,7 +210,7 @@ impl Table {
 
     /// Where the row with primary key `key` is, if it exists.
     pub fn locate(&self, key: &[u8]) -> Option<RowLocation> {
-        self.index.get(key).copied()
+        self.index.get(key).map(|entry| entry.location)
     }
 
     /// The live row at `location` in the user's schema, with its packed position as a last
@@ -228,15 +248,18 @@ impl Table {
         let mut keys = Vec::with_capacity(rows);
         // Membership only: iteration order of the set is never observed.
         let mut seen = std::collections::HashSet::with_capacity(rows);
+        let mut scratch = Vec::with_capacity(128);
         for row in 0..rows {
             let key = encode_key(&batch, &self.key_columns, row)?;
             if self.index.contains_key(&key) || !seen.insert(key.clone()) {
                 return Err(self.duplicate(&batch, row));
             }
-            keys.push((key, row as u32));
+            let hash = row_hash(&key, &batch, row, &mut scratch)?;
+            keys.push((key, row as u32, hash));
         }
-        for (key, row) in keys {
-            self.index.insert(key, RowLocation { chunk: chunk_id, row });
+        for (key, row, hash) in keys {
+            let location = RowLocation { chunk: chunk_id, row };
+            self.index.insert(key, IndexEntry { location, hash });
         }
         self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
         self.next_chunk_id += 1;
@@ -287,14 +310,16 @@ impl Table {
                 return Err(Error::RowChangedTwice);
             }
             let chunk = self.chunks[&chunk_id].clone();
-            let mut live = chunk.live.iter().collect::<Vec<bool>>();
+            // A copy of the mask (one bit per row) with the deleted rows cleared.
+            let mut live = BooleanBufferBuilder::new(chunk.live.len());
+            live.append_buffer(&chunk.live);
             for &row in &rows {
-                live[row as usize] = false;
+                live.set_bit(row as usize, false);
                 let key = encode_key(&chunk.batch, &self.key_columns, row as usize)?;
                 self.index.remove(&key);
             }
-            let live = BooleanBuffer::from(live);
-            let live_rows = live.count_set_bits();
+            let live = live.finish();
+            let live_rows = chunk.live_rows - rows.len();
             self.chunks.insert(
                 chunk_id,
                 Arc::new(Chunk {
@@ -347,7 +372,11 @@ impl Table {
             self.next_chunk_id += 1;
             for row in 0..length {
                 let key = encode_key(&batch, &self.key_columns, row)?;
-                self.index.insert(key, RowLocation { chunk: chunk_id, row: row as u32 });
+                let location = RowLocation { chunk: chunk_id, row: row as u32 };
+                match self.index.get_mut(&key) {
+                    Some(entry) => entry.location = location,
+                    None => return Err(Error::Internal("a compacted row is missing from the index".into())),
+                }
             }
             self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
             offset += length;
@@ -356,7 +385,8 @@ impl Table {
     }
 
     /// The digest of the table: its definition and a Merkle root over its rows in key order.
-    /// Independent of how rows are laid out in chunks. Cached until the next write.
+    /// Independent of how rows are laid out in chunks. Row hashes are kept in the index, so this
+    /// reads 32 bytes per row, not the rows; it is cached until the next write.
     pub fn digest(&mut self) -> Result<Hash> {
         if let Some(digest) = self.digest {
             return Ok(digest);
@@ -364,16 +394,8 @@ impl Table {
         let mut pages = Vec::with_capacity(self.index.len() / HASH_PAGE_ROWS + 1);
         let mut page = blake3::Hasher::new();
         let mut in_page = 0;
-        let mut row_bytes = Vec::with_capacity(128);
-        for (key, location) in self.index.iter() {
-            let chunk = &self.chunks[&location.chunk];
-            row_bytes.clear();
-            row_bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
-            row_bytes.extend_from_slice(key);
-            for column in chunk.batch.columns() {
-                encode_value(&mut row_bytes, column, location.row as usize)?;
-            }
-            page.update(&row_bytes);
+        for entry in self.index.values() {
+            page.update(entry.hash.as_bytes());
             in_page += 1;
             if in_page == HASH_PAGE_ROWS {
                 pages.push(Hash(*page.finalize().as_bytes()));

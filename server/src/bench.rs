@@ -82,7 +82,8 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
     let node = Node::open(config).await?;
     let chain_id = node.chain_id().to_string();
 
-    let setup = TransactionBuilder::new(chain_id.clone(), owner);
+    let mut setup = TransactionBuilder::new(chain_id.clone(), owner);
+    setup.gas_limit = TransactionLimits::default().gas_limit_max;
     let receipt = node
         .submit_and_wait(setup.build(
             0,
