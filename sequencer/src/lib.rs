@@ -199,9 +199,20 @@ impl PartitionState {
     }
 }
 
+/// Counters of the log since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Entries made durable.
+    pub entries: u64,
+    /// Group commits: each one write and one fsync per partition it touched.
+    pub group_commits: u64,
+}
+
 #[derive(Debug)]
 struct Shared {
     config: LogConfig,
+    entries: std::sync::atomic::AtomicU64,
+    group_commits: std::sync::atomic::AtomicU64,
     partitions: Vec<Mutex<PartitionState>>,
     /// Bumped after every group commit; readers wait on it for new entries.
     commits: watch::Sender<u64>,
@@ -253,6 +264,8 @@ impl Log {
         let (commits, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             config: config.clone(),
+            entries: Default::default(),
+            group_commits: Default::default(),
             partitions: states,
             commits,
         });
@@ -273,6 +286,15 @@ impl Log {
     /// What recovery found when this log was opened.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
+    }
+
+    /// Counters since the log was opened.
+    pub fn stats(&self) -> LogStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        LogStats {
+            entries: self.shared.entries.load(Relaxed),
+            group_commits: self.shared.group_commits.load(Relaxed),
+        }
     }
 
     pub fn partitions(&self) -> u32 {
@@ -569,6 +591,10 @@ impl Writer {
         }
         match outcome {
             Ok(()) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let count: usize = written.iter().map(Vec::len).sum();
+                self.shared.entries.fetch_add(count as u64, Relaxed);
+                self.shared.group_commits.fetch_add(1, Relaxed);
                 for (p, entries) in written.into_iter().enumerate() {
                     if entries.is_empty() {
                         continue;

@@ -60,6 +60,12 @@ async fn concurrent_appenders_get_distinct_consecutive_seqnos() {
     }
     all.sort();
     assert_eq!(all, (1..=800).collect::<Vec<_>>());
+    let stats = log.stats();
+    assert_eq!(stats.entries, 800);
+    assert!(
+        stats.group_commits < stats.entries,
+        "concurrent appends share fsyncs: {stats:?}"
+    );
     let batch = log
         .append_many((0..5).map(|i| (P0, payload(i))).collect())
         .await
