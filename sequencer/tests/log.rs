@@ -27,8 +27,8 @@ async fn appends_survive_reopen_and_continue_numbering() {
         ));
     }
     let log = Log::open(dir.path(), config).expect("reopen");
-    assert_eq!(log.recovery().last_seqnos, [20, 1]);
-    assert_eq!(log.recovery().truncated_bytes, 0);
+    assert_eq!(log.recovery().last_seqnos(), [20, 1]);
+    assert_eq!(log.recovery().truncated_bytes(), 0);
     let entries = log.read(P0, 5, 3).expect("read");
     assert_eq!(entries.iter().map(|e| e.seqno).collect::<Vec<_>>(), [5, 6, 7]);
     assert_eq!(&entries[0].payload[..], &payload(5)[..]);
@@ -89,8 +89,8 @@ async fn a_torn_tail_is_cut_off_and_appends_resume() {
         .expect("write torn record");
     drop(file);
     let log = Log::open(dir.path(), LogConfig::default()).expect("reopen");
-    assert_eq!(log.recovery().last_seqnos, [10]);
-    assert_eq!(log.recovery().truncated_bytes, 19);
+    assert_eq!(log.recovery().last_seqnos(), [10]);
+    assert_eq!(log.recovery().truncated_bytes(), 19);
     assert_eq!(log.append(P0, payload(11)).await.expect("append"), 11);
     drop(log);
     let log = Log::open(dir.path(), LogConfig::default()).expect("reopen again");
@@ -122,7 +122,7 @@ async fn segments_roll_over_and_old_ones_are_read_from_disk() {
     }
     drop(log);
     let log = Log::open(dir.path(), config).expect("reopen");
-    assert_eq!(log.recovery().last_seqnos, [100]);
+    assert_eq!(log.recovery().last_seqnos(), [100]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,9 @@ struct NodeOptions {
     /// The largest query answer, in rows.
     #[arg(long, default_value_t = 1_000_000)]
     query_rows_max: usize,
+    /// Log partitions of a chain created by this command (fixed at genesis).
+    #[arg(long, default_value_t = 4)]
+    log_partitions: u32,
 }
 
 impl NodeOptions {
@@ -79,6 +82,7 @@ impl NodeOptions {
         config.block_interval_ms = self.block_interval_ms;
         config.block_transactions_max = self.block_transactions_max;
         config.query_limits.rows_max = self.query_rows_max;
+        config.log_partitions = self.log_partitions;
         config
     }
 }
@@ -117,6 +121,9 @@ struct NodeArgs {
 struct InitArgs {
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Partitions of the Proof-of-Events log, fixed for the life of the chain.
+    #[arg(long, default_value_t = 4)]
+    log_partitions: u32,
     #[arg(long, default_value = DEFAULT_CHAIN_ID)]
     chain_id: String,
     /// An opening balance, ADDRESS=AMOUNT (repeatable).
@@ -207,7 +214,8 @@ fn parse_accounts(accounts: &[String]) -> Result<Vec<(Address, u64)>> {
 }
 
 fn init(args: InitArgs) -> Result<ExitCode> {
-    let config = NodeConfig::new(&args.data_dir);
+    let mut config = NodeConfig::new(&args.data_dir);
+    config.log_partitions = args.log_partitions;
     if config.genesis_path().exists() {
         return Err(Error::Config(format!("{} already exists", config.genesis_path().display())));
     }

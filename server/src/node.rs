@@ -21,14 +21,12 @@ use chainql::wire::{Block, LogRange, Receipt, SignedTransaction, Transaction};
 use chainql::{Address, DecodedTransaction, Hash, Keypair, PublicKey, TransactionLimits};
 use chainql_consensus::{BlockProposal, BlockStore, Genesis, Parent, ValidatorSet, verify_block};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, QueryResult, State};
-use chainql_sequencer::{Log, LogConfig, PartitionId};
+use chainql_sequencer::{FsStorage, Log, LogConfig, PartitionId, partition_of};
 use prost::Message;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::error::{Error, Result};
 
-/// The only partition until the log is partitioned by sender.
-const PARTITION: PartitionId = PartitionId(0);
 
 /// How a node runs. Every field has a default and a command-line flag.
 #[derive(Debug, Clone)]
@@ -44,6 +42,9 @@ pub struct NodeConfig {
     pub query_limits: QueryLimits,
     /// Size at which a log segment is closed.
     pub log_segment_bytes_max: u64,
+    /// Log partitions of a chain this node creates (`init_data_dir`); an existing chain keeps
+    /// the number its genesis fixed.
+    pub log_partitions: u32,
 }
 
 impl NodeConfig {
@@ -56,6 +57,7 @@ impl NodeConfig {
             query_partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             query_limits: QueryLimits::default(),
             log_segment_bytes_max: 64 << 20,
+            log_partitions: 4,
         }
     }
 
@@ -91,7 +93,8 @@ pub fn init_data_dir(config: &NodeConfig, chain_id: &str, accounts: &[(Address, 
         balances.push((validator.address(), 0));
     }
     let genesis_time_ms = now_ms();
-    let genesis = Genesis::single_validator(chain_id, genesis_time_ms, &validator.public_key(), &balances);
+    let mut genesis = Genesis::single_validator(chain_id, genesis_time_ms, &validator.public_key(), &balances);
+    genesis.log_partitions = config.log_partitions;
     genesis.validate()?;
     genesis.write(&genesis_path)?;
     Ok(genesis)
@@ -146,14 +149,16 @@ struct Inner {
     log: Log,
     executor: Executor,
     committed: watch::Sender<Arc<State>>,
-    admission: tokio::sync::Mutex<Admission>,
+    /// Pending nonces, one lock per log partition: a sender's transactions all go to one
+    /// partition, so admissions to different partitions never wait for each other.
+    admission: Vec<tokio::sync::Mutex<Admission>>,
     /// Receipt of every committed transaction, rebuilt by replay.
     receipts: Mutex<HashMap<Hash, Receipt>>,
     waiters: Mutex<Waiters>,
     next_waiter: AtomicU64,
     blocks: Mutex<BlockStore>,
-    /// The first log entry not yet in a block.
-    next_seqno: AtomicU64,
+    /// Per partition, the first log entry not yet in a block.
+    next_seqnos: Vec<AtomicU64>,
     stopping: AtomicBool,
     stop: Notify,
     /// Set when the block producer stopped on an error; the node then refuses new work.
@@ -221,7 +226,8 @@ impl Node {
                 genesis.chain_id
             )));
         }
-        let log = Log::open(
+        let log = Log::open_with(
+            Arc::new(FsStorage),
             &config.data_dir.join("log"),
             LogConfig {
                 partitions: genesis.log_partitions,
@@ -229,7 +235,9 @@ impl Node {
                 record_bytes_max: config.transaction_limits.transaction_bytes_max + 1024,
                 ..LogConfig::default()
             },
+            &validator.address().0,
         )?;
+        let partitions = genesis.log_partitions as usize;
         let blocks = BlockStore::open(&config.data_dir.join("blocks"))?;
         let executor = Executor::new(config.query_partitions, config.query_limits)?;
         let genesis_state = State::genesis(genesis.hash(), genesis.genesis_time_ms, &genesis.accounts()?)?;
@@ -242,12 +250,12 @@ impl Node {
             log,
             executor,
             committed,
-            admission: tokio::sync::Mutex::new(Admission::default()),
+            admission: (0..partitions).map(|_| tokio::sync::Mutex::new(Admission::default())).collect(),
             receipts: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(0),
             blocks: Mutex::new(blocks),
-            next_seqno: AtomicU64::new(1),
+            next_seqnos: (0..partitions).map(|_| AtomicU64::new(1)).collect(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             halted: Mutex::new(None),
@@ -281,8 +289,13 @@ impl Node {
 
     pub fn status(&self) -> NodeStatus {
         let state = self.state();
-        let last = self.inner.log.last_seqno(PARTITION).unwrap_or(0);
-        let next = self.inner.next_seqno.load(Ordering::Acquire);
+        let pending = (0..self.inner.log.partitions())
+            .map(|p| {
+                let last = self.inner.log.last_seqno(PartitionId(p)).unwrap_or(0);
+                let next = self.inner.next_seqnos[p as usize].load(Ordering::Acquire);
+                (last + 1).saturating_sub(next)
+            })
+            .sum();
         NodeStatus {
             chain_id: self.inner.genesis.chain_id.clone(),
             height: state.height(),
@@ -290,14 +303,18 @@ impl Node {
             state_root: state.root(),
             block_time_ms: state.timestamp_ms(),
             validator: self.inner.validator.address(),
-            pending_transactions: (last + 1).saturating_sub(next),
+            pending_transactions: pending,
         }
     }
 
     /// The nonce the node expects next from `address`, counting admitted transactions.
     pub async fn next_nonce(&self, address: &Address) -> u64 {
         let committed = self.state().account(address).nonce;
-        self.inner.admission.lock().await.next_nonce(address, committed)
+        let partition = self.inner.partition_of(address);
+        self.inner.admission[partition.0 as usize]
+            .lock()
+            .await
+            .next_nonce(address, committed)
     }
 
     /// Admits a transaction: checks it, appends it to the log, and returns its hash once the log
@@ -311,8 +328,9 @@ impl Node {
             chainql::sql::parse_transaction_statement(statement)?;
         }
         let payload = decoded.signed.encode_to_vec();
+        let partition = self.inner.partition_of(&decoded.address);
         let pending = {
-            let mut admission = self.inner.admission.lock().await;
+            let mut admission = self.inner.admission[partition.0 as usize].lock().await;
             let committed = self.state().account(&decoded.address).nonce;
             let expected = admission.next_nonce(&decoded.address, committed);
             if decoded.body.nonce != expected {
@@ -323,7 +341,7 @@ impl Node {
             }
             // Queued under the admission lock, so one sender's transactions enter the log in
             // nonce order; the fsync is awaited outside it, so admissions overlap.
-            let pending = self.inner.log.enqueue(vec![(PARTITION, payload)]).await?;
+            let pending = self.inner.log.enqueue(vec![(partition, payload)]).await?;
             admission.next_nonces.insert(decoded.address, expected + 1);
             pending
         };
@@ -403,6 +421,11 @@ impl Node {
 }
 
 impl Inner {
+    /// The log partition of a sender.
+    fn partition_of(&self, address: &Address) -> PartitionId {
+        partition_of(&address.0, self.log.partitions())
+    }
+
     fn check_running(&self) -> Result<()> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -418,25 +441,34 @@ impl Inner {
     }
 
     /// Re-executes every stored block, checking each against its parent and the state root its
-    /// successor carries.
+    /// successor carries, and marks the log ranges each orders as snapshots.
     async fn replay(&self) -> Result<()> {
         let height = lock(&self.blocks).height();
-        if height == 0 {
-            return Ok(());
-        }
+        let partitions = self.log.partitions() as usize;
+        let mut next_seqnos = vec![1u64; partitions];
         let started = Instant::now();
         let mut transactions = 0u64;
         let mut state = self.state();
-        let mut next_seqno = 1;
         for h in 1..=height {
             let block = lock(&self.blocks)
                 .get(h)?
                 .ok_or_else(|| Error::Corrupt(format!("block {h} is missing")))?;
-            if let Some(range) = block.header.as_ref().and_then(|header| header.log_ranges.first()) {
-                next_seqno = range.first_seqno + range.count;
+            let header = block.header.as_ref().ok_or_else(|| Error::Corrupt(format!("block {h} has no header")))?;
+            for range in &header.log_ranges {
+                let slot = next_seqnos.get_mut(range.partition as usize).ok_or_else(|| {
+                    Error::Corrupt(format!("block {h} names log partition {}, which does not exist", range.partition))
+                })?;
+                if range.first_seqno != *slot {
+                    return Err(Error::Corrupt(format!(
+                        "block {h} orders partition {} from seqno {}, expected {}",
+                        range.partition, range.first_seqno, slot
+                    )));
+                }
+                *slot = range.first_seqno + range.count;
             }
             transactions += block.transactions.len() as u64;
             let (next, receipts) = self.apply_block(&state, &block).await?;
+            self.mark_snapshot(h, &next_seqnos)?;
             let next = Arc::new(next);
             self.publish(Arc::clone(&next), receipts);
             state = next;
@@ -445,31 +477,46 @@ impl Inner {
                 tracing::info!(height = h, of = height, transactions, rate = format!("{rate:.0} tx/s"), "replaying blocks");
             }
         }
-        let last = self.log.last_seqno(PARTITION)?;
-        if last + 1 < next_seqno {
-            return Err(Error::Corrupt(format!(
-                "the log ends at entry {last} but block {height} orders entries up to {}",
-                next_seqno - 1
-            )));
+        for (p, next) in next_seqnos.iter().enumerate() {
+            let last = self.log.last_seqno(PartitionId(p as u32))?;
+            if last + 1 < *next {
+                return Err(Error::Corrupt(format!(
+                    "log partition {p} ends at entry {last} but block {height} orders entries up to {}",
+                    next - 1
+                )));
+            }
+            self.next_seqnos[p].store(*next, Ordering::Release);
         }
-        self.next_seqno.store(next_seqno, Ordering::Release);
         Ok(())
+    }
+
+    /// Tells the log that every entry before `next_seqnos` is ordered by block `height`.
+    fn mark_snapshot(&self, height: u64, next_seqnos: &[u64]) -> Result<()> {
+        let ranges: Vec<(PartitionId, u64)> = next_seqnos
+            .iter()
+            .enumerate()
+            .map(|(p, next)| (PartitionId(p as u32), next - 1))
+            .collect();
+        Ok(self.log.mark_snapshot(height, &ranges)?)
     }
 
     /// Rebuilds the pending nonces from log entries not yet in a block.
     async fn recover_pending(&self) -> Result<()> {
-        let mut admission = self.admission.lock().await;
-        let mut from = self.next_seqno.load(Ordering::Acquire);
-        loop {
-            let entries = self.log.read(PARTITION, from, 4096)?;
-            let Some(last) = entries.last() else { break };
-            from = last.seqno + 1;
-            for entry in &entries {
-                let signed = SignedTransaction::decode(&entry.payload[..])
-                    .map_err(|e| Error::Corrupt(format!("log entry {} does not decode: {e}", entry.seqno)))?;
-                let (transaction, sender) = executable(&signed)?;
-                let next = admission.next_nonces.entry(sender).or_default();
-                *next = (*next).max(transaction.nonce + 1);
+        for p in 0..self.log.partitions() {
+            let partition = PartitionId(p);
+            let mut admission = self.admission[p as usize].lock().await;
+            let mut from = self.next_seqnos[p as usize].load(Ordering::Acquire);
+            loop {
+                let entries = self.log.read(partition, from, 4096)?;
+                let Some(last) = entries.last() else { break };
+                from = last.seqno + 1;
+                for entry in &entries {
+                    let signed = SignedTransaction::decode(&entry.payload[..])
+                        .map_err(|e| Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno)))?;
+                    let (transaction, sender) = executable(&signed)?;
+                    let next = admission.next_nonces.entry(sender).or_default();
+                    *next = (*next).max(transaction.nonce + 1);
+                }
             }
         }
         Ok(())
@@ -532,11 +579,21 @@ impl Inner {
         }
     }
 
+    /// True when some partition has entries not yet in a block.
+    fn entries_waiting(&self) -> bool {
+        (0..self.log.partitions()).any(|p| {
+            let last = self.log.last_seqno(PartitionId(p)).unwrap_or(0);
+            last >= self.next_seqnos[p as usize].load(Ordering::Acquire)
+        })
+    }
+
     /// The block producer: cuts a block whenever log entries are waiting, at most every
     /// `block_interval_ms` and with at most `block_transactions_max` transactions.
     async fn produce_blocks(self: Arc<Self>) {
         let interval = Duration::from_millis(self.config.block_interval_ms);
-        let mut commits = self.log.commits();
+        let mut changes: Vec<watch::Receiver<u64>> = (0..self.log.partitions())
+            .filter_map(|p| self.log.changes(PartitionId(p)).ok())
+            .collect();
         let mut last_block = Instant::now() - interval;
         loop {
             // Wait until entries are waiting, or the node stops.
@@ -544,12 +601,15 @@ impl Inner {
                 if self.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                let last = self.log.last_seqno(PARTITION).unwrap_or(0);
-                if last >= self.next_seqno.load(Ordering::Acquire) {
+                for receiver in &mut changes {
+                    receiver.borrow_and_update();
+                }
+                if self.entries_waiting() {
                     break;
                 }
+                let any_change = futures::future::select_all(changes.iter_mut().map(|r| Box::pin(r.changed())));
                 tokio::select! {
-                    changed = commits.changed() => if changed.is_err() { return },
+                    (changed, _, _) = any_change => if changed.is_err() { return },
                     () = self.stop.notified() => {}
                 }
             }
@@ -567,17 +627,54 @@ impl Inner {
         }
     }
 
+    /// Takes waiting entries from every partition, at most `block_transactions_max` in all
+    /// (each partition gets an equal share first, then the rest), orders them partition by
+    /// partition, and commits them as the next block.
     async fn produce_block(&self) -> Result<()> {
-        let first = self.next_seqno.load(Ordering::Acquire);
-        let entries = self.log.read(PARTITION, first, self.config.block_transactions_max)?;
-        let transactions = entries
-            .iter()
-            .map(|entry| {
-                SignedTransaction::decode(&entry.payload[..])
-                    .map_err(|e| Error::Corrupt(format!("log entry {} does not decode: {e}", entry.seqno)))
+        let partitions = self.log.partitions() as usize;
+        let firsts: Vec<u64> = self.next_seqnos.iter().map(|n| n.load(Ordering::Acquire)).collect();
+        let waiting: Vec<u64> = (0..partitions)
+            .map(|p| {
+                let last = self.log.last_seqno(PartitionId(p as u32)).unwrap_or(0);
+                (last + 1).saturating_sub(firsts[p])
             })
-            .collect::<Result<Vec<_>>>()?;
-        let count = transactions.len() as u64;
+            .collect();
+        let mut budget = self.config.block_transactions_max as u64;
+        let share = (budget / partitions as u64).max(1);
+        let mut counts: Vec<u64> = waiting.iter().map(|w| (*w).min(share)).collect();
+        budget = budget.saturating_sub(counts.iter().sum());
+        for (count, wait) in counts.iter_mut().zip(&waiting) {
+            let more = (wait - *count).min(budget);
+            *count += more;
+            budget -= more;
+        }
+        let mut transactions = Vec::new();
+        let mut log_ranges = Vec::new();
+        for p in 0..partitions {
+            if counts[p] == 0 {
+                continue;
+            }
+            let entries = self.log.read(PartitionId(p as u32), firsts[p], counts[p] as usize)?;
+            if entries.len() as u64 != counts[p] {
+                return Err(Error::Corrupt(format!(
+                    "log partition {p} returned {} entries from {}, expected {}",
+                    entries.len(),
+                    firsts[p],
+                    counts[p]
+                )));
+            }
+            for entry in &entries {
+                transactions.push(SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
+                    Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
+                })?);
+            }
+            log_ranges.push(LogRange {
+                partition: p as u32,
+                first_seqno: firsts[p],
+                count: counts[p],
+            });
+        }
+        let count = transactions.len();
         let state = self.state();
         let block = BlockProposal {
             chain_id: self.genesis.chain_id.clone(),
@@ -585,11 +682,7 @@ impl Inner {
             parent_hash: state.block_hash(),
             timestamp_ms: now_ms().max(state.timestamp_ms() + 1),
             state_root: state.root(),
-            log_ranges: vec![LogRange {
-                partition: PARTITION.0,
-                first_seqno: first,
-                count,
-            }],
+            log_ranges,
             transactions,
         }
         .sign(&self.validator);
@@ -605,7 +698,11 @@ impl Inner {
             .collect();
         let height = next.height();
         let root = next.root();
-        self.next_seqno.store(first + count, Ordering::Release);
+        let next_seqnos: Vec<u64> = firsts.iter().zip(&counts).map(|(f, c)| f + c).collect();
+        for (slot, next) in self.next_seqnos.iter().zip(&next_seqnos) {
+            slot.store(*next, Ordering::Release);
+        }
+        self.mark_snapshot(height, &next_seqnos)?;
         self.publish(Arc::new(next), receipts);
         self.forget_committed_nonces(&senders).await;
         tracing::info!(
@@ -623,8 +720,8 @@ impl Inner {
     /// Drops pending-nonce entries that the committed state has caught up with.
     async fn forget_committed_nonces(&self, senders: &[Address]) {
         let state = self.state();
-        let mut admission = self.admission.lock().await;
         for sender in senders {
+            let mut admission = self.admission[self.partition_of(sender).0 as usize].lock().await;
             if let Some(next) = admission.next_nonces.get(sender)
                 && *next <= state.account(sender).nonce
             {

@@ -1,0 +1,698 @@
+//! One partition: its segments, its in-memory tail, its failover history and snapshot markers,
+//! and the writer thread that owns its files.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::failover::{EpochStart, FailoverLog};
+use crate::segment::{self, HEADER_BYTES, RECORD_HEADER_BYTES, SegmentReader, scan_segment, segment_path};
+use crate::storage::{Storage, WritableFile};
+use crate::{Entry, Epoch, Error, LogConfig, PartitionId, Result, SeqNo};
+
+/// A committed block's range end in one partition: every entry up to `seqno` is ordered by a
+/// block at or before `height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub height: u64,
+    pub seqno: SeqNo,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentInfo {
+    pub path: PathBuf,
+    /// Bytes holding whole, durable records.
+    pub durable_bytes: u64,
+    /// Sparse (seqno, offset) index.
+    pub index: Vec<(SeqNo, u64)>,
+    /// Last seqno in the segment (first - 1 when empty).
+    pub last_seqno: SeqNo,
+}
+
+/// What readers see of a partition, behind one lock.
+#[derive(Debug)]
+pub(crate) struct PartitionState {
+    pub segments: BTreeMap<SeqNo, SegmentInfo>,
+    pub tail: VecDeque<Entry>,
+    pub tail_bytes: usize,
+    pub last_seqno: SeqNo,
+    pub epochs: Vec<EpochStart>,
+    pub snapshots: Vec<Snapshot>,
+    /// Bumped by every rollback, so live readers re-check their position.
+    pub rollbacks: u64,
+}
+
+impl PartitionState {
+    pub fn committed_seqno(&self) -> SeqNo {
+        self.snapshots.last().map(|s| s.seqno).unwrap_or(0)
+    }
+
+    fn push_tail(&mut self, entry: Entry, tail_bytes_max: usize) {
+        self.tail_bytes += entry.payload.len();
+        self.last_seqno = entry.seqno;
+        self.tail.push_back(entry);
+        while self.tail_bytes > tail_bytes_max && self.tail.len() > 1 {
+            if let Some(old) = self.tail.pop_front() {
+                self.tail_bytes -= old.payload.len();
+            }
+        }
+    }
+}
+
+/// The parts of a partition shared between the writer, the log and readers.
+#[derive(Debug)]
+pub(crate) struct PartitionShared {
+    pub id: PartitionId,
+    pub dir: PathBuf,
+    pub config: LogConfig,
+    pub storage: Arc<dyn Storage>,
+    state: Mutex<PartitionState>,
+    /// Bumped after every group commit, snapshot and rollback.
+    pub changes: watch::Sender<u64>,
+    pub appended: AtomicU64,
+    pub group_commits: AtomicU64,
+}
+
+impl PartitionShared {
+    pub fn lock(&self) -> MutexGuard<'_, PartitionState> {
+        // The state is replaced field by field under the lock with no panicking code in
+        // between, so a poisoned lock still guards a consistent state.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Records a snapshot marker; idempotent for a height already recorded.
+    pub fn mark_snapshot(&self, height: u64, seqno: SeqNo) -> Result<()> {
+        {
+            let mut state = self.lock();
+            if let Some(last) = state.snapshots.last().copied() {
+                if height <= last.height {
+                    // Replaying a height already recorded: it must say the same.
+                    let known = state
+                        .snapshots
+                        .binary_search_by_key(&height, |s| s.height)
+                        .ok()
+                        .map(|i| state.snapshots[i].seqno);
+                    return match known {
+                        Some(known) if known == seqno => Ok(()),
+                        _ => Err(Error::InvalidPosition(format!(
+                            "partition {}: a snapshot at height {height} ending at {seqno} conflicts with the recorded ones",
+                            self.id.0
+                        ))),
+                    };
+                }
+                if seqno < last.seqno {
+                    return Err(Error::InvalidPosition(format!(
+                        "partition {}: snapshot at height {height} ends at seqno {seqno}, before the previous one ({})",
+                        self.id.0, last.seqno
+                    )));
+                }
+            }
+            if seqno > state.last_seqno {
+                return Err(Error::InvalidPosition(format!(
+                    "partition {}: snapshot at height {height} ends at seqno {seqno}, past the end of the log ({})",
+                    self.id.0, state.last_seqno
+                )));
+            }
+            state.snapshots.push(Snapshot { height, seqno });
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Reads up to `entries_max` entries from `from`: from the tail when it holds them, otherwise
+    /// from the segments.
+    pub fn read(&self, from: SeqNo, entries_max: usize) -> Result<Vec<Entry>> {
+        let from = from.max(1);
+        let (plan, last) = {
+            let state = self.lock();
+            if from > state.last_seqno || entries_max == 0 {
+                return Ok(Vec::new());
+            }
+            if let Some(first) = state.tail.front()
+                && first.seqno <= from
+            {
+                let skip = (from - first.seqno) as usize;
+                return Ok(state.tail.iter().skip(skip).take(entries_max).cloned().collect());
+            }
+            let start = state
+                .segments
+                .range(..=from)
+                .next_back()
+                .map(|(first, _)| *first)
+                .unwrap_or(1);
+            let plan: Vec<SegmentInfo> = state.segments.range(start..).map(|(_, s)| s.clone()).collect();
+            (plan, state.last_seqno)
+        };
+        let mut out = Vec::new();
+        for info in plan {
+            if info.last_seqno < from {
+                continue;
+            }
+            let offset = info
+                .index
+                .iter()
+                .rev()
+                .find(|(seqno, _)| *seqno <= from)
+                .map(|(_, offset)| *offset)
+                .unwrap_or(HEADER_BYTES);
+            let mut reader = SegmentReader::new(info.path.clone(), offset, info.durable_bytes, self.config.record_bytes_max);
+            while let Some((seqno, epoch, payload)) = reader.next(self.storage.as_ref())? {
+                if seqno > last {
+                    break;
+                }
+                if seqno >= from {
+                    out.push(Entry {
+                        partition: self.id,
+                        seqno,
+                        epoch,
+                        payload: payload.into(),
+                    });
+                    if out.len() == entries_max {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A request to a partition's writer.
+pub(crate) enum Request {
+    Append {
+        payloads: Vec<Vec<u8>>,
+        queued_at: Instant,
+        reply: oneshot::Sender<Result<Vec<SeqNo>>>,
+    },
+    /// Roll back entries from `truncate_from` (if any) and start a new epoch led by `leader`.
+    FailOver {
+        truncate_from: Option<SeqNo>,
+        leader: Vec<u8>,
+        reply: oneshot::Sender<Result<(Epoch, Vec<Entry>)>>,
+    },
+}
+
+/// What recovery found in one partition.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PartitionRecovery {
+    pub last_seqno: SeqNo,
+    pub truncated_bytes: u64,
+    pub segments: usize,
+    pub entries: u64,
+}
+
+/// Opens a partition: scans its segments, cuts a torn tail, refuses corruption, loads its
+/// failover history, and starts its writer thread.
+pub(crate) fn open_partition(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    id: PartitionId,
+    config: &LogConfig,
+    leader: &[u8],
+    waits: Arc<WaitRecorder>,
+) -> Result<(Arc<PartitionShared>, mpsc::Sender<Request>, std::thread::JoinHandle<()>, PartitionRecovery)> {
+    storage.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut failover = FailoverLog::open(storage.as_ref(), dir, leader)?;
+    let mut files: BTreeMap<SeqNo, PathBuf> = BTreeMap::new();
+    for path in storage.list(dir).map_err(|e| Error::io(dir, e))? {
+        let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".seg")) else {
+            continue;
+        };
+        let first: SeqNo = stem.parse().map_err(|_| Error::Corrupt {
+            path: path.display().to_string(),
+            offset: 0,
+            reason: "segment file name is not a sequence number".into(),
+        })?;
+        files.insert(first, path);
+    }
+
+    let mut state = PartitionState {
+        segments: BTreeMap::new(),
+        tail: VecDeque::new(),
+        tail_bytes: 0,
+        last_seqno: 0,
+        epochs: Vec::new(),
+        snapshots: Vec::new(),
+        rollbacks: 0,
+    };
+    let mut recovery = PartitionRecovery::default();
+    let count = files.len();
+    let mut active: Option<(Box<dyn WritableFile>, PathBuf, u64)> = None;
+    for (i, (first, path)) in files.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        let scanned = scan_segment(storage.as_ref(), &path, id, config.record_bytes_max, config.segment_bytes_max)?;
+        let corrupt = |offset: u64, reason: String| Error::Corrupt {
+            path: path.display().to_string(),
+            offset,
+            reason,
+        };
+        if scanned.first_seqno != first {
+            return Err(corrupt(0, format!("header says first seqno {}, file name says {first}", scanned.first_seqno)));
+        }
+        if state.last_seqno != 0 && first != state.last_seqno + 1 {
+            return Err(corrupt(0, format!("starts at seqno {first}, expected {}", state.last_seqno + 1)));
+        }
+        if let Some((offset, reason)) = &scanned.invalid {
+            if !is_last || scanned.valid_after_invalid {
+                return Err(corrupt(*offset, reason.clone()));
+            }
+            let file_len = storage.len(&path).map_err(|e| Error::io(&path, e))?;
+            recovery.truncated_bytes += file_len - scanned.valid_bytes;
+            tracing::warn!(path = %path.display(), offset, reason = %reason, "cutting a torn tail off the log");
+            storage
+                .truncate(&path, scanned.valid_bytes)
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        let last_seqno = scanned.first_seqno + scanned.records.len() as u64 - 1;
+        recovery.entries += scanned.records.len() as u64;
+        for (seqno, epoch, payload) in scanned.records {
+            state.push_tail(
+                Entry {
+                    partition: id,
+                    seqno,
+                    epoch,
+                    payload: payload.into(),
+                },
+                config.tail_bytes_max,
+            );
+        }
+        state.last_seqno = last_seqno;
+        if is_last {
+            let file = storage.open_append(&path).map_err(|e| Error::io(&path, e))?;
+            active = Some((file, path.clone(), scanned.valid_bytes));
+        }
+        state.segments.insert(
+            first,
+            SegmentInfo {
+                path,
+                durable_bytes: scanned.valid_bytes,
+                index: scanned.index,
+                last_seqno,
+            },
+        );
+    }
+    let (file, path, bytes) = match active {
+        Some(active) => active,
+        None => {
+            let (file, info) = create_segment(storage.as_ref(), dir, id, 1)?;
+            let path = info.path.clone();
+            state.segments.insert(1, info);
+            (file, path, HEADER_BYTES)
+        }
+    };
+    // Entries past the history (possible only if the history was lost) are not trusted.
+    if failover.current().start_seqno > state.last_seqno + 1 && state.last_seqno > 0 {
+        return Err(Error::Corrupt {
+            path: dir.join("failover.dat").display().to_string(),
+            offset: 0,
+            reason: format!(
+                "the current epoch starts at seqno {}, past the end of the log ({})",
+                failover.current().start_seqno,
+                state.last_seqno
+            ),
+        });
+    }
+    if failover.current().leader != leader {
+        failover.start_epoch(storage.as_ref(), dir, state.last_seqno + 1, leader)?;
+    }
+    state.epochs = failover.entries().to_vec();
+    recovery.last_seqno = state.last_seqno;
+    recovery.segments = state.segments.len();
+
+    let (changes, _) = watch::channel(0);
+    let shared = Arc::new(PartitionShared {
+        id,
+        dir: dir.to_path_buf(),
+        config: config.clone(),
+        storage,
+        state: Mutex::new(state),
+        changes,
+        appended: AtomicU64::new(0),
+        group_commits: AtomicU64::new(0),
+    });
+    let (sender, receiver) = mpsc::channel(config.queue_depth_max);
+    let writer = Writer {
+        next_seqno: recovery.last_seqno + 1,
+        shared: Arc::clone(&shared),
+        active: ActiveSegment { file, path, bytes },
+        failover,
+        failure: None,
+        waits,
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("chainql-log-p{}", id.0))
+        .spawn(move || writer.run(receiver))
+        .map_err(|e| Error::io(dir, e))?;
+    Ok((shared, sender, handle, recovery))
+}
+
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    id: PartitionId,
+    first_seqno: SeqNo,
+) -> Result<(Box<dyn WritableFile>, SegmentInfo)> {
+    let path = segment_path(dir, first_seqno);
+    let mut file = storage.create(&path).map_err(|e| Error::io(&path, e))?;
+    file.append(&segment::encode_header(id, first_seqno))
+        .and_then(|()| file.sync())
+        .map_err(|e| Error::io(&path, e))?;
+    storage.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok((
+        file,
+        SegmentInfo {
+            path,
+            durable_bytes: HEADER_BYTES,
+            index: Vec::new(),
+            last_seqno: first_seqno - 1,
+        },
+    ))
+}
+
+#[derive(Debug)]
+struct ActiveSegment {
+    file: Box<dyn WritableFile>,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// Records how long appends waited for their group commit, for benchmarks.
+#[derive(Debug, Default)]
+pub struct WaitRecorder {
+    samples: Mutex<Vec<Duration>>,
+    enabled: std::sync::atomic::AtomicBool,
+}
+
+impl WaitRecorder {
+    /// Starts recording waits (off by default: it costs a lock per group commit).
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes the waits recorded so far.
+    pub fn take(&self) -> Vec<Duration> {
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, waits: impl Iterator<Item = Duration>) {
+        if self.enabled.load(Ordering::Relaxed) {
+            self.samples.lock().unwrap_or_else(|p| p.into_inner()).extend(waits);
+        }
+    }
+}
+
+/// The single owner of a partition's files.
+struct Writer {
+    shared: Arc<PartitionShared>,
+    active: ActiveSegment,
+    failover: FailoverLog,
+    next_seqno: SeqNo,
+    failure: Option<String>,
+    waits: Arc<WaitRecorder>,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
+        let limit = self.shared.config.group_commit_entries_max;
+        let wait_max = self.shared.config.group_commit_wait_max;
+        while let Some(first) = receiver.blocking_recv() {
+            let mut group = Vec::new();
+            let mut entries = 0;
+            let started = Instant::now();
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Append { payloads, queued_at, reply } => {
+                        entries += payloads.len();
+                        group.push((payloads, queued_at, reply));
+                    }
+                    Request::FailOver { truncate_from, leader, reply } => {
+                        // A failover is ordered with the appends around it: commit what came
+                        // before, then fail over, then go on.
+                        self.commit_group(std::mem::take(&mut group));
+                        entries = 0;
+                        let _ = reply.send(self.fail_over(truncate_from, &leader));
+                    }
+                }
+                if entries < limit && started.elapsed() < wait_max {
+                    next = receiver.try_recv().ok();
+                }
+            }
+            self.commit_group(group);
+        }
+        let _ = self.active.file.sync();
+    }
+
+    fn commit_group(&mut self, group: Vec<(Vec<Vec<u8>>, Instant, oneshot::Sender<Result<Vec<SeqNo>>>)>) {
+        if group.is_empty() {
+            return;
+        }
+        if let Some(failure) = &self.failure {
+            for (_, _, reply) in group {
+                let _ = reply.send(Err(Error::Stopped(failure.clone())));
+            }
+            return;
+        }
+        let epoch = self.failover.current().epoch;
+        let partition = self.shared.id;
+        let mut buffer = Vec::new();
+        let mut written: Vec<Entry> = Vec::new();
+        let mut new_index: Vec<(SeqNo, u64)> = Vec::new();
+        let mut replies = Vec::with_capacity(group.len());
+        let mut outcome: Result<()> = Ok(());
+        for (payloads, queued_at, reply) in group {
+            let mut seqnos = Vec::with_capacity(payloads.len());
+            for payload in payloads {
+                let seqno = self.next_seqno;
+                let record_bytes = (RECORD_HEADER_BYTES + payload.len()) as u64;
+                if outcome.is_ok()
+                    && self.active.bytes + buffer.len() as u64 + record_bytes > self.shared.config.segment_bytes_max
+                {
+                    outcome = self.roll_segment(&mut buffer, &mut new_index, seqno);
+                }
+                let offset = self.active.bytes + buffer.len() as u64;
+                let index_due = new_index
+                    .last()
+                    .map(|(_, o)| offset >= o + segment::INDEX_INTERVAL_BYTES)
+                    .unwrap_or(true);
+                if index_due {
+                    new_index.push((seqno, offset));
+                }
+                segment::encode_record(&mut buffer, seqno, epoch, &payload);
+                written.push(Entry {
+                    partition,
+                    seqno,
+                    epoch,
+                    payload: payload.into(),
+                });
+                self.next_seqno += 1;
+                seqnos.push(seqno);
+            }
+            replies.push((reply, seqnos, queued_at));
+        }
+        if outcome.is_ok() {
+            outcome = self
+                .active
+                .file
+                .append(&buffer)
+                .and_then(|()| self.active.file.sync())
+                .map_err(|e| Error::io(&self.active.path, e));
+        }
+        match outcome {
+            Ok(()) => {
+                self.active.bytes += buffer.len() as u64;
+                let count = written.len() as u64;
+                {
+                    let mut state = self.shared.lock();
+                    let last = self.next_seqno - 1;
+                    if let Some(info) = state.segments.values_mut().next_back() {
+                        info.durable_bytes = self.active.bytes;
+                        info.last_seqno = last;
+                        merge_index(&mut info.index, new_index);
+                    }
+                    for entry in written {
+                        state.push_tail(entry, self.shared.config.tail_bytes_max);
+                    }
+                }
+                self.shared.appended.fetch_add(count, Ordering::Relaxed);
+                self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
+                self.shared.notify();
+                let now = Instant::now();
+                self.waits.record(replies.iter().map(|(_, _, queued)| now - *queued));
+                for (reply, seqnos, _) in replies {
+                    let _ = reply.send(Ok(seqnos));
+                }
+            }
+            Err(error) => {
+                // After a failed write or fsync the file's state is unknown (the page cache may
+                // have dropped the data), so the only safe course is to stop; a restart
+                // recovers from what is really on disk.
+                let message = error.to_string();
+                tracing::error!(partition = partition.0, error = %message, "log write failed; the partition stops accepting appends");
+                self.failure = Some(message.clone());
+                for (reply, _, _) in replies {
+                    let _ = reply.send(Err(Error::Stopped(message.clone())));
+                }
+            }
+        }
+    }
+
+    /// Writes and syncs what is buffered, then starts a new segment at `next_seqno`.
+    fn roll_segment(&mut self, buffer: &mut Vec<u8>, index: &mut Vec<(SeqNo, u64)>, next_seqno: SeqNo) -> Result<()> {
+        self.active
+            .file
+            .append(buffer)
+            .and_then(|()| self.active.file.sync())
+            .map_err(|e| Error::io(&self.active.path, e))?;
+        self.active.bytes += buffer.len() as u64;
+        buffer.clear();
+        let storage = Arc::clone(&self.shared.storage);
+        let (file, info) = create_segment(storage.as_ref(), &self.shared.dir, self.shared.id, next_seqno)?;
+        let path = info.path.clone();
+        {
+            let mut state = self.shared.lock();
+            if let Some(previous) = state.segments.values_mut().next_back() {
+                previous.durable_bytes = self.active.bytes;
+                previous.last_seqno = next_seqno - 1;
+                merge_index(&mut previous.index, std::mem::take(index));
+            }
+            state.segments.insert(next_seqno, info);
+        }
+        self.active = ActiveSegment {
+            file,
+            path,
+            bytes: HEADER_BYTES,
+        };
+        Ok(())
+    }
+
+    /// Rolls back entries from `truncate_from` and starts a new epoch.
+    fn fail_over(&mut self, truncate_from: Option<SeqNo>, leader: &[u8]) -> Result<(Epoch, Vec<Entry>)> {
+        if let Some(failure) = &self.failure {
+            return Err(Error::Stopped(failure.clone()));
+        }
+        let last = self.next_seqno - 1;
+        let from = truncate_from.unwrap_or(last + 1);
+        {
+            let state = self.shared.lock();
+            if from <= state.committed_seqno() {
+                return Err(Error::InvalidPosition(format!(
+                    "partition {}: entries up to {} are committed in a block and cannot be rolled back (asked from {from})",
+                    self.shared.id.0,
+                    state.committed_seqno()
+                )));
+            }
+        }
+        if from > last + 1 {
+            return Err(Error::InvalidPosition(format!(
+                "partition {}: cannot roll back from {from}, past the end of the log ({last})",
+                self.shared.id.0
+            )));
+        }
+        let rolled_back = if from <= last {
+            self.shared.read(from, (last - from + 1) as usize)?
+        } else {
+            Vec::new()
+        };
+        if from <= last {
+            self.truncate(from)?;
+        }
+        let storage = Arc::clone(&self.shared.storage);
+        let epoch = self.failover.start_epoch(storage.as_ref(), &self.shared.dir, from, leader)?;
+        {
+            let mut state = self.shared.lock();
+            state.epochs = self.failover.entries().to_vec();
+            state.rollbacks += 1;
+        }
+        self.shared.notify();
+        Ok((epoch, rolled_back))
+    }
+
+    /// Removes entries from `from` on, from the files and from memory.
+    fn truncate(&mut self, from: SeqNo) -> Result<()> {
+        let storage = Arc::clone(&self.shared.storage);
+        let (keep_segment, drop_segments): (Option<SegmentInfo>, Vec<SegmentInfo>) = {
+            let state = self.shared.lock();
+            let containing = state.segments.range(..=from).next_back().map(|(_, s)| s.clone());
+            let later = state
+                .segments
+                .range(from + 1..)
+                .map(|(_, s)| s.clone())
+                .collect();
+            (containing, later)
+        };
+        for info in &drop_segments {
+            storage.remove(&info.path).map_err(|e| Error::io(&info.path, e))?;
+        }
+        let Some(info) = keep_segment else {
+            return Err(Error::InvalidPosition(format!("no segment holds seqno {from}")));
+        };
+        // Find the offset of record `from` in its segment.
+        let offset = info
+            .index
+            .iter()
+            .rev()
+            .find(|(seqno, _)| *seqno <= from)
+            .map(|(_, offset)| *offset)
+            .unwrap_or(HEADER_BYTES);
+        let mut reader = SegmentReader::new(info.path.clone(), offset, info.durable_bytes, self.shared.config.record_bytes_max);
+        let mut cut = offset;
+        loop {
+            let before = cut;
+            match reader.next(storage.as_ref())? {
+                Some((seqno, _, payload)) => {
+                    if seqno >= from {
+                        cut = before;
+                        break;
+                    }
+                    cut = before + (RECORD_HEADER_BYTES + payload.len()) as u64;
+                }
+                None => break,
+            }
+        }
+        storage.truncate(&info.path, cut).map_err(|e| Error::io(&info.path, e))?;
+        storage.sync_dir(&self.shared.dir).map_err(|e| Error::io(&self.shared.dir, e))?;
+        let file = storage.open_append(&info.path).map_err(|e| Error::io(&info.path, e))?;
+        self.active = ActiveSegment {
+            file,
+            path: info.path.clone(),
+            bytes: cut,
+        };
+        self.next_seqno = from;
+        let mut state = self.shared.lock();
+        let first = state.segments.range(..=from).next_back().map(|(f, _)| *f).unwrap_or(1);
+        state.segments.retain(|f, _| *f <= first);
+        if let Some(kept) = state.segments.get_mut(&first) {
+            kept.durable_bytes = cut;
+            kept.last_seqno = from - 1;
+            kept.index.retain(|(seqno, _)| *seqno < from);
+        }
+        while state.tail.back().is_some_and(|e| e.seqno >= from) {
+            if let Some(entry) = state.tail.pop_back() {
+                state.tail_bytes -= entry.payload.len();
+            }
+        }
+        state.last_seqno = from - 1;
+        Ok(())
+    }
+}
+
+fn merge_index(index: &mut Vec<(SeqNo, u64)>, new: Vec<(SeqNo, u64)>) {
+    for (seqno, offset) in new {
+        let due = index
+            .last()
+            .map(|(_, o)| offset >= o + segment::INDEX_INTERVAL_BYTES)
+            .unwrap_or(true);
+        if due {
+            index.push((seqno, offset));
+        }
+    }
+}
