@@ -234,6 +234,18 @@ pub(crate) fn open_partition(
         files.insert(first, path);
     }
 
+    // A crash while a segment was being created can leave the last segment shorter than its
+    // header. It holds no record, so it is a torn tail: remove it.
+    if let Some((&first, path)) = files.iter().next_back() {
+        let len = storage.len(path).map_err(|e| Error::io(path, e))?;
+        if len < HEADER_BYTES {
+            tracing::warn!(path = %path.display(), bytes = len, "removing a segment torn while it was created");
+            storage.remove(path).map_err(|e| Error::io(path, e))?;
+            storage.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+            files.remove(&first);
+        }
+    }
+
     let mut state = PartitionState {
         segments: BTreeMap::new(),
         tail: VecDeque::new(),

@@ -42,6 +42,66 @@ impl Position {
     }
 }
 
+const TOKEN_PREFIX: &str = "cqlpos1.";
+/// The longest chain id a token carries.
+const TOKEN_CHAIN_ID_BYTES_MAX: usize = 64;
+
+impl Position {
+    /// The position as a text token a client can store and hand back to resume, bound to
+    /// `chain_id` so it cannot be used on another chain.
+    pub fn to_token(&self, chain_id: &str) -> String {
+        let chain = &chain_id.as_bytes()[..chain_id.len().min(TOKEN_CHAIN_ID_BYTES_MAX)];
+        let mut bytes = Vec::with_capacity(1 + chain.len() + 28 + 4);
+        bytes.push(chain.len() as u8);
+        bytes.extend_from_slice(chain);
+        bytes.extend_from_slice(&self.partition.0.to_le_bytes());
+        bytes.extend_from_slice(&self.next_seqno.to_le_bytes());
+        bytes.extend_from_slice(&self.epoch.to_le_bytes());
+        bytes.extend_from_slice(&self.next_height.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{TOKEN_PREFIX}{hex}")
+    }
+
+    /// Reads a token made by [`Position::to_token`], refusing one that is damaged or was made
+    /// for another chain.
+    pub fn from_token(token: &str, chain_id: &str) -> Result<Position> {
+        let malformed = |why: &str| Error::InvalidPosition(format!("malformed resume token: {why}"));
+        let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(|| malformed("unknown prefix"))?;
+        if hex.len() > 2 * (1 + TOKEN_CHAIN_ID_BYTES_MAX + 32) || hex.len() % 2 != 0 {
+            return Err(malformed("wrong length"));
+        }
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| malformed("not hex"))?;
+        let chain_len = *bytes.first().ok_or_else(|| malformed("empty"))? as usize;
+        if bytes.len() != 1 + chain_len + 32 {
+            return Err(malformed("wrong length"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(malformed("checksum mismatch"));
+        }
+        let chain = String::from_utf8_lossy(&body[1..1 + chain_len]);
+        if chain != chain_id {
+            return Err(Error::InvalidPosition(format!(
+                "the resume token is for chain {chain:?}; this is chain {chain_id:?}"
+            )));
+        }
+        let at = 1 + chain_len;
+        let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().expect("8 bytes"));
+        Ok(Position {
+            partition: PartitionId(u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"))),
+            next_seqno: u64_at(at + 4),
+            epoch: u64_at(at + 12),
+            next_height: u64_at(at + 20),
+        })
+    }
+}
+
 /// What a subscription delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -104,7 +164,15 @@ pub(crate) fn check_position(partition: &PartitionShared, position: &Position) -
     if position.next_seqno == 0 {
         return Err(Error::InvalidPosition("sequence numbers start at 1".into()));
     }
-    if position.next_seqno > state.last_seqno + 1 {
+    if position.next_seqno > 1 && position.epoch == 0 {
+        return Err(Error::InvalidPosition(format!(
+            "partition {}: a position after entry {} must name that entry's epoch",
+            position.partition.0,
+            position.next_seqno - 1
+        )));
+    }
+    let diverged = failover::divergence(&state.epochs, position.epoch, position.next_seqno).is_some();
+    if position.next_seqno > state.last_seqno + 1 && !diverged {
         return Err(Error::InvalidPosition(format!(
             "partition {}: seqno {} is from the future: the log ends at {}",
             position.partition.0, position.next_seqno, state.last_seqno
@@ -143,7 +211,7 @@ pub(crate) fn spawn_reader(
 /// The divergence point for `position` on the partition's current branch, if any.
 fn divergence(partition: &PartitionShared, position: &Position) -> Option<SeqNo> {
     let state = partition.lock();
-    failover::divergence(&state.epochs, state.last_seqno, position.epoch, position.next_seqno)
+    failover::divergence(&state.epochs, position.epoch, position.next_seqno)
 }
 
 async fn read_loop(

@@ -197,3 +197,30 @@ fn crc32c_of(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_the_middle_of_the_last_segment_is_corruption_not_a_tear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+        for i in 1..=10 {
+            log.append(P0, payload(i)).await.expect("append");
+        }
+    }
+    let path = segment_file(dir.path(), P0, 1);
+    let mut bytes = std::fs::read(&path).expect("read");
+    // The third record: header 32, then records of 24 + payload bytes.
+    let third = 32 + (24 + payload(1).len()) + (24 + payload(2).len());
+    bytes[third + 24 + 3] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    match Log::open(dir.path(), LogConfig::default()) {
+        Err(Error::Corrupt { path, offset, reason }) => {
+            assert!(path.ends_with("00000000000000000001.seg"), "{path}");
+            assert_eq!(offset, third as u64);
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // Nothing was cut: the file is as it was.
+    assert_eq!(std::fs::read(&path).expect("read"), bytes);
+}
