@@ -479,6 +479,7 @@ impl Log {
                 .map(|(first, info)| (*first, info.path.clone()))
                 .collect()
         };
+        let _files = shared.files.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         for (first, path) in &doomed {
             shared.lock().segments.remove(first);
             shared.storage.remove(path).map_err(|e| Error::io(path, e))?;

@@ -71,6 +71,8 @@ pub(crate) struct PartitionShared {
     pub config: LogConfig,
     pub storage: Arc<dyn Storage>,
     state: Mutex<PartitionState>,
+    /// Held shared while segments are read, exclusively while they are truncated or removed.
+    pub files: std::sync::RwLock<()>,
     /// Bumped after every group commit, snapshot and rollback.
     pub changes: watch::Sender<u64>,
     pub appended: AtomicU64,
@@ -130,9 +132,12 @@ impl PartitionShared {
     /// Reads up to `entries_max` entries from `from`: from the tail when it holds them, otherwise
     /// from the segments.
     pub fn read(&self, from: SeqNo, entries_max: usize) -> Result<Vec<Entry>> {
-        let from = from.max(1);
+        // Segments are read outside the state lock but under the files lock, which a failover
+        // takes exclusively while it truncates or removes segments.
+        let _files = self.files.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (plan, last) = {
             let state = self.lock();
+            let from = from.max(1);
             if from > state.last_seqno || entries_max == 0 {
                 return Ok(Vec::new());
             }
@@ -151,6 +156,10 @@ impl PartitionShared {
             let plan: Vec<SegmentInfo> = state.segments.range(start..).map(|(_, s)| s.clone()).collect();
             (plan, state.last_seqno)
         };
+        self.read_segments(&plan, from.max(1), last, entries_max)
+    }
+
+    fn read_segments(&self, plan: &[SegmentInfo], from: SeqNo, last: SeqNo, entries_max: usize) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         for info in plan {
             if info.last_seqno < from {
@@ -346,6 +355,7 @@ pub(crate) fn open_partition(
         config: config.clone(),
         storage,
         state: Mutex::new(state),
+        files: std::sync::RwLock::new(()),
         changes,
         appended: AtomicU64::new(0),
         group_commits: AtomicU64::new(0),
@@ -630,6 +640,8 @@ impl Writer {
 
     /// Removes entries from `from` on, from the files and from memory.
     fn truncate(&mut self, from: SeqNo) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let _files = shared.files.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let storage = Arc::clone(&self.shared.storage);
         let (keep_segment, drop_segments): (Option<SegmentInfo>, Vec<SegmentInfo>) = {
             let state = self.shared.lock();
