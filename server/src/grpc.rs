@@ -92,8 +92,53 @@ pub fn from_ipc(bytes: &[u8]) -> Result<QueryResult> {
     Ok(QueryResult { schema, batches })
 }
 
+/// Converts a log delivery into its wire form.
+fn log_event(delivery: chainql_sequencer::Delivery, chain_id: &str) -> Result<proto::LogEvent, Status> {
+    use chainql_sequencer::Event;
+    let partition = delivery.position.partition.0;
+    let event = match delivery.event {
+        Event::Entry(entry) => {
+            let transaction = <chainql::wire::SignedTransaction as prost::Message>::decode(&entry.payload[..])
+                .map_err(|e| Status::internal(format!("log entry {partition}/{} does not decode: {e}", entry.seqno)))?;
+            proto::log_event::Event::Entry(proto::LogEntry {
+                seqno: entry.seqno,
+                epoch: entry.epoch,
+                transaction_hash: chainql::transaction_hash(&transaction.transaction).0.to_vec(),
+                transaction: Some(transaction),
+            })
+        }
+        Event::Snapshot { seqno, height, .. } => proto::log_event::Event::Snapshot(proto::LogSnapshot { seqno, height }),
+        Event::Rollback { to_seqno, .. } => proto::log_event::Event::Rollback(proto::LogRollback { to_seqno }),
+    };
+    Ok(proto::LogEvent {
+        partition,
+        event: Some(event),
+        resume_token: delivery.position.to_token(chain_id),
+    })
+}
+
+type LogEventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::LogEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl NodeApi for Api {
+    type SubscribeLogStream = LogEventStream;
+
+    async fn subscribe_log(
+        &self,
+        request: Request<proto::SubscribeLogRequest>,
+    ) -> Result<Response<Self::SubscribeLogStream>, Status> {
+        use futures::StreamExt;
+        let request = request.into_inner();
+        let positions = self.node.log_positions(&request.resume_tokens, &request.partitions)?;
+        let subscription = self.node.subscribe_log(&positions)?;
+        let chain_id = self.node.chain_id().to_string();
+        let stream = subscription.map(move |delivery| match delivery {
+            Ok(delivery) => log_event(delivery, &chain_id),
+            Err(error) => Err(Status::from(Error::from(error))),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn submit_transaction(
         &self,
         request: Request<proto::SubmitTransactionRequest>,

@@ -21,7 +21,7 @@ use chainql::wire::{Block, LogRange, Receipt, SignedTransaction, Transaction};
 use chainql::{Address, DecodedTransaction, Hash, Keypair, PublicKey, TransactionLimits};
 use chainql_consensus::{BlockProposal, BlockStore, Genesis, Parent, ValidatorSet, verify_block};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, QueryResult, State};
-use chainql_sequencer::{FsStorage, Log, LogConfig, PartitionId, partition_of};
+use chainql_sequencer::{FsStorage, Log, LogConfig, PartitionId, Position, Subscription, partition_of};
 use prost::Message;
 use tokio::sync::{Notify, oneshot, watch};
 
@@ -396,6 +396,45 @@ impl Node {
             .cloned()
             .ok_or_else(|| Error::Corrupt(format!("block {} lacks transaction {}", receipt.block_height, receipt.index)))?;
         Ok(Some((signed, receipt)))
+    }
+
+    /// Streams the log from `positions` (see [`chainql_sequencer::Log::subscribe`]).
+    pub fn subscribe_log(&self, positions: &[Position]) -> Result<Subscription> {
+        Ok(self.inner.log.subscribe(positions)?)
+    }
+
+    /// Positions to subscribe from: the partitions named by `tokens` resume there, and the
+    /// `partitions` they do not name (all, when empty) start at the beginning.
+    pub fn log_positions(&self, tokens: &[String], partitions: &[u32]) -> Result<Vec<Position>> {
+        let count = self.inner.log.partitions();
+        if tokens.len() > count as usize || partitions.len() > count as usize {
+            return Err(Error::Client(format!("the log has {count} partitions")));
+        }
+        let mut positions = Vec::new();
+        for token in tokens {
+            let position = Position::from_token(token, self.chain_id())?;
+            if position.partition.0 >= count {
+                return Err(Error::Client(format!(
+                    "the resume token is for partition {}; the log has {count}",
+                    position.partition.0
+                )));
+            }
+            positions.push(position);
+        }
+        let wanted: Vec<u32> = if partitions.is_empty() {
+            (0..count).collect()
+        } else {
+            partitions.to_vec()
+        };
+        for partition in wanted {
+            if partition >= count {
+                return Err(Error::Client(format!("partition {partition} does not exist; the log has {count}")));
+            }
+            if !positions.iter().any(|p| p.partition.0 == partition) {
+                positions.push(Position::start(PartitionId(partition)));
+            }
+        }
+        Ok(positions)
     }
 
     /// Waits until the committed height reaches `height`.

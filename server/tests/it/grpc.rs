@@ -200,3 +200,106 @@ async fn refusals_carry_status_codes_and_the_node_survives_them() {
     assert_eq!(response.receipt.map(|r| r.status), Some(ReceiptStatus::Success as i32));
     let _ = served.stop.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
+    use std::collections::HashMap;
+    let served = serve().await;
+    let mut client = served.remote.client();
+    // Eight senders: their transactions spread over the log's partitions.
+    let mut hashes = Vec::new();
+    for i in 0..8u8 {
+        let builder = TransactionBuilder::new("grpc-test", Keypair::from_seed([40 + i; 32]));
+        let sql = if i == 0 { "CREATE TABLE t (id INT PRIMARY KEY)".to_string() } else { format!("INSERT INTO t VALUES ({i})") };
+        let receipt = served.node.submit_and_wait(builder.build(0, vec![sql])).await.expect("commit");
+        hashes.push(receipt.transaction_hash);
+    }
+    let mut stream = client
+        .subscribe_log(proto::SubscribeLogRequest::default())
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut tokens: HashMap<u32, String> = HashMap::new();
+    let mut snapshots = 0;
+    while seen.len() < 8 || snapshots < 4 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event")
+            .expect("no error")
+            .expect("the stream is open");
+        match event.event.expect("an event") {
+            proto::log_event::Event::Entry(entry) => {
+                let transaction = entry.transaction.expect("the transaction");
+                assert_eq!(chainql::transaction_hash(&transaction.transaction).0.to_vec(), entry.transaction_hash);
+                seen.push(entry.transaction_hash);
+                // Stop taking tokens after the fourth entry: the rest is read again on resume.
+                if seen.len() <= 4 {
+                    tokens.insert(event.partition, event.resume_token.clone());
+                }
+            }
+            proto::log_event::Event::Snapshot(_) => snapshots += 1,
+            proto::log_event::Event::Rollback(_) => panic!("no rollbacks here"),
+        }
+    }
+    let mut all = seen.clone();
+    all.sort();
+    let mut expected = hashes.clone();
+    expected.sort();
+    assert_eq!(all, expected, "every committed transaction, exactly once");
+    drop(stream);
+
+    // Resuming from the tokens gives exactly the entries not covered by them.
+    let mut resumed = client
+        .subscribe_log(proto::SubscribeLogRequest {
+            resume_tokens: tokens.values().cloned().collect(),
+            partitions: vec![],
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    let mut rest = Vec::new();
+    while rest.len() < 4 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), resumed.message())
+            .await
+            .expect("an event")
+            .expect("no error")
+            .expect("open");
+        if let Some(proto::log_event::Event::Entry(entry)) = event.event {
+            rest.push(entry.transaction_hash);
+        }
+    }
+    let mut first_four = seen[..4].to_vec();
+    first_four.extend(rest);
+    first_four.sort();
+    assert_eq!(first_four, expected, "the first four plus the resumed rest are all, without repeats");
+
+    // Bad tokens are refused with a reason.
+    let status = client
+        .subscribe_log(proto::SubscribeLogRequest {
+            resume_tokens: vec!["not a token".into()],
+            partitions: vec![],
+        })
+        .await
+        .expect_err("malformed");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let foreign = chainql_sequencer::Position::start(chainql_sequencer::PartitionId(0)).to_token("another-chain");
+    let status = client
+        .subscribe_log(proto::SubscribeLogRequest {
+            resume_tokens: vec![foreign],
+            partitions: vec![],
+        })
+        .await
+        .expect_err("another chain");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("another-chain"), "{}", status.message());
+    let status = client
+        .subscribe_log(proto::SubscribeLogRequest {
+            resume_tokens: vec![],
+            partitions: vec![99],
+        })
+        .await
+        .expect_err("no such partition");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let _ = served.stop.send(());
+}
