@@ -24,6 +24,11 @@ pub struct BenchConfig {
     pub rows: usize,
     pub block_interval_ms: u64,
     pub block_transactions_max: usize,
+    /// Transactions a client submits per request (1: one at a time; more: `submit_many`, with
+    /// batched signature checks).
+    pub batch: usize,
+    /// Log partitions of the bench chain.
+    pub log_partitions: u32,
 }
 
 /// What was measured.
@@ -32,6 +37,8 @@ pub struct BenchReport {
     pub transactions: usize,
     pub clients: usize,
     pub rows: usize,
+    pub batch: usize,
+    pub log_partitions: u32,
     pub elapsed: Duration,
     pub blocks: u64,
     pub failed: u64,
@@ -50,6 +57,7 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "workload             single-statement UPDATE by primary key, {} rows", self.rows)?;
         writeln!(f, "transactions         {} from {} clients ({} failed)", self.transactions, self.clients, self.failed)?;
+        writeln!(f, "submission           {} per request, {} log partitions", self.batch, self.log_partitions)?;
         writeln!(f, "blocks               {} ({:.0} transactions per block)", self.blocks, self.transactions as f64 / self.blocks.max(1) as f64)?;
         writeln!(f, "elapsed              {:.3} s", self.elapsed.as_secs_f64())?;
         writeln!(f, "end-to-end           {:.0} tx/s (signed, admitted, logged, committed, applied)", self.transactions_per_second())?;
@@ -74,6 +82,7 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
     let mut config = NodeConfig::new(data_dir);
     config.block_interval_ms = bench.block_interval_ms;
     config.block_transactions_max = bench.block_transactions_max;
+    config.log_partitions = bench.log_partitions;
     let owner = client_key(usize::MAX - 1);
     let clients: Vec<Keypair> = (0..bench.clients).map(client_key).collect();
     let mut accounts: Vec<_> = clients.iter().map(|k| (k.address(), 0)).collect();
@@ -120,15 +129,32 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
     let start_height = node.state().height();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(work.len());
+    let batch = bench.batch.max(1);
     for transactions in work {
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
             let count = transactions.len();
-            for (i, signed) in transactions.into_iter().enumerate() {
-                if i + 1 == count {
-                    node.submit_and_wait(signed).await?;
-                } else {
-                    node.submit(signed).await?;
+            if batch == 1 {
+                for (i, signed) in transactions.into_iter().enumerate() {
+                    if i + 1 == count {
+                        node.submit_and_wait(signed).await?;
+                    } else {
+                        node.submit(signed).await?;
+                    }
+                }
+                return Ok::<(), Error>(());
+            }
+            let mut last = None;
+            let mut transactions = transactions.into_iter().peekable();
+            while transactions.peek().is_some() {
+                let chunk: Vec<_> = transactions.by_ref().take(batch).collect();
+                for result in node.submit_many(chunk).await {
+                    last = Some(result?);
+                }
+            }
+            if let Some(last) = last {
+                while node.transaction(&last)?.is_none() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
             Ok::<(), Error>(())
@@ -158,6 +184,8 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
         transactions: total,
         clients: bench.clients,
         rows: bench.rows,
+        batch,
+        log_partitions: bench.log_partitions,
         elapsed,
         blocks,
         failed,

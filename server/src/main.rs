@@ -146,6 +146,12 @@ struct BenchArgs {
     block_interval_ms: u64,
     #[arg(long, default_value_t = 5_000)]
     block_transactions_max: usize,
+    /// Transactions per submission request (more than 1 uses batch admission).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Log partitions of the bench chain.
+    #[arg(long, default_value_t = 4)]
+    log_partitions: u32,
     /// Where the bench node keeps its data [default: a new temporary directory].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -329,6 +335,8 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         rows: args.rows,
         block_interval_ms: args.block_interval_ms,
         block_transactions_max: args.block_transactions_max,
+        batch: args.batch,
+        log_partitions: args.log_partitions,
     };
     let report = runtime.block_on(run_update(&data_dir, &config));
     if args.data_dir.is_none() {

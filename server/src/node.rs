@@ -349,6 +349,122 @@ impl Node {
         Ok(decoded.hash)
     }
 
+    /// Admits many transactions at once: signatures are checked in batches (ed25519 batch
+    /// verification, about twice as fast as one by one), each log partition's share on its own
+    /// thread, and each partition's transactions enter the log in one request. Returns one result
+    /// per transaction, in order; a refused transaction does not hold back the others.
+    pub async fn submit_many(&self, transactions: Vec<SignedTransaction>) -> Vec<Result<Hash>> {
+        if let Err(error) = self.inner.check_running() {
+            let message = error.to_string();
+            return transactions.iter().map(|_| Err(Error::Halted(message.clone()))).collect();
+        }
+        let count = transactions.len();
+        let mut results: Vec<Option<Result<Hash>>> = (0..count).map(|_| None).collect();
+        let partitions = self.inner.log.partitions() as usize;
+        let mut groups: Vec<Vec<(usize, DecodedTransaction)>> = (0..partitions).map(|_| Vec::new()).collect();
+        let limits = self.inner.config.transaction_limits;
+        for (i, signed) in transactions.into_iter().enumerate() {
+            match DecodedTransaction::from_signed(signed, &limits, &self.inner.genesis.chain_id) {
+                Ok(decoded) => groups[self.inner.partition_of(&decoded.address).0 as usize].push((i, decoded)),
+                Err(error) => results[i] = Some(Err(error.into())),
+            }
+        }
+        // Stateless checks, a thread per partition.
+        let checks: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                tokio::task::spawn_blocking(move || {
+                    let refs: Vec<&DecodedTransaction> = group.iter().map(|(_, d)| d).collect();
+                    let verdicts: Vec<Result<()>> = chainql::verify_transactions(&refs)
+                        .into_iter()
+                        .zip(&group)
+                        .map(|(signature, (_, decoded))| {
+                            signature?;
+                            for statement in &decoded.body.statements {
+                                chainql::sql::parse_transaction_statement(statement)?;
+                            }
+                            Ok(())
+                        })
+                        .collect();
+                    (group, verdicts)
+                })
+            })
+            .collect();
+        let mut admitted = Vec::new();
+        for check in checks {
+            let Ok((group, verdicts)) = check.await else {
+                continue;
+            };
+            let mut accepted = Vec::new();
+            for ((i, decoded), verdict) in group.into_iter().zip(verdicts) {
+                match verdict {
+                    Ok(()) => accepted.push((i, decoded)),
+                    Err(error) => results[i] = Some(Err(error)),
+                }
+            }
+            admitted.push(accepted);
+        }
+        // Nonces and the log, partition by partition.
+        let mut pending = Vec::new();
+        for accepted in admitted {
+            let Some((_, first)) = accepted.first() else { continue };
+            let partition = self.inner.partition_of(&first.address);
+            let mut admission = self.inner.admission[partition.0 as usize].lock().await;
+            let state = self.state();
+            let mut entries = Vec::new();
+            let mut indices = Vec::new();
+            let mut reserved: Vec<(Address, u64)> = Vec::new();
+            for (i, decoded) in accepted {
+                let committed = state.account(&decoded.address).nonce;
+                let reserved_next = reserved.iter().rev().find(|(a, _)| *a == decoded.address).map(|(_, n)| *n);
+                let expected = reserved_next.unwrap_or_else(|| admission.next_nonce(&decoded.address, committed));
+                if decoded.body.nonce != expected {
+                    results[i] = Some(Err(Error::Nonce {
+                        found: decoded.body.nonce,
+                        expected,
+                    }));
+                    continue;
+                }
+                reserved.push((decoded.address, expected + 1));
+                entries.push((partition, decoded.signed.encode_to_vec()));
+                indices.push((i, decoded.hash));
+            }
+            match self.inner.log.enqueue(entries).await {
+                Ok(queued) => {
+                    for (address, next) in reserved {
+                        admission.next_nonces.insert(address, next);
+                    }
+                    pending.push((queued, indices));
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    for (i, _) in indices {
+                        results[i] = Some(Err(Error::Halted(message.clone())));
+                    }
+                }
+            }
+        }
+        for (queued, indices) in pending {
+            match queued.durable().await {
+                Ok(_) => {
+                    for (i, hash) in indices {
+                        results[i] = Some(Ok(hash));
+                    }
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    for (i, _) in indices {
+                        results[i] = Some(Err(Error::Halted(message.clone())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Halted("admission was interrupted".into()))))
+            .collect()
+    }
+
     /// Admits a transaction and waits until it is committed; returns its receipt.
     pub async fn submit_and_wait(&self, signed: SignedTransaction) -> Result<Receipt> {
         let hash = chainql::transaction_hash(&signed.transaction);

@@ -1,6 +1,7 @@
 //! Public-behaviour tests of the node, in one test binary (linking DataFusion dominates build
 //! time, so the modules share it).
 
+mod admission;
 mod blocks;
 mod grpc;
 mod restart;
