@@ -228,11 +228,14 @@ struct PartitionHandle {
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A partition writer's answer, and where its seqnos go in the caller's order.
+type AppendAnswer = (oneshot::Receiver<Result<Vec<SeqNo>>>, Vec<usize>);
+
 /// Entries queued for the writers; [`PendingAppend::durable`] waits for their group commits.
 #[derive(Debug)]
 pub struct PendingAppend {
     /// For each partition touched: the reply, and where its seqnos go in the input order.
-    answers: Vec<(oneshot::Receiver<Result<Vec<SeqNo>>>, Vec<usize>)>,
+    answers: Vec<AppendAnswer>,
     count: usize,
 }
 

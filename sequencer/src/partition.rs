@@ -209,6 +209,17 @@ pub(crate) enum Request {
     },
 }
 
+/// A partition opened: its shared state, its writer's queue and thread, and what recovery found.
+pub(crate) type OpenedPartition = (
+    Arc<PartitionShared>,
+    mpsc::Sender<Request>,
+    std::thread::JoinHandle<()>,
+    PartitionRecovery,
+);
+
+/// An append waiting in a group: its payloads, when it was queued, and where to answer.
+type QueuedAppend = (Vec<Vec<u8>>, Instant, oneshot::Sender<Result<Vec<SeqNo>>>);
+
 /// What recovery found in one partition.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PartitionRecovery {
@@ -227,7 +238,7 @@ pub(crate) fn open_partition(
     config: &LogConfig,
     leader: &[u8],
     waits: Arc<WaitRecorder>,
-) -> Result<(Arc<PartitionShared>, mpsc::Sender<Request>, std::thread::JoinHandle<()>, PartitionRecovery)> {
+) -> Result<OpenedPartition> {
     storage.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut failover = FailoverLog::open(storage.as_ref(), dir, leader)?;
     let mut files: BTreeMap<SeqNo, PathBuf> = BTreeMap::new();
@@ -473,7 +484,7 @@ impl Writer {
         let _ = self.active.file.sync();
     }
 
-    fn commit_group(&mut self, group: Vec<(Vec<Vec<u8>>, Instant, oneshot::Sender<Result<Vec<SeqNo>>>)>) {
+    fn commit_group(&mut self, group: Vec<QueuedAppend>) {
         if group.is_empty() {
             return;
         }

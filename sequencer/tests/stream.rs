@@ -156,7 +156,7 @@ async fn a_failover_rolls_back_uncommitted_entries_and_tells_readers() {
     drop(stream);
 
     // A reader coming back with a position on the abandoned branch is told the same.
-    let mut stream = log.subscribe(&[stale.clone()]).expect("resume");
+    let mut stream = log.subscribe(std::slice::from_ref(&stale)).expect("resume");
     assert_eq!(describe(&next(&mut stream).await.event), "r7");
     assert_eq!(describe(&next(&mut stream).await.event), "e7:new-7");
     drop(stream);
