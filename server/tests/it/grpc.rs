@@ -293,6 +293,31 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
         .expect_err("another chain");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("another-chain"), "{}", status.message());
+    let other_partition = chainql_sequencer::Position::start(chainql_sequencer::PartitionId(9)).to_token("grpc-test");
+    let status = client
+        .subscribe_log(proto::SubscribeLogRequest {
+            resume_tokens: vec![other_partition],
+            partitions: vec![],
+        })
+        .await
+        .expect_err("a partition this log does not have");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("partition 9"), "{}", status.message());
+    let future = chainql_sequencer::Position {
+        next_seqno: 1000,
+        epoch: 1,
+        ..chainql_sequencer::Position::start(chainql_sequencer::PartitionId(0))
+    }
+    .to_token("grpc-test");
+    let status = client
+        .subscribe_log(proto::SubscribeLogRequest {
+            resume_tokens: vec![future],
+            partitions: vec![],
+        })
+        .await
+        .expect_err("a seqno from the future");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("from the future"), "{}", status.message());
     let status = client
         .subscribe_log(proto::SubscribeLogRequest {
             resume_tokens: vec![],

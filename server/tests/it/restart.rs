@@ -1,10 +1,12 @@
 //! Stopping a real node process with `kill -9` and starting it again brings back exactly the
 //! committed state, and every transaction it acknowledged.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chainql::{Hash, Keypair, TransactionBuilder};
+use chainql_server::grpc::proto;
 use chainql_server::{Connection, RemoteNode, Session};
 
 use crate::support::{NodeProcess, chainql};
@@ -53,6 +55,24 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
     let reader = session(&node.url, &key).await;
     let after = snapshot(&reader).await;
     assert_eq!(after, before, "same height, same state root, same rows");
+
+    // A log reader takes a few entries now and resumes after the next crash.
+    let mut log_reader = RemoteNode::connect(&node.url).await.expect("connect").client();
+    let mut stream = log_reader
+        .subscribe_log(proto::SubscribeLogRequest::default())
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut seen_hashes: Vec<Vec<u8>> = Vec::new();
+    let mut tokens: HashMap<u32, String> = HashMap::new();
+    while seen_hashes.len() < 3 {
+        let event = stream.message().await.expect("event").expect("open");
+        if let Some(proto::log_event::Event::Entry(entry)) = &event.event {
+            seen_hashes.push(entry.transaction_hash.clone());
+        }
+        tokens.insert(event.partition, event.resume_token);
+    }
+    drop(stream);
 
     // Transactions acknowledged (durable in the log) but not yet in a block when the process
     // dies are committed after the restart.
@@ -106,6 +126,38 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
             .expect("get transaction")
             .expect("every acknowledged transaction has a receipt");
         assert!(receipt.error.is_empty(), "{}", receipt.error);
+    }
+
+    // The log reader resumes across two kill -9 restarts: every transaction exactly once.
+    let total = reader.query("SELECT count(*) FROM chain.transactions").await.expect("count");
+    let total: usize = chainql_server::format::cell_text(total.batches[0].column(0), 0)
+        .and_then(|t| t.parse().ok())
+        .expect("a count");
+    let mut stream = remote
+        .client()
+        .subscribe_log(proto::SubscribeLogRequest {
+            resume_tokens: tokens.into_values().collect(),
+            partitions: vec![],
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    while seen_hashes.len() < total {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("an event")
+            .expect("no error")
+            .expect("open");
+        if let Some(proto::log_event::Event::Entry(entry)) = event.event {
+            seen_hashes.push(entry.transaction_hash);
+        }
+    }
+    let mut unique = seen_hashes.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen_hashes.len(), "no entry delivered twice");
+    for hash in &hashes {
+        assert!(seen_hashes.contains(&hash.0.to_vec()), "the resumed stream has every admitted transaction");
     }
     drop(writer);
 }
