@@ -74,6 +74,12 @@ struct NodeOptions {
     /// Log partitions of a chain created by this command (fixed at genesis).
     #[arg(long, default_value_t = 4)]
     log_partitions: u32,
+    /// The longest a log partition collects appends into one group commit, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    log_group_commit_wait_ms: u64,
+    /// Recent log entries kept in memory per partition, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    log_tail_bytes_max: usize,
 }
 
 impl NodeOptions {
@@ -83,6 +89,8 @@ impl NodeOptions {
         config.block_transactions_max = self.block_transactions_max;
         config.query_limits.rows_max = self.query_rows_max;
         config.log_partitions = self.log_partitions;
+        config.log_group_commit_wait_ms = self.log_group_commit_wait_ms;
+        config.log_tail_bytes_max = self.log_tail_bytes_max;
         config
     }
 }

@@ -42,6 +42,10 @@ pub struct NodeConfig {
     pub query_limits: QueryLimits,
     /// Size at which a log segment is closed.
     pub log_segment_bytes_max: u64,
+    /// The longest a log partition's writer collects appends into one group commit.
+    pub log_group_commit_wait_ms: u64,
+    /// Recent log entries kept in memory per partition, in bytes.
+    pub log_tail_bytes_max: usize,
     /// Log partitions of a chain this node creates (`init_data_dir`); an existing chain keeps
     /// the number its genesis fixed.
     pub log_partitions: u32,
@@ -57,6 +61,8 @@ impl NodeConfig {
             query_partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             query_limits: QueryLimits::default(),
             log_segment_bytes_max: 64 << 20,
+            log_group_commit_wait_ms: 5,
+            log_tail_bytes_max: 64 << 20,
             log_partitions: 4,
         }
     }
@@ -75,6 +81,9 @@ impl NodeConfig {
         }
         if self.block_interval_ms > 60_000 {
             return Err(Error::Config("block_interval_ms must be at most 60,000".into()));
+        }
+        if self.log_group_commit_wait_ms > 1_000 {
+            return Err(Error::Config("log_group_commit_wait_ms must be at most 1,000".into()));
         }
         Ok(())
     }
@@ -233,6 +242,8 @@ impl Node {
                 partitions: genesis.log_partitions,
                 segment_bytes_max: config.log_segment_bytes_max,
                 record_bytes_max: config.transaction_limits.transaction_bytes_max + 1024,
+                group_commit_wait_max: Duration::from_millis(config.log_group_commit_wait_ms),
+                tail_bytes_max: config.log_tail_bytes_max,
                 ..LogConfig::default()
             },
             &validator.address().0,
