@@ -302,7 +302,10 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(&path, "not a key").expect("overwrite");
-        assert!(matches!(Keypair::read_file(&path), Err(Error::InvalidKeyFile { .. })));
+        assert!(matches!(
+            Keypair::read_file(&path),
+            Err(Error::InvalidKeyFile { .. })
+        ));
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 

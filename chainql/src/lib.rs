@@ -31,12 +31,11 @@ pub mod wire {
 }
 
 pub use crypto::{
-    Address, BLOCK_HEADER_DOMAIN, Keypair, PublicKey, TRANSACTION_DOMAIN, signing_bytes,
-    verify_batch,
+    Address, BLOCK_HEADER_DOMAIN, Keypair, PublicKey, TRANSACTION_DOMAIN, signing_bytes, verify_batch,
 };
 pub use error::{Error, Result};
 pub use hash::{Hash, merkle_root};
 pub use transaction::{
-    DecodedTransaction, TransactionBuilder, TransactionLimits, sign_transaction,
-    transaction_hash, verify_transactions,
+    DecodedTransaction, TransactionBuilder, TransactionLimits, sign_transaction, transaction_hash,
+    verify_transactions,
 };

@@ -165,7 +165,11 @@ pub fn check_deterministic(statement: &Statement) -> Result<()> {
 }
 
 fn first_words(sql: &str) -> String {
-    sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ").to_uppercase()
+    sql.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase()
 }
 
 /// The result of splitting a script at its top-level semicolons.
@@ -362,7 +366,9 @@ mod tests {
     #[test]
     fn transaction_statements_are_writes_and_deterministic() {
         assert_eq!(
-            parse_transaction_statement("INSERT INTO t VALUES (1)").expect("ok").1,
+            parse_transaction_statement("INSERT INTO t VALUES (1)")
+                .expect("ok")
+                .1,
             StatementKind::Insert
         );
         assert!(matches!(
@@ -378,7 +384,10 @@ mod tests {
             Err(Error::NonDeterministic(name)) if name == "uuid"
         ));
         assert!(parse_transaction_statement("INSERT INTO t VALUES (now())").is_ok());
-        assert!(matches!(parse_transaction_statement("INSERT INTO"), Err(Error::Sql(_))));
+        assert!(matches!(
+            parse_transaction_statement("INSERT INTO"),
+            Err(Error::Sql(_))
+        ));
         assert!(parse_transaction_statement("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)").is_err());
     }
 

@@ -130,7 +130,9 @@ impl DecodedTransaction {
         }
         let sender = PublicKey::from_bytes(&body.sender)?;
         if body.statements.is_empty() {
-            return Err(Error::Malformed("a transaction needs at least one statement".into()));
+            return Err(Error::Malformed(
+                "a transaction needs at least one statement".into(),
+            ));
         }
         if body.statements.len() > limits.statements_max {
             return Err(Error::TooManyStatements {
@@ -166,8 +168,11 @@ impl DecodedTransaction {
     }
 
     pub fn verify_signature(&self) -> Result<()> {
-        self.sender
-            .verify(TRANSACTION_DOMAIN, &self.signed.transaction, &self.signed.signature)
+        self.sender.verify(
+            TRANSACTION_DOMAIN,
+            &self.signed.transaction,
+            &self.signed.signature,
+        )
     }
 }
 
@@ -214,7 +219,10 @@ mod tests {
             DecodedTransaction::decode(&bytes, &limits, "other-chain"),
             Err(Error::WrongChain { .. })
         ));
-        let small = TransactionLimits { transaction_bytes_max: 10, ..limits };
+        let small = TransactionLimits {
+            transaction_bytes_max: 10,
+            ..limits
+        };
         assert!(matches!(
             DecodedTransaction::decode(&bytes, &small, "test-chain"),
             Err(Error::TransactionTooLarge { .. })

@@ -81,7 +81,10 @@ pub fn verify_block(
         .ok_or_else(|| Error::InvalidBlock("the block has no header".into()))?;
     let invalid = |m: String| Err(Error::InvalidBlock(format!("block {}: {m}", header.height)));
     if header.chain_id != parent.chain_id {
-        return invalid(format!("chain id {:?}, expected {:?}", header.chain_id, parent.chain_id));
+        return invalid(format!(
+            "chain id {:?}, expected {:?}",
+            header.chain_id, parent.chain_id
+        ));
     }
     if header.height != parent.height + 1 {
         return invalid(format!("height follows {}", parent.height));
@@ -107,7 +110,11 @@ pub fn verify_block(
         return invalid(format!("{} may not propose it", proposer.address()));
     }
     proposer
-        .verify(BLOCK_HEADER_DOMAIN, &header.encode_to_vec(), &block.proposer_signature)
+        .verify(
+            BLOCK_HEADER_DOMAIN,
+            &header.encode_to_vec(),
+            &block.proposer_signature,
+        )
         .map_err(|_| Error::InvalidBlock(format!("block {}: bad proposer signature", header.height)))?;
     Ok(header_hash(header))
 }
@@ -149,17 +156,26 @@ mod tests {
         let hash = verify_block(&block, &parent, |p| *p == me).expect("valid block");
         assert_eq!(Some(hash), block.header.as_ref().map(header_hash));
 
-        assert!(verify_block(&block, &parent, |_| false).is_err(), "proposer not allowed");
+        assert!(
+            verify_block(&block, &parent, |_| false).is_err(),
+            "proposer not allowed"
+        );
 
         let mut swapped = block.clone();
         swapped.transactions.swap(0, 1);
-        assert!(verify_block(&swapped, &parent, |p| *p == me).is_err(), "order is committed");
+        assert!(
+            verify_block(&swapped, &parent, |p| *p == me).is_err(),
+            "order is committed"
+        );
 
         let mut later = block.clone();
         if let Some(h) = later.header.as_mut() {
             h.timestamp_ms += 1;
         }
-        assert!(verify_block(&later, &parent, |p| *p == me).is_err(), "signature covers the header");
+        assert!(
+            verify_block(&later, &parent, |p| *p == me).is_err(),
+            "signature covers the header"
+        );
 
         let wrong_parent = Parent { height: 5, ..parent };
         assert!(verify_block(&block, &wrong_parent, |p| *p == me).is_err());

@@ -103,8 +103,7 @@ impl Genesis {
 
     /// Writes the genesis as pretty JSON, durably.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::InvalidGenesis(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::InvalidGenesis(e.to_string()))?;
         crate::write_file_durably(path, text.as_bytes())
     }
 
@@ -174,8 +173,8 @@ impl Genesis {
         self.accounts
             .iter()
             .map(|a| {
-                let address = Address::from_hex(&a.address)
-                    .map_err(|e| Error::InvalidGenesis(e.to_string()))?;
+                let address =
+                    Address::from_hex(&a.address).map_err(|e| Error::InvalidGenesis(e.to_string()))?;
                 Ok((address, a.balance))
             })
             .collect()
@@ -220,8 +219,11 @@ mod tests {
     fn unknown_fields_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("genesis.json");
-        std::fs::write(&path, r#"{"chain_id":"x","genesis_time_ms":0,"validators":[],"surprise":1}"#)
-            .expect("write");
+        std::fs::write(
+            &path,
+            r#"{"chain_id":"x","genesis_time_ms":0,"validators":[],"surprise":1}"#,
+        )
+        .expect("write");
         let error = Genesis::read(&path).expect_err("unknown field");
         assert!(error.to_string().contains("surprise"), "{error}");
     }

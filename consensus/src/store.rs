@@ -97,7 +97,10 @@ impl BlockStore {
         }
         let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
         if version != FORMAT_VERSION {
-            return Err(self.corrupt(0, format!("format version {version}; this build reads {FORMAT_VERSION}")));
+            return Err(self.corrupt(
+                0,
+                format!("format version {version}; this build reads {FORMAT_VERSION}"),
+            ));
         }
         let mut offset = HEADER_BYTES;
         loop {

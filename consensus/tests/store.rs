@@ -32,8 +32,12 @@ fn blocks_survive_reopen_and_a_torn_tail_is_cut() {
     }
     let path = dir.path().join("blocks.dat");
     let full_len = std::fs::metadata(&path).expect("stat").len();
-    let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
-    file.write_all(&[200, 0, 0, 0, 9, 9, 9, 9, 6, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]).expect("write");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    file.write_all(&[200, 0, 0, 0, 9, 9, 9, 9, 6, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3])
+        .expect("write");
     drop(file);
 
     let mut store = BlockStore::open(dir.path()).expect("reopen");
@@ -72,5 +76,8 @@ fn damage_before_the_last_block_is_refused() {
         other => panic!("expected corruption, got {other:?}"),
     }
     std::fs::write(&path, b"something else entirely").expect("write");
-    assert!(matches!(BlockStore::open(dir.path()), Err(Error::CorruptBlockStore { .. })));
+    assert!(matches!(
+        BlockStore::open(dir.path()),
+        Err(Error::CorruptBlockStore { .. })
+    ));
 }

@@ -145,7 +145,9 @@ mod tests {
             Field::new("t", DataType::Utf8, false),
         ]));
         let batch = RecordBatch::try_new(schema, vec![ints.clone(), texts.clone()]).expect("batch");
-        let int_keys: Vec<Key> = (0..7).map(|r| encode_key(&batch, &[0], r).expect("key")).collect();
+        let int_keys: Vec<Key> = (0..7)
+            .map(|r| encode_key(&batch, &[0], r).expect("key"))
+            .collect();
         let mut sorted: Vec<i64> = ints.as_primitive::<Int64Type>().values().to_vec();
         sorted.sort();
         let mut by_key: Vec<(Key, i64)> = int_keys
@@ -164,9 +166,17 @@ mod tests {
             })
             .collect();
         text_keys.sort();
-        let mut expected: Vec<String> = texts.as_string::<i32>().iter().flatten().map(String::from).collect();
+        let mut expected: Vec<String> = texts
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .map(String::from)
+            .collect();
         expected.sort();
-        assert_eq!(text_keys.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), expected);
+        assert_eq!(
+            text_keys.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            expected
+        );
         assert_eq!(describe_key(&batch, &[0, 1], 1), "(i, t)=(-1, a)");
     }
 

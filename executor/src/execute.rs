@@ -121,7 +121,9 @@ impl Executor {
         let mut receipts = Vec::with_capacity(transactions.len());
         let mut records = Vec::with_capacity(transactions.len());
         for (index, transaction) in transactions.iter().enumerate() {
-            let (receipt, record) = self.execute_transaction(&mut state, block, index as u32, transaction).await?;
+            let (receipt, record) = self
+                .execute_transaction(&mut state, block, index as u32, transaction)
+                .await?;
             receipts.push(receipt);
             records.push(record);
         }
@@ -176,7 +178,10 @@ impl Executor {
         if transaction.nonce != expected {
             // Admission never lets this happen on an honest node; a block that carries such a
             // transaction still executes deterministically, without using the nonce.
-            let error = format!("invalid nonce {}: the sender's next nonce is {expected}", transaction.nonce);
+            let error = format!(
+                "invalid nonce {}: the sender's next nonce is {expected}",
+                transaction.nonce
+            );
             receipt.error = error.clone();
             record.error = Some(error);
             return Ok((receipt, record));
@@ -236,7 +241,10 @@ impl Executor {
         scope.gas.charge(GAS_PER_STATEMENT)?;
         let plan = plan_write(&statement)?;
         let rows = match plan {
-            WritePlan::CreateTable { definition, if_not_exists } => {
+            WritePlan::CreateTable {
+                definition,
+                if_not_exists,
+            } => {
                 scope.gas.charge(GAS_PER_DDL)?;
                 if working.tables.contains_key(&definition.name) {
                     if !if_not_exists {
@@ -244,7 +252,9 @@ impl Executor {
                     }
                 } else {
                     if working.tables.len() >= TABLES_MAX {
-                        return Err(Error::LimitExceeded(format!("a chain holds at most {TABLES_MAX} tables")));
+                        return Err(Error::LimitExceeded(format!(
+                            "a chain holds at most {TABLES_MAX} tables"
+                        )));
                     }
                     working
                         .tables
@@ -271,9 +281,15 @@ impl Executor {
         })
     }
 
-    fn transaction_session(&self, state: &State, scope: &TransactionScope<'_>, write_target: Option<Arc<Table>>) -> SessionState {
+    fn transaction_session(
+        &self,
+        state: &State,
+        scope: &TransactionScope<'_>,
+        write_target: Option<Arc<Table>>,
+    ) -> SessionState {
         let catalog = state.catalog(write_target);
-        self.templates.transaction_session(scope.block.timestamp_ms, catalog)
+        self.templates
+            .transaction_session(scope.block.timestamp_ms, catalog)
     }
 
     /// Runs a query inside a transaction, metered: every operator's rows cost gas, and each row
@@ -295,13 +311,20 @@ impl Executor {
         let mut batches = Vec::new();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            scope.gas.charge((batch.num_rows() as u64).saturating_mul(gas_per_row))?;
+            scope
+                .gas
+                .charge((batch.num_rows() as u64).saturating_mul(gas_per_row))?;
             batches.push(batch);
         }
         Ok(batches)
     }
 
-    async fn insert(&self, working: &mut State, scope: &TransactionScope<'_>, plan: InsertPlan) -> Result<usize> {
+    async fn insert(
+        &self,
+        working: &mut State,
+        scope: &TransactionScope<'_>,
+        plan: InsertPlan,
+    ) -> Result<usize> {
         let table = working
             .table(&plan.table)
             .cloned()
@@ -312,17 +335,21 @@ impl Executor {
             Some(names) => names
                 .iter()
                 .map(|name| {
-                    definition.column_index(name).ok_or_else(|| Error::UndefinedColumn {
-                        table: definition.name.clone(),
-                        column: name.clone(),
-                    })
+                    definition
+                        .column_index(name)
+                        .ok_or_else(|| Error::UndefinedColumn {
+                            table: definition.name.clone(),
+                            column: name.clone(),
+                        })
                 })
                 .collect::<Result<_>>()?,
         };
         let session = self.transaction_session(working, scope, None);
         let (source, rows) = match plan.source {
             Some(query) => {
-                let batches = self.run_query(&session, scope, Statement::Query(query), GAS_PER_ROW_WRITTEN).await?;
+                let batches = self
+                    .run_query(&session, scope, Statement::Query(query), GAS_PER_ROW_WRITTEN)
+                    .await?;
                 let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
                 let source = match batches.first() {
                     Some(first) => concat_batches(&first.schema(), &batches)?,
@@ -411,19 +438,31 @@ impl Executor {
     ) -> Result<(Option<RecordBatch>, Vec<RowLocation>)> {
         let statement = chainql::sql::parse_statement(sql)?;
         let session = self.transaction_session(working, scope, Some(table.clone()));
-        let batches = self.run_query(&session, scope, statement, GAS_PER_ROW_WRITTEN).await?;
+        let batches = self
+            .run_query(&session, scope, statement, GAS_PER_ROW_WRITTEN)
+            .await?;
         let Some(first) = batches.first() else {
             return Ok((None, Vec::new()));
         };
         let batch = concat_batches(&first.schema(), &batches)?;
-        let positions = batch.column(0).as_primitive_opt::<UInt64Type>().ok_or_else(|| {
-            Error::Internal("the row position column is not UInt64".into())
-        })?;
-        let locations = positions.values().iter().map(|p| RowLocation::unpack(*p)).collect();
+        let positions = batch
+            .column(0)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| Error::Internal("the row position column is not UInt64".into()))?;
+        let locations = positions
+            .values()
+            .iter()
+            .map(|p| RowLocation::unpack(*p))
+            .collect();
         Ok((Some(batch), locations))
     }
 
-    async fn update(&self, working: &mut State, scope: &TransactionScope<'_>, plan: UpdatePlan) -> Result<usize> {
+    async fn update(
+        &self,
+        working: &mut State,
+        scope: &TransactionScope<'_>,
+        plan: UpdatePlan,
+    ) -> Result<usize> {
         let table = working
             .table(&plan.table)
             .cloned()
@@ -455,12 +494,19 @@ impl Executor {
         Ok(rows)
     }
 
-    async fn delete(&self, working: &mut State, scope: &TransactionScope<'_>, plan: DeletePlan) -> Result<usize> {
+    async fn delete(
+        &self,
+        working: &mut State,
+        scope: &TransactionScope<'_>,
+        plan: DeletePlan,
+    ) -> Result<usize> {
         let table = working
             .table(&plan.table)
             .cloned()
             .ok_or_else(|| Error::UndefinedTable(plan.table.clone()))?;
-        let (_, mut locations) = self.target_rows(working, scope, &table, &plan.row_query()).await?;
+        let (_, mut locations) = self
+            .target_rows(working, scope, &table, &plan.row_query())
+            .await?;
         // `USING` may match a row more than once; it is deleted once.
         locations.sort_unstable();
         locations.dedup();
@@ -533,4 +579,3 @@ fn cast_column(definition: &TableDefinition, i: usize, values: &ArrayRef) -> Res
         reason: e.to_string(),
     })
 }
-

@@ -146,4 +146,3 @@ impl ExecutionPlan for MeteredExec {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, metered)))
     }
 }
-

@@ -43,8 +43,8 @@ mod system;
 mod table;
 
 pub use execute::{
-    BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_WRITTEN,
-    GAS_PER_STATEMENT, QueryLimits, QueryResult, TABLES_MAX,
+    BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT,
+    QueryLimits, QueryResult, TABLES_MAX,
 };
 pub use gas::{GAS_PER_ROW_PROCESSED, GasMeter};
 pub use state::{Account, State};

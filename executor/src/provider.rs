@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chainql_planner::{SYSTEM_SCHEMA, USER_SCHEMA, WRITE_TARGET_TABLE};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session, TableProvider};
@@ -17,7 +18,6 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown, expr::BinaryExpr};
 use datafusion::physical_plan::ExecutionPlan;
-use chainql_planner::{SYSTEM_SCHEMA, USER_SCHEMA, WRITE_TARGET_TABLE};
 
 use crate::encode::encode_key;
 use crate::system::SystemTables;
@@ -33,17 +33,27 @@ fn memory_exec(
     Ok(plan)
 }
 
-/// A user table at one version.
+/// A user table at one version. As the target of an `UPDATE` or `DELETE` it also exposes each
+/// row's position (the last column, [`chainql_planner::ROW_POSITION_COLUMN`]).
 #[derive(Debug)]
 pub struct UserTableProvider {
     table: Arc<Table>,
     schema: SchemaRef,
+    with_positions: bool,
 }
 
 impl UserTableProvider {
-    pub fn new(table: Arc<Table>) -> Self {
-        let schema = table.definition().schema();
-        UserTableProvider { table, schema }
+    pub fn new(table: Arc<Table>, with_positions: bool) -> Self {
+        let schema = if with_positions {
+            table.schema_with_positions()
+        } else {
+            table.definition().schema()
+        };
+        UserTableProvider {
+            table,
+            schema,
+            with_positions,
+        }
     }
 }
 
@@ -54,7 +64,12 @@ fn key_literal<'a>(table: &Table, filter: &'a Expr) -> Option<&'a ScalarValue> {
         return None;
     };
     let key_name = &definition.columns[*key].name;
-    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = filter else {
+    let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::Eq,
+        right,
+    }) = filter
+    else {
         return None;
     };
     match (left.as_ref(), right.as_ref()) {
@@ -86,7 +101,9 @@ fn key_lookup(table: &Table, filters: &[Expr]) -> datafusion::error::Result<Opti
         return Ok(None);
     }
     let definition = table.definition();
-    let key_type = &definition.columns[definition.primary_key[0]].column_type.data_type;
+    let key_type = &definition.columns[definition.primary_key[0]]
+        .column_type
+        .data_type;
     let schema = Arc::new(Schema::new(vec![Field::new("k", key_type.clone(), false)]));
     let mut keys = Vec::with_capacity(literals.len());
     for literal in literals {
@@ -123,50 +140,18 @@ impl TableProvider for UserTableProvider {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let batches = match key_lookup(&self.table, filters)? {
-            None => self.table.scan().map_err(DataFusionError::from)?,
+        let table = &self.table;
+        let batches = match key_lookup(table, filters)? {
+            None if self.with_positions => table.scan_with_positions().map_err(DataFusionError::from)?,
+            None => table.scan().map_err(DataFusionError::from)?,
             Some(None) => Vec::new(),
-            Some(Some(location)) => vec![self.table.user_row(location, false).map_err(DataFusionError::from)?],
-        };
-        memory_exec(batches, self.schema.clone(), projection)
-    }
-}
-
-/// The target of an `UPDATE` or `DELETE`: the table's rows with their positions.
-#[derive(Debug)]
-pub struct WriteTargetProvider {
-    table: Arc<Table>,
-    schema: SchemaRef,
-}
-
-#[async_trait]
-impl TableProvider for WriteTargetProvider {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        Ok(key_pushdown(&self.table, filters))
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let batches = match key_lookup(&self.table, filters)? {
-            None => self.table.scan_with_positions().map_err(DataFusionError::from)?,
-            Some(None) => Vec::new(),
-            Some(Some(location)) => vec![self.table.user_row(location, true).map_err(DataFusionError::from)?],
+            Some(Some(location)) => {
+                vec![
+                    table
+                        .user_row(location, self.with_positions)
+                        .map_err(DataFusionError::from)?,
+                ]
+            }
         };
         memory_exec(batches, self.schema.clone(), projection)
     }
@@ -216,15 +201,13 @@ impl SchemaProvider for UserSchema {
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
         if name == WRITE_TARGET_TABLE {
             return Ok(self.write_target.as_ref().map(|table| {
-                Arc::new(WriteTargetProvider {
-                    schema: table.schema_with_positions(),
-                    table: table.clone(),
-                }) as Arc<dyn TableProvider>
+                Arc::new(UserTableProvider::new(table.clone(), true)) as Arc<dyn TableProvider>
             }));
         }
-        Ok(self.tables.get(name).map(|table| {
-            Arc::new(UserTableProvider::new(table.clone())) as Arc<dyn TableProvider>
-        }))
+        Ok(self
+            .tables
+            .get(name)
+            .map(|table| Arc::new(UserTableProvider::new(table.clone(), false)) as Arc<dyn TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -250,10 +233,7 @@ impl SchemaProvider for SystemSchema {
         let Some((schema, batches)) = self.system.get(name, &self.tables)? else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(SystemTableProvider {
-            schema,
-            batches,
-        })))
+        Ok(Some(Arc::new(SystemTableProvider { schema, batches })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -300,10 +280,7 @@ impl CatalogList {
                     system,
                     tables: tables.clone(),
                 }),
-                public: Arc::new(UserSchema {
-                    tables,
-                    write_target,
-                }),
+                public: Arc::new(UserSchema { tables, write_target }),
             }),
         })
     }
@@ -326,4 +303,3 @@ impl CatalogProviderList for CatalogList {
         (name == "datafusion").then(|| self.catalog.clone() as Arc<dyn CatalogProvider>)
     }
 }
-

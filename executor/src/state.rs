@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use chainql::{Address, Hash, merkle_root};
 
+use crate::Result;
 use crate::provider::CatalogList;
 use crate::system::SystemTables;
 use crate::table::Table;
-use crate::Result;
 
 const STATE_ROOT_DOMAIN: &str = "chainql/state/v1";
 
@@ -37,7 +37,15 @@ impl State {
     pub fn genesis(genesis_hash: Hash, genesis_time_ms: u64, balances: &[(Address, u64)]) -> Result<State> {
         let accounts: imbl::OrdMap<Address, Account> = balances
             .iter()
-            .map(|(address, balance)| (*address, Account { balance: *balance, nonce: 0 }))
+            .map(|(address, balance)| {
+                (
+                    *address,
+                    Account {
+                        balance: *balance,
+                        nonce: 0,
+                    },
+                )
+            })
             .collect();
         let mut state = State {
             height: 0,
@@ -101,7 +109,10 @@ impl State {
                 Some(digest) => digest,
                 None => Arc::make_mut(table).digest()?,
             };
-            table_leaves.push(Hash::tagged("chainql/table-leaf/v1", &[name.as_bytes(), digest.as_bytes()]));
+            table_leaves.push(Hash::tagged(
+                "chainql/table-leaf/v1",
+                &[name.as_bytes(), digest.as_bytes()],
+            ));
         }
         let account_leaves: Vec<Hash> = self
             .accounts
@@ -109,7 +120,11 @@ impl State {
             .map(|(address, account)| {
                 Hash::tagged(
                     "chainql/account/v1",
-                    &[&address.0, &account.balance.to_le_bytes(), &account.nonce.to_le_bytes()],
+                    &[
+                        &address.0,
+                        &account.balance.to_le_bytes(),
+                        &account.nonce.to_le_bytes(),
+                    ],
                 )
             })
             .collect();

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chainql::{Address, Hash};
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use chainql::{Address, Hash};
 
 use crate::state::Account;
 use crate::table::{CHUNK_ROWS, Table};
@@ -104,7 +104,11 @@ fn blocks_schema() -> SchemaRef {
         Field::new("height", DataType::Int64, false),
         Field::new("hash", DataType::Utf8, false),
         Field::new("parent_hash", DataType::Utf8, false),
-        Field::new("timestamp", DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())), false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())),
+            false,
+        ),
         Field::new("transaction_count", DataType::Int32, false),
         Field::new("transactions_root", DataType::Utf8, false),
         Field::new("state_root", DataType::Utf8, false),
@@ -168,20 +172,35 @@ impl SystemTables {
             Arc::new(StringArray::from(vec![block.state_root.to_hex()])),
             Arc::new(StringArray::from(vec![block.proposer.to_hex()])),
         ];
-        self.blocks.push(RecordBatch::try_new(blocks_schema(), columns)?)?;
+        self.blocks
+            .push(RecordBatch::try_new(blocks_schema(), columns)?)?;
         let height = to_i64(block.height);
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(transactions.iter().map(|t| t.hash.to_hex()))),
+            Arc::new(StringArray::from_iter_values(
+                transactions.iter().map(|t| t.hash.to_hex()),
+            )),
             Arc::new(Int64Array::from(vec![height; transactions.len()])),
             Arc::new(Int32Array::from_iter_values(0..transactions.len() as i32)),
-            Arc::new(StringArray::from_iter_values(transactions.iter().map(|t| t.sender.to_hex()))),
-            Arc::new(Int64Array::from_iter_values(transactions.iter().map(|t| to_i64(t.nonce)))),
             Arc::new(StringArray::from_iter_values(
-                transactions.iter().map(|t| if t.success { "success" } else { "failed" }),
+                transactions.iter().map(|t| t.sender.to_hex()),
             )),
-            Arc::new(StringArray::from_iter(transactions.iter().map(|t| t.error.as_deref()))),
-            Arc::new(StringArray::from_iter_values(transactions.iter().map(|t| t.statements.as_str()))),
-            Arc::new(Int64Array::from_iter_values(transactions.iter().map(|t| to_i64(t.gas_used)))),
+            Arc::new(Int64Array::from_iter_values(
+                transactions.iter().map(|t| to_i64(t.nonce)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                transactions
+                    .iter()
+                    .map(|t| if t.success { "success" } else { "failed" }),
+            )),
+            Arc::new(StringArray::from_iter(
+                transactions.iter().map(|t| t.error.as_deref()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                transactions.iter().map(|t| t.statements.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                transactions.iter().map(|t| to_i64(t.gas_used)),
+            )),
         ];
         self.transactions
             .push(RecordBatch::try_new(transactions_schema(), columns)?)
@@ -202,9 +221,15 @@ impl SystemTables {
             "accounts" => {
                 let schema = accounts_schema();
                 let columns: Vec<ArrayRef> = vec![
-                    Arc::new(StringArray::from_iter_values(self.accounts.keys().map(Address::to_hex))),
-                    Arc::new(Int64Array::from_iter_values(self.accounts.values().map(|a| to_i64(a.balance)))),
-                    Arc::new(Int64Array::from_iter_values(self.accounts.values().map(|a| to_i64(a.nonce)))),
+                    Arc::new(StringArray::from_iter_values(
+                        self.accounts.keys().map(Address::to_hex),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        self.accounts.values().map(|a| to_i64(a.balance)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        self.accounts.values().map(|a| to_i64(a.nonce)),
+                    )),
                 ];
                 let batch = RecordBatch::try_new(schema.clone(), columns).map_err(Error::from)?;
                 Some((schema, vec![batch]))
@@ -237,7 +262,9 @@ fn describe_tables(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef, 
         .collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(tables.keys())),
-        Arc::new(Int64Array::from_iter_values(tables.values().map(|t| t.row_count() as i64))),
+        Arc::new(Int64Array::from_iter_values(
+            tables.values().map(|t| t.row_count() as i64),
+        )),
         Arc::new(StringArray::from(keys)),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
@@ -271,7 +298,13 @@ fn describe_columns(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef,
             types.push(column.column_type.sql_name());
             nullable.push(column.nullable);
             defaults.push(column.default.clone());
-            key_ordinals.push(definition.primary_key.iter().position(|&k| k == i).map(|p| p as i32 + 1));
+            key_ordinals.push(
+                definition
+                    .primary_key
+                    .iter()
+                    .position(|&k| k == i)
+                    .map(|p| p as i32 + 1),
+            );
         }
     }
     let columns: Vec<ArrayRef> = vec![

@@ -9,15 +9,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array,
-};
+use chainql::Hash;
+use chainql_planner::{ROW_POSITION_COLUMN, TableDefinition};
 use datafusion::arrow::array::BooleanBufferBuilder;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array};
 use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use chainql::Hash;
-use chainql_planner::{ROW_POSITION_COLUMN, TableDefinition};
 
 use crate::encode::{Key, describe_key, encode_key, encode_value};
 use crate::{Error, Result};
@@ -198,7 +196,13 @@ impl Table {
             let positions: Vec<u64> = chunk
                 .live
                 .set_indices()
-                .map(|row| RowLocation { chunk: id, row: row as u32 }.pack())
+                .map(|row| {
+                    RowLocation {
+                        chunk: id,
+                        row: row as u32,
+                    }
+                    .pack()
+                })
                 .collect();
             let live = chunk.live_batch()?;
             let mut columns: Vec<ArrayRef> = live.columns()[..user_columns].to_vec();
@@ -243,7 +247,11 @@ impl Table {
         if rows == 0 {
             return Ok(0);
         }
-        assert_eq!(batch.schema().fields(), self.storage_schema.fields(), "insert in storage schema");
+        assert_eq!(
+            batch.schema().fields(),
+            self.storage_schema.fields(),
+            "insert in storage schema"
+        );
         let chunk_id = self.next_chunk_id;
         let mut keys = Vec::with_capacity(rows);
         // Membership only: iteration order of the set is never observed.
@@ -372,10 +380,17 @@ impl Table {
             self.next_chunk_id += 1;
             for row in 0..length {
                 let key = encode_key(&batch, &self.key_columns, row)?;
-                let location = RowLocation { chunk: chunk_id, row: row as u32 };
+                let location = RowLocation {
+                    chunk: chunk_id,
+                    row: row as u32,
+                };
                 match self.index.get_mut(&key) {
                     Some(entry) => entry.location = location,
-                    None => return Err(Error::Internal("a compacted row is missing from the index".into())),
+                    None => {
+                        return Err(Error::Internal(
+                            "a compacted row is missing from the index".into(),
+                        ));
+                    }
                 }
             }
             self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
@@ -427,7 +442,9 @@ impl Table {
 
     /// Looks up the row with the same key as `batch[row]`.
     pub fn contains_key_of(&self, batch: &RecordBatch, row: usize) -> Result<bool> {
-        Ok(self.index.contains_key(&encode_key(batch, &self.key_columns, row)?))
+        Ok(self
+            .index
+            .contains_key(&encode_key(batch, &self.key_columns, row)?))
     }
 
     /// Number of chunks, for tests of compaction.
@@ -447,7 +464,9 @@ pub fn check_constraints(definition: &TableDefinition, columns: &[ArrayRef]) -> 
             });
         }
         if let Some(max) = column.column_type.max_chars {
-            let strings = values.as_any().downcast_ref::<datafusion::arrow::array::StringArray>();
+            let strings = values
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::StringArray>();
             if let Some(strings) = strings {
                 for value in strings.iter().flatten() {
                     if value.chars().count() > max as usize {

@@ -1,8 +1,8 @@
 //! Block execution: atomic transactions, nonces, gas, determinism of the state root.
 
+use chainql::wire::ReceiptStatus;
 use chainql::{Address, Hash, Keypair};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, State};
-use chainql::wire::ReceiptStatus;
 
 fn alice() -> Address {
     Keypair::from_seed([1; 32]).address()
@@ -55,8 +55,20 @@ async fn a_failing_statement_undoes_its_whole_transaction_but_uses_the_nonce() {
             &genesis,
             &block(&genesis, 1),
             &[
-                transaction(0, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)", "INSERT INTO t VALUES (1, 'a')"]),
-                transaction(1, &["INSERT INTO t VALUES (2, 'b')", "INSERT INTO t VALUES (1, 'duplicate')"]),
+                transaction(
+                    0,
+                    &[
+                        "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)",
+                        "INSERT INTO t VALUES (1, 'a')",
+                    ],
+                ),
+                transaction(
+                    1,
+                    &[
+                        "INSERT INTO t VALUES (2, 'b')",
+                        "INSERT INTO t VALUES (1, 'duplicate')",
+                    ],
+                ),
                 transaction(2, &["UPDATE t SET v = 'changed' WHERE id = 1"]),
                 transaction(9, &["INSERT INTO t VALUES (3, 'c')"]),
             ],
@@ -67,11 +79,25 @@ async fn a_failing_statement_undoes_its_whole_transaction_but_uses_the_nonce() {
     let ok = ReceiptStatus::Success as i32;
     let failed = ReceiptStatus::Failed as i32;
     assert_eq!(statuses, [ok, failed, ok, failed]);
-    assert!(receipts[1].error.contains("duplicate key"), "{}", receipts[1].error);
+    assert!(
+        receipts[1].error.contains("duplicate key"),
+        "{}",
+        receipts[1].error
+    );
     assert!(receipts[3].error.contains("nonce"), "{}", receipts[3].error);
-    assert_eq!(rows(&executor, &state, "SELECT id, v FROM t ORDER BY id").await, ["1|changed"]);
-    assert_eq!(state.account(&alice()).nonce, 3, "the failed transaction used nonce 1; nonce 9 was not used");
-    assert_eq!(receipts[0].statements.iter().map(|s| s.rows).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        rows(&executor, &state, "SELECT id, v FROM t ORDER BY id").await,
+        ["1|changed"]
+    );
+    assert_eq!(
+        state.account(&alice()).nonce,
+        3,
+        "the failed transaction used nonce 1; nonce 9 was not used"
+    );
+    assert_eq!(
+        receipts[0].statements.iter().map(|s| s.rows).collect::<Vec<_>>(),
+        [0, 1]
+    );
 }
 
 #[tokio::test]
@@ -80,31 +106,61 @@ async fn the_same_block_gives_the_same_root_and_different_contents_do_not() {
     let genesis = State::genesis(Hash::ZERO, 0, &[(alice(), 100)]).expect("genesis");
     let transactions = [
         transaction(0, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)"]),
-        transaction(1, &["INSERT INTO t SELECT value, 'v' || value FROM generate_series(1, 20000)"]),
-        transaction(2, &["DELETE FROM t WHERE id % 3 = 0", "UPDATE t SET v = upper(v) WHERE id < 100"]),
+        transaction(
+            1,
+            &["INSERT INTO t SELECT value, 'v' || value FROM generate_series(1, 20000)"],
+        ),
+        transaction(
+            2,
+            &[
+                "DELETE FROM t WHERE id % 3 = 0",
+                "UPDATE t SET v = upper(v) WHERE id < 100",
+            ],
+        ),
     ];
-    let (a, _) = executor.execute_block(&genesis, &block(&genesis, 1), &transactions).await.expect("a");
-    let (b, _) = executor.execute_block(&genesis, &block(&genesis, 1), &transactions).await.expect("b");
+    let (a, _) = executor
+        .execute_block(&genesis, &block(&genesis, 1), &transactions)
+        .await
+        .expect("a");
+    let (b, _) = executor
+        .execute_block(&genesis, &block(&genesis, 1), &transactions)
+        .await
+        .expect("b");
     assert_eq!(a.root(), b.root());
     assert_ne!(a.root(), genesis.root());
 
     // The same rows reached by another history (one insert, in another order) hash the same.
     let other_history = [
         transaction(0, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)"]),
-        transaction(1, &["INSERT INTO t SELECT value, CASE WHEN value < 100 THEN upper('v' || value) ELSE 'v' || value END FROM generate_series(20000, 1, -1) WHERE value % 3 <> 0"]),
+        transaction(
+            1,
+            &[
+                "INSERT INTO t SELECT value, CASE WHEN value < 100 THEN upper('v' || value) ELSE 'v' || value END FROM generate_series(20000, 1, -1) WHERE value % 3 <> 0",
+            ],
+        ),
         transaction(2, &["DELETE FROM t WHERE false"]),
     ];
-    let (c, receipts) = executor.execute_block(&genesis, &block(&genesis, 1), &other_history).await.expect("c");
+    let (c, receipts) = executor
+        .execute_block(&genesis, &block(&genesis, 1), &other_history)
+        .await
+        .expect("c");
     assert!(receipts.iter().all(|r| r.error.is_empty()), "{receipts:?}");
     assert_eq!(rows(&executor, &c, "SELECT count(*) FROM t").await, ["13334"]);
-    assert_eq!(c.root(), a.root(), "the root depends on contents, not on history or layout");
+    assert_eq!(
+        c.root(),
+        a.root(),
+        "the root depends on contents, not on history or layout"
+    );
 
     let different = [
         transaction(0, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)"]),
         transaction(1, &["INSERT INTO t VALUES (1, 'x')"]),
         transaction(2, &["DELETE FROM t WHERE id = 1"]),
     ];
-    let (d, _) = executor.execute_block(&genesis, &block(&genesis, 1), &different).await.expect("d");
+    let (d, _) = executor
+        .execute_block(&genesis, &block(&genesis, 1), &different)
+        .await
+        .expect("d");
     assert_ne!(d.root(), a.root());
 }
 
@@ -112,22 +168,37 @@ async fn the_same_block_gives_the_same_root_and_different_contents_do_not() {
 async fn gas_runs_out_and_time_is_the_block_time() {
     let executor = Executor::new(1, QueryLimits::default()).expect("executor");
     let genesis = State::genesis(Hash::ZERO, 0, &[]).expect("genesis");
-    let mut hungry = transaction(1, &["INSERT INTO t SELECT value, now() FROM generate_series(1, 1000)"]);
+    let mut hungry = transaction(
+        1,
+        &["INSERT INTO t SELECT value, now() FROM generate_series(1, 1000)"],
+    );
     hungry.gas_limit = 50_000;
     let (state, receipts) = executor
         .execute_block(
             &genesis,
             &block(&genesis, 1),
             &[
-                transaction(0, &["CREATE TABLE t (id BIGINT PRIMARY KEY, at TIMESTAMP)", "INSERT INTO t VALUES (0, now())"]),
+                transaction(
+                    0,
+                    &[
+                        "CREATE TABLE t (id BIGINT PRIMARY KEY, at TIMESTAMP)",
+                        "INSERT INTO t VALUES (0, now())",
+                    ],
+                ),
                 hungry,
             ],
         )
         .await
         .expect("block");
     assert!(receipts[0].error.is_empty(), "{}", receipts[0].error);
-    assert_eq!(receipts[1].error, "out of gas: the transaction's gas limit of 50000 is exhausted");
+    assert_eq!(
+        receipts[1].error,
+        "out of gas: the transaction's gas limit of 50000 is exhausted"
+    );
     assert_eq!(receipts[1].gas_used, 50_000);
     assert_eq!(rows(&executor, &state, "SELECT count(*) FROM t").await, ["1"]);
-    assert_eq!(rows(&executor, &state, "SELECT at FROM t").await, ["2023-11-14T22:13:21"]);
+    assert_eq!(
+        rows(&executor, &state, "SELECT at FROM t").await,
+        ["2023-11-14T22:13:21"]
+    );
 }

@@ -165,7 +165,9 @@ impl UpdatePlan {
         }
         for (i, (column, _)) in self.assignments.iter().enumerate() {
             if self.assignments[..i].iter().any(|(c, _)| c == column) {
-                return Err(Error::Invalid(format!("column {column:?} is assigned more than once")));
+                return Err(Error::Invalid(format!(
+                    "column {column:?} is assigned more than once"
+                )));
             }
         }
         let mut select = format!("SELECT {}.{ROW_POSITION_COLUMN}", self.alias);
@@ -179,7 +181,12 @@ impl UpdatePlan {
                 )),
             }
         }
-        Ok(finish_row_query(select, &self.alias, self.from.as_deref(), self.selection.as_deref()))
+        Ok(finish_row_query(
+            select,
+            &self.alias,
+            self.from.as_deref(),
+            self.selection.as_deref(),
+        ))
     }
 }
 
@@ -187,7 +194,12 @@ impl DeletePlan {
     /// The query that yields the position of every deleted row.
     pub fn row_query(&self) -> String {
         let select = format!("SELECT {}.{ROW_POSITION_COLUMN}", self.alias);
-        finish_row_query(select, &self.alias, self.using.as_deref(), self.selection.as_deref())
+        finish_row_query(
+            select,
+            &self.alias,
+            self.using.as_deref(),
+            self.selection.as_deref(),
+        )
     }
 }
 
@@ -238,7 +250,10 @@ pub fn user_table_name(name: &ObjectName) -> Result<String> {
                 )));
             }
             if schema != USER_SCHEMA {
-                return Err(Error::UndefinedTable(format!("{schema}.{}", normalize_ident(table))));
+                return Err(Error::UndefinedTable(format!(
+                    "{schema}.{}",
+                    normalize_ident(table)
+                )));
             }
             table
         }
@@ -287,7 +302,12 @@ pub fn plan_write(statement: &Statement) -> Result<WritePlan> {
         Statement::Delete(delete) => plan_delete(delete),
         other => Err(Error::Unsupported(format!(
             "statement in a transaction: {}",
-            other.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            other
+                .to_string()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
         ))),
     }
 }
@@ -322,7 +342,9 @@ fn plan_create_table(create: &ast::CreateTable) -> Result<WritePlan> {
         let column_name = normalize_ident(&column.name);
         check_name(&column_name, "column")?;
         if columns.iter().any(|c| c.name == column_name) {
-            return Err(Error::Invalid(format!("column {column_name:?} is declared more than once")));
+            return Err(Error::Invalid(format!(
+                "column {column_name:?} is declared more than once"
+            )));
         }
         let mut definition = ColumnDefinition {
             name: column_name.clone(),
@@ -337,7 +359,9 @@ fn plan_create_table(create: &ast::CreateTable) -> Result<WritePlan> {
                 ColumnOption::Default(expr) => definition.default = Some(expr.to_string()),
                 ColumnOption::PrimaryKey(_) => {
                     if !primary_key.is_empty() {
-                        return Err(Error::Invalid(format!("table {name} has more than one primary key")));
+                        return Err(Error::Invalid(format!(
+                            "table {name} has more than one primary key"
+                        )));
                     }
                     primary_key.push(index);
                 }
@@ -354,7 +378,9 @@ fn plan_create_table(create: &ast::CreateTable) -> Result<WritePlan> {
         match constraint {
             TableConstraint::PrimaryKey(key) => {
                 if !primary_key.is_empty() {
-                    return Err(Error::Invalid(format!("table {name} has more than one primary key")));
+                    return Err(Error::Invalid(format!(
+                        "table {name} has more than one primary key"
+                    )));
                 }
                 for index_column in &key.columns {
                     let ast::Expr::Identifier(ident) = &index_column.column.expr else {
@@ -447,7 +473,9 @@ fn plan_insert(insert: &ast::Insert) -> Result<WritePlan> {
                 .ok_or_else(|| Error::Invalid(format!("column name {column}")))?;
             let name = normalize_ident(ident);
             if names.contains(&name) {
-                return Err(Error::Invalid(format!("column {name:?} is listed more than once")));
+                return Err(Error::Invalid(format!(
+                    "column {name:?} is listed more than once"
+                )));
             }
             names.push(name);
         }
@@ -463,7 +491,9 @@ fn plan_insert(insert: &ast::Insert) -> Result<WritePlan> {
 /// The table name and the alias its row query refers to it by.
 fn target(relation: &TableWithJoins) -> Result<(String, String)> {
     if !relation.joins.is_empty() {
-        return Err(Error::Unsupported("JOIN in the target of UPDATE or DELETE; use FROM or USING".into()));
+        return Err(Error::Unsupported(
+            "JOIN in the target of UPDATE or DELETE; use FROM or USING".into(),
+        ));
     }
     let TableFactor::Table { name, alias, .. } = &relation.relation else {
         return Err(Error::Unsupported(format!("target {}", relation.relation)));
@@ -512,7 +542,9 @@ fn plan_update(update: &ast::Update) -> Result<WritePlan> {
     }
     let from = match &update.from {
         None => None,
-        Some(UpdateTableFromKind::AfterSet(tables) | UpdateTableFromKind::BeforeSet(tables)) => join_tables(tables),
+        Some(UpdateTableFromKind::AfterSet(tables) | UpdateTableFromKind::BeforeSet(tables)) => {
+            join_tables(tables)
+        }
     };
     Ok(WritePlan::Update(UpdatePlan {
         table,
@@ -550,7 +582,9 @@ mod tests {
     use datafusion::sql::sqlparser::parser::Parser;
 
     fn plan(sql: &str) -> Result<WritePlan> {
-        let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parses").remove(0);
+        let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .expect("parses")
+            .remove(0);
         plan_write(&statement)
     }
 
@@ -563,9 +597,14 @@ mod tests {
 
     #[test]
     fn create_table_resolves_keys_and_names() {
-        let t = create("CREATE TABLE Accounts (ID BIGINT PRIMARY KEY, \"Name\" TEXT NOT NULL, note VARCHAR(5) DEFAULT 'x')");
+        let t = create(
+            "CREATE TABLE Accounts (ID BIGINT PRIMARY KEY, \"Name\" TEXT NOT NULL, note VARCHAR(5) DEFAULT 'x')",
+        );
         assert_eq!(t.name, "accounts");
-        assert_eq!(t.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "Name", "note"]);
+        assert_eq!(
+            t.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["id", "Name", "note"]
+        );
         assert_eq!(t.primary_key, [0]);
         assert!(!t.columns[0].nullable && !t.columns[1].nullable && t.columns[2].nullable);
         assert_eq!(t.columns[2].default.as_deref(), Some("'x'"));
@@ -603,7 +642,8 @@ mod tests {
     #[test]
     fn update_becomes_a_row_query() {
         let t = create("CREATE TABLE t (id BIGINT PRIMARY KEY, b BIGINT, c TEXT)");
-        let WritePlan::Update(update) = plan("UPDATE T SET b = b + 1 WHERE id IN (SELECT id FROM u)").expect("plans")
+        let WritePlan::Update(update) =
+            plan("UPDATE T SET b = b + 1 WHERE id IN (SELECT id FROM u)").expect("plans")
         else {
             panic!("not an update")
         };
@@ -621,7 +661,8 @@ mod tests {
 
     #[test]
     fn delete_becomes_a_row_query() {
-        let WritePlan::Delete(delete) = plan("DELETE FROM public.t AS x USING u WHERE x.id = u.id").expect("plans")
+        let WritePlan::Delete(delete) =
+            plan("DELETE FROM public.t AS x USING u WHERE x.id = u.id").expect("plans")
         else {
             panic!("not a delete")
         };
@@ -629,6 +670,9 @@ mod tests {
             delete.row_query(),
             "SELECT x.__chainql_row FROM __chainql_target AS x, u WHERE x.id = u.id"
         );
-        assert!(matches!(plan("DELETE FROM chain.blocks"), Err(Error::ReadOnly(_))));
+        assert!(matches!(
+            plan("DELETE FROM chain.blocks"),
+            Err(Error::ReadOnly(_))
+        ));
     }
 }

@@ -69,9 +69,13 @@ fn durable_appends(c: &mut Criterion) {
             )
             .expect("open"),
         );
-        group.bench_with_input(BenchmarkId::from_parameter(partitions), &partitions, |b, &partitions| {
-            b.iter(|| runtime.block_on(append_all(&log, partitions, APPENDS_PER_ITERATION)));
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(partitions),
+            &partitions,
+            |b, &partitions| {
+                b.iter(|| runtime.block_on(append_all(&log, partitions, APPENDS_PER_ITERATION)));
+            },
+        );
         let stats = log.stats();
         eprintln!(
             "{partitions} partitions: {} entries in {} group commits ({:.0} entries per fsync)",
@@ -87,7 +91,16 @@ fn durable_appends(c: &mut Criterion) {
 fn group_commit_wait(c: &mut Criterion) {
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(Log::open(dir.path(), LogConfig { partitions: 4, ..LogConfig::default() }).expect("open"));
+    let log = Arc::new(
+        Log::open(
+            dir.path(),
+            LogConfig {
+                partitions: 4,
+                ..LogConfig::default()
+            },
+        )
+        .expect("open"),
+    );
     log.wait_recorder().enable();
     let mut group = c.benchmark_group("group_commit_wait");
     group.sample_size(10);
@@ -102,7 +115,9 @@ fn group_commit_wait(c: &mut Criterion) {
                         let log = Arc::clone(&log);
                         tokio::spawn(async move {
                             for i in 0..EACH {
-                                log.append(PartitionId((a % 4) as u32), record(i)).await.expect("append");
+                                log.append(PartitionId((a % 4) as u32), record(i))
+                                    .await
+                                    .expect("append");
                             }
                         })
                     })
@@ -149,7 +164,9 @@ fn subscription_reads(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 runtime.block_on(async {
-                    let mut stream = log.subscribe(&[Position::start(PartitionId(0))]).expect("subscribe");
+                    let mut stream = log
+                        .subscribe(&[Position::start(PartitionId(0))])
+                        .expect("subscribe");
                     let mut read = 0;
                     while read < ENTRIES {
                         let delivery = stream.next().await.expect("open").expect("event");
@@ -191,5 +208,11 @@ fn recovery(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, durable_appends, group_commit_wait, subscription_reads, recovery);
+criterion_group!(
+    benches,
+    durable_appends,
+    group_commit_wait,
+    subscription_reads,
+    recovery
+);
 criterion_main!(benches);

@@ -74,7 +74,9 @@ impl FailoverLog {
             return FailoverLog::write_new(storage, dir, &path, vec![first]);
         }
         let len = storage.len(&path).map_err(|e| Error::io(&path, e))?;
-        let data = storage.read_at(&path, 0, len as usize).map_err(|e| Error::io(&path, e))?;
+        let data = storage
+            .read_at(&path, 0, len as usize)
+            .map_err(|e| Error::io(&path, e))?;
         let corrupt = |offset: usize, reason: &str| Error::Corrupt {
             path: path.display().to_string(),
             offset: offset as u64,
@@ -103,7 +105,8 @@ impl FailoverLog {
                 break;
             }
             let crc = u32::from_le_bytes(data[offset..offset + 4].try_into().expect("4 bytes"));
-            let leader_len = u16::from_le_bytes(data[offset + 20..offset + 22].try_into().expect("2 bytes")) as usize;
+            let leader_len =
+                u16::from_le_bytes(data[offset + 20..offset + 22].try_into().expect("2 bytes")) as usize;
             let end = offset + 22 + leader_len;
             if leader_len > LEADER_BYTES_MAX || end > data.len() {
                 torn = end > data.len();
@@ -144,7 +147,12 @@ impl FailoverLog {
     }
 
     /// Writes a whole history to a new file and atomically puts it in place.
-    fn write_new(storage: &dyn Storage, dir: &Path, path: &Path, entries: Vec<EpochStart>) -> Result<FailoverLog> {
+    fn write_new(
+        storage: &dyn Storage,
+        dir: &Path,
+        path: &Path,
+        entries: Vec<EpochStart>,
+    ) -> Result<FailoverLog> {
         let temporary = dir.join("failover.dat.new");
         if storage.exists(&temporary) {
             storage.remove(&temporary).map_err(|e| Error::io(&temporary, e))?;
@@ -178,12 +186,22 @@ impl FailoverLog {
 
     /// Starts a new epoch led by `leader` at `start_seqno`, first forgetting epochs that started
     /// at or after it (their entries are being rolled back). Durable before it returns.
-    pub fn start_epoch(&mut self, storage: &dyn Storage, dir: &Path, start_seqno: SeqNo, leader: &[u8]) -> Result<Epoch> {
+    pub fn start_epoch(
+        &mut self,
+        storage: &dyn Storage,
+        dir: &Path,
+        start_seqno: SeqNo,
+        leader: &[u8],
+    ) -> Result<Epoch> {
         if leader.len() > LEADER_BYTES_MAX {
-            return Err(Error::InvalidConfig(format!("a leader identity is at most {LEADER_BYTES_MAX} bytes")));
+            return Err(Error::InvalidConfig(format!(
+                "a leader identity is at most {LEADER_BYTES_MAX} bytes"
+            )));
         }
         if self.entries.len() >= EPOCHS_MAX {
-            return Err(Error::InvalidConfig(format!("a partition holds at most {EPOCHS_MAX} epochs")));
+            return Err(Error::InvalidConfig(format!(
+                "a partition holds at most {EPOCHS_MAX} epochs"
+            )));
         }
         let epoch = self.current().epoch + 1;
         let entry = EpochStart {
@@ -236,7 +254,10 @@ pub(crate) fn divergence(epochs: &[EpochStart], epoch: Epoch, next_seqno: SeqNo)
 /// The epoch in which entry `seqno` of the current branch was written.
 pub(crate) fn epoch_of(epochs: &[EpochStart], seqno: SeqNo) -> Epoch {
     let position = epochs.partition_point(|e| e.start_seqno <= seqno);
-    epochs.get(position.saturating_sub(1)).map(|e| e.epoch).unwrap_or(1)
+    epochs
+        .get(position.saturating_sub(1))
+        .map(|e| e.epoch)
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -259,9 +280,21 @@ mod tests {
         // Epoch 2 started at 50 and was abandoned from 40 on: epoch 3 starts at 40.
         let epochs = history(&[(1, 1), (3, 40)]);
         assert_eq!(divergence(&epochs, 1, 30), None, "on the branch");
-        assert_eq!(divergence(&epochs, 1, 40), None, "read up to 39, the last of epoch 1");
-        assert_eq!(divergence(&epochs, 1, 45), Some(40), "read 40..44 of a dead epoch 1 tail");
-        assert_eq!(divergence(&epochs, 2, 55), Some(40), "epoch 2 is gone: back to where epoch 1 ended");
+        assert_eq!(
+            divergence(&epochs, 1, 40),
+            None,
+            "read up to 39, the last of epoch 1"
+        );
+        assert_eq!(
+            divergence(&epochs, 1, 45),
+            Some(40),
+            "read 40..44 of a dead epoch 1 tail"
+        );
+        assert_eq!(
+            divergence(&epochs, 2, 55),
+            Some(40),
+            "epoch 2 is gone: back to where epoch 1 ended"
+        );
         assert_eq!(divergence(&epochs, 3, 61), None);
         assert_eq!(divergence(&epochs, 0, 1), None);
         assert_eq!(epoch_of(&epochs, 39), 1);

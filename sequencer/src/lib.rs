@@ -173,12 +173,15 @@ impl LogConfig {
         if self.record_bytes_max == 0 || self.record_bytes_max > u32::MAX as usize {
             return invalid("record_bytes_max must be between 1 and 4 GiB");
         }
-        let record_max = segment::HEADER_BYTES + (segment::RECORD_HEADER_BYTES + self.record_bytes_max) as u64;
+        let record_max =
+            segment::HEADER_BYTES + (segment::RECORD_HEADER_BYTES + self.record_bytes_max) as u64;
         if self.segment_bytes_max < record_max {
             return invalid("segment_bytes_max must hold at least one record of record_bytes_max");
         }
         if self.group_commit_entries_max == 0 || self.queue_depth_max == 0 || self.subscription_buffer == 0 {
-            return invalid("group_commit_entries_max, queue_depth_max and subscription_buffer must be positive");
+            return invalid(
+                "group_commit_entries_max, queue_depth_max and subscription_buffer must be positive",
+            );
         }
         if self.group_commit_wait_max > Duration::from_secs(1) {
             return invalid("group_commit_wait_max must be at most one second");
@@ -279,7 +282,9 @@ impl Log {
     pub fn open_with(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig, leader: &[u8]) -> Result<Log> {
         config.validate()?;
         if leader.len() > LEADER_BYTES_MAX {
-            return Err(Error::InvalidConfig(format!("a leader identity is at most {LEADER_BYTES_MAX} bytes")));
+            return Err(Error::InvalidConfig(format!(
+                "a leader identity is at most {LEADER_BYTES_MAX} bytes"
+            )));
         }
         let started = Instant::now();
         storage.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -288,8 +293,14 @@ impl Log {
         let mut recovery = Recovery::default();
         for p in 0..config.partitions {
             let pdir = dir.join(format!("p{p:04}"));
-            let (shared, requests, writer, found) =
-                open_partition(Arc::clone(&storage), &pdir, PartitionId(p), &config, leader, Arc::clone(&waits))?;
+            let (shared, requests, writer, found) = open_partition(
+                Arc::clone(&storage),
+                &pdir,
+                PartitionId(p),
+                &config,
+                leader,
+                Arc::clone(&waits),
+            )?;
             recovery.partitions.push(found);
             partitions.push(PartitionHandle {
                 shared,
@@ -326,10 +337,12 @@ impl Log {
     }
 
     fn partition(&self, partition: PartitionId) -> Result<&PartitionHandle> {
-        self.partitions.get(partition.0 as usize).ok_or(Error::NoSuchPartition {
-            partition: partition.0,
-            partitions: self.config.partitions,
-        })
+        self.partitions
+            .get(partition.0 as usize)
+            .ok_or(Error::NoSuchPartition {
+                partition: partition.0,
+                partitions: self.config.partitions,
+            })
     }
 
     /// Counters since the log was opened.
@@ -360,8 +373,9 @@ impl Log {
     /// for durability afterwards, outside its own lock.
     pub async fn enqueue(&self, entries: Vec<(PartitionId, Vec<u8>)>) -> Result<PendingAppend> {
         let count = entries.len();
-        let mut by_partition: Vec<(Vec<Vec<u8>>, Vec<usize>)> =
-            (0..self.config.partitions).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut by_partition: Vec<(Vec<Vec<u8>>, Vec<usize>)> = (0..self.config.partitions)
+            .map(|_| (Vec::new(), Vec::new()))
+            .collect();
         for (position, (partition, payload)) in entries.into_iter().enumerate() {
             self.partition(partition)?;
             if payload.len() > self.config.record_bytes_max {
@@ -426,7 +440,9 @@ impl Log {
             self.partition(*partition)?;
         }
         for (partition, seqno) in ranges {
-            self.partitions[partition.0 as usize].shared.mark_snapshot(height, *seqno)?;
+            self.partitions[partition.0 as usize]
+                .shared
+                .mark_snapshot(height, *seqno)?;
         }
         Ok(())
     }
@@ -446,7 +462,9 @@ impl Log {
         truncate_from: Option<SeqNo>,
     ) -> Result<(Epoch, Vec<Entry>)> {
         if leader.len() > LEADER_BYTES_MAX {
-            return Err(Error::InvalidConfig(format!("a leader identity is at most {LEADER_BYTES_MAX} bytes")));
+            return Err(Error::InvalidConfig(format!(
+                "a leader identity is at most {LEADER_BYTES_MAX} bytes"
+            )));
         }
         let handle = self.partition(partition)?;
         let (reply, answer) = oneshot::channel();
@@ -482,13 +500,19 @@ impl Log {
                 .map(|(first, info)| (*first, info.path.clone()))
                 .collect()
         };
-        let _files = shared.files.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _files = shared
+            .files
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (first, path) in &doomed {
             shared.lock().segments.remove(first);
             shared.storage.remove(path).map_err(|e| Error::io(path, e))?;
         }
         if !doomed.is_empty() {
-            shared.storage.sync_dir(&shared.dir).map_err(|e| Error::io(&shared.dir, e))?;
+            shared
+                .storage
+                .sync_dir(&shared.dir)
+                .map_err(|e| Error::io(&shared.dir, e))?;
         }
         Ok(doomed.len())
     }
@@ -497,7 +521,9 @@ impl Log {
     /// carries the position to resume from after it.
     pub fn subscribe(&self, positions: &[Position]) -> Result<Subscription> {
         if positions.is_empty() {
-            return Err(Error::InvalidPosition("subscribe to at least one partition".into()));
+            return Err(Error::InvalidPosition(
+                "subscribe to at least one partition".into(),
+            ));
         }
         for (i, position) in positions.iter().enumerate() {
             let handle = self.partition(position.partition)?;

@@ -33,6 +33,19 @@ pub(crate) struct SegmentInfo {
     pub last_seqno: SeqNo,
 }
 
+impl SegmentInfo {
+    /// The offset of a record at or before `seqno`, from the sparse index: where to start
+    /// reading to find `seqno`.
+    pub fn offset_before(&self, seqno: SeqNo) -> u64 {
+        self.index
+            .iter()
+            .rev()
+            .find(|(indexed, _)| *indexed <= seqno)
+            .map(|(_, offset)| *offset)
+            .unwrap_or(HEADER_BYTES)
+    }
+}
+
 /// What readers see of a partition, behind one lock.
 #[derive(Debug)]
 pub(crate) struct PartitionState {
@@ -159,20 +172,25 @@ impl PartitionShared {
         self.read_segments(&plan, from.max(1), last, entries_max)
     }
 
-    fn read_segments(&self, plan: &[SegmentInfo], from: SeqNo, last: SeqNo, entries_max: usize) -> Result<Vec<Entry>> {
+    fn read_segments(
+        &self,
+        plan: &[SegmentInfo],
+        from: SeqNo,
+        last: SeqNo,
+        entries_max: usize,
+    ) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         for info in plan {
             if info.last_seqno < from {
                 continue;
             }
-            let offset = info
-                .index
-                .iter()
-                .rev()
-                .find(|(seqno, _)| *seqno <= from)
-                .map(|(_, offset)| *offset)
-                .unwrap_or(HEADER_BYTES);
-            let mut reader = SegmentReader::new(info.path.clone(), offset, info.durable_bytes, self.config.record_bytes_max);
+            let offset = info.offset_before(from);
+            let mut reader = SegmentReader::new(
+                info.path.clone(),
+                offset,
+                info.durable_bytes,
+                self.config.record_bytes_max,
+            );
             while let Some((seqno, epoch, payload)) = reader.next(self.storage.as_ref())? {
                 if seqno > last {
                     break;
@@ -243,7 +261,11 @@ pub(crate) fn open_partition(
     let mut failover = FailoverLog::open(storage.as_ref(), dir, leader)?;
     let mut files: BTreeMap<SeqNo, PathBuf> = BTreeMap::new();
     for path in storage.list(dir).map_err(|e| Error::io(dir, e))? {
-        let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".seg")) else {
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".seg"))
+        else {
             continue;
         };
         let first: SeqNo = stem.parse().map_err(|_| Error::Corrupt {
@@ -280,17 +302,32 @@ pub(crate) fn open_partition(
     let mut active: Option<(Box<dyn WritableFile>, PathBuf, u64)> = None;
     for (i, (first, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == count;
-        let scanned = scan_segment(storage.as_ref(), &path, id, config.record_bytes_max, config.segment_bytes_max)?;
+        let scanned = scan_segment(
+            storage.as_ref(),
+            &path,
+            id,
+            config.record_bytes_max,
+            config.segment_bytes_max,
+        )?;
         let corrupt = |offset: u64, reason: String| Error::Corrupt {
             path: path.display().to_string(),
             offset,
             reason,
         };
         if scanned.first_seqno != first {
-            return Err(corrupt(0, format!("header says first seqno {}, file name says {first}", scanned.first_seqno)));
+            return Err(corrupt(
+                0,
+                format!(
+                    "header says first seqno {}, file name says {first}",
+                    scanned.first_seqno
+                ),
+            ));
         }
         if state.last_seqno != 0 && first != state.last_seqno + 1 {
-            return Err(corrupt(0, format!("starts at seqno {first}, expected {}", state.last_seqno + 1)));
+            return Err(corrupt(
+                0,
+                format!("starts at seqno {first}, expected {}", state.last_seqno + 1),
+            ));
         }
         if let Some((offset, reason)) = &scanned.invalid {
             if !is_last || scanned.valid_after_invalid {
@@ -437,7 +474,10 @@ impl WaitRecorder {
 
     fn record(&self, waits: impl Iterator<Item = Duration>) {
         if self.enabled.load(Ordering::Relaxed) {
-            self.samples.lock().unwrap_or_else(|p| p.into_inner()).extend(waits);
+            self.samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(waits);
         }
     }
 }
@@ -463,11 +503,19 @@ impl Writer {
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
-                    Request::Append { payloads, queued_at, reply } => {
+                    Request::Append {
+                        payloads,
+                        queued_at,
+                        reply,
+                    } => {
                         entries += payloads.len();
                         group.push((payloads, queued_at, reply));
                     }
-                    Request::FailOver { truncate_from, leader, reply } => {
+                    Request::FailOver {
+                        truncate_from,
+                        leader,
+                        reply,
+                    } => {
                         // A failover is ordered with the appends around it: commit what came
                         // before, then fail over, then go on.
                         self.commit_group(std::mem::take(&mut group));
@@ -507,7 +555,8 @@ impl Writer {
                 let seqno = self.next_seqno;
                 let record_bytes = (RECORD_HEADER_BYTES + payload.len()) as u64;
                 if outcome.is_ok()
-                    && self.active.bytes + buffer.len() as u64 + record_bytes > self.shared.config.segment_bytes_max
+                    && self.active.bytes + buffer.len() as u64 + record_bytes
+                        > self.shared.config.segment_bytes_max
                 {
                     outcome = self.roll_segment(&mut buffer, &mut new_index, seqno);
                 }
@@ -559,7 +608,8 @@ impl Writer {
                 self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
                 self.shared.notify();
                 let now = Instant::now();
-                self.waits.record(replies.iter().map(|(_, _, queued)| now - *queued));
+                self.waits
+                    .record(replies.iter().map(|(_, _, queued)| now - *queued));
                 for (reply, seqnos, _) in replies {
                     let _ = reply.send(Ok(seqnos));
                 }
@@ -579,7 +629,12 @@ impl Writer {
     }
 
     /// Writes and syncs what is buffered, then starts a new segment at `next_seqno`.
-    fn roll_segment(&mut self, buffer: &mut Vec<u8>, index: &mut Vec<(SeqNo, u64)>, next_seqno: SeqNo) -> Result<()> {
+    fn roll_segment(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        index: &mut Vec<(SeqNo, u64)>,
+        next_seqno: SeqNo,
+    ) -> Result<()> {
         self.active
             .file
             .append(buffer)
@@ -639,7 +694,9 @@ impl Writer {
             self.truncate(from)?;
         }
         let storage = Arc::clone(&self.shared.storage);
-        let epoch = self.failover.start_epoch(storage.as_ref(), &self.shared.dir, from, leader)?;
+        let epoch = self
+            .failover
+            .start_epoch(storage.as_ref(), &self.shared.dir, from, leader)?;
         {
             let mut state = self.shared.lock();
             state.epochs = self.failover.entries().to_vec();
@@ -652,16 +709,15 @@ impl Writer {
     /// Removes entries from `from` on, from the files and from memory.
     fn truncate(&mut self, from: SeqNo) -> Result<()> {
         let shared = Arc::clone(&self.shared);
-        let _files = shared.files.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _files = shared
+            .files
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let storage = Arc::clone(&self.shared.storage);
         let (keep_segment, drop_segments): (Option<SegmentInfo>, Vec<SegmentInfo>) = {
             let state = self.shared.lock();
             let containing = state.segments.range(..=from).next_back().map(|(_, s)| s.clone());
-            let later = state
-                .segments
-                .range(from + 1..)
-                .map(|(_, s)| s.clone())
-                .collect();
+            let later = state.segments.range(from + 1..).map(|(_, s)| s.clone()).collect();
             (containing, later)
         };
         for info in &drop_segments {
@@ -671,14 +727,13 @@ impl Writer {
             return Err(Error::InvalidPosition(format!("no segment holds seqno {from}")));
         };
         // Find the offset of record `from` in its segment.
-        let offset = info
-            .index
-            .iter()
-            .rev()
-            .find(|(seqno, _)| *seqno <= from)
-            .map(|(_, offset)| *offset)
-            .unwrap_or(HEADER_BYTES);
-        let mut reader = SegmentReader::new(info.path.clone(), offset, info.durable_bytes, self.shared.config.record_bytes_max);
+        let offset = info.offset_before(from);
+        let mut reader = SegmentReader::new(
+            info.path.clone(),
+            offset,
+            info.durable_bytes,
+            self.shared.config.record_bytes_max,
+        );
         let mut cut = offset;
         loop {
             let before = cut;
@@ -693,9 +748,15 @@ impl Writer {
                 None => break,
             }
         }
-        storage.truncate(&info.path, cut).map_err(|e| Error::io(&info.path, e))?;
-        storage.sync_dir(&self.shared.dir).map_err(|e| Error::io(&self.shared.dir, e))?;
-        let file = storage.open_append(&info.path).map_err(|e| Error::io(&info.path, e))?;
+        storage
+            .truncate(&info.path, cut)
+            .map_err(|e| Error::io(&info.path, e))?;
+        storage
+            .sync_dir(&self.shared.dir)
+            .map_err(|e| Error::io(&self.shared.dir, e))?;
+        let file = storage
+            .open_append(&info.path)
+            .map_err(|e| Error::io(&info.path, e))?;
         self.active = ActiveSegment {
             file,
             path: info.path.clone(),
@@ -703,7 +764,12 @@ impl Writer {
         };
         self.next_seqno = from;
         let mut state = self.shared.lock();
-        let first = state.segments.range(..=from).next_back().map(|(f, _)| *f).unwrap_or(1);
+        let first = state
+            .segments
+            .range(..=from)
+            .next_back()
+            .map(|(f, _)| *f)
+            .unwrap_or(1);
         state.segments.retain(|f, _| *f <= first);
         if let Some(kept) = state.segments.get_mut(&first) {
             kept.durable_bytes = cut;

@@ -98,7 +98,9 @@ pub(crate) fn parse_record(data: &[u8], offset: usize, record_bytes_max: usize) 
     let seqno = u64_at(data, offset + 8);
     let epoch = u64_at(data, offset + 16);
     if length > record_bytes_max {
-        return Parsed::Invalid(format!("record length {length} exceeds the limit {record_bytes_max}"));
+        return Parsed::Invalid(format!(
+            "record length {length} exceeds the limit {record_bytes_max}"
+        ));
     }
     let start = offset + RECORD_HEADER_BYTES;
     if data.len() - start < length {
@@ -108,7 +110,14 @@ pub(crate) fn parse_record(data: &[u8], offset: usize, record_bytes_max: usize) 
     if record_crc(seqno, epoch, payload) != crc {
         return Parsed::Invalid("checksum mismatch".into());
     }
-    Parsed::Record(Record { seqno, epoch, payload }, start + length)
+    Parsed::Record(
+        Record {
+            seqno,
+            epoch,
+            payload,
+        },
+        start + length,
+    )
 }
 
 /// Checks a segment header and returns the segment's first sequence number.
@@ -177,7 +186,9 @@ pub(crate) fn scan_segment(
             reason: format!("segment is {len} bytes, far over the {segment_bytes_max}-byte segment size"),
         });
     }
-    let data = storage.read_at(path, 0, len as usize).map_err(|e| Error::io(path, e))?;
+    let data = storage
+        .read_at(path, 0, len as usize)
+        .map_err(|e| Error::io(path, e))?;
     let first_seqno = check_header(path, &data, partition)?;
     let mut records = Vec::new();
     let mut index = Vec::new();
@@ -192,10 +203,16 @@ pub(crate) fn scan_segment(
         match parse_record(&data, offset, record_bytes_max) {
             Parsed::Record(record, next) => {
                 if record.seqno != expected {
-                    break Some((offset as u64, format!("sequence number {}, expected {expected}", record.seqno)));
+                    break Some((
+                        offset as u64,
+                        format!("sequence number {}, expected {expected}", record.seqno),
+                    ));
                 }
                 if record.epoch < last_epoch {
-                    break Some((offset as u64, format!("epoch {} after epoch {last_epoch}", record.epoch)));
+                    break Some((
+                        offset as u64,
+                        format!("epoch {} after epoch {last_epoch}", record.epoch),
+                    ));
                 }
                 if offset as u64 >= next_index_at {
                     index.push((record.seqno, offset as u64));

@@ -151,7 +151,10 @@ impl Disk {
         self.syncs += 1;
         if Some(self.syncs) == self.fail_at_sync {
             self.failed = true;
-            return Err(io::Error::other(format!("injected failure at fsync {}", self.syncs)));
+            return Err(io::Error::other(format!(
+                "injected failure at fsync {}",
+                self.syncs
+            )));
         }
         Ok(())
     }
@@ -175,14 +178,20 @@ fn lock(disk: &Mutex<Disk>) -> MutexGuard<'_, Disk> {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} does not exist", path.display()),
+    )
 }
 
 impl WritableFile for FaultyFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut disk = lock(&self.disk);
         disk.check()?;
-        let file = disk.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+        let file = disk
+            .files
+            .get_mut(&self.path)
+            .ok_or_else(|| not_found(&self.path))?;
         file.pending.extend_from_slice(bytes);
         Ok(())
     }
@@ -190,7 +199,10 @@ impl WritableFile for FaultyFile {
     fn sync(&mut self) -> io::Result<()> {
         let mut disk = lock(&self.disk);
         disk.sync()?;
-        let file = disk.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+        let file = disk
+            .files
+            .get_mut(&self.path)
+            .ok_or_else(|| not_found(&self.path))?;
         let pending = std::mem::take(&mut file.pending);
         file.durable.extend_from_slice(&pending);
         Ok(())
@@ -304,7 +316,10 @@ impl Storage for FaultyStorage {
         let mut disk = lock(&self.disk);
         disk.check()?;
         if disk.files.contains_key(path) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
         }
         disk.files.insert(path.to_path_buf(), MemoryFile::default());
         Ok(Box::new(FaultyFile {

@@ -68,7 +68,9 @@ impl Position {
     /// for another chain.
     pub fn from_token(token: &str, chain_id: &str) -> Result<Position> {
         let malformed = |why: &str| Error::InvalidPosition(format!("malformed resume token: {why}"));
-        let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(|| malformed("unknown prefix"))?;
+        let hex = token
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or_else(|| malformed("unknown prefix"))?;
         if hex.len() > 2 * (1 + TOKEN_CHAIN_ID_BYTES_MAX + 32) || hex.len() % 2 != 0 {
             return Err(malformed("wrong length"));
         }
@@ -243,27 +245,23 @@ async fn read_loop(
         let entries = partition.read(position.next_seqno, READ_BATCH_ENTRIES)?;
         let snapshots: Vec<(u64, SeqNo)> = {
             let state = partition.lock();
-            let from = state.snapshots.partition_point(|s| s.height < position.next_height);
-            state.snapshots[from..].iter().map(|s| (s.height, s.seqno)).collect()
+            let from = state
+                .snapshots
+                .partition_point(|s| s.height < position.next_height);
+            state.snapshots[from..]
+                .iter()
+                .map(|s| (s.height, s.seqno))
+                .collect()
         };
         let mut snapshots = snapshots.into_iter().peekable();
         let mut progressed = false;
         // Interleave: a snapshot goes out once every entry it covers has.
         for entry in entries {
-            while let Some(&(height, seqno)) = snapshots.peek() {
-                if seqno >= entry.seqno {
-                    break;
-                }
-                snapshots.next();
-                position.next_height = height + 1;
-                let event = Event::Snapshot {
-                    partition: position.partition,
-                    seqno,
-                    height,
-                };
-                if !send(sender, event, &position).await {
-                    return Ok(());
-                }
+            if send_covered_snapshots(&mut snapshots, &mut position, sender)
+                .await
+                .is_none()
+            {
+                return Ok(());
             }
             position.next_seqno = entry.seqno + 1;
             position.epoch = entry.epoch;
@@ -272,20 +270,9 @@ async fn read_loop(
                 return Ok(());
             }
         }
-        for (height, seqno) in snapshots {
-            if seqno >= position.next_seqno {
-                break;
-            }
-            position.next_height = height + 1;
-            progressed = true;
-            let event = Event::Snapshot {
-                partition: position.partition,
-                seqno,
-                height,
-            };
-            if !send(sender, event, &position).await {
-                return Ok(());
-            }
+        match send_covered_snapshots(&mut snapshots, &mut position, sender).await {
+            None => return Ok(()),
+            Some(sent) => progressed |= sent,
         }
         if !progressed && changes.changed().await.is_err() {
             return Ok(());
@@ -295,6 +282,33 @@ async fn read_loop(
 
 fn epoch_of(partition: &PartitionShared, seqno: SeqNo) -> Epoch {
     failover::epoch_of(&partition.lock().epochs, seqno)
+}
+
+/// Sends the snapshots all of whose entries have been delivered (seqno below the next one).
+/// Returns whether any was sent, or `None` once the reader is gone.
+async fn send_covered_snapshots(
+    snapshots: &mut std::iter::Peekable<std::vec::IntoIter<(u64, SeqNo)>>,
+    position: &mut Position,
+    sender: &mpsc::Sender<Result<Delivery>>,
+) -> Option<bool> {
+    let mut sent = false;
+    while let Some(&(height, seqno)) = snapshots.peek() {
+        if seqno >= position.next_seqno {
+            break;
+        }
+        snapshots.next();
+        position.next_height = height + 1;
+        let event = Event::Snapshot {
+            partition: position.partition,
+            seqno,
+            height,
+        };
+        if !send(sender, event, position).await {
+            return None;
+        }
+        sent = true;
+    }
+    Some(sent)
 }
 
 /// Sends an event; false once the reader is gone.
@@ -308,6 +322,9 @@ async fn send(sender: &mpsc::Sender<Result<Delivery>>, event: Event, position: &
         .is_ok()
 }
 
-pub(crate) fn subscription(receiver: mpsc::Receiver<Result<Delivery>>, tasks: Vec<tokio::task::JoinHandle<()>>) -> Subscription {
+pub(crate) fn subscription(
+    receiver: mpsc::Receiver<Result<Delivery>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> Subscription {
     Subscription { receiver, tasks }
 }

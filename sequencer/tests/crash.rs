@@ -50,7 +50,11 @@ async fn append_until_failure(log: Arc<Log>, partition: u32, seed: u64) -> usize
         next += batch;
         match log.append_many(entries).await {
             Ok(seqnos) => {
-                assert_eq!(seqnos.first().copied(), Some(acknowledged as u64 + 1), "seqnos follow on");
+                assert_eq!(
+                    seqnos.first().copied(),
+                    Some(acknowledged as u64 + 1),
+                    "seqnos follow on"
+                );
                 acknowledged += batch;
             }
             Err(_) => break,
@@ -96,11 +100,19 @@ async fn every_acknowledged_append_survives_a_crash_at_any_fsync() {
                     entry.seqno
                 );
             }
-            assert_eq!(log.last_seqno(PartitionId(p)).expect("last"), entries.len() as u64);
+            assert_eq!(
+                log.last_seqno(PartitionId(p)).expect("last"),
+                entries.len() as u64
+            );
         }
         // The recovered log takes appends again, numbered after what survived.
         let last = log.last_seqno(PartitionId(0)).expect("last");
-        assert_eq!(log.append(PartitionId(0), b"after".to_vec()).await.expect("append"), last + 1);
+        assert_eq!(
+            log.append(PartitionId(0), b"after".to_vec())
+                .await
+                .expect("append"),
+            last + 1
+        );
     }
 }
 
@@ -113,9 +125,15 @@ async fn a_crash_while_creating_the_log_leaves_a_log_that_opens() {
         let opened = Log::open_with(Arc::new(disk.clone()), dir, config(), b"leader");
         drop(opened);
         let after = disk.crash(|_, pending| pending / 2);
-        let log = Log::open_with(Arc::new(after), dir, config(), b"leader")
-            .unwrap_or_else(|e| panic!("a crash at fsync {n} while creating the log left it unopenable: {e}"));
+        let log = Log::open_with(Arc::new(after), dir, config(), b"leader").unwrap_or_else(|e| {
+            panic!("a crash at fsync {n} while creating the log left it unopenable: {e}")
+        });
         assert_eq!(log.recovery().entries(), 0);
-        assert_eq!(log.append(PartitionId(1), b"first".to_vec()).await.expect("append"), 1);
+        assert_eq!(
+            log.append(PartitionId(1), b"first".to_vec())
+                .await
+                .expect("append"),
+            1
+        );
     }
 }

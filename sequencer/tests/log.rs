@@ -14,13 +14,21 @@ fn payload(i: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_survive_reopen_and_continue_numbering() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig { partitions: 2, ..LogConfig::default() };
+    let config = LogConfig {
+        partitions: 2,
+        ..LogConfig::default()
+    };
     {
         let log = Log::open(dir.path(), config.clone()).expect("open");
         for i in 1..=20 {
             assert_eq!(log.append(P0, payload(i)).await.expect("append"), i);
         }
-        assert_eq!(log.append(PartitionId(1), b"other".to_vec()).await.expect("append"), 1);
+        assert_eq!(
+            log.append(PartitionId(1), b"other".to_vec())
+                .await
+                .expect("append"),
+            1
+        );
         assert!(matches!(
             log.append(PartitionId(2), b"x".to_vec()).await,
             Err(Error::NoSuchPartition { .. })
@@ -55,7 +63,10 @@ async fn concurrent_appenders_get_distinct_consecutive_seqnos() {
     let mut all = Vec::new();
     for task in tasks {
         let seqnos = task.await.expect("task");
-        assert!(seqnos.windows(2).all(|w| w[0] < w[1]), "one appender's entries stay in order");
+        assert!(
+            seqnos.windows(2).all(|w| w[0] < w[1]),
+            "one appender's entries stay in order"
+        );
         all.extend(seqnos);
     }
     all.sort();
@@ -84,7 +95,10 @@ async fn a_torn_tail_is_cut_off_and_appends_resume() {
     }
     // A crash in the middle of the next write leaves half a record.
     let path = segment_file(dir.path(), P0, 1);
-    let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("open segment");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open segment");
     file.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 11, 0, 0, 0, 0, 0, 0, 0, b'p', b'a', b'r'])
         .expect("write torn record");
     drop(file);
@@ -171,13 +185,19 @@ async fn another_format_version_is_refused() {
         Err(Error::UnsupportedVersion { version: 9, .. })
     ));
     std::fs::write(&path, b"garbage that is not a segment at all").expect("write");
-    assert!(matches!(Log::open(dir.path(), LogConfig::default()), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        Log::open(dir.path(), LogConfig::default()),
+        Err(Error::Corrupt { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_records_are_refused_before_writing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig { record_bytes_max: 100, ..LogConfig::default() };
+    let config = LogConfig {
+        record_bytes_max: 100,
+        ..LogConfig::default()
+    };
     let log = Log::open(dir.path(), config).expect("open");
     assert!(matches!(
         log.append(P0, vec![0; 101]).await,
@@ -192,7 +212,11 @@ fn crc32c_of(bytes: &[u8]) -> u32 {
     for &byte in bytes {
         crc ^= byte as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -238,9 +262,15 @@ async fn retention_deletes_only_committed_segments_below_the_checkpoint() {
     for i in 1..=100 {
         log.append(P0, payload(i)).await.expect("append");
     }
-    let segments = || std::fs::read_dir(dir.path().join("p0000")).expect("list").filter(|e| {
-        e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
-    }).count();
+    let segments = || {
+        std::fs::read_dir(dir.path().join("p0000"))
+            .expect("list")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            })
+            .count()
+    };
     let before = segments();
     // Nothing is committed yet: nothing may go.
     assert_eq!(log.release_below(P0, 90).expect("release"), 0);
@@ -251,11 +281,24 @@ async fn retention_deletes_only_committed_segments_below_the_checkpoint() {
     // Entries from the oldest kept segment on are all still readable, in order.
     let entries = log.read(P0, 1, 1000).expect("read");
     let first = entries.first().expect("entries").seqno;
-    assert!(first <= 50, "everything not yet committed is kept (first kept: {first})");
-    assert_eq!(entries.iter().map(|e| e.seqno).collect::<Vec<_>>(), (first..=100).collect::<Vec<_>>());
+    assert!(
+        first <= 50,
+        "everything not yet committed is kept (first kept: {first})"
+    );
+    assert_eq!(
+        entries.iter().map(|e| e.seqno).collect::<Vec<_>>(),
+        (first..=100).collect::<Vec<_>>()
+    );
     drop(log);
     let log = Log::open(dir.path(), config).expect("reopen after retention");
     assert_eq!(log.last_seqno(P0).expect("last"), 100);
-    let disabled = Log::open(tempfile::tempdir().expect("tempdir").path(), LogConfig { retention: false, ..LogConfig::default() }).expect("open");
+    let disabled = Log::open(
+        tempfile::tempdir().expect("tempdir").path(),
+        LogConfig {
+            retention: false,
+            ..LogConfig::default()
+        },
+    )
+    .expect("open");
     assert_eq!(disabled.release_below(P0, 100).expect("release"), 0);
 }

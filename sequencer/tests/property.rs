@@ -113,7 +113,15 @@ impl Reader {
 async fn run(seed: u64, steps: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut log = Some(Log::open_with(std::sync::Arc::new(chainql_sequencer::FsStorage), dir.path(), config(), b"node").expect("open"));
+    let mut log = Some(
+        Log::open_with(
+            std::sync::Arc::new(chainql_sequencer::FsStorage),
+            dir.path(),
+            config(),
+            b"node",
+        )
+        .expect("open"),
+    );
     let mut model = Model {
         branch: vec![Vec::new(); PARTITIONS as usize],
         committed: vec![0; PARTITIONS as usize],
@@ -148,7 +156,11 @@ async fn run(seed: u64, steps: usize) {
                         low + rng.below(high - low + 1)
                     })
                     .collect();
-                let ranges: Vec<_> = seqnos.iter().enumerate().map(|(p, s)| (PartitionId(p as u32), *s)).collect();
+                let ranges: Vec<_> = seqnos
+                    .iter()
+                    .enumerate()
+                    .map(|(p, s)| (PartitionId(p as u32), *s))
+                    .collect();
                 current.mark_snapshot(height, &ranges).expect("snapshot");
                 model.committed.clone_from(&seqnos);
                 model.snapshots.push((height, seqnos));
@@ -172,11 +184,20 @@ async fn run(seed: u64, steps: usize) {
                     reader.subscription = None;
                 }
                 log.take().expect("log").close();
-                let reopened =
-                    Log::open_with(std::sync::Arc::new(chainql_sequencer::FsStorage), dir.path(), config(), b"node").expect("reopen");
+                let reopened = Log::open_with(
+                    std::sync::Arc::new(chainql_sequencer::FsStorage),
+                    dir.path(),
+                    config(),
+                    b"node",
+                )
+                .expect("reopen");
                 // As the node does while replaying its blocks.
                 for (height, seqnos) in &model.snapshots {
-                    let ranges: Vec<_> = seqnos.iter().enumerate().map(|(p, s)| (PartitionId(p as u32), *s)).collect();
+                    let ranges: Vec<_> = seqnos
+                        .iter()
+                        .enumerate()
+                        .map(|(p, s)| (PartitionId(p as u32), *s))
+                        .collect();
                     reopened.mark_snapshot(*height, &ranges).expect("re-mark");
                 }
                 log = Some(reopened);
@@ -184,7 +205,8 @@ async fn run(seed: u64, steps: usize) {
             56..=69 => {
                 let r = rng.below(READERS as u64) as usize;
                 if readers[r].subscription.is_none() {
-                    readers[r].subscription = Some(current.subscribe(&readers[r].positions).expect("subscribe"));
+                    readers[r].subscription =
+                        Some(current.subscribe(&readers[r].positions).expect("subscribe"));
                 }
             }
             70..=92 => {
@@ -202,7 +224,9 @@ async fn run(seed: u64, steps: usize) {
         }
         for (p, branch) in model.branch.iter().enumerate() {
             assert_eq!(
-                current_or_reopened(&log).last_seqno(PartitionId(p as u32)).expect("last"),
+                current_or_reopened(&log)
+                    .last_seqno(PartitionId(p as u32))
+                    .expect("last"),
                 branch.len() as u64,
                 "{context}"
             );
@@ -213,7 +237,10 @@ async fn run(seed: u64, steps: usize) {
     eprintln!(
         "seed {seed}: {appended} appended, {entries} on the branch, {} snapshots, {} views",
         model.snapshots.len(),
-        readers.iter().map(|r| r.views.iter().map(Vec::len).sum::<usize>()).sum::<usize>()
+        readers
+            .iter()
+            .map(|r| r.views.iter().map(Vec::len).sum::<usize>())
+            .sum::<usize>()
     );
     // Every reader catches up and holds exactly the current branch, with every snapshot.
     let current = log.as_ref().expect("log");
@@ -230,14 +257,21 @@ async fn run(seed: u64, steps: usize) {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !caught_up(reader) {
-            assert!(std::time::Instant::now() < deadline, "{context}: did not catch up");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{context}: did not catch up"
+            );
             reader.read_one(Duration::from_millis(200), &context).await;
         }
         for p in 0..PARTITIONS as usize {
             // The snapshots a reader saw after its last rollback are the model's, in order.
             let expected: Vec<(u64, u64)> = model.snapshots.iter().map(|(h, s)| (*h, s[p])).collect();
             let seen = &reader.snapshots[p];
-            assert_eq!(&expected[expected.len() - seen.len().min(expected.len())..], &seen[seen.len() - seen.len().min(expected.len())..], "{context}");
+            assert_eq!(
+                &expected[expected.len() - seen.len().min(expected.len())..],
+                &seen[seen.len() - seen.len().min(expected.len())..],
+                "{context}"
+            );
         }
     }
 }
@@ -248,7 +282,10 @@ fn current_or_reopened(log: &Option<Log>) -> &Log {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_see_every_committed_entry_exactly_once_in_order() {
-    let seeds: u64 = std::env::var("CHAINQL_PROPERTY_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seeds: u64 = std::env::var("CHAINQL_PROPERTY_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     for seed in 1..=seeds {
         run(seed, 400).await;
     }

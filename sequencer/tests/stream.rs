@@ -64,7 +64,15 @@ async fn entries_and_snapshots_arrive_in_order_and_resume_exactly() {
     }
     assert_eq!(
         seen,
-        ["e1:entry-0001", "e2:entry-0002", "e3:entry-0003", "s1@3", "e4:entry-0004", "e5:entry-0005", "e6:entry-0006"]
+        [
+            "e1:entry-0001",
+            "e2:entry-0002",
+            "e3:entry-0003",
+            "s1@3",
+            "e4:entry-0004",
+            "e5:entry-0005",
+            "e6:entry-0006"
+        ]
     );
     drop(stream);
 
@@ -77,7 +85,16 @@ async fn entries_and_snapshots_arrive_in_order_and_resume_exactly() {
     for _ in 0..5 {
         rest.push(describe(&next(&mut stream).await.event));
     }
-    assert_eq!(rest, ["e5:entry-0005", "e6:entry-0006", "e7:entry-0007", "e8:entry-0008", "s2@8"]);
+    assert_eq!(
+        rest,
+        [
+            "e5:entry-0005",
+            "e6:entry-0006",
+            "e7:entry-0007",
+            "e8:entry-0008",
+            "s2@8"
+        ]
+    );
 
     // Live: new entries reach a reader that is waiting.
     fill(&log, P0, 9, 9).await;
@@ -117,8 +134,16 @@ async fn a_reader_resumes_across_a_restart_and_reads_old_entries_from_disk() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(seqnos, (61..=200).collect::<Vec<_>>(), "the 60 entries read before are not repeated");
-    assert_eq!(snapshot_after, Some((150, Some(150))), "the marker follows the entry it covers");
+    assert_eq!(
+        seqnos,
+        (61..=200).collect::<Vec<_>>(),
+        "the 60 entries read before are not repeated"
+    );
+    assert_eq!(
+        snapshot_after,
+        Some((150, Some(150))),
+        "the marker follows the entry it covers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,10 +167,19 @@ async fn a_failover_rolls_back_uncommitted_entries_and_tells_readers() {
     ));
     let (epoch, rolled_back) = log.fail_over(P0, b"other", Some(7)).await.expect("fail over");
     assert_eq!(epoch, 2);
-    assert_eq!(rolled_back.iter().map(|e| e.seqno).collect::<Vec<_>>(), [7, 8, 9, 10]);
+    assert_eq!(
+        rolled_back.iter().map(|e| e.seqno).collect::<Vec<_>>(),
+        [7, 8, 9, 10]
+    );
     assert_eq!(log.last_seqno(P0).expect("last"), 6);
     let epochs = log.epochs(P0).expect("epochs");
-    assert_eq!(epochs.iter().map(|e| (e.epoch, e.start_seqno)).collect::<Vec<_>>(), [(1, 1), (2, 7)]);
+    assert_eq!(
+        epochs
+            .iter()
+            .map(|e| (e.epoch, e.start_seqno))
+            .collect::<Vec<_>>(),
+        [(1, 1), (2, 7)]
+    );
 
     // The live reader is told to roll back, then sees the new branch.
     assert_eq!(describe(&next(&mut stream).await.event), "r7");
@@ -166,7 +200,13 @@ async fn a_failover_rolls_back_uncommitted_entries_and_tells_readers() {
     drop(log);
     let log = Log::open(dir.path(), config()).expect("reopen");
     let epochs = log.epochs(P0).expect("epochs");
-    assert_eq!(epochs.iter().map(|e| (e.epoch, e.start_seqno)).collect::<Vec<_>>(), [(1, 1), (2, 7), (3, 8)]);
+    assert_eq!(
+        epochs
+            .iter()
+            .map(|e| (e.epoch, e.start_seqno))
+            .collect::<Vec<_>>(),
+        [(1, 1), (2, 7), (3, 8)]
+    );
     log.mark_snapshot(1, &[(P0, 5), (P1, 0)]).expect("snapshot");
     let mut stream = log.subscribe(&[stale]).expect("resume after restart");
     assert_eq!(describe(&next(&mut stream).await.event), "r7");
@@ -210,9 +250,17 @@ async fn bad_positions_and_tokens_are_refused_clearly() {
     ));
 
     let token = Position::start(P1).to_token("chain-a");
-    assert_eq!(Position::from_token(&token, "chain-a").expect("round trip"), Position::start(P1));
+    assert_eq!(
+        Position::from_token(&token, "chain-a").expect("round trip"),
+        Position::start(P1)
+    );
     let other_chain = Position::from_token(&token, "chain-b").expect_err("other chain");
-    assert!(other_chain.to_string().contains("the resume token is for chain \"chain-a\""), "{other_chain}");
+    assert!(
+        other_chain
+            .to_string()
+            .contains("the resume token is for chain \"chain-a\""),
+        "{other_chain}"
+    );
     let mut damaged = token.clone();
     let at = token.len() - 12;
     let flipped = if &token[at..at + 1] == "0" { "1" } else { "0" };
@@ -235,7 +283,9 @@ async fn a_slow_reader_holds_back_only_itself() {
         },
     )
     .expect("open");
-    let mut slow = log.subscribe(&[Position::start(P0), Position::start(P1)]).expect("subscribe");
+    let mut slow = log
+        .subscribe(&[Position::start(P0), Position::start(P1)])
+        .expect("subscribe");
     // Appends do not wait for the reader that does not read.
     for i in 0..20 {
         fill(&log, P0, i * 50 + 1, i * 50 + 50).await;

@@ -55,15 +55,48 @@ impl BenchReport {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "workload             single-statement UPDATE by primary key, {} rows", self.rows)?;
-        writeln!(f, "transactions         {} from {} clients ({} failed)", self.transactions, self.clients, self.failed)?;
-        writeln!(f, "submission           {} per request, {} log partitions", self.batch, self.log_partitions)?;
-        writeln!(f, "blocks               {} ({:.0} transactions per block)", self.blocks, self.transactions as f64 / self.blocks.max(1) as f64)?;
+        writeln!(
+            f,
+            "workload             single-statement UPDATE by primary key, {} rows",
+            self.rows
+        )?;
+        writeln!(
+            f,
+            "transactions         {} from {} clients ({} failed)",
+            self.transactions, self.clients, self.failed
+        )?;
+        writeln!(
+            f,
+            "submission           {} per request, {} log partitions",
+            self.batch, self.log_partitions
+        )?;
+        writeln!(
+            f,
+            "blocks               {} ({:.0} transactions per block)",
+            self.blocks,
+            self.transactions as f64 / self.blocks.max(1) as f64
+        )?;
         writeln!(f, "elapsed              {:.3} s", self.elapsed.as_secs_f64())?;
-        writeln!(f, "end-to-end           {:.0} tx/s (signed, admitted, logged, committed, applied)", self.transactions_per_second())?;
-        writeln!(f, "ed25519 batch verify {:.0} signatures/s on all cores (the ceiling)", self.batch_verify_per_second)?;
-        writeln!(f, "ed25519 verify       {:.0} signatures/s on all cores, one by one", self.single_verify_per_second)?;
-        write!(f, "ed25519 sign         {:.0} signatures/s on one core", self.signing_per_second)
+        writeln!(
+            f,
+            "end-to-end           {:.0} tx/s (signed, admitted, logged, committed, applied)",
+            self.transactions_per_second()
+        )?;
+        writeln!(
+            f,
+            "ed25519 batch verify {:.0} signatures/s on all cores (the ceiling)",
+            self.batch_verify_per_second
+        )?;
+        writeln!(
+            f,
+            "ed25519 verify       {:.0} signatures/s on all cores, one by one",
+            self.single_verify_per_second
+        )?;
+        write!(
+            f,
+            "ed25519 sign         {:.0} signatures/s on one core",
+            self.signing_per_second
+        )
     }
 }
 
@@ -77,7 +110,9 @@ fn client_key(i: usize) -> Keypair {
 /// Runs the `update` workload on a fresh node in `data_dir`.
 pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Result<BenchReport> {
     if bench.clients == 0 || bench.transactions < bench.clients || bench.rows == 0 {
-        return Err(Error::Config("bench needs clients ≥ 1, transactions ≥ clients and rows ≥ 1".into()));
+        return Err(Error::Config(
+            "bench needs clients ≥ 1, transactions ≥ clients and rows ≥ 1".into(),
+        ));
     }
     let mut config = NodeConfig::new(data_dir);
     config.block_interval_ms = bench.block_interval_ms;
@@ -98,7 +133,10 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
             0,
             vec![
                 "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
-                format!("INSERT INTO accounts SELECT value, 0 FROM generate_series(1, {})", bench.rows),
+                format!(
+                    "INSERT INTO accounts SELECT value, 0 FROM generate_series(1, {})",
+                    bench.rows
+                ),
             ],
         ))
         .await?;
@@ -117,7 +155,9 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
             let id = (c * per_client + n) % bench.rows + 1;
             signed.push(builder.build(
                 n as u64,
-                vec![format!("UPDATE accounts SET balance = balance + 1 WHERE id = {id}")],
+                vec![format!(
+                    "UPDATE accounts SET balance = balance + 1 WHERE id = {id}"
+                )],
             ));
         }
         work.push(signed);
@@ -161,7 +201,8 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
         }));
     }
     for task in tasks {
-        task.await.map_err(|e| Error::Client(format!("bench client: {e}")))??;
+        task.await
+            .map_err(|e| Error::Client(format!("bench client: {e}")))??;
     }
     let elapsed = started.elapsed();
     let state = node.state();
@@ -178,7 +219,9 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
         .unwrap_or(0);
     node.shutdown().await;
     if sum != total as u64 {
-        return Err(Error::Client(format!("bench check failed: balances sum to {sum}, expected {total}")));
+        return Err(Error::Client(format!(
+            "bench check failed: balances sum to {sum}, expected {total}"
+        )));
     }
     Ok(BenchReport {
         transactions: total,

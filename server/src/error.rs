@@ -58,9 +58,10 @@ impl From<Error> for tonic::Status {
             Error::Execution(chainql_executor::Error::WriteInQuery(_)) => Code::InvalidArgument,
             Error::Execution(chainql_executor::Error::LimitExceeded(_)) => Code::ResourceExhausted,
             Error::Execution(_) => Code::InvalidArgument,
-            Error::Log(chainql_sequencer::Error::InvalidPosition(_) | chainql_sequencer::Error::NoSuchPartition { .. }) => {
-                Code::InvalidArgument
-            }
+            Error::Log(
+                chainql_sequencer::Error::InvalidPosition(_)
+                | chainql_sequencer::Error::NoSuchPartition { .. },
+            ) => Code::InvalidArgument,
             Error::Log(_) | Error::Halted(_) | Error::ShuttingDown => Code::Unavailable,
             Error::Consensus(_) | Error::Corrupt(_) | Error::Io { .. } => Code::Internal,
             Error::Config(_) => Code::FailedPrecondition,

@@ -131,7 +131,11 @@ pub fn expanded(result: &QueryResult) -> String {
     let name_width = fields.iter().map(|f| width(f.name())).max().unwrap_or(0);
     let mut out = String::new();
     for (n, row) in rows.iter().enumerate() {
-        out.push_str(&format!("-[ RECORD {} ]{}\n", n + 1, "-".repeat(name_width.saturating_sub(8).max(1))));
+        out.push_str(&format!(
+            "-[ RECORD {} ]{}\n",
+            n + 1,
+            "-".repeat(name_width.saturating_sub(8).max(1))
+        ));
         for (field, cell) in fields.iter().zip(row) {
             out.push_str(&format!("{:<name_width$} | {cell}\n", field.name()));
         }

@@ -85,10 +85,13 @@ pub fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
 
 /// Decodes an Arrow IPC stream.
 pub fn from_ipc(bytes: &[u8]) -> Result<QueryResult> {
-    let arrow = |e: datafusion::arrow::error::ArrowError| Error::Client(format!("malformed Arrow IPC result: {e}"));
+    let arrow =
+        |e: datafusion::arrow::error::ArrowError| Error::Client(format!("malformed Arrow IPC result: {e}"));
     let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(arrow)?;
     let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(arrow)?;
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(arrow)?;
     Ok(QueryResult { schema, batches })
 }
 
@@ -98,8 +101,15 @@ fn log_event(delivery: chainql_sequencer::Delivery, chain_id: &str) -> Result<pr
     let partition = delivery.position.partition.0;
     let event = match delivery.event {
         Event::Entry(entry) => {
-            let transaction = <chainql::wire::SignedTransaction as prost::Message>::decode(&entry.payload[..])
-                .map_err(|e| Status::internal(format!("log entry {partition}/{} does not decode: {e}", entry.seqno)))?;
+            let transaction = <chainql::wire::SignedTransaction as prost::Message>::decode(
+                &entry.payload[..],
+            )
+            .map_err(|e| {
+                Status::internal(format!(
+                    "log entry {partition}/{} does not decode: {e}",
+                    entry.seqno
+                ))
+            })?;
             proto::log_event::Event::Entry(proto::LogEntry {
                 seqno: entry.seqno,
                 epoch: entry.epoch,
@@ -107,8 +117,12 @@ fn log_event(delivery: chainql_sequencer::Delivery, chain_id: &str) -> Result<pr
                 transaction: Some(transaction),
             })
         }
-        Event::Snapshot { seqno, height, .. } => proto::log_event::Event::Snapshot(proto::LogSnapshot { seqno, height }),
-        Event::Rollback { to_seqno, .. } => proto::log_event::Event::Rollback(proto::LogRollback { to_seqno }),
+        Event::Snapshot { seqno, height, .. } => {
+            proto::log_event::Event::Snapshot(proto::LogSnapshot { seqno, height })
+        }
+        Event::Rollback { to_seqno, .. } => {
+            proto::log_event::Event::Rollback(proto::LogRollback { to_seqno })
+        }
     };
     Ok(proto::LogEvent {
         partition,
@@ -129,7 +143,9 @@ impl NodeApi for Api {
     ) -> Result<Response<Self::SubscribeLogStream>, Status> {
         use futures::StreamExt;
         let request = request.into_inner();
-        let positions = self.node.log_positions(&request.resume_tokens, &request.partitions)?;
+        let positions = self
+            .node
+            .log_positions(&request.resume_tokens, &request.partitions)?;
         let subscription = self.node.subscribe_log(&positions)?;
         let chain_id = self.node.chain_id().to_string();
         let stream = subscription.map(move |delivery| match delivery {
@@ -160,7 +176,10 @@ impl NodeApi for Api {
         }))
     }
 
-    async fn query(&self, request: Request<proto::QueryRequest>) -> Result<Response<proto::QueryResponse>, Status> {
+    async fn query(
+        &self,
+        request: Request<proto::QueryRequest>,
+    ) -> Result<Response<proto::QueryResponse>, Status> {
         let request = request.into_inner();
         let (result, height) = self.node.query(&request.sql).await?;
         let columns = result
@@ -197,7 +216,10 @@ impl NodeApi for Api {
         }))
     }
 
-    async fn get_block(&self, request: Request<proto::GetBlockRequest>) -> Result<Response<proto::GetBlockResponse>, Status> {
+    async fn get_block(
+        &self,
+        request: Request<proto::GetBlockRequest>,
+    ) -> Result<Response<proto::GetBlockResponse>, Status> {
         let height = request.into_inner().height;
         let block = self
             .node
@@ -242,7 +264,10 @@ impl NodeApi for Api {
         }))
     }
 
-    async fn status(&self, _request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
         let status = self.node.status();
         Ok(Response::new(proto::StatusResponse {
             chain_id: status.chain_id,
@@ -285,7 +310,11 @@ impl RemoteNode {
         Error::Client(status.message().to_string())
     }
 
-    pub async fn submit(&self, signed: SignedTransaction, wait_for_receipt: bool) -> Result<(Hash, Option<Receipt>)> {
+    pub async fn submit(
+        &self,
+        signed: SignedTransaction,
+        wait_for_receipt: bool,
+    ) -> Result<(Hash, Option<Receipt>)> {
         let response = self
             .client
             .clone()
@@ -336,7 +365,12 @@ impl RemoteNode {
 
     /// A committed block and its hash; height 0 means the latest.
     pub async fn block(&self, height: u64) -> Result<Option<(chainql::wire::Block, Hash)>> {
-        match self.client.clone().get_block(proto::GetBlockRequest { height }).await {
+        match self
+            .client
+            .clone()
+            .get_block(proto::GetBlockRequest { height })
+            .await
+        {
             Ok(response) => {
                 let response = response.into_inner();
                 let hash = Hash::from_slice(&response.block_hash).unwrap_or_default();

@@ -21,7 +21,11 @@ const DEFAULT_CHAIN_ID: &str = "chainql-local";
 const SHELL_ACCOUNT_BALANCE: u64 = 1_000_000_000;
 
 #[derive(Parser)]
-#[command(name = "chainql", version, about = "ChainQL: a replicated, verifiable SQL ledger")]
+#[command(
+    name = "chainql",
+    version,
+    about = "ChainQL: a replicated, verifiable SQL ledger"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -231,7 +235,10 @@ fn init(args: InitArgs) -> Result<ExitCode> {
     let mut config = NodeConfig::new(&args.data_dir);
     config.log_partitions = args.log_partitions;
     if config.genesis_path().exists() {
-        return Err(Error::Config(format!("{} already exists", config.genesis_path().display())));
+        return Err(Error::Config(format!(
+            "{} already exists",
+            config.genesis_path().display()
+        )));
     }
     let genesis = init_data_dir(&config, &args.chain_id, &parse_accounts(&args.accounts)?)?;
     println!(
@@ -286,7 +293,11 @@ fn shell(args: ShellArgs) -> Result<ExitCode> {
             (Connection::Remote(Arc::new(remote)), url.clone(), None)
         }
         None => {
-            init_data_dir(&config, DEFAULT_CHAIN_ID, &[(key.address(), SHELL_ACCOUNT_BALANCE)])?;
+            init_data_dir(
+                &config,
+                DEFAULT_CHAIN_ID,
+                &[(key.address(), SHELL_ACCOUNT_BALANCE)],
+            )?;
             let node = runtime.block_on(Node::open(config.clone()))?;
             let target = format!("the embedded node in {}", config.data_dir.display());
             (Connection::Embedded(node.clone()), target, Some(node))
@@ -335,7 +346,10 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         }
     };
     if data_dir.exists() {
-        return Err(Error::Config(format!("{} already exists; bench needs a fresh directory", data_dir.display())));
+        return Err(Error::Config(format!(
+            "{} already exists; bench needs a fresh directory",
+            data_dir.display()
+        )));
     }
     let config = BenchConfig {
         transactions: args.transactions,

@@ -27,7 +27,6 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use crate::error::{Error, Result};
 
-
 /// How a node runs. Every field has a default and a command-line flag.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -77,13 +76,17 @@ impl NodeConfig {
 
     fn validate(&self) -> Result<()> {
         if self.block_transactions_max == 0 || self.block_transactions_max > 1_000_000 {
-            return Err(Error::Config("block_transactions_max must be between 1 and 1,000,000".into()));
+            return Err(Error::Config(
+                "block_transactions_max must be between 1 and 1,000,000".into(),
+            ));
         }
         if self.block_interval_ms > 60_000 {
             return Err(Error::Config("block_interval_ms must be at most 60,000".into()));
         }
         if self.log_group_commit_wait_ms > 1_000 {
-            return Err(Error::Config("log_group_commit_wait_ms must be at most 1,000".into()));
+            return Err(Error::Config(
+                "log_group_commit_wait_ms must be at most 1,000".into(),
+            ));
         }
         Ok(())
     }
@@ -102,7 +105,8 @@ pub fn init_data_dir(config: &NodeConfig, chain_id: &str, accounts: &[(Address, 
         balances.push((validator.address(), 0));
     }
     let genesis_time_ms = now_ms();
-    let mut genesis = Genesis::single_validator(chain_id, genesis_time_ms, &validator.public_key(), &balances);
+    let mut genesis =
+        Genesis::single_validator(chain_id, genesis_time_ms, &validator.public_key(), &balances);
     genesis.log_partitions = config.log_partitions;
     genesis.validate()?;
     genesis.write(&genesis_path)?;
@@ -261,7 +265,9 @@ impl Node {
             log,
             executor,
             committed,
-            admission: (0..partitions).map(|_| tokio::sync::Mutex::new(Admission::default())).collect(),
+            admission: (0..partitions)
+                .map(|_| tokio::sync::Mutex::new(Admission::default()))
+                .collect(),
             receipts: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(0),
@@ -367,7 +373,10 @@ impl Node {
     pub async fn submit_many(&self, transactions: Vec<SignedTransaction>) -> Vec<Result<Hash>> {
         if let Err(error) = self.inner.check_running() {
             let message = error.to_string();
-            return transactions.iter().map(|_| Err(Error::Halted(message.clone()))).collect();
+            return transactions
+                .iter()
+                .map(|_| Err(Error::Halted(message.clone())))
+                .collect();
         }
         let count = transactions.len();
         let mut results: Vec<Option<Result<Hash>>> = (0..count).map(|_| None).collect();
@@ -376,7 +385,9 @@ impl Node {
         let limits = self.inner.config.transaction_limits;
         for (i, signed) in transactions.into_iter().enumerate() {
             match DecodedTransaction::from_signed(signed, &limits, &self.inner.genesis.chain_id) {
-                Ok(decoded) => groups[self.inner.partition_of(&decoded.address).0 as usize].push((i, decoded)),
+                Ok(decoded) => {
+                    groups[self.inner.partition_of(&decoded.address).0 as usize].push((i, decoded))
+                }
                 Err(error) => results[i] = Some(Err(error.into())),
             }
         }
@@ -418,7 +429,9 @@ impl Node {
         // Nonces and the log, partition by partition.
         let mut pending = Vec::new();
         for accepted in admitted {
-            let Some((_, first)) = accepted.first() else { continue };
+            let Some((_, first)) = accepted.first() else {
+                continue;
+            };
             let partition = self.inner.partition_of(&first.address);
             let mut admission = self.inner.admission[partition.0 as usize].lock().await;
             let state = self.state();
@@ -427,8 +440,13 @@ impl Node {
             let mut reserved: Vec<(Address, u64)> = Vec::new();
             for (i, decoded) in accepted {
                 let committed = state.account(&decoded.address).nonce;
-                let reserved_next = reserved.iter().rev().find(|(a, _)| *a == decoded.address).map(|(_, n)| *n);
-                let expected = reserved_next.unwrap_or_else(|| admission.next_nonce(&decoded.address, committed));
+                let reserved_next = reserved
+                    .iter()
+                    .rev()
+                    .find(|(a, _)| *a == decoded.address)
+                    .map(|(_, n)| *n);
+                let expected =
+                    reserved_next.unwrap_or_else(|| admission.next_nonce(&decoded.address, committed));
                 if decoded.body.nonce != expected {
                     results[i] = Some(Err(Error::Nonce {
                         found: decoded.body.nonce,
@@ -481,7 +499,10 @@ impl Node {
         let hash = chainql::transaction_hash(&signed.transaction);
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
-        lock(&self.inner.waiters).entry(hash).or_default().push((id, sender));
+        lock(&self.inner.waiters)
+            .entry(hash)
+            .or_default()
+            .push((id, sender));
         if let Err(error) = self.submit(signed).await {
             let mut waiters = lock(&self.inner.waiters);
             if let Some(list) = waiters.get_mut(&hash) {
@@ -514,14 +535,19 @@ impl Node {
         let Some(receipt) = lock(&self.inner.receipts).get(hash).cloned() else {
             return Ok(None);
         };
-        let block = self
-            .block(receipt.block_height)?
-            .ok_or_else(|| Error::Corrupt(format!("block {} of a receipt is missing", receipt.block_height)))?;
+        let block = self.block(receipt.block_height)?.ok_or_else(|| {
+            Error::Corrupt(format!("block {} of a receipt is missing", receipt.block_height))
+        })?;
         let signed = block
             .transactions
             .get(receipt.index as usize)
             .cloned()
-            .ok_or_else(|| Error::Corrupt(format!("block {} lacks transaction {}", receipt.block_height, receipt.index)))?;
+            .ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "block {} lacks transaction {}",
+                    receipt.block_height, receipt.index
+                ))
+            })?;
         Ok(Some((signed, receipt)))
     }
 
@@ -555,7 +581,9 @@ impl Node {
         };
         for partition in wanted {
             if partition >= count {
-                return Err(Error::Client(format!("partition {partition} does not exist; the log has {count}")));
+                return Err(Error::Client(format!(
+                    "partition {partition} does not exist; the log has {count}"
+                )));
             }
             if !positions.iter().any(|p| p.partition.0 == partition) {
                 positions.push(Position::start(PartitionId(partition)));
@@ -619,10 +647,16 @@ impl Inner {
             let block = lock(&self.blocks)
                 .get(h)?
                 .ok_or_else(|| Error::Corrupt(format!("block {h} is missing")))?;
-            let header = block.header.as_ref().ok_or_else(|| Error::Corrupt(format!("block {h} has no header")))?;
+            let header = block
+                .header
+                .as_ref()
+                .ok_or_else(|| Error::Corrupt(format!("block {h} has no header")))?;
             for range in &header.log_ranges {
                 let slot = next_seqnos.get_mut(range.partition as usize).ok_or_else(|| {
-                    Error::Corrupt(format!("block {h} names log partition {}, which does not exist", range.partition))
+                    Error::Corrupt(format!(
+                        "block {h} names log partition {}, which does not exist",
+                        range.partition
+                    ))
                 })?;
                 if range.first_seqno != *slot {
                     return Err(Error::Corrupt(format!(
@@ -640,7 +674,13 @@ impl Inner {
             state = next;
             if h % 1000 == 0 || h == height {
                 let rate = transactions as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                tracing::info!(height = h, of = height, transactions, rate = format!("{rate:.0} tx/s"), "replaying blocks");
+                tracing::info!(
+                    height = h,
+                    of = height,
+                    transactions,
+                    rate = format!("{rate:.0} tx/s"),
+                    "replaying blocks"
+                );
             }
         }
         for (p, next) in next_seqnos.iter().enumerate() {
@@ -677,8 +717,9 @@ impl Inner {
                 let Some(last) = entries.last() else { break };
                 from = last.seqno + 1;
                 for entry in &entries {
-                    let signed = SignedTransaction::decode(&entry.payload[..])
-                        .map_err(|e| Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno)))?;
+                    let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
+                        Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
+                    })?;
                     let (transaction, sender) = executable(&signed)?;
                     let next = admission.next_nonces.entry(sender).or_default();
                     *next = (*next).max(transaction.nonce + 1);
@@ -697,7 +738,10 @@ impl Inner {
             timestamp_ms: state.timestamp_ms(),
         };
         let hash = verify_block(block, &parent, |key| self.validators.contains(key))?;
-        let header = block.header.as_ref().ok_or_else(|| Error::Corrupt("a block has no header".into()))?;
+        let header = block
+            .header
+            .as_ref()
+            .ok_or_else(|| Error::Corrupt("a block has no header".into()))?;
         if Hash::from_slice(&header.state_root) != Some(state.root()) {
             return Err(Error::Corrupt(format!(
                 "block {} carries state root {}, but the state before it has root {}",
@@ -720,7 +764,10 @@ impl Inner {
             state_root: state.root(),
             proposer: PublicKey::from_bytes(&header.proposer)?.address(),
         };
-        Ok(self.executor.execute_block(state, &context, &transactions).await?)
+        Ok(self
+            .executor
+            .execute_block(state, &context, &transactions)
+            .await?)
     }
 
     /// Makes an executed block visible: the new state, its receipts, and the waiters' answers.
@@ -773,7 +820,8 @@ impl Inner {
                 if self.entries_waiting() {
                     break;
                 }
-                let any_change = futures::future::select_all(changes.iter_mut().map(|r| Box::pin(r.changed())));
+                let any_change =
+                    futures::future::select_all(changes.iter_mut().map(|r| Box::pin(r.changed())));
                 tokio::select! {
                     (changed, _, _) = any_change => if changed.is_err() { return },
                     () = self.stop.notified() => {}
@@ -798,7 +846,11 @@ impl Inner {
     /// partition, and commits them as the next block.
     async fn produce_block(&self) -> Result<()> {
         let partitions = self.log.partitions() as usize;
-        let firsts: Vec<u64> = self.next_seqnos.iter().map(|n| n.load(Ordering::Acquire)).collect();
+        let firsts: Vec<u64> = self
+            .next_seqnos
+            .iter()
+            .map(|n| n.load(Ordering::Acquire))
+            .collect();
         let waiting: Vec<u64> = (0..partitions)
             .map(|p| {
                 let last = self.log.last_seqno(PartitionId(p as u32)).unwrap_or(0);
@@ -820,7 +872,9 @@ impl Inner {
             if counts[p] == 0 {
                 continue;
             }
-            let entries = self.log.read(PartitionId(p as u32), firsts[p], counts[p] as usize)?;
+            let entries = self
+                .log
+                .read(PartitionId(p as u32), firsts[p], counts[p] as usize)?;
             if entries.len() as u64 != counts[p] {
                 return Err(Error::Corrupt(format!(
                     "log partition {p} returned {} entries from {}, expected {}",
@@ -905,4 +959,3 @@ pub fn load_or_create_key(path: &Path) -> Result<Keypair> {
     }
     Ok(key)
 }
-

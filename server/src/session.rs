@@ -77,7 +77,9 @@ impl Session {
     /// (or collected, between `BEGIN` and `COMMIT`).
     pub async fn run(&mut self, sql: &str) -> Result<Outcome> {
         // Only the kind is needed here; the node parses and checks the statement itself.
-        let kind = parse_statement(sql).map(|s| classify(&s)).unwrap_or(StatementKind::Other);
+        let kind = parse_statement(sql)
+            .map(|s| classify(&s))
+            .unwrap_or(StatementKind::Other);
         match kind {
             StatementKind::Begin => {
                 if self.open_transaction.is_some() {

@@ -49,7 +49,9 @@ pub struct Shell {
 
 impl std::fmt::Debug for Shell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shell").field("session", &self.session).finish_non_exhaustive()
+        f.debug_struct("Shell")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,7 +130,11 @@ impl Shell {
                     for statement in statements {
                         self.statement(&statement);
                     }
-                    buffer = if remainder.trim().is_empty() { String::new() } else { remainder };
+                    buffer = if remainder.trim().is_empty() {
+                        String::new()
+                    } else {
+                        remainder
+                    };
                 }
                 Err(rustyline::error::ReadlineError::Interrupted) => buffer.clear(),
                 Err(rustyline::error::ReadlineError::Eof) => break,
@@ -230,7 +236,11 @@ impl Shell {
                 if let Some(title) = title {
                     let _ = writeln!(self.out, "{title}");
                 }
-                let text = if self.expanded { expanded(&result) } else { aligned_table(&result) };
+                let text = if self.expanded {
+                    expanded(&result)
+                } else {
+                    aligned_table(&result)
+                };
                 let _ = write!(self.out, "{text}");
                 true
             }
@@ -262,7 +272,11 @@ impl Shell {
             "\\x" => match on_off(argument, self.expanded) {
                 Ok(value) => {
                     self.expanded = value;
-                    let _ = writeln!(self.out, "Expanded display is {}.", if value { "on" } else { "off" });
+                    let _ = writeln!(
+                        self.out,
+                        "Expanded display is {}.",
+                        if value { "on" } else { "off" }
+                    );
                 }
                 Err(message) => {
                     let _ = writeln!(self.err, "ERROR:  {message}");
@@ -351,7 +365,12 @@ impl Shell {
         }
         key.sort();
         let shown = chainql_executor::QueryResult {
-            schema: std::sync::Arc::new(result.schema.project(&[0, 1, 2, 3]).unwrap_or_else(|_| (*result.schema).clone())),
+            schema: std::sync::Arc::new(
+                result
+                    .schema
+                    .project(&[0, 1, 2, 3])
+                    .unwrap_or_else(|_| (*result.schema).clone()),
+            ),
             batches: result
                 .batches
                 .iter()

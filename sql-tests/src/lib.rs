@@ -22,8 +22,8 @@
 //! record as a query even if it is a write). A record with
 //! `connection NAME` runs as another account: each new connection gets the next test key.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use chainql::wire::ReceiptStatus;
 use chainql::{Keypair, TransactionBuilder};
@@ -79,7 +79,9 @@ fn column_type(data_type: &DataType) -> ColumnType {
         t if t.is_floating() => ColumnType::Float,
         DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => ColumnType::Float,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Text,
-        DataType::Date32 | DataType::Date64 | DataType::Time32(_) | DataType::Time64(_) => ColumnType::DateTime,
+        DataType::Date32 | DataType::Date64 | DataType::Time32(_) | DataType::Time64(_) => {
+            ColumnType::DateTime
+        }
         DataType::Timestamp(_, _) => ColumnType::Timestamp,
         _ => ColumnType::Other,
     }
@@ -196,7 +198,9 @@ fn directives(sql: &str) -> (Vec<(&str, &str)>, &str) {
         let trimmed = rest.trim_start();
         let Some(line_end) = trimmed.find('\n') else { break };
         let line = &trimmed[..line_end];
-        let Some(directive) = line.trim().strip_prefix("-- chainql:") else { break };
+        let Some(directive) = line.trim().strip_prefix("-- chainql:") else {
+            break;
+        };
         for item in directive.split_whitespace() {
             found.push(item.split_once('=').unwrap_or((item, "")));
         }
@@ -216,7 +220,9 @@ impl AsyncDB for LedgerDb {
             return Ok(rows(self.session.query(sql.trim()).await?));
         }
         if !directives.is_empty() {
-            return Ok(DBOutput::StatementComplete(self.run_tampered(&directives, sql.trim()).await?));
+            return Ok(DBOutput::StatementComplete(
+                self.run_tampered(&directives, sql.trim()).await?,
+            ));
         }
         // A record holding several statements is one transaction: that is how suites test
         // multi-statement atomicity.
@@ -227,14 +233,16 @@ impl AsyncDB for LedgerDb {
         }
         if statements.len() > 1 {
             let receipt = self.session.execute(statements).await?;
-            return Ok(DBOutput::StatementComplete(receipt.statements.iter().map(|s| s.rows).sum()));
+            return Ok(DBOutput::StatementComplete(
+                receipt.statements.iter().map(|s| s.rows).sum(),
+            ));
         }
         let statement = statements.pop().unwrap_or_default();
         match self.session.run(&statement).await? {
             Outcome::Rows(result) => Ok(rows(result)),
-            Outcome::Committed(receipt) => {
-                Ok(DBOutput::StatementComplete(receipt.statements.iter().map(|s| s.rows).sum()))
-            }
+            Outcome::Committed(receipt) => Ok(DBOutput::StatementComplete(
+                receipt.statements.iter().map(|s| s.rows).sum(),
+            )),
             Outcome::Began | Outcome::RolledBack => Ok(DBOutput::StatementComplete(0)),
         }
     }
@@ -256,7 +264,9 @@ mod tests {
 
     #[test]
     fn directives_are_split_off() {
-        let (found, rest) = directives("-- chainql: chain_id=x bad_signature\n-- chainql: nonce=+1\nINSERT INTO t VALUES (1)");
+        let (found, rest) = directives(
+            "-- chainql: chain_id=x bad_signature\n-- chainql: nonce=+1\nINSERT INTO t VALUES (1)",
+        );
         assert_eq!(found, [("chain_id", "x"), ("bad_signature", ""), ("nonce", "+1")]);
         assert_eq!(rest, "INSERT INTO t VALUES (1)");
         let (found, rest) = directives("-- an ordinary comment\nSELECT 1");

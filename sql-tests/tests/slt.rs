@@ -38,7 +38,10 @@ async fn run_file(path: &Path, complete: bool) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     } else {
-        runner.run_file_async(path).await.map_err(|e| e.display(true).to_string())
+        runner
+            .run_file_async(path)
+            .await
+            .map_err(|e| e.display(true).to_string())
     };
     node.shutdown().await;
     result
@@ -53,7 +56,9 @@ fn main() -> ExitCode {
         Ok(listing) => listing
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "slt"))
-            .filter(|p| filters.is_empty() || filters.iter().any(|f| p.to_string_lossy().contains(f.as_str())))
+            .filter(|p| {
+                filters.is_empty() || filters.iter().any(|f| p.to_string_lossy().contains(f.as_str()))
+            })
             .collect(),
         Err(e) => {
             eprintln!("cannot list {}: {e}", root.display());
@@ -70,7 +75,10 @@ fn main() -> ExitCode {
     };
     let mut failures = 0;
     for file in &files {
-        let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let started = std::time::Instant::now();
         match runtime.block_on(run_file(file, complete)) {
             Ok(()) => println!("ok      {name} ({:.1} s)", started.elapsed().as_secs_f64()),

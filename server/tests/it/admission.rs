@@ -40,10 +40,41 @@ async fn a_batch_is_admitted_transaction_by_transaction() {
     let results = node.submit_many(batch).await;
     assert_eq!(results.len(), 23);
     assert!(results[..18].iter().all(Result::is_ok), "{results:?}");
-    assert!(matches!(&results[18], Err(Error::Transaction(chainql::Error::BadSignature))), "{:?}", results[18]);
-    assert!(matches!(&results[19], Err(Error::Nonce { found: 9, expected: 3 })), "{:?}", results[19]);
-    assert!(matches!(&results[20], Err(Error::Transaction(chainql::Error::WrongChain { .. }))), "{:?}", results[20]);
-    assert!(matches!(&results[21], Err(Error::Transaction(chainql::Error::NonDeterministic(_)))), "{:?}", results[21]);
+    assert!(
+        matches!(
+            &results[18],
+            Err(Error::Transaction(chainql::Error::BadSignature))
+        ),
+        "{:?}",
+        results[18]
+    );
+    assert!(
+        matches!(
+            &results[19],
+            Err(Error::Nonce {
+                found: 9,
+                expected: 3
+            })
+        ),
+        "{:?}",
+        results[19]
+    );
+    assert!(
+        matches!(
+            &results[20],
+            Err(Error::Transaction(chainql::Error::WrongChain { .. }))
+        ),
+        "{:?}",
+        results[20]
+    );
+    assert!(
+        matches!(
+            &results[21],
+            Err(Error::Transaction(chainql::Error::NonDeterministic(_)))
+        ),
+        "{:?}",
+        results[21]
+    );
     let last = results[22].as_ref().expect("the last one is admitted");
 
     // Wait for the last one's block, then check what was committed.
@@ -53,7 +84,10 @@ async fn a_batch_is_admitted_transaction_by_transaction() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let (rows, _) = node.query("SELECT count(*), count(DISTINCT sender), max(id) FROM t").await.expect("query");
+    let (rows, _) = node
+        .query("SELECT count(*), count(DISTINCT sender), max(id) FROM t")
+        .await
+        .expect("query");
     let cells: Vec<String> = (0..3)
         .map(|c| chainql_server::format::cell_text(rows.batches[0].column(c), 0).unwrap_or_default())
         .collect();
@@ -62,6 +96,9 @@ async fn a_batch_is_admitted_transaction_by_transaction() {
         .query("SELECT count(*) FROM chain.transactions WHERE status <> 'success'")
         .await
         .expect("query");
-    assert_eq!(chainql_server::format::cell_text(failed.batches[0].column(0), 0).as_deref(), Some("0"));
+    assert_eq!(
+        chainql_server::format::cell_text(failed.batches[0].column(0), 0).as_deref(),
+        Some("0")
+    );
     node.shutdown().await;
 }

@@ -30,7 +30,9 @@ async fn blocks_hold_at_most_m_transactions_and_come_at_most_every_n_ms() {
     assert_eq!(last.status, ReceiptStatus::Success as i32);
 
     let (blocks, _) = node
-        .query("SELECT height, transaction_count, CAST(timestamp AS BIGINT) FROM chain.blocks ORDER BY height")
+        .query(
+            "SELECT height, transaction_count, CAST(timestamp AS BIGINT) FROM chain.blocks ORDER BY height",
+        )
         .await
         .expect("blocks");
     let mut rows = Vec::new();
@@ -46,7 +48,10 @@ async fn blocks_hold_at_most_m_transactions_and_come_at_most_every_n_ms() {
     }
     let total: i64 = rows.iter().map(|r| r.1).sum();
     assert_eq!(total, 12, "every transaction is in exactly one block: {rows:?}");
-    assert!(rows.iter().all(|r| (1..=3).contains(&r.1)), "1 to 3 transactions per block, never empty: {rows:?}");
+    assert!(
+        rows.iter().all(|r| (1..=3).contains(&r.1)),
+        "1 to 3 transactions per block, never empty: {rows:?}"
+    );
     assert!(rows.len() >= 4, "{rows:?}");
     for pair in rows.windows(2) {
         assert!(

@@ -67,7 +67,10 @@ async fn submit_query_and_read_back_over_grpc() {
 
     // Without waiting: the hash comes back at once; the transaction commits soon after.
     let (second, none) = remote
-        .submit(builder.build(1, vec!["UPDATE kv SET v = 5 WHERE k = 'b'".into()]), false)
+        .submit(
+            builder.build(1, vec!["UPDATE kv SET v = 5 WHERE k = 'b'".into()]),
+            false,
+        )
         .await
         .expect("submit");
     assert!(none.is_none());
@@ -84,13 +87,26 @@ async fn submit_query_and_read_back_over_grpc() {
         .expect("query")
         .into_inner();
     assert_eq!(response.row_count, 2);
-    assert_eq!(response.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["k", "v"]);
+    assert_eq!(
+        response
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["k", "v"]
+    );
     let texts: Vec<Vec<Option<String>>> = response
         .rows
         .iter()
         .map(|r| r.cells.iter().map(|c| c.text.clone()).collect())
         .collect();
-    assert_eq!(texts, [[Some("a".to_string()), Some("1".to_string())], [Some("b".to_string()), Some("5".to_string())]]);
+    assert_eq!(
+        texts,
+        [
+            [Some("a".to_string()), Some("1".to_string())],
+            [Some("b".to_string()), Some("5".to_string())]
+        ]
+    );
     let decoded = from_ipc(&response.arrow_ipc).expect("ipc");
     assert_eq!(decoded.row_count(), 2);
     assert_eq!(decoded.schema.field(1).name(), "v");
@@ -99,11 +115,18 @@ async fn submit_query_and_read_back_over_grpc() {
     let (signed, receipt) = remote.transaction(&hash).await.expect("get").expect("committed");
     assert_eq!(chainql::transaction_hash(&signed.transaction), hash);
     assert_eq!(receipt.block_height, 1);
-    let (_, receipt) = remote.transaction(&second).await.expect("get").expect("committed");
+    let (_, receipt) = remote
+        .transaction(&second)
+        .await
+        .expect("get")
+        .expect("committed");
     assert_eq!(receipt.block_height, 2);
     let (block, block_hash) = remote.block(1).await.expect("block").expect("block 1");
     assert_eq!(block.transactions.len(), 1);
-    assert_eq!(block.header.as_ref().map(chainql_consensus::header_hash), Some(block_hash));
+    assert_eq!(
+        block.header.as_ref().map(chainql_consensus::header_hash),
+        Some(block_hash)
+    );
     assert!(remote.block(99).await.expect("block").is_none());
     let missing = chainql::Hash([9; 32]);
     assert!(remote.transaction(&missing).await.expect("get").is_none());
@@ -120,8 +143,14 @@ async fn submit_query_and_read_back_over_grpc() {
         .await
         .expect("session");
     session.run("DELETE FROM kv WHERE k = 'a'").await.expect("delete");
-    let rows = session.query("SELECT count(*) AS n FROM kv").await.expect("count");
-    assert_eq!(chainql_server::format::cell_text(rows.batches[0].column(0), 0).as_deref(), Some("1"));
+    let rows = session
+        .query("SELECT count(*) AS n FROM kv")
+        .await
+        .expect("count");
+    assert_eq!(
+        chainql_server::format::cell_text(rows.batches[0].column(0), 0).as_deref(),
+        Some("1")
+    );
     let _ = served.stop.send(());
 }
 
@@ -138,9 +167,16 @@ async fn refusals_carry_status_codes_and_the_node_survives_them() {
     };
     let mut bad = builder.build(0, vec!["CREATE TABLE t (id INT PRIMARY KEY)".into()]);
     bad.signature[3] ^= 0x10;
-    let status = client.submit_transaction(submit(bad)).await.expect_err("bad signature");
+    let status = client
+        .submit_transaction(submit(bad))
+        .await
+        .expect_err("bad signature");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("invalid signature"), "{}", status.message());
+    assert!(
+        status.message().contains("invalid signature"),
+        "{}",
+        status.message()
+    );
 
     let ahead = builder.build(5, vec!["CREATE TABLE t (id INT PRIMARY KEY)".into()]);
     let status = client.submit_transaction(submit(ahead)).await.expect_err("nonce");
@@ -183,7 +219,10 @@ async fn refusals_carry_status_codes_and_the_node_survives_them() {
         })
         .await
         .expect_err("oversize");
-    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
 
     let status = client
         .get_transaction(proto::GetTransactionRequest {
@@ -196,8 +235,15 @@ async fn refusals_carry_status_codes_and_the_node_survives_them() {
     // Nothing refused reached the chain, and the node still works.
     assert_eq!(served.node.state().height(), 0);
     let ok = builder.build(0, vec!["CREATE TABLE t (id INT PRIMARY KEY)".into()]);
-    let response = client.submit_transaction(submit(ok)).await.expect("valid").into_inner();
-    assert_eq!(response.receipt.map(|r| r.status), Some(ReceiptStatus::Success as i32));
+    let response = client
+        .submit_transaction(submit(ok))
+        .await
+        .expect("valid")
+        .into_inner();
+    assert_eq!(
+        response.receipt.map(|r| r.status),
+        Some(ReceiptStatus::Success as i32)
+    );
     let _ = served.stop.send(());
 }
 
@@ -210,8 +256,16 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
     let mut hashes = Vec::new();
     for i in 0..8u8 {
         let builder = TransactionBuilder::new("grpc-test", Keypair::from_seed([40 + i; 32]));
-        let sql = if i == 0 { "CREATE TABLE t (id INT PRIMARY KEY)".to_string() } else { format!("INSERT INTO t VALUES ({i})") };
-        let receipt = served.node.submit_and_wait(builder.build(0, vec![sql])).await.expect("commit");
+        let sql = if i == 0 {
+            "CREATE TABLE t (id INT PRIMARY KEY)".to_string()
+        } else {
+            format!("INSERT INTO t VALUES ({i})")
+        };
+        let receipt = served
+            .node
+            .submit_and_wait(builder.build(0, vec![sql]))
+            .await
+            .expect("commit");
         hashes.push(receipt.transaction_hash);
     }
     let mut stream = client
@@ -231,7 +285,10 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
         match event.event.expect("an event") {
             proto::log_event::Event::Entry(entry) => {
                 let transaction = entry.transaction.expect("the transaction");
-                assert_eq!(chainql::transaction_hash(&transaction.transaction).0.to_vec(), entry.transaction_hash);
+                assert_eq!(
+                    chainql::transaction_hash(&transaction.transaction).0.to_vec(),
+                    entry.transaction_hash
+                );
                 seen.push(entry.transaction_hash);
                 // Stop taking tokens after the fourth entry: the rest is read again on resume.
                 if seen.len() <= 4 {
@@ -272,7 +329,10 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
     let mut first_four = seen[..4].to_vec();
     first_four.extend(rest);
     first_four.sort();
-    assert_eq!(first_four, expected, "the first four plus the resumed rest are all, without repeats");
+    assert_eq!(
+        first_four, expected,
+        "the first four plus the resumed rest are all, without repeats"
+    );
 
     // Bad tokens are refused with a reason.
     let status = client
@@ -283,7 +343,8 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
         .await
         .expect_err("malformed");
     assert_eq!(status.code(), Code::InvalidArgument);
-    let foreign = chainql_sequencer::Position::start(chainql_sequencer::PartitionId(0)).to_token("another-chain");
+    let foreign =
+        chainql_sequencer::Position::start(chainql_sequencer::PartitionId(0)).to_token("another-chain");
     let status = client
         .subscribe_log(proto::SubscribeLogRequest {
             resume_tokens: vec![foreign],
@@ -293,7 +354,8 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
         .expect_err("another chain");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("another-chain"), "{}", status.message());
-    let other_partition = chainql_sequencer::Position::start(chainql_sequencer::PartitionId(9)).to_token("grpc-test");
+    let other_partition =
+        chainql_sequencer::Position::start(chainql_sequencer::PartitionId(9)).to_token("grpc-test");
     let status = client
         .subscribe_log(proto::SubscribeLogRequest {
             resume_tokens: vec![other_partition],
@@ -317,7 +379,11 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
         .await
         .expect_err("a seqno from the future");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("from the future"), "{}", status.message());
+    assert!(
+        status.message().contains("from the future"),
+        "{}",
+        status.message()
+    );
     let status = client
         .subscribe_log(proto::SubscribeLogRequest {
             resume_tokens: vec![],

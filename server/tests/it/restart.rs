@@ -82,7 +82,10 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
     let first_nonce = remote.next_nonce(&key.address()).await.expect("nonce");
     let mut hashes = Vec::new();
     for i in 0..50u64 {
-        let signed = builder.build(first_nonce + i, vec![format!("UPDATE t SET n = n + 1 WHERE id = {}", i + 1)]);
+        let signed = builder.build(
+            first_nonce + i,
+            vec![format!("UPDATE t SET n = n + 1 WHERE id = {}", i + 1)],
+        );
         let (hash, _) = remote.submit(signed, false).await.expect("admitted");
         hashes.push(hash);
     }
@@ -102,7 +105,10 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
             break;
         }
         waited += 1;
-        assert!(waited < 600, "acknowledged transactions were not all committed: {committed} of 50");
+        assert!(
+            waited < 600,
+            "acknowledged transactions were not all committed: {committed} of 50"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
@@ -129,7 +135,10 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
     }
 
     // The log reader resumes across two kill -9 restarts: every transaction exactly once.
-    let total = reader.query("SELECT count(*) FROM chain.transactions").await.expect("count");
+    let total = reader
+        .query("SELECT count(*) FROM chain.transactions")
+        .await
+        .expect("count");
     let total: usize = chainql_server::format::cell_text(total.batches[0].column(0), 0)
         .and_then(|t| t.parse().ok())
         .expect("a count");
@@ -157,7 +166,10 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
     unique.dedup();
     assert_eq!(unique.len(), seen_hashes.len(), "no entry delivered twice");
     for hash in &hashes {
-        assert!(seen_hashes.contains(&hash.0.to_vec()), "the resumed stream has every admitted transaction");
+        assert!(
+            seen_hashes.contains(&hash.0.to_vec()),
+            "the resumed stream has every admitted transaction"
+        );
     }
     drop(writer);
 }

@@ -67,14 +67,26 @@ fn a_piped_script_runs_statements_and_stops_at_the_first_error() {
                   SELECT 'never reached';\n";
     let (ok, out, err) = shell(&["--data-dir", data], script);
     assert!(!ok, "the failing INSERT makes the exit status non-zero");
-    assert!(out.contains("CREATE TABLE\n(committed in block 1, transaction 0x"), "{out}");
+    assert!(
+        out.contains("CREATE TABLE\n(committed in block 1, transaction 0x"),
+        "{out}"
+    );
     assert!(out.contains("INSERT 2\n(committed in block 2"), "{out}");
-    assert!(out.contains(" id | owner\n----+-------\n  1 | alice\n  2 | bob\n(2 rows)\n"), "{out}");
+    assert!(
+        out.contains(" id | owner\n----+-------\n  1 | alice\n  2 | bob\n(2 rows)\n"),
+        "{out}"
+    );
     assert!(out.contains("List of tables"), "{out}");
     assert!(out.contains("Primary key: id"), "{out}");
     assert!(out.contains("UPDATE 1\nDELETE 1\n(committed in block 3"), "{out}");
-    assert!(err.contains("ERROR:  duplicate key value violates unique constraint \"accounts_pkey\""), "{err}");
-    assert!(err.contains("failed in block 4; none of its statements were applied"), "{err}");
+    assert!(
+        err.contains("ERROR:  duplicate key value violates unique constraint \"accounts_pkey\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("failed in block 4; none of its statements were applied"),
+        "{err}"
+    );
     assert!(!out.contains("never reached"), "{out}");
     assert!(
         dir.path().join("data").join("keys").join("default.key").exists(),
@@ -94,7 +106,13 @@ fn a_piped_script_runs_statements_and_stops_at_the_first_error() {
 async fn the_shell_connects_to_a_running_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("node");
-    chainql(&["init", "--data-dir", data.to_str().expect("utf-8"), "--chain-id", "shell-test"]);
+    chainql(&[
+        "init",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--chain-id",
+        "shell-test",
+    ]);
     let node = NodeProcess::start(&data).await;
     let key = dir.path().join("me.key");
     let key = key.to_str().expect("utf-8").to_string();

@@ -41,7 +41,12 @@ impl NodeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_chainql"))
             .args(["node", "--data-dir"])
             .arg(data_dir)
-            .args(["--grpc-listen", &format!("127.0.0.1:{port}"), "--block-interval-ms", "5"])
+            .args([
+                "--grpc-listen",
+                &format!("127.0.0.1:{port}"),
+                "--block-interval-ms",
+                "5",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -62,7 +67,11 @@ impl NodeProcess {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "the node at {} did not start", self.url);
+            assert!(
+                Instant::now() < deadline,
+                "the node at {} did not start",
+                self.url
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
