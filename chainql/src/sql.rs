@@ -54,6 +54,10 @@ pub enum StatementKind {
     Insert,
     Update,
     Delete,
+    /// `GRANT ... ON table TO account`.
+    Grant,
+    /// `REVOKE ... ON table FROM account`.
+    Revoke,
     /// A read: answered from committed state, never part of a transaction.
     Query,
     /// `BEGIN`/`START TRANSACTION`.
@@ -76,6 +80,8 @@ impl StatementKind {
                 | StatementKind::Insert
                 | StatementKind::Update
                 | StatementKind::Delete
+                | StatementKind::Grant
+                | StatementKind::Revoke
         )
     }
 
@@ -87,6 +93,8 @@ impl StatementKind {
             StatementKind::Insert => "INSERT",
             StatementKind::Update => "UPDATE",
             StatementKind::Delete => "DELETE",
+            StatementKind::Grant => "GRANT",
+            StatementKind::Revoke => "REVOKE",
             StatementKind::Query => "SELECT",
             StatementKind::Begin => "BEGIN",
             StatementKind::Commit => "COMMIT",
@@ -107,6 +115,8 @@ pub fn classify(statement: &Statement) -> StatementKind {
         Statement::Insert(_) => StatementKind::Insert,
         Statement::Update(_) => StatementKind::Update,
         Statement::Delete(_) => StatementKind::Delete,
+        Statement::Grant(_) => StatementKind::Grant,
+        Statement::Revoke(_) => StatementKind::Revoke,
         Statement::Query(_) => StatementKind::Query,
         Statement::StartTransaction { .. } => StatementKind::Begin,
         Statement::Commit { .. } => StatementKind::Commit,

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use chainql::wire::{Receipt, ReceiptStatus, StatementResult};
 use chainql::{Address, Hash};
 use chainql_planner::{
-    DeletePlan, InsertPlan, SessionTemplates, TableDefinition, UpdatePlan, WritePlan, plan_write,
+    DeletePlan, InsertPlan, Privileges, SessionTemplates, TableDefinition, UpdatePlan, WritePlan, plan_write,
 };
 
 use crate::gas::{GasMeter, meter_plan};
@@ -96,6 +96,40 @@ pub struct Executor {
 struct TransactionScope<'a> {
     block: &'a BlockContext,
     gas: Arc<GasMeter>,
+    /// The account whose rights the statements use: the sender.
+    actor: Address,
+}
+
+impl TransactionScope<'_> {
+    /// Refuses a write `table` does not allow the actor.
+    fn require(&self, table: &Table, wanted: Privileges) -> Result<()> {
+        let held = self.actor_privileges(table);
+        let missing = wanted.without(held);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied {
+            table: table.name().to_string(),
+            account: self.actor,
+            action: missing.names(),
+        })
+    }
+
+    fn actor_privileges(&self, table: &Table) -> Privileges {
+        table.privileges_of(&self.actor)
+    }
+
+    /// Refuses anything but the owner.
+    fn require_owner(&self, table: &Table, action: &str) -> Result<()> {
+        if table.owner() == self.actor {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied {
+            table: table.name().to_string(),
+            account: self.actor,
+            action: action.to_string(),
+        })
+    }
 }
 
 impl Executor {
@@ -191,6 +225,7 @@ impl Executor {
         let scope = TransactionScope {
             block,
             gas: Arc::new(GasMeter::new(transaction.gas_limit)),
+            actor: transaction.sender,
         };
         let mut results = Vec::with_capacity(transaction.statements.len());
         let mut outcome = Ok(());
@@ -256,17 +291,42 @@ impl Executor {
                             "a chain holds at most {TABLES_MAX} tables"
                         )));
                     }
-                    working
-                        .tables
-                        .insert(definition.name.clone(), Arc::new(Table::new(definition)));
+                    working.tables.insert(
+                        definition.name.clone(),
+                        Arc::new(Table::new(definition, scope.actor)),
+                    );
                 }
                 0
             }
             WritePlan::DropTable { names, if_exists } => {
                 scope.gas.charge(GAS_PER_DDL)?;
                 for name in names {
-                    if working.tables.remove(&name).is_none() && !if_exists {
-                        return Err(Error::UndefinedTable(name));
+                    match working.tables.get(&name) {
+                        Some(table) => {
+                            scope.require_owner(table, "DROP")?;
+                            working.tables.remove(&name);
+                        }
+                        None if if_exists => {}
+                        None => return Err(Error::UndefinedTable(name)),
+                    }
+                }
+                0
+            }
+            WritePlan::Grant {
+                grant,
+                privileges,
+                tables,
+                grantees,
+            } => {
+                for name in tables {
+                    let table = working
+                        .tables
+                        .get_mut(&name)
+                        .ok_or_else(|| Error::UndefinedTable(name.clone()))?;
+                    scope.require_owner(table, if grant { "GRANT" } else { "REVOKE" })?;
+                    let table = Arc::make_mut(table);
+                    for grantee in &grantees {
+                        table.change_grant(*grantee, privileges, grant);
                     }
                 }
                 0
@@ -329,6 +389,13 @@ impl Executor {
             .table(&plan.table)
             .cloned()
             .ok_or_else(|| Error::UndefinedTable(plan.table.clone()))?;
+        scope.require(
+            &table,
+            Privileges {
+                insert: true,
+                ..Privileges::default()
+            },
+        )?;
         let definition = table.definition().clone();
         let targets: Vec<usize> = match &plan.columns {
             None => (0..definition.columns.len()).collect(),
@@ -467,6 +534,13 @@ impl Executor {
             .table(&plan.table)
             .cloned()
             .ok_or_else(|| Error::UndefinedTable(plan.table.clone()))?;
+        scope.require(
+            &table,
+            Privileges {
+                update: true,
+                ..Privileges::default()
+            },
+        )?;
         let definition = table.definition().clone();
         let sql = plan.row_query(&definition)?;
         let (batch, locations) = self.target_rows(working, scope, &table, &sql).await?;
@@ -504,6 +578,13 @@ impl Executor {
             .table(&plan.table)
             .cloned()
             .ok_or_else(|| Error::UndefinedTable(plan.table.clone()))?;
+        scope.require(
+            &table,
+            Privileges {
+                delete: true,
+                ..Privileges::default()
+            },
+        )?;
         let (_, mut locations) = self
             .target_rows(working, scope, &table, &plan.row_query())
             .await?;

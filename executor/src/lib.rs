@@ -73,6 +73,12 @@ pub enum Error {
         column_type: String,
         reason: String,
     },
+    #[error("permission denied for table {table}: {account} may not {action} (the owner can GRANT it)")]
+    PermissionDenied {
+        table: String,
+        account: chainql::Address,
+        action: String,
+    },
     #[error("UPDATE would change the same row more than once: its FROM clause matches a row twice")]
     RowChangedTwice,
     #[error("out of gas: the transaction's gas limit of {limit} is exhausted")]

@@ -144,7 +144,14 @@ fn to_i64(value: u64) -> i64 {
 
 impl SystemTables {
     /// The names of the tables in the `chain` schema.
-    pub const NAMES: &'static [&'static str] = &["accounts", "blocks", "columns", "tables", "transactions"];
+    pub const NAMES: &'static [&'static str] = &[
+        "accounts",
+        "blocks",
+        "columns",
+        "grants",
+        "tables",
+        "transactions",
+    ];
 
     pub fn new(accounts: imbl::OrdMap<Address, Account>) -> SystemTables {
         SystemTables {
@@ -215,6 +222,7 @@ impl SystemTables {
     ) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
         Ok(match name {
             "tables" => Some(describe_tables(tables)?),
+            "grants" => Some(describe_grants(tables)?),
             "columns" => Some(describe_columns(tables)?),
             "blocks" => Some((self.blocks.schema.clone(), self.blocks.batches())),
             "transactions" => Some((self.transactions.schema.clone(), self.transactions.batches())),
@@ -245,6 +253,7 @@ fn describe_tables(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef, 
         Field::new("table_name", DataType::Utf8, false),
         Field::new("row_count", DataType::Int64, false),
         Field::new("primary_key", DataType::Utf8, true),
+        Field::new("owner", DataType::Utf8, false),
     ]));
     let keys: Vec<Option<String>> = tables
         .values()
@@ -266,6 +275,35 @@ fn describe_tables(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef, 
             tables.values().map(|t| t.row_count() as i64),
         )),
         Arc::new(StringArray::from(keys)),
+        Arc::new(StringArray::from_iter_values(
+            tables.values().map(|t| t.owner().to_hex()),
+        )),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok((schema, vec![batch]))
+}
+
+/// `chain.grants`: the privileges accounts hold on tables they do not own.
+fn describe_grants(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("grantee", DataType::Utf8, false),
+        Field::new("privileges", DataType::Utf8, false),
+    ]));
+    let mut names = Vec::new();
+    let mut grantees = Vec::new();
+    let mut privileges = Vec::new();
+    for (name, table) in tables {
+        for (account, held) in table.grants() {
+            names.push(name.clone());
+            grantees.push(account.to_hex());
+            privileges.push(held.names());
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(names)),
+        Arc::new(StringArray::from(grantees)),
+        Arc::new(StringArray::from(privileges)),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     Ok((schema, vec![batch]))

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chainql::Hash;
-use chainql_planner::{ROW_POSITION_COLUMN, TableDefinition};
+use chainql::{Address, Hash};
+use chainql_planner::{Privileges, ROW_POSITION_COLUMN, TableDefinition};
 use datafusion::arrow::array::BooleanBufferBuilder;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array};
 use datafusion::arrow::buffer::BooleanBuffer;
@@ -111,11 +111,15 @@ pub struct Table {
     digest: Option<Hash>,
     /// Set by writes, cleared by compaction.
     dirty: bool,
+    /// The account that created the table: it alone may drop it and grant privileges on it.
+    owner: Address,
+    /// Privileges other accounts hold, by account.
+    grants: BTreeMap<Address, Privileges>,
 }
 
 impl Table {
-    /// A new, empty table.
-    pub fn new(definition: TableDefinition) -> Table {
+    /// A new, empty table owned by `owner`.
+    pub fn new(definition: TableDefinition, owner: Address) -> Table {
         let storage_schema = definition.storage_schema();
         let key_columns: Arc<[usize]> = definition.key_columns().into();
         Table {
@@ -128,7 +132,42 @@ impl Table {
             next_row_id: 1,
             digest: None,
             dirty: true,
+            owner,
+            grants: BTreeMap::new(),
         }
+    }
+
+    pub fn owner(&self) -> Address {
+        self.owner
+    }
+
+    /// What `account` may write: everything for the owner, its grants for anyone else.
+    pub fn privileges_of(&self, account: &Address) -> Privileges {
+        if *account == self.owner {
+            return Privileges::ALL;
+        }
+        self.grants.get(account).copied().unwrap_or_default()
+    }
+
+    /// Accounts holding privileges, in address order.
+    pub fn grants(&self) -> impl Iterator<Item = (&Address, &Privileges)> {
+        self.grants.iter()
+    }
+
+    /// Adds (`grant`) or removes privileges of `account`.
+    pub fn change_grant(&mut self, account: Address, privileges: Privileges, grant: bool) {
+        let current = self.grants.get(&account).copied().unwrap_or_default();
+        let next = if grant {
+            current.union(privileges)
+        } else {
+            current.without(privileges)
+        };
+        if next.is_empty() {
+            self.grants.remove(&account);
+        } else {
+            self.grants.insert(account, next);
+        }
+        self.digest = None;
     }
 
     pub fn definition(&self) -> &TableDefinition {
@@ -422,10 +461,21 @@ impl Table {
             pages.push(Hash(*page.finalize().as_bytes()));
         }
         let definition = format!("{:?}", self.definition);
+        let mut access = Vec::with_capacity(20 + self.grants.len() * 23);
+        access.extend_from_slice(&self.owner.0);
+        for (account, privileges) in &self.grants {
+            access.extend_from_slice(&account.0);
+            access.extend_from_slice(&[
+                privileges.insert as u8,
+                privileges.update as u8,
+                privileges.delete as u8,
+            ]);
+        }
         let digest = Hash::tagged(
             "chainql/table/v1",
             &[
                 definition.as_bytes(),
+                &access,
                 &(self.index.len() as u64).to_le_bytes(),
                 &self.next_row_id.to_le_bytes(),
                 chainql::merkle_root(&pages).as_bytes(),

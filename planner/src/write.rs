@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::types::{ColumnType, column_type};
 use crate::{Error, Result};
+use chainql::Address;
 
 /// The hidden key column of a table declared without a primary key (as CockroachDB's `rowid`).
 pub const ROW_ID_COLUMN: &str = "__chainql_rowid";
@@ -120,6 +121,66 @@ pub enum WritePlan {
     Insert(InsertPlan),
     Update(UpdatePlan),
     Delete(DeletePlan),
+    /// `GRANT` (`grant` true) or `REVOKE` privileges on tables to accounts.
+    Grant {
+        grant: bool,
+        privileges: Privileges,
+        tables: Vec<String>,
+        grantees: Vec<Address>,
+    },
+}
+
+/// Which writes an account may make to a table it does not own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Privileges {
+    pub insert: bool,
+    pub update: bool,
+    pub delete: bool,
+}
+
+impl Privileges {
+    pub const ALL: Privileges = Privileges {
+        insert: true,
+        update: true,
+        delete: true,
+    };
+
+    pub fn is_empty(self) -> bool {
+        !(self.insert || self.update || self.delete)
+    }
+
+    /// The privileges in `self` or `other`.
+    pub fn union(self, other: Privileges) -> Privileges {
+        Privileges {
+            insert: self.insert || other.insert,
+            update: self.update || other.update,
+            delete: self.delete || other.delete,
+        }
+    }
+
+    /// The privileges in `self` but not in `other`.
+    pub fn without(self, other: Privileges) -> Privileges {
+        Privileges {
+            insert: self.insert && !other.insert,
+            update: self.update && !other.update,
+            delete: self.delete && !other.delete,
+        }
+    }
+
+    /// `INSERT, UPDATE`, as SQL names them.
+    pub fn names(self) -> String {
+        let mut names = Vec::new();
+        if self.insert {
+            names.push("INSERT");
+        }
+        if self.update {
+            names.push("UPDATE");
+        }
+        if self.delete {
+            names.push("DELETE");
+        }
+        names.join(", ")
+    }
 }
 
 /// `INSERT INTO table [(columns)] source`.
@@ -300,6 +361,25 @@ pub fn plan_write(statement: &Statement) -> Result<WritePlan> {
         Statement::Insert(insert) => plan_insert(insert),
         Statement::Update(update) => plan_update(update),
         Statement::Delete(delete) => plan_delete(delete),
+        Statement::Grant(grant) => {
+            if grant.with_grant_option || grant.as_grantor.is_some() || grant.granted_by.is_some() {
+                return Err(Error::Unsupported(
+                    "GRANT ... WITH GRANT OPTION, AS or GRANTED BY".into(),
+                ));
+            }
+            plan_grant(true, &grant.privileges, grant.objects.as_ref(), &grant.grantees)
+        }
+        Statement::Revoke(revoke) => {
+            if revoke.granted_by.is_some() {
+                return Err(Error::Unsupported("REVOKE ... GRANTED BY".into()));
+            }
+            plan_grant(
+                false,
+                &revoke.privileges,
+                revoke.objects.as_ref(),
+                &revoke.grantees,
+            )
+        }
         other => Err(Error::Unsupported(format!(
             "statement in a transaction: {}",
             other
@@ -444,6 +524,63 @@ pub fn is_key_type(data_type: &DataType) -> bool {
             | DataType::Timestamp(_, _)
             | DataType::Decimal128(_, _)
     )
+}
+
+fn plan_grant(
+    grant: bool,
+    privileges: &ast::Privileges,
+    objects: Option<&ast::GrantObjects>,
+    grantees: &[ast::Grantee],
+) -> Result<WritePlan> {
+    let privileges = match privileges {
+        ast::Privileges::All { .. } => Privileges::ALL,
+        ast::Privileges::Actions(actions) => {
+            let mut chosen = Privileges::default();
+            for action in actions {
+                match action {
+                    ast::Action::Insert { columns: None } => chosen.insert = true,
+                    ast::Action::Update { columns: None } => chosen.update = true,
+                    ast::Action::Delete => chosen.delete = true,
+                    other => {
+                        return Err(Error::Unsupported(format!(
+                            "privilege {other}: tables grant INSERT, UPDATE and DELETE (reads are public)"
+                        )));
+                    }
+                }
+            }
+            chosen
+        }
+    };
+    let Some(ast::GrantObjects::Tables(names)) = objects else {
+        return Err(Error::Unsupported("privileges on anything but tables".into()));
+    };
+    let tables = names.iter().map(user_table_name).collect::<Result<Vec<_>>>()?;
+    let grantees = grantees
+        .iter()
+        .map(|grantee| {
+            let name = match &grantee.name {
+                Some(ast::GranteeName::ObjectName(name)) => match name.0.as_slice() {
+                    [ObjectNamePart::Identifier(ident)] => ident.value.clone(),
+                    _ => name.to_string(),
+                },
+                _ => String::new(),
+            };
+            Address::from_hex(&name).map_err(|_| {
+                Error::Invalid(format!(
+                    "grantee {name:?} is not an account address: expected '0x' followed by 40 hex digits"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if grantees.is_empty() {
+        return Err(Error::Invalid("name at least one account".into()));
+    }
+    Ok(WritePlan::Grant {
+        grant,
+        privileges,
+        tables,
+        grantees,
+    })
 }
 
 fn plan_insert(insert: &ast::Insert) -> Result<WritePlan> {

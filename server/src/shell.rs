@@ -314,7 +314,7 @@ impl Shell {
     fn list_tables(&mut self) {
         self.query_and_print(
             "SELECT table_name AS \"Name\", row_count AS \"Rows\", \
-             coalesce(primary_key, '(hidden row id)') AS \"Primary key\" \
+             coalesce(primary_key, '(hidden row id)') AS \"Primary key\", owner AS \"Owner\" \
              FROM chain.tables ORDER BY table_name",
             Some("List of tables"),
         );
