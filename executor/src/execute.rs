@@ -21,6 +21,7 @@ use chainql_planner::{
 };
 
 use crate::gas::{GasMeter, meter_plan};
+use crate::provider::Extras;
 use crate::state::State;
 use crate::system::{BlockRecord, TransactionRecord};
 use crate::table::{RowLocation, Table, check_constraints};
@@ -345,9 +346,9 @@ impl Executor {
         &self,
         state: &State,
         scope: &TransactionScope<'_>,
-        write_target: Option<Arc<Table>>,
+        extras: Extras,
     ) -> SessionState {
-        let catalog = state.catalog(write_target);
+        let catalog = state.catalog(extras);
         self.templates
             .transaction_session(scope.block.timestamp_ms, catalog)
     }
@@ -411,7 +412,7 @@ impl Executor {
                 })
                 .collect::<Result<_>>()?,
         };
-        let session = self.transaction_session(working, scope, None);
+        let session = self.transaction_session(working, scope, Extras::default());
         let (source, rows) = match plan.source {
             Some(query) => {
                 let batches = self
@@ -473,9 +474,51 @@ impl Executor {
             columns.push(table_mut.allocate_row_ids(rows));
         }
         let batch = RecordBatch::try_new(table_mut.storage_schema().clone(), columns)?;
-        table_mut.insert(batch)?;
+        let Some(conflict) = plan.on_conflict else {
+            table_mut.insert(batch)?;
+            working.tables.insert(plan.table, table);
+            return Ok(rows);
+        };
+        if let Some(target) = &conflict.target {
+            let key: Vec<&str> = definition
+                .primary_key
+                .iter()
+                .map(|&k| definition.columns[k].name.as_str())
+                .collect();
+            let mut named: Vec<&str> = target.iter().map(String::as_str).collect();
+            named.sort_unstable();
+            let mut sorted_key = key.clone();
+            sorted_key.sort_unstable();
+            if named != sorted_key {
+                return Err(Error::Invalid(format!(
+                    "there is no unique constraint matching the ON CONFLICT columns ({}); the primary key of {} is ({})",
+                    target.join(", "),
+                    definition.name,
+                    key.join(", ")
+                )));
+            }
+        }
+        let update_query = conflict
+            .update
+            .as_ref()
+            .map(|u| u.row_query(&definition))
+            .transpose()?;
+        // Rows whose key is new are inserted; the others are skipped (DO NOTHING) or become
+        // updates of the existing rows, with the proposed row visible as `excluded`.
+        let (fresh, conflicting) = table_mut.split_conflicts(&batch, update_query.is_some())?;
+        let mut changed = table_mut.insert(fresh)?;
+        if let (Some(sql), true) = (update_query, conflicting.num_rows() > 0) {
+            let user_columns: Vec<usize> = (0..definition.columns.len()).collect();
+            let excluded = conflicting.project(&user_columns)?;
+            let extras = Extras {
+                write_target: Some(table.clone()),
+                excluded: Some((excluded.schema(), vec![excluded])),
+            };
+            let (batch, locations) = self.target_rows(working, scope, extras, &sql).await?;
+            changed += replace_rows(&mut table, batch, &locations)?;
+        }
         working.tables.insert(plan.table, table);
-        Ok(rows)
+        Ok(changed)
     }
 
     async fn default_value(
@@ -500,11 +543,11 @@ impl Executor {
         &self,
         working: &State,
         scope: &TransactionScope<'_>,
-        table: &Arc<Table>,
+        extras: Extras,
         sql: &str,
     ) -> Result<(Option<RecordBatch>, Vec<RowLocation>)> {
         let statement = chainql::sql::parse_statement(sql)?;
-        let session = self.transaction_session(working, scope, Some(table.clone()));
+        let session = self.transaction_session(working, scope, extras);
         let batches = self
             .run_query(&session, scope, statement, GAS_PER_ROW_WRITTEN)
             .await?;
@@ -543,27 +586,13 @@ impl Executor {
         )?;
         let definition = table.definition().clone();
         let sql = plan.row_query(&definition)?;
-        let (batch, locations) = self.target_rows(working, scope, &table, &sql).await?;
-        let Some(batch) = batch else {
-            return Ok(0);
+        let extras = Extras {
+            write_target: Some(table.clone()),
+            excluded: None,
         };
-        let rows = locations.len();
-        if rows == 0 {
-            return Ok(0);
-        }
-        let mut columns = Vec::with_capacity(definition.columns.len() + 1);
-        for i in 0..definition.columns.len() {
-            columns.push(cast_column(&definition, i, batch.column(i + 1))?);
-        }
-        check_constraints(&definition, &columns)?;
+        let (batch, locations) = self.target_rows(working, scope, extras, &sql).await?;
         let mut table = table;
-        let table_mut = Arc::make_mut(&mut table);
-        if definition.has_hidden_row_id() {
-            columns.push(table_mut.row_ids_at(&locations)?);
-        }
-        let new_rows = RecordBatch::try_new(table_mut.storage_schema().clone(), columns)?;
-        table_mut.delete(&locations)?;
-        table_mut.insert(new_rows)?;
+        let rows = replace_rows(&mut table, batch, &locations)?;
         working.tables.insert(plan.table, table);
         Ok(rows)
     }
@@ -586,7 +615,15 @@ impl Executor {
             },
         )?;
         let (_, mut locations) = self
-            .target_rows(working, scope, &table, &plan.row_query())
+            .target_rows(
+                working,
+                scope,
+                Extras {
+                    write_target: Some(table.clone()),
+                    excluded: None,
+                },
+                &plan.row_query(),
+            )
             .await?;
         // `USING` may match a row more than once; it is deleted once.
         locations.sort_unstable();
@@ -602,7 +639,7 @@ impl Executor {
 
     /// Answers a read-only query on `state`. Writes are refused: they travel as transactions.
     pub async fn query(&self, state: &State, sql: &str) -> Result<QueryResult> {
-        let session = self.templates.query_session(state.catalog(None));
+        let session = self.templates.query_session(state.catalog(Extras::default()));
         let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         if let DFStatement::Statement(inner) = &statement {
             let kind = chainql::sql::classify(inner);
@@ -633,6 +670,35 @@ impl Executor {
         let schema = batches.first().map(|b| b.schema()).unwrap_or(schema);
         Ok(QueryResult { schema, batches })
     }
+}
+
+/// Applies the answer of an update row query (each row: its position, then every column's new
+/// value): replaces those rows, checking the table's constraints. Returns the rows replaced.
+fn replace_rows(
+    table: &mut Arc<Table>,
+    batch: Option<RecordBatch>,
+    locations: &[RowLocation],
+) -> Result<usize> {
+    let Some(batch) = batch else {
+        return Ok(0);
+    };
+    if locations.is_empty() {
+        return Ok(0);
+    }
+    let definition = table.definition().clone();
+    let mut columns = Vec::with_capacity(definition.columns.len() + 1);
+    for i in 0..definition.columns.len() {
+        columns.push(cast_column(&definition, i, batch.column(i + 1))?);
+    }
+    check_constraints(&definition, &columns)?;
+    let table_mut = Arc::make_mut(table);
+    if definition.has_hidden_row_id() {
+        columns.push(table_mut.row_ids_at(locations)?);
+    }
+    let new_rows = RecordBatch::try_new(table_mut.storage_schema().clone(), columns)?;
+    table_mut.delete(locations)?;
+    table_mut.insert(new_rows)?;
+    Ok(locations.len())
 }
 
 fn read_only_options() -> SQLOptions {

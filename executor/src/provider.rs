@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chainql_planner::{SYSTEM_SCHEMA, USER_SCHEMA, WRITE_TARGET_TABLE};
+use chainql_planner::{EXCLUDED_TABLE, SYSTEM_SCHEMA, USER_SCHEMA, WRITE_TARGET_TABLE};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session, TableProvider};
@@ -157,15 +157,15 @@ impl TableProvider for UserTableProvider {
     }
 }
 
-/// A system table's rows, built from a state version.
+/// Rows given up front: a system table built from a state version, or an upsert's proposed rows.
 #[derive(Debug)]
-pub struct SystemTableProvider {
+pub struct BatchesProvider {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
 }
 
 #[async_trait]
-impl TableProvider for SystemTableProvider {
+impl TableProvider for BatchesProvider {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -185,11 +185,20 @@ impl TableProvider for SystemTableProvider {
     }
 }
 
-/// The `public` schema: user tables at one version, and the write target of the statement.
+/// Relations a write statement adds to the catalog for its own row query.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// The table being updated or deleted from, with row positions, as `__chainql_target`.
+    pub write_target: Option<Arc<Table>>,
+    /// An upsert's conflicting proposed rows, as `excluded`.
+    pub excluded: Option<(SchemaRef, Vec<RecordBatch>)>,
+}
+
+/// The `public` schema: user tables at one version, and the relations of a write's row query.
 #[derive(Debug)]
 struct UserSchema {
     tables: BTreeMap<String, Arc<Table>>,
-    write_target: Option<Arc<Table>>,
+    extras: Extras,
 }
 
 #[async_trait]
@@ -199,8 +208,16 @@ impl SchemaProvider for UserSchema {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        if name == EXCLUDED_TABLE
+            && let Some((schema, batches)) = &self.extras.excluded
+        {
+            return Ok(Some(Arc::new(BatchesProvider {
+                schema: schema.clone(),
+                batches: batches.clone(),
+            })));
+        }
         if name == WRITE_TARGET_TABLE {
-            return Ok(self.write_target.as_ref().map(|table| {
+            return Ok(self.extras.write_target.as_ref().map(|table| {
                 Arc::new(UserTableProvider::new(table.clone(), true)) as Arc<dyn TableProvider>
             }));
         }
@@ -233,7 +250,7 @@ impl SchemaProvider for SystemSchema {
         let Some((schema, batches)) = self.system.get(name, &self.tables)? else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(SystemTableProvider { schema, batches })))
+        Ok(Some(Arc::new(BatchesProvider { schema, batches })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -272,7 +289,7 @@ impl CatalogList {
     pub fn new(
         tables: BTreeMap<String, Arc<Table>>,
         system: SystemTables,
-        write_target: Option<Arc<Table>>,
+        extras: Extras,
     ) -> Arc<CatalogList> {
         Arc::new(CatalogList {
             catalog: Arc::new(Catalog {
@@ -280,7 +297,7 @@ impl CatalogList {
                     system,
                     tables: tables.clone(),
                 }),
-                public: Arc::new(UserSchema { tables, write_target }),
+                public: Arc::new(UserSchema { tables, extras }),
             }),
         })
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chainql::{Address, Hash, merkle_root};
 
 use crate::Result;
-use crate::provider::CatalogList;
+use crate::provider::{CatalogList, Extras};
 use crate::system::SystemTables;
 use crate::table::Table;
 
@@ -93,8 +93,8 @@ impl State {
     }
 
     /// A DataFusion catalog over this version.
-    pub(crate) fn catalog(&self, write_target: Option<Arc<Table>>) -> Arc<CatalogList> {
-        CatalogList::new(self.tables.clone(), self.system.clone(), write_target)
+    pub(crate) fn catalog(&self, extras: Extras) -> Arc<CatalogList> {
+        CatalogList::new(self.tables.clone(), self.system.clone(), extras)
     }
 
     /// Compacts the tables changed since the last root and computes the new root:

@@ -314,6 +314,37 @@ impl Table {
         Ok(rows)
     }
 
+    /// Splits rows (in the storage schema) into those whose key is new and those whose key
+    /// already exists. A key proposed twice is refused when `strict` (an upsert's update may not
+    /// touch a row twice); otherwise the first proposal wins.
+    pub fn split_conflicts(&self, batch: &RecordBatch, strict: bool) -> Result<(RecordBatch, RecordBatch)> {
+        let mut fresh = Vec::with_capacity(batch.num_rows());
+        let mut conflicting = Vec::with_capacity(batch.num_rows());
+        // Membership only: iteration order of the set is never observed.
+        let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let key = encode_key(batch, &self.key_columns, row)?;
+            if !seen.insert(key.clone()) {
+                if strict {
+                    return Err(Error::Invalid(format!(
+                        "ON CONFLICT DO UPDATE cannot affect a row a second time: key {} is proposed twice",
+                        describe_key(batch, &self.key_columns, row)
+                    )));
+                }
+                fresh.push(false);
+                conflicting.push(false);
+                continue;
+            }
+            let exists = self.index.contains_key(&key);
+            fresh.push(!exists);
+            conflicting.push(exists);
+        }
+        Ok((
+            filter_record_batch(batch, &BooleanArray::from(fresh))?,
+            filter_record_batch(batch, &BooleanArray::from(conflicting))?,
+        ))
+    }
+
     fn duplicate(&self, batch: &RecordBatch, row: usize) -> Error {
         Error::UniqueViolation {
             constraint: format!("{}_pkey", self.definition.name),

@@ -22,9 +22,10 @@ mod write;
 pub use session::SessionTemplates;
 pub use types::{ColumnType, column_type, sql_type_name};
 pub use write::{
-    COLUMNS_MAX, ColumnDefinition, DeletePlan, InsertPlan, NAME_BYTES_MAX, Privileges, RESERVED_PREFIX,
-    ROW_ID_COLUMN, ROW_POSITION_COLUMN, SYSTEM_SCHEMA, TableDefinition, USER_SCHEMA, UpdatePlan,
-    WRITE_TARGET_TABLE, WritePlan, is_key_type, normalize_ident, plan_write, quote_ident, user_table_name,
+    COLUMNS_MAX, ColumnDefinition, ConflictUpdate, DeletePlan, EXCLUDED_TABLE, InsertPlan, NAME_BYTES_MAX,
+    OnConflictPlan, Privileges, RESERVED_PREFIX, ROW_ID_COLUMN, ROW_POSITION_COLUMN, SYSTEM_SCHEMA,
+    TableDefinition, USER_SCHEMA, UpdatePlan, WRITE_TARGET_TABLE, WritePlan, is_key_type, normalize_ident,
+    plan_write, quote_ident, user_table_name,
 };
 
 /// Errors of planning.

@@ -191,6 +191,63 @@ pub struct InsertPlan {
     pub columns: Option<Vec<String>>,
     /// The rows to insert; `None` for `DEFAULT VALUES`.
     pub source: Option<Box<ast::Query>>,
+    /// What to do with rows whose key already exists.
+    pub on_conflict: Option<OnConflictPlan>,
+}
+
+/// The name under which an upsert's proposed rows are visible to its `DO UPDATE` clause.
+pub const EXCLUDED_TABLE: &str = "excluded";
+
+/// `ON CONFLICT [(columns)] DO NOTHING | DO UPDATE SET ... [WHERE ...]`. Conflicts are on the
+/// primary key, the only unique constraint ChainQL has.
+#[derive(Debug, Clone)]
+pub struct OnConflictPlan {
+    /// The conflict target's columns, if named (they must be the primary key).
+    pub target: Option<Vec<String>>,
+    /// `None` for `DO NOTHING`.
+    pub update: Option<ConflictUpdate>,
+}
+
+/// The `DO UPDATE` of an upsert.
+#[derive(Debug, Clone)]
+pub struct ConflictUpdate {
+    assignments: Vec<(String, String)>,
+    selection: Option<String>,
+}
+
+impl ConflictUpdate {
+    /// The query that yields, per conflicting existing row, its position and its new values:
+    /// the target table joined on its key with the `excluded` rows.
+    pub fn row_query(&self, definition: &TableDefinition) -> Result<String> {
+        if definition.has_hidden_row_id() {
+            return Err(Error::Invalid(format!(
+                "ON CONFLICT DO UPDATE needs a primary key, and {} has none",
+                definition.name
+            )));
+        }
+        let target = quote_ident(&definition.name);
+        let update = UpdatePlan {
+            table: definition.name.clone(),
+            alias: target.clone(),
+            assignments: self.assignments.clone(),
+            from: None,
+            selection: None,
+        };
+        let mut select = update.row_query(definition)?;
+        let join: Vec<String> = definition
+            .primary_key
+            .iter()
+            .map(|&k| {
+                let column = quote_ident(&definition.columns[k].name);
+                format!("{target}.{column} = {EXCLUDED_TABLE}.{column}")
+            })
+            .collect();
+        select.push_str(&format!(" JOIN {EXCLUDED_TABLE} ON {}", join.join(" AND ")));
+        if let Some(selection) = &self.selection {
+            select.push_str(&format!(" WHERE {selection}"));
+        }
+        Ok(select)
+    }
 }
 
 /// `UPDATE table [AS alias] SET ... [FROM ...] [WHERE ...]`.
@@ -585,9 +642,29 @@ fn plan_grant(
 
 fn plan_insert(insert: &ast::Insert) -> Result<WritePlan> {
     let unsupported = |what: &str| Err(Error::Unsupported(format!("INSERT with {what}")));
-    if insert.on.is_some() {
-        return unsupported("ON CONFLICT");
-    }
+    let on_conflict = match &insert.on {
+        None => None,
+        Some(ast::OnInsert::OnConflict(conflict)) => {
+            let target = match &conflict.conflict_target {
+                None => None,
+                Some(ast::ConflictTarget::Columns(columns)) => {
+                    Some(columns.iter().map(normalize_ident).collect())
+                }
+                Some(ast::ConflictTarget::OnConstraint(_)) => {
+                    return unsupported("ON CONFLICT ON CONSTRAINT");
+                }
+            };
+            let update = match &conflict.action {
+                ast::OnConflictAction::DoNothing => None,
+                ast::OnConflictAction::DoUpdate(update) => Some(ConflictUpdate {
+                    assignments: assignments(&update.assignments)?,
+                    selection: update.selection.as_ref().map(ToString::to_string),
+                }),
+            };
+            Some(OnConflictPlan { target, update })
+        }
+        Some(_) => return unsupported("ON DUPLICATE KEY"),
+    };
     if insert.returning.is_some() {
         return unsupported("RETURNING");
     }
@@ -622,6 +699,7 @@ fn plan_insert(insert: &ast::Insert) -> Result<WritePlan> {
         table,
         columns,
         source: insert.source.clone(),
+        on_conflict,
     }))
 }
 
@@ -657,16 +735,10 @@ fn join_tables(tables: &[TableWithJoins]) -> Option<String> {
     })
 }
 
-fn plan_update(update: &ast::Update) -> Result<WritePlan> {
-    if update.returning.is_some() {
-        return Err(Error::Unsupported("UPDATE with RETURNING".into()));
-    }
-    if update.limit.is_some() || !update.order_by.is_empty() || update.or.is_some() {
-        return Err(Error::Unsupported("UPDATE with ORDER BY or LIMIT".into()));
-    }
-    let (table, alias) = target(&update.table)?;
-    let mut assignments = Vec::with_capacity(update.assignments.len());
-    for assignment in &update.assignments {
+/// `SET column = expression, ...` as (column, expression text) pairs.
+fn assignments(assignments: &[ast::Assignment]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::with_capacity(assignments.len());
+    for assignment in assignments {
         let AssignmentTarget::ColumnName(column) = &assignment.target else {
             return Err(Error::Unsupported("assigning a tuple of columns".into()));
         };
@@ -675,8 +747,20 @@ fn plan_update(update: &ast::Update) -> Result<WritePlan> {
             .last()
             .and_then(ObjectNamePart::as_ident)
             .ok_or_else(|| Error::Invalid(format!("column name {column}")))?;
-        assignments.push((normalize_ident(ident), assignment.value.to_string()));
+        out.push((normalize_ident(ident), assignment.value.to_string()));
     }
+    Ok(out)
+}
+
+fn plan_update(update: &ast::Update) -> Result<WritePlan> {
+    if update.returning.is_some() {
+        return Err(Error::Unsupported("UPDATE with RETURNING".into()));
+    }
+    if update.limit.is_some() || !update.order_by.is_empty() || update.or.is_some() {
+        return Err(Error::Unsupported("UPDATE with ORDER BY or LIMIT".into()));
+    }
+    let (table, alias) = target(&update.table)?;
+    let assignments = assignments(&update.assignments)?;
     let from = match &update.from {
         None => None,
         Some(UpdateTableFromKind::AfterSet(tables) | UpdateTableFromKind::BeforeSet(tables)) => {
