@@ -11,13 +11,25 @@ async fn a_batch_is_admitted_transaction_by_transaction() {
     config.block_interval_ms = 1;
     init_data_dir(&config, "batch-test", &[]).expect("init");
     let node = Node::open(config).await.expect("open");
+    let senders: Vec<Keypair> = (0..6u8).map(|i| Keypair::from_seed([70 + i; 32])).collect();
+    // The table's creator lets the six senders insert into it.
+    let grantees: Vec<String> = senders.iter().map(|k| format!("'{}'", k.address())).collect();
     let setup = TransactionBuilder::new("batch-test", Keypair::from_seed([60; 32]));
-    node.submit_and_wait(setup.build(0, vec!["CREATE TABLE t (id INT PRIMARY KEY, sender INT)".into()]))
+    let receipt = node
+        .submit_and_wait(setup.build(
+            0,
+            vec![
+                "CREATE TABLE t (id INT PRIMARY KEY, sender INT)".into(),
+                format!("GRANT INSERT ON t TO {}", grantees.join(", ")),
+            ],
+        ))
         .await
         .expect("setup");
+    assert!(receipt.error.is_empty(), "{}", receipt.error);
 
-    let senders: Vec<TransactionBuilder> = (0..6u8)
-        .map(|i| TransactionBuilder::new("batch-test", Keypair::from_seed([70 + i; 32])))
+    let senders: Vec<TransactionBuilder> = senders
+        .into_iter()
+        .map(|key| TransactionBuilder::new("batch-test", key))
         .collect();
     let mut batch = Vec::new();
     let mut id = 0;
