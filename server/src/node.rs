@@ -606,7 +606,9 @@ impl Node {
     /// Stops producing blocks, after the block in progress, and closes the log.
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
-        self.inner.stop.notify_waiters();
+        // `notify_one` leaves a permit when the producer is not waiting at this instant (it may
+        // be between its check of `stopping` and its wait), so the wake-up cannot be lost.
+        self.inner.stop.notify_one();
         let producer = lock(&self.producer).take();
         if let Some(producer) = producer {
             let _ = producer.await;
