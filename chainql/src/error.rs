@@ -25,7 +25,7 @@ pub enum Error {
     #[error("SQL error: {0}")]
     Sql(String),
     #[error(
-        "{0} is not a statement a transaction can carry (CREATE TABLE, DROP TABLE, INSERT, UPDATE, DELETE, GRANT, REVOKE); queries run outside transactions"
+        "{0} is not a statement a transaction can carry (CREATE TABLE, DROP TABLE, INSERT, UPDATE, DELETE, GRANT, REVOKE, CREATE CONTRACT, DROP CONTRACT, CALL); queries run outside transactions"
     )]
     NotATransactionStatement(String),
     #[error("function {0}() is not deterministic and cannot run inside a transaction")]

@@ -18,6 +18,7 @@
 //! assert_eq!(decoded.address, builder.key.address());
 //! ```
 
+pub mod contract;
 mod crypto;
 mod error;
 mod hash;

@@ -10,6 +10,7 @@ use sqlparser::ast::{Expr, ObjectType, Statement, visit_expressions};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use crate::contract::{ChainStatement, parse_chain_statement};
 use crate::{Error, Result};
 
 pub use sqlparser;
@@ -58,6 +59,12 @@ pub enum StatementKind {
     Grant,
     /// `REVOKE ... ON table FROM account`.
     Revoke,
+    /// `CREATE CONTRACT`.
+    CreateContract,
+    /// `DROP CONTRACT`.
+    DropContract,
+    /// `CALL contract(...)`.
+    Call,
     /// A read: answered from committed state, never part of a transaction.
     Query,
     /// `BEGIN`/`START TRANSACTION`.
@@ -82,6 +89,9 @@ impl StatementKind {
                 | StatementKind::Delete
                 | StatementKind::Grant
                 | StatementKind::Revoke
+                | StatementKind::CreateContract
+                | StatementKind::DropContract
+                | StatementKind::Call
         )
     }
 
@@ -95,6 +105,9 @@ impl StatementKind {
             StatementKind::Delete => "DELETE",
             StatementKind::Grant => "GRANT",
             StatementKind::Revoke => "REVOKE",
+            StatementKind::CreateContract => "CREATE CONTRACT",
+            StatementKind::DropContract => "DROP CONTRACT",
+            StatementKind::Call => "CALL",
             StatementKind::Query => "SELECT",
             StatementKind::Begin => "BEGIN",
             StatementKind::Commit => "COMMIT",
@@ -117,6 +130,7 @@ pub fn classify(statement: &Statement) -> StatementKind {
         Statement::Delete(_) => StatementKind::Delete,
         Statement::Grant(_) => StatementKind::Grant,
         Statement::Revoke(_) => StatementKind::Revoke,
+        Statement::Call(_) => StatementKind::Call,
         Statement::Query(_) => StatementKind::Query,
         Statement::StartTransaction { .. } => StatementKind::Begin,
         Statement::Commit { .. } => StatementKind::Commit,
@@ -144,15 +158,17 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>> {
         .map_err(|e| Error::Sql(e.to_string()))
 }
 
-/// Parses one statement of a transaction and checks that it may run as one: it is a write, and it
-/// calls no non-deterministic function.
-pub fn parse_transaction_statement(sql: &str) -> Result<(Statement, StatementKind)> {
-    let statement = parse_statement(sql)?;
-    let kind = classify(&statement);
+/// Parses one statement of a transaction and checks that it may run as one: it is a write (or a
+/// contract definition or call), and it calls no non-deterministic function.
+pub fn parse_transaction_statement(sql: &str) -> Result<(ChainStatement, StatementKind)> {
+    let statement = parse_chain_statement(sql)?;
+    let kind = statement.kind();
     if !kind.is_write() {
         return Err(Error::NotATransactionStatement(first_words(sql)));
     }
-    check_deterministic(&statement)?;
+    if let ChainStatement::Sql(statement) = &statement {
+        check_deterministic(statement)?;
+    }
     Ok((statement, kind))
 }
 

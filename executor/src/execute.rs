@@ -5,6 +5,8 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, RecordBatchOptions, new_null_array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches};
 use datafusion::arrow::datatypes::{Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::util::display::FormatOptions;
 use datafusion::common::ScalarValue;
 use datafusion::execution::context::{SQLOptions, SessionState};
@@ -14,12 +16,15 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 
+use chainql::contract::ChainStatement;
 use chainql::wire::{Receipt, ReceiptStatus, StatementResult};
 use chainql::{Address, Hash};
 use chainql_planner::{
-    DeletePlan, InsertPlan, Privileges, SessionTemplates, TableDefinition, UpdatePlan, WritePlan, plan_write,
+    ChainContext, DeletePlan, InsertPlan, Privileges, SessionTemplates, TableDefinition, UpdatePlan,
+    WritePlan, plan_write, register_chain_functions,
 };
 
+use crate::contract::EmittedEvent;
 use crate::gas::{GasMeter, meter_plan};
 use crate::provider::Extras;
 use crate::state::State;
@@ -33,6 +38,8 @@ pub const GAS_PER_STATEMENT: u64 = 1_000;
 pub const GAS_PER_DDL: u64 = 10_000;
 /// Gas per row inserted, updated or deleted.
 pub const GAS_PER_ROW_WRITTEN: u64 = 100;
+/// The gas a `VIEW` contract answered as a query may use.
+pub const VIEW_GAS_LIMIT: u64 = 100_000_000;
 /// The most tables a chain may hold.
 pub const TABLES_MAX: usize = 10_000;
 
@@ -70,6 +77,24 @@ impl QueryResult {
     pub fn row_count(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
+
+    /// Encodes the answer as an Arrow IPC stream.
+    pub fn to_ipc(&self) -> Result<Vec<u8>> {
+        let mut writer = StreamWriter::try_new(Vec::new(), &self.schema)?;
+        for batch in &self.batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+        Ok(writer.into_inner()?)
+    }
+
+    /// Decodes an Arrow IPC stream.
+    pub fn from_ipc(bytes: &[u8]) -> Result<QueryResult> {
+        let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let schema = reader.schema();
+        let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(QueryResult { schema, batches })
+    }
 }
 
 /// Bounds on query answers.
@@ -93,12 +118,31 @@ pub struct Executor {
     query_limits: QueryLimits,
 }
 
-/// What one transaction is doing: its block and its gas.
-struct TransactionScope<'a> {
-    block: &'a BlockContext,
-    gas: Arc<GasMeter>,
-    /// The account whose rights the statements use: the sender.
-    actor: Address,
+/// What a statement runs within: its block, its transaction's gas, whose rights it uses, and the
+/// values its placeholders are bound to (a contract's parameters and `LET` values).
+#[derive(Clone)]
+pub(crate) struct TransactionScope<'a> {
+    pub block: &'a BlockContext,
+    pub gas: Arc<GasMeter>,
+    /// The account whose rights the statements use: the sender, or inside a contract the
+    /// contract's owner.
+    pub actor: Address,
+    /// The transaction's sender: what `CALLER()` returns.
+    pub caller: Address,
+    pub transaction: Hash,
+    /// Values of the placeholders `$1`, `$2`, ... of the statements run in this scope.
+    pub params: Arc<Vec<ScalarValue>>,
+    /// Contract calls deep.
+    pub depth: u32,
+    /// Events emitted and the result returned so far in the transaction.
+    pub output: Arc<std::sync::Mutex<CallOutput>>,
+}
+
+/// What the contracts of one transaction produced.
+#[derive(Debug, Default)]
+pub(crate) struct CallOutput {
+    pub events: Vec<crate::contract::EmittedEvent>,
+    pub result: Option<QueryResult>,
 }
 
 impl TransactionScope<'_> {
@@ -199,6 +243,7 @@ impl Executor {
             error: String::new(),
             statements: Vec::new(),
             gas_used: 0,
+            ..Receipt::default()
         };
         let mut record = TransactionRecord {
             hash: transaction.hash,
@@ -208,6 +253,7 @@ impl Executor {
             error: None,
             statements: transaction.statements.join(";\n"),
             gas_used: 0,
+            events: Vec::new(),
         };
         let expected = state.account(&transaction.sender).nonce;
         if transaction.nonce != expected {
@@ -227,6 +273,11 @@ impl Executor {
             block,
             gas: Arc::new(GasMeter::new(transaction.gas_limit)),
             actor: transaction.sender,
+            caller: transaction.sender,
+            transaction: transaction.hash,
+            params: Arc::new(Vec::new()),
+            depth: 0,
+            output: Arc::new(std::sync::Mutex::new(CallOutput::default())),
         };
         let mut results = Vec::with_capacity(transaction.statements.len());
         let mut outcome = Ok(());
@@ -248,6 +299,12 @@ impl Executor {
                 receipt.status = ReceiptStatus::Success as i32;
                 receipt.statements = results;
                 record.success = true;
+                let output = std::mem::take(&mut *scope.output.lock().unwrap_or_else(|p| p.into_inner()));
+                if let Some(result) = output.result {
+                    receipt.result = result.to_ipc()?;
+                }
+                receipt.events = output.events.iter().map(EmittedEvent::to_wire).collect();
+                record.events = output.events;
             }
             Err(error) => {
                 if let Error::OutOfGas { .. } = error {
@@ -275,7 +332,36 @@ impl Executor {
     ) -> Result<StatementResult> {
         let (statement, kind) = chainql::sql::parse_transaction_statement(sql)?;
         scope.gas.charge(GAS_PER_STATEMENT)?;
-        let plan = plan_write(&statement)?;
+        let rows = match statement {
+            ChainStatement::CreateContract(definition) => {
+                scope.gas.charge(GAS_PER_DDL)?;
+                self.deploy(working, scope, *definition).await?;
+                0
+            }
+            ChainStatement::DropContract { name, if_exists } => {
+                scope.gas.charge(GAS_PER_DDL)?;
+                self.drop_contract(working, scope, &name, if_exists)?;
+                0
+            }
+            ChainStatement::Sql(statement) => match *statement {
+                Statement::Call(function) => self.call(working, scope, &function).await?,
+                statement => self.execute_write(working, scope, &statement).await?,
+            },
+        };
+        Ok(StatementResult {
+            command: kind.command_tag().to_string(),
+            rows: rows as u64,
+        })
+    }
+
+    /// Runs a plain write statement (DDL, DML, GRANT/REVOKE); returns the rows it changed.
+    pub(crate) async fn execute_write(
+        &self,
+        working: &mut State,
+        scope: &TransactionScope<'_>,
+        statement: &Statement,
+    ) -> Result<usize> {
+        let plan = plan_write(statement)?;
         let rows = match plan {
             WritePlan::CreateTable {
                 definition,
@@ -336,27 +422,35 @@ impl Executor {
             WritePlan::Update(plan) => self.update(working, scope, plan).await?,
             WritePlan::Delete(plan) => self.delete(working, scope, plan).await?,
         };
-        Ok(StatementResult {
-            command: kind.command_tag().to_string(),
-            rows: rows as u64,
-        })
+        Ok(rows)
     }
 
-    fn transaction_session(
+    pub(crate) fn transaction_session(
         &self,
         state: &State,
         scope: &TransactionScope<'_>,
         extras: Extras,
-    ) -> SessionState {
+    ) -> Result<SessionState> {
         let catalog = state.catalog(extras);
-        self.templates
-            .transaction_session(scope.block.timestamp_ms, catalog)
+        let mut session = self
+            .templates
+            .transaction_session(scope.block.timestamp_ms, catalog);
+        register_chain_functions(
+            &mut session,
+            &ChainContext {
+                caller: scope.caller.to_hex(),
+                block_height: scope.block.height,
+                block_time_ms: scope.block.timestamp_ms,
+                transaction_hash: scope.transaction.to_hex(),
+            },
+        )?;
+        Ok(session)
     }
 
     /// Runs a query inside a transaction, metered: every operator's rows cost gas, and each row
     /// the query yields costs `gas_per_row` more (the rows a write will write), paid as they
     /// stream, so a statement that cannot afford its rows stops there.
-    async fn run_query(
+    pub(crate) async fn run_query(
         &self,
         session: &SessionState,
         scope: &TransactionScope<'_>,
@@ -367,6 +461,7 @@ impl Executor {
             .statement_to_plan(DFStatement::Statement(Box::new(statement)))
             .await?;
         read_only_options().verify_plan(&plan)?;
+        let plan = bind(plan, &scope.params)?;
         let physical = meter_plan(session.create_physical_plan(&plan).await?, &scope.gas)?;
         let mut stream = execute_stream(physical, session.task_ctx())?;
         let mut batches = Vec::new();
@@ -412,7 +507,7 @@ impl Executor {
                 })
                 .collect::<Result<_>>()?,
         };
-        let session = self.transaction_session(working, scope, Extras::default());
+        let session = self.transaction_session(working, scope, Extras::default())?;
         let (source, rows) = match plan.source {
             Some(query) => {
                 let batches = self
@@ -539,7 +634,7 @@ impl Executor {
 
     /// Runs a row query of an `UPDATE` or `DELETE` and returns its rows and the locations they
     /// name.
-    async fn target_rows(
+    pub(crate) async fn target_rows(
         &self,
         working: &State,
         scope: &TransactionScope<'_>,
@@ -547,7 +642,7 @@ impl Executor {
         sql: &str,
     ) -> Result<(Option<RecordBatch>, Vec<RowLocation>)> {
         let statement = chainql::sql::parse_statement(sql)?;
-        let session = self.transaction_session(working, scope, extras);
+        let session = self.transaction_session(working, scope, extras)?;
         let batches = self
             .run_query(&session, scope, statement, GAS_PER_ROW_WRITTEN)
             .await?;
@@ -642,6 +737,9 @@ impl Executor {
         let session = self.templates.query_session(state.catalog(Extras::default()));
         let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         if let DFStatement::Statement(inner) = &statement {
+            if let Statement::Call(function) = inner.as_ref() {
+                return self.call_view(state, function, VIEW_GAS_LIMIT).await;
+            }
             let kind = chainql::sql::classify(inner);
             if kind.is_write() {
                 return Err(Error::WriteInQuery(kind.command_tag().to_string()));
@@ -699,6 +797,14 @@ fn replace_rows(
     table_mut.delete(locations)?;
     table_mut.insert(new_rows)?;
     Ok(locations.len())
+}
+
+/// Binds a plan's placeholders to `params` (a contract's parameters and `LET` values).
+pub(crate) fn bind(plan: LogicalPlan, params: &[ScalarValue]) -> Result<LogicalPlan> {
+    if params.is_empty() {
+        return Ok(plan);
+    }
+    Ok(plan.with_param_values(params.to_vec())?)
 }
 
 fn read_only_options() -> SQLOptions {

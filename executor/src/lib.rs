@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod contract;
 mod encode;
 mod execute;
 mod gas;
@@ -42,9 +43,10 @@ mod state;
 mod system;
 mod table;
 
+pub use contract::{CALL_DEPTH_MAX, Contract, EmittedEvent};
 pub use execute::{
     BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT,
-    QueryLimits, QueryResult, TABLES_MAX,
+    QueryLimits, QueryResult, TABLES_MAX, VIEW_GAS_LIMIT,
 };
 pub use gas::{GAS_PER_ROW_PROCESSED, GasMeter};
 pub use state::{Account, State};
@@ -79,6 +81,21 @@ pub enum Error {
         account: chainql::Address,
         action: String,
     },
+    #[error("contract \"{0}\" does not exist")]
+    UndefinedContract(String),
+    #[error("contract \"{0}\" already exists")]
+    DuplicateContract(String),
+    #[error("permission denied for contract {contract}: {account} may not call it (it is OWNER only)")]
+    CallDenied {
+        contract: String,
+        account: chainql::Address,
+    },
+    #[error("permission denied for contract {contract}: only its owner may drop it")]
+    DropDenied { contract: String },
+    #[error("{contract}: REQUIRE failed: {message}")]
+    RequireFailed { contract: String, message: String },
+    #[error("contract {contract} cannot be deployed: {reason}")]
+    DeployFailed { contract: String, reason: String },
     #[error("UPDATE would change the same row more than once: its FROM clause matches a row twice")]
     RowChangedTwice,
     #[error("out of gas: the transaction's gas limit of {limit} is exhausted")]

@@ -19,6 +19,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown, expr::BinaryExpr};
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::contract::Contract;
 use crate::encode::encode_key;
 use crate::system::SystemTables;
 use crate::table::{RowLocation, Table};
@@ -238,6 +239,8 @@ struct SystemSchema {
     system: SystemTables,
     /// The user tables of the same version, which `chain.tables` and `chain.columns` describe.
     tables: BTreeMap<String, Arc<Table>>,
+    /// The contracts of the same version, which `chain.contracts` describes.
+    contracts: BTreeMap<String, Arc<Contract>>,
 }
 
 #[async_trait]
@@ -247,7 +250,7 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        let Some((schema, batches)) = self.system.get(name, &self.tables)? else {
+        let Some((schema, batches)) = self.system.get(name, &self.tables, &self.contracts)? else {
             return Ok(None);
         };
         Ok(Some(Arc::new(BatchesProvider { schema, batches })))
@@ -288,6 +291,7 @@ pub struct CatalogList {
 impl CatalogList {
     pub fn new(
         tables: BTreeMap<String, Arc<Table>>,
+        contracts: BTreeMap<String, Arc<Contract>>,
         system: SystemTables,
         extras: Extras,
     ) -> Arc<CatalogList> {
@@ -296,6 +300,7 @@ impl CatalogList {
                 chain: Arc::new(SystemSchema {
                     system,
                     tables: tables.clone(),
+                    contracts,
                 }),
                 public: Arc::new(UserSchema { tables, extras }),
             }),

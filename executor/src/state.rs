@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chainql::{Address, Hash, merkle_root};
 
 use crate::Result;
+use crate::contract::Contract;
 use crate::provider::{CatalogList, Extras};
 use crate::system::SystemTables;
 use crate::table::Table;
@@ -27,6 +28,7 @@ pub struct State {
     pub(crate) block_hash: Hash,
     pub(crate) timestamp_ms: u64,
     pub(crate) tables: BTreeMap<String, Arc<Table>>,
+    pub(crate) contracts: BTreeMap<String, Arc<Contract>>,
     pub(crate) accounts: imbl::OrdMap<Address, Account>,
     pub(crate) system: SystemTables,
     pub(crate) root: Hash,
@@ -52,6 +54,7 @@ impl State {
             block_hash: genesis_hash,
             timestamp_ms: genesis_time_ms,
             tables: BTreeMap::new(),
+            contracts: BTreeMap::new(),
             system: SystemTables::new(accounts.clone()),
             accounts,
             root: Hash::ZERO,
@@ -88,17 +91,30 @@ impl State {
         self.tables.get(name)
     }
 
+    pub fn contract(&self, name: &str) -> Option<&Arc<Contract>> {
+        self.contracts.get(name)
+    }
+
+    pub fn contracts(&self) -> impl Iterator<Item = &Arc<Contract>> {
+        self.contracts.values()
+    }
+
     pub fn table_names(&self) -> impl Iterator<Item = &str> {
         self.tables.keys().map(String::as_str)
     }
 
     /// A DataFusion catalog over this version.
     pub(crate) fn catalog(&self, extras: Extras) -> Arc<CatalogList> {
-        CatalogList::new(self.tables.clone(), self.system.clone(), extras)
+        CatalogList::new(
+            self.tables.clone(),
+            self.contracts.clone(),
+            self.system.clone(),
+            extras,
+        )
     }
 
     /// Compacts the tables changed since the last root and computes the new root:
-    /// `H(height, Merkle(tables by name), Merkle(accounts by address))`.
+    /// `H(height, Merkle(tables by name), Merkle(accounts by address), Merkle(contracts by name))`.
     pub(crate) fn compute_root(&mut self) -> Result<Hash> {
         let mut table_leaves = Vec::with_capacity(self.tables.len());
         for (name, table) in self.tables.iter_mut() {
@@ -128,12 +144,14 @@ impl State {
                 )
             })
             .collect();
+        let contract_leaves: Vec<Hash> = self.contracts.values().map(|c| c.digest()).collect();
         Ok(Hash::tagged(
             STATE_ROOT_DOMAIN,
             &[
                 &self.height.to_le_bytes(),
                 merkle_root(&table_leaves).as_bytes(),
                 merkle_root(&account_leaves).as_bytes(),
+                merkle_root(&contract_leaves).as_bytes(),
             ],
         ))
     }

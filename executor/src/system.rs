@@ -1,4 +1,6 @@
-//! The `chain` schema's system tables: `chain.blocks`, `chain.transactions`, `chain.accounts`.
+//! The `chain` schema's system tables: `chain.blocks`, `chain.transactions`, `chain.events`,
+//! `chain.accounts`, and the descriptions of the catalog (`chain.tables`, `chain.columns`,
+//! `chain.grants`, `chain.contracts`).
 //!
 //! Blocks and transactions are history: each executed block appends a batch, and the batches are
 //! held in persistent vectors so every state version shares them. They are derived from the
@@ -7,13 +9,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chainql::contract::Access;
 use chainql::{Address, Hash};
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    ArrayRef, BooleanArray, Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use crate::contract::{Contract, EmittedEvent};
 use crate::state::Account;
 use crate::table::{CHUNK_ROWS, Table};
 use crate::{Error, Result};
@@ -76,6 +81,8 @@ pub struct TransactionRecord {
     pub error: Option<String>,
     pub statements: String,
     pub gas_used: u64,
+    /// The events its contracts emitted (none when it failed).
+    pub events: Vec<EmittedEvent>,
 }
 
 /// One executed block, as `chain.blocks` shows it.
@@ -96,6 +103,7 @@ pub struct BlockRecord {
 pub struct SystemTables {
     blocks: History,
     transactions: History,
+    events: History,
     accounts: imbl::OrdMap<Address, Account>,
 }
 
@@ -130,6 +138,34 @@ fn transactions_schema() -> SchemaRef {
     ]))
 }
 
+fn events_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("block_height", DataType::Int64, false),
+        Field::new("transaction_hash", DataType::Utf8, false),
+        Field::new("transaction_index", DataType::Int32, false),
+        Field::new("event_index", DataType::Int32, false),
+        Field::new("contract", DataType::Utf8, false),
+        Field::new("event", DataType::Utf8, false),
+        Field::new(
+            "args",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+            false,
+        ),
+    ]))
+}
+
+fn contracts_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("contract_name", DataType::Utf8, false),
+        Field::new("signature", DataType::Utf8, false),
+        Field::new("returns", DataType::Utf8, true),
+        Field::new("access", DataType::Utf8, false),
+        Field::new("view", DataType::Boolean, false),
+        Field::new("owner", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+    ]))
+}
+
 fn accounts_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("address", DataType::Utf8, false),
@@ -148,6 +184,8 @@ impl SystemTables {
         "accounts",
         "blocks",
         "columns",
+        "contracts",
+        "events",
         "grants",
         "tables",
         "transactions",
@@ -157,6 +195,7 @@ impl SystemTables {
         SystemTables {
             blocks: History::new(blocks_schema()),
             transactions: History::new(transactions_schema()),
+            events: History::new(events_schema()),
             accounts,
         }
     }
@@ -210,7 +249,37 @@ impl SystemTables {
             )),
         ];
         self.transactions
-            .push(RecordBatch::try_new(transactions_schema(), columns)?)
+            .push(RecordBatch::try_new(transactions_schema(), columns)?)?;
+
+        let mut hashes = Vec::new();
+        let mut transaction_indexes = Vec::new();
+        let mut event_indexes = Vec::new();
+        let mut contracts = Vec::new();
+        let mut names = Vec::new();
+        let mut args = ListBuilder::new(StringBuilder::new());
+        for (t, transaction) in transactions.iter().enumerate() {
+            for (e, event) in transaction.events.iter().enumerate() {
+                hashes.push(transaction.hash.to_hex());
+                transaction_indexes.push(t as i32);
+                event_indexes.push(e as i32);
+                contracts.push(event.contract.as_str());
+                names.push(event.name.as_str());
+                for arg in &event.args {
+                    args.values().append_option(arg.as_deref());
+                }
+                args.append(true);
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![height; hashes.len()])),
+            Arc::new(StringArray::from(hashes)),
+            Arc::new(Int32Array::from(transaction_indexes)),
+            Arc::new(Int32Array::from(event_indexes)),
+            Arc::new(StringArray::from(contracts)),
+            Arc::new(StringArray::from(names)),
+            Arc::new(args.finish()),
+        ];
+        self.events.push(RecordBatch::try_new(events_schema(), columns)?)
     }
 
     /// The schema and rows of system table `name`; `tables` are the user tables of the same
@@ -219,8 +288,11 @@ impl SystemTables {
         &self,
         name: &str,
         tables: &BTreeMap<String, Arc<Table>>,
+        contracts: &BTreeMap<String, Arc<Contract>>,
     ) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
         Ok(match name {
+            "contracts" => Some(describe_contracts(contracts)?),
+            "events" => Some((self.events.schema.clone(), self.events.batches())),
             "tables" => Some(describe_tables(tables)?),
             "grants" => Some(describe_grants(tables)?),
             "columns" => Some(describe_columns(tables)?),
@@ -277,6 +349,44 @@ fn describe_tables(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef, 
         Arc::new(StringArray::from(keys)),
         Arc::new(StringArray::from_iter_values(
             tables.values().map(|t| t.owner().to_hex()),
+        )),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok((schema, vec![batch]))
+}
+
+/// `chain.contracts`: every deployed contract.
+fn describe_contracts(contracts: &BTreeMap<String, Arc<Contract>>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let schema = contracts_schema();
+    let returns: Vec<Option<String>> = contracts
+        .values()
+        .map(|c| {
+            c.definition.returns.as_ref().map(|columns| {
+                let columns: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
+                format!("TABLE({})", columns.join(", "))
+            })
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(contracts.keys())),
+        Arc::new(StringArray::from_iter_values(
+            contracts.values().map(|c| c.definition.signature()),
+        )),
+        Arc::new(StringArray::from(returns)),
+        Arc::new(StringArray::from_iter_values(contracts.values().map(
+            |c| match c.definition.access {
+                Access::Public => "PUBLIC",
+                Access::Owner => "OWNER",
+            },
+        ))),
+        Arc::new(BooleanArray::from_iter(
+            contracts.values().map(|c| Some(c.definition.view)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            contracts.values().map(|c| c.owner.to_hex()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            contracts.values().map(|c| c.definition.source.as_str()),
         )),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;

@@ -19,7 +19,7 @@ mod session;
 mod types;
 mod write;
 
-pub use session::SessionTemplates;
+pub use session::{ChainContext, SessionTemplates, register_chain_functions};
 pub use types::{ColumnType, column_type, sql_type_name};
 pub use write::{
     COLUMNS_MAX, ColumnDefinition, ConflictUpdate, DeletePlan, EXCLUDED_TABLE, InsertPlan, NAME_BYTES_MAX,

@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::ipc::writer::StreamWriter;
 use tonic::{Request, Response, Status};
 
 use chainql::wire::{Receipt, SignedTransaction};
@@ -74,25 +72,16 @@ fn hash_field(bytes: &[u8], what: &str) -> Result<Hash, Status> {
 
 /// Encodes batches as an Arrow IPC stream.
 pub fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let arrow = |e: datafusion::arrow::error::ArrowError| Error::Execution(e.into());
-    let mut writer = StreamWriter::try_new(Vec::new(), schema).map_err(arrow)?;
-    for batch in batches {
-        writer.write(batch).map_err(arrow)?;
-    }
-    writer.finish().map_err(arrow)?;
-    writer.into_inner().map_err(arrow)
+    let result = QueryResult {
+        schema: Arc::clone(schema),
+        batches: batches.to_vec(),
+    };
+    Ok(result.to_ipc()?)
 }
 
 /// Decodes an Arrow IPC stream.
 pub fn from_ipc(bytes: &[u8]) -> Result<QueryResult> {
-    let arrow =
-        |e: datafusion::arrow::error::ArrowError| Error::Client(format!("malformed Arrow IPC result: {e}"));
-    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(arrow)?;
-    let schema = reader.schema();
-    let batches = reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(arrow)?;
-    Ok(QueryResult { schema, batches })
+    QueryResult::from_ipc(bytes).map_err(|e| Error::Client(format!("malformed Arrow IPC result: {e}")))
 }
 
 /// Converts a log delivery into its wire form.

@@ -1,10 +1,13 @@
 //! An account's session with a node: signs its writes as transactions, waits for their receipts,
 //! and runs its queries. The shell, the test runner and the benchmark all work through it.
 
-use chainql::sql::{StatementKind, classify, parse_statement};
+use chainql::contract::{ChainStatement, call_target, parse_chain_statement};
+use chainql::sql::StatementKind;
 use chainql::wire::{Receipt, ReceiptStatus};
 use chainql::{Address, Keypair, TransactionBuilder};
 use chainql_executor::QueryResult;
+use datafusion::arrow::array::AsArray;
+use datafusion::sql::sqlparser::ast::{ObjectName, Statement};
 
 use crate::error::{Error, Result};
 use crate::grpc::Connection;
@@ -73,13 +76,48 @@ impl Session {
         self.connection.query(sql).await
     }
 
+    /// True when `name` is a deployed `VIEW` contract.
+    async fn is_view(&self, name: &ObjectName) -> Result<bool> {
+        let Ok(name) = call_target(name) else {
+            return Ok(false);
+        };
+        let answer = self
+            .query(&format!(
+                "SELECT view FROM chain.contracts WHERE contract_name = '{}'",
+                name.replace('\'', "''")
+            ))
+            .await?;
+        Ok(answer
+            .batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| b.column(0).as_boolean_opt().map(|c| c.value(0)))
+            .unwrap_or(false))
+    }
+
     /// Runs one statement: a query is answered, a write is committed as its own transaction
     /// (or collected, between `BEGIN` and `COMMIT`).
     pub async fn run(&mut self, sql: &str) -> Result<Outcome> {
         // Only the kind is needed here; the node parses and checks the statement itself.
-        let kind = parse_statement(sql)
-            .map(|s| classify(&s))
+        let statement = match parse_chain_statement(sql) {
+            Ok(statement) => Some(statement),
+            // A contract definition that does not parse says why here; anything else the node
+            // parses again and explains.
+            Err(error) if is_contract_definition(sql) => return Err(error.into()),
+            Err(_) => None,
+        };
+        let mut kind = statement
+            .as_ref()
+            .map(ChainStatement::kind)
             .unwrap_or(StatementKind::Other);
+        if let Some(ChainStatement::Sql(call)) = &statement
+            && let Statement::Call(function) = call.as_ref()
+            && self.open_transaction.is_none()
+            && self.is_view(&function.name).await?
+        {
+            // A VIEW contract only reads: it is answered as a query, with no transaction.
+            kind = StatementKind::Query;
+        }
         match kind {
             StatementKind::Begin => {
                 if self.open_transaction.is_some() {
@@ -109,4 +147,13 @@ impl Session {
             _ => Ok(Outcome::Rows(self.query(sql).await?)),
         }
     }
+}
+
+/// True when `sql` begins `CREATE CONTRACT` or `DROP CONTRACT`.
+fn is_contract_definition(sql: &str) -> bool {
+    let mut words = sql.split_whitespace().map(str::to_ascii_lowercase);
+    matches!(
+        (words.next().as_deref(), words.next().as_deref()),
+        (Some("create" | "drop"), Some("contract"))
+    )
 }

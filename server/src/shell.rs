@@ -25,6 +25,7 @@ const HELP: &str = r"General
 Informational
   \dt                list tables
   \d [NAME]          describe a table (columns, types, key); without NAME, list tables
+  \dC [NAME]         list contracts; with NAME, show one's signature, access, owner and source
 Formatting
   \x [on|off]        expanded output: one line per column
   \timing [on|off]   show how long each statement took
@@ -283,6 +284,10 @@ impl Shell {
                 }
             },
             "\\dt" => self.list_tables(),
+            "\\dC" => match argument {
+                None => self.list_contracts(),
+                Some(name) => self.describe_contract(name),
+            },
             "\\d" => match argument {
                 None => self.list_tables(),
                 Some(name) => self.describe(name),
@@ -318,6 +323,43 @@ impl Shell {
              FROM chain.tables ORDER BY table_name",
             Some("List of tables"),
         );
+    }
+
+    fn list_contracts(&mut self) {
+        self.query_and_print(
+            "SELECT contract_name AS \"Name\", signature AS \"Signature\", \
+             coalesce(returns, '') AS \"Returns\", \
+             access || CASE WHEN view THEN ' VIEW' ELSE '' END AS \"Access\", owner AS \"Owner\" \
+             FROM chain.contracts ORDER BY contract_name",
+            Some("List of contracts"),
+        );
+    }
+
+    fn describe_contract(&mut self, name: &str) {
+        let name = name.trim_matches('"').to_lowercase();
+        let sql = format!(
+            "SELECT signature, coalesce(returns, ''), access || CASE WHEN view THEN ' VIEW' ELSE '' END, \
+             owner, source FROM chain.contracts WHERE contract_name = {}",
+            quote_literal(&name)
+        );
+        let result = match self.runtime.block_on(self.session.query(&sql)) {
+            Ok(result) => result,
+            Err(error) => return self.print_error(&error),
+        };
+        let Some(batch) = result.batches.iter().find(|b| b.num_rows() > 0) else {
+            let _ = writeln!(self.err, "Did not find any contract named \"{name}\".");
+            return;
+        };
+        let cell = |c: usize| crate::format::cell_text(batch.column(c), 0).unwrap_or_default();
+        let _ = writeln!(self.out, "Contract \"{name}\"");
+        let _ = writeln!(self.out, "Signature: {}", cell(0));
+        let returns = cell(1);
+        if !returns.is_empty() {
+            let _ = writeln!(self.out, "Returns:   {returns}");
+        }
+        let _ = writeln!(self.out, "Access:    {}", cell(2));
+        let _ = writeln!(self.out, "Owner:     {}", cell(3));
+        let _ = writeln!(self.out, "Source:\n{}", cell(4));
     }
 
     fn describe(&mut self, name: &str) {
@@ -391,6 +433,25 @@ impl Shell {
 /// How a committed receipt reads: `INSERT 1` per statement, then where it was committed.
 pub fn receipt_text(receipt: &Receipt) -> String {
     let mut text = String::new();
+    if !receipt.result.is_empty() {
+        match chainql_executor::QueryResult::from_ipc(&receipt.result) {
+            Ok(result) => text.push_str(&aligned_table(&result)),
+            Err(error) => text.push_str(&format!("(the result does not decode: {error})\n")),
+        }
+    }
+    for event in &receipt.events {
+        let args: Vec<String> = event
+            .args
+            .iter()
+            .map(|a| a.text.clone().unwrap_or_else(|| "NULL".into()))
+            .collect();
+        text.push_str(&format!(
+            "EMIT {}.{}({})\n",
+            event.contract,
+            event.name,
+            args.join(", ")
+        ));
+    }
     for statement in &receipt.statements {
         match statement.command.as_str() {
             "CREATE TABLE" | "DROP TABLE" => text.push_str(&format!("{}\n", statement.command)),

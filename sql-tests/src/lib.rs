@@ -240,6 +240,10 @@ impl AsyncDB for LedgerDb {
         let statement = statements.pop().unwrap_or_default();
         match self.session.run(&statement).await? {
             Outcome::Rows(result) => Ok(rows(result)),
+            Outcome::Committed(receipt) if !receipt.result.is_empty() => Ok(rows(
+                chainql_executor::QueryResult::from_ipc(&receipt.result)
+                    .map_err(|e| SltError(format!("a CALL's result does not decode: {e}")))?,
+            )),
             Outcome::Committed(receipt) => Ok(DBOutput::StatementComplete(
                 receipt.statements.iter().map(|s| s.rows).sum(),
             )),

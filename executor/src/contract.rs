@@ -1,0 +1,618 @@
+//! Contracts: deploying them (with every statement checked against the tables at deploy time),
+//! calling them, and dropping them.
+//!
+//! A call binds the arguments to the contract's parameters and runs the body in order, with the
+//! owner's rights: parameters and `LET` values become placeholders (`$1`, `$2`, ...) bound to
+//! their values, so every statement is planned by DataFusion with the value's type. A `REQUIRE`
+//! that does not hold fails the call, and with it the whole transaction.
+
+use std::sync::Arc;
+
+use chainql::contract::{Access, ContractDefinition, ContractStatement, bind_names, call_target};
+use chainql::{Address, Hash};
+use chainql_planner::{WritePlan, column_type, plan_write};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    self, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement,
+};
+
+use crate::execute::{GAS_PER_STATEMENT, QueryResult, TransactionScope, bind};
+use crate::provider::Extras;
+use crate::state::State;
+use crate::{Error, Executor, Result};
+
+/// How deep contracts may call contracts.
+pub const CALL_DEPTH_MAX: u32 = 8;
+/// Arguments an event carries, at most.
+const EVENT_ARGS_MAX: usize = 32;
+
+/// A deployed contract.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    pub definition: ContractDefinition,
+    pub owner: Address,
+}
+
+impl Contract {
+    /// What the state root commits to: the name, the owner and the source.
+    pub fn digest(&self) -> Hash {
+        Hash::tagged(
+            "chainql/contract/v1",
+            &[
+                self.definition.name.as_bytes(),
+                &self.owner.0,
+                self.definition.source.as_bytes(),
+            ],
+        )
+    }
+}
+
+/// An event a contract emitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmittedEvent {
+    pub contract: String,
+    pub name: String,
+    /// The arguments as text (NULL as `None`).
+    pub args: Vec<Option<String>>,
+}
+
+impl EmittedEvent {
+    pub fn to_wire(&self) -> chainql::wire::ContractEvent {
+        chainql::wire::ContractEvent {
+            contract: self.contract.clone(),
+            name: self.name.clone(),
+            args: self
+                .args
+                .iter()
+                .map(|text| chainql::wire::EventValue { text: text.clone() })
+                .collect(),
+        }
+    }
+}
+
+/// The expressions of a `CALL`'s argument list.
+fn call_arguments(function: &ast::Function) -> Result<Vec<Expr>> {
+    let list = match &function.args {
+        FunctionArguments::List(list) => &list.args,
+        FunctionArguments::None => return Ok(Vec::new()),
+        FunctionArguments::Subquery(_) => {
+            return Err(Error::Invalid("CALL takes a list of arguments".into()));
+        }
+    };
+    list.iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Ok(expr.clone()),
+            other => Err(Error::Invalid(format!(
+                "CALL takes positional arguments, not {other}"
+            ))),
+        })
+        .collect()
+}
+
+fn render(value: &ScalarValue) -> Option<String> {
+    (!value.is_null()).then(|| value.to_string())
+}
+
+/// The Arrow type of a declared parameter.
+fn parameter_type(data_type: &ast::DataType) -> Result<DataType> {
+    Ok(column_type(data_type)?.data_type)
+}
+
+impl Executor {
+    /// Evaluates expressions (with the scope's placeholders bound) to one value each.
+    async fn evaluate(
+        &self,
+        working: &State,
+        scope: &TransactionScope<'_>,
+        exprs: &[Expr],
+    ) -> Result<Vec<ScalarValue>> {
+        if exprs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = exprs.iter().map(|e| format!("({e})")).collect();
+        let statement = chainql::sql::parse_statement(&format!("SELECT {}", list.join(", ")))?;
+        let session = self.transaction_session(working, scope, Extras::default())?;
+        let batches = self.run_query(&session, scope, statement, 0).await?;
+        let batch = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| Error::Internal("an expression list returned no row".into()))?;
+        (0..batch.num_columns())
+            .map(|c| Ok(ScalarValue::try_from_array(batch.column(c), 0)?))
+            .collect()
+    }
+
+    /// `CALL name(args)` as a statement of a transaction. Returns 0 (rows are reported by the
+    /// statements inside).
+    pub(crate) async fn call(
+        &self,
+        working: &mut State,
+        scope: &TransactionScope<'_>,
+        function: &ast::Function,
+    ) -> Result<usize> {
+        let name = call_target(&function.name)?;
+        let args = call_arguments(function)?;
+        self.invoke(working, scope, &name, &args).await?;
+        Ok(0)
+    }
+
+    /// Calls contract `name` with `args` evaluated in `scope`.
+    fn invoke<'a>(
+        &'a self,
+        working: &'a mut State,
+        scope: &'a TransactionScope<'a>,
+        name: &'a str,
+        args: &'a [Expr],
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let contract = working
+                .contracts
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::UndefinedContract(name.to_string()))?;
+            let definition = &contract.definition;
+            if scope.depth >= CALL_DEPTH_MAX {
+                return Err(Error::LimitExceeded(format!(
+                    "contracts call each other at most {CALL_DEPTH_MAX} deep"
+                )));
+            }
+            if definition.access == Access::Owner && scope.caller != contract.owner {
+                return Err(Error::CallDenied {
+                    contract: name.to_string(),
+                    account: scope.caller,
+                });
+            }
+            if args.len() != definition.parameters.len() {
+                return Err(Error::Invalid(format!(
+                    "contract {} takes {} arguments, {} given",
+                    definition.signature(),
+                    definition.parameters.len(),
+                    args.len()
+                )));
+            }
+            let values = self.evaluate(working, scope, args).await?;
+            let mut params = Vec::with_capacity(values.len());
+            for ((parameter, declared), value) in definition.parameters.iter().zip(values) {
+                let wanted = parameter_type(declared)?;
+                let cast = value.cast_to(&wanted).map_err(|e| {
+                    Error::Invalid(format!(
+                        "argument {parameter} of {}: {value} is not a valid {declared}: {e}",
+                        definition.name
+                    ))
+                })?;
+                params.push(cast);
+            }
+            let mut names: Vec<String> = definition.parameters.iter().map(|(n, _)| n.clone()).collect();
+            let mut inner = TransactionScope {
+                actor: contract.owner,
+                params: Arc::new(params),
+                depth: scope.depth + 1,
+                ..scope.clone()
+            };
+            for statement in &definition.statements {
+                scope.gas.charge(GAS_PER_STATEMENT)?;
+                match statement {
+                    ContractStatement::Require { condition, message } => {
+                        let mut condition = condition.clone();
+                        bind_names(&mut condition, &names);
+                        let holds = self.evaluate(working, &inner, &[condition]).await?;
+                        if holds.first() != Some(&ScalarValue::Boolean(Some(true))) {
+                            return Err(Error::RequireFailed {
+                                contract: name.to_string(),
+                                message: message.clone(),
+                            });
+                        }
+                    }
+                    ContractStatement::Let { name: binding, value } => {
+                        let mut value = value.clone();
+                        bind_names(&mut value, &names);
+                        let mut values = self.evaluate(working, &inner, &[value]).await?;
+                        let mut params = inner.params.as_ref().clone();
+                        params.push(values.remove(0));
+                        inner.params = Arc::new(params);
+                        names.push(binding.clone());
+                    }
+                    ContractStatement::Emit { event, args } => {
+                        let mut args = args.clone();
+                        for arg in &mut args {
+                            bind_names(arg, &names);
+                        }
+                        let values = self.evaluate(working, &inner, &args).await?;
+                        if values.len() > EVENT_ARGS_MAX {
+                            return Err(Error::LimitExceeded(format!(
+                                "an event carries at most {EVENT_ARGS_MAX} values"
+                            )));
+                        }
+                        lock(&inner).events.push(EmittedEvent {
+                            contract: name.to_string(),
+                            name: event.clone(),
+                            args: values.iter().map(render).collect(),
+                        });
+                    }
+                    ContractStatement::Call {
+                        contract: callee,
+                        args,
+                    } => {
+                        let mut args = args.clone();
+                        for arg in &mut args {
+                            bind_names(arg, &names);
+                        }
+                        self.invoke(working, &inner, callee, &args).await?;
+                    }
+                    ContractStatement::Sql(statement) => {
+                        let mut statement = statement.as_ref().clone();
+                        bind_names(&mut statement, &names);
+                        if let Statement::Query(_) = statement {
+                            let session = self.transaction_session(working, &inner, Extras::default())?;
+                            let batches = self.run_query(&session, &inner, statement, 0).await?;
+                            lock(&inner).result = Some(shape_result(definition, batches)?);
+                        } else {
+                            self.execute_write(working, &inner, &statement).await?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `CREATE CONTRACT`: checks every statement against the current tables, then stores it.
+    pub(crate) async fn deploy(
+        &self,
+        working: &mut State,
+        scope: &TransactionScope<'_>,
+        definition: ContractDefinition,
+    ) -> Result<()> {
+        if working.contracts.contains_key(&definition.name) {
+            return Err(Error::DuplicateContract(definition.name));
+        }
+        self.check_contract(working, scope, &definition)
+            .await
+            .map_err(|e| Error::DeployFailed {
+                contract: definition.name.clone(),
+                reason: e.to_string(),
+            })?;
+        working.contracts.insert(
+            definition.name.clone(),
+            Arc::new(Contract {
+                definition,
+                owner: scope.actor,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Plans every statement of a contract with typed placeholders, so unknown tables and
+    /// columns, type mismatches and wrong argument counts are found at deploy.
+    async fn check_contract(
+        &self,
+        working: &State,
+        scope: &TransactionScope<'_>,
+        definition: &ContractDefinition,
+    ) -> Result<()> {
+        let mut names = Vec::new();
+        let mut params = Vec::new();
+        for (name, declared) in &definition.parameters {
+            names.push(name.clone());
+            params.push(ScalarValue::try_from(&parameter_type(declared)?)?);
+        }
+        if let Some(returns) = &definition.returns {
+            for (_, declared) in returns {
+                parameter_type(declared)?;
+            }
+        }
+        for (i, statement) in definition.statements.iter().enumerate() {
+            let at = |e: Error| Error::Invalid(format!("statement {}: {e}", i + 1));
+            let inner = TransactionScope {
+                params: Arc::new(params.clone()),
+                ..scope.clone()
+            };
+            match statement {
+                ContractStatement::Require { condition, .. } => {
+                    let mut condition = condition.clone();
+                    bind_names(&mut condition, &names);
+                    let types = self.plan_types(working, &inner, &[condition]).await.map_err(at)?;
+                    if types[0] != DataType::Boolean && types[0] != DataType::Null {
+                        return Err(at(Error::Invalid(format!(
+                            "REQUIRE needs a boolean condition, not {}",
+                            types[0]
+                        ))));
+                    }
+                }
+                ContractStatement::Let { name, value } => {
+                    let mut value = value.clone();
+                    bind_names(&mut value, &names);
+                    let types = self.plan_types(working, &inner, &[value]).await.map_err(at)?;
+                    names.push(name.clone());
+                    params.push(ScalarValue::try_from(&types[0])?);
+                }
+                ContractStatement::Emit { args, .. } => {
+                    let mut args = args.clone();
+                    for arg in &mut args {
+                        bind_names(arg, &names);
+                    }
+                    self.plan_types(working, &inner, &args).await.map_err(at)?;
+                }
+                ContractStatement::Call { contract, args } => {
+                    let callee = working
+                        .contracts
+                        .get(contract)
+                        .ok_or_else(|| at(Error::UndefinedContract(contract.clone())))?;
+                    if callee.definition.parameters.len() != args.len() {
+                        return Err(at(Error::Invalid(format!(
+                            "{} takes {} arguments, {} given",
+                            callee.definition.signature(),
+                            callee.definition.parameters.len(),
+                            args.len()
+                        ))));
+                    }
+                    let mut args = args.clone();
+                    for arg in &mut args {
+                        bind_names(arg, &names);
+                    }
+                    self.plan_types(working, &inner, &args).await.map_err(at)?;
+                }
+                ContractStatement::Sql(statement) => {
+                    let mut statement = statement.as_ref().clone();
+                    bind_names(&mut statement, &names);
+                    self.check_sql(working, &inner, definition, &statement)
+                        .await
+                        .map_err(at)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans `SELECT exprs` and returns the types of its columns.
+    async fn plan_types(
+        &self,
+        working: &State,
+        scope: &TransactionScope<'_>,
+        exprs: &[Expr],
+    ) -> Result<Vec<DataType>> {
+        if exprs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = exprs.iter().map(|e| format!("({e})")).collect();
+        let statement = chainql::sql::parse_statement(&format!("SELECT {}", list.join(", ")))?;
+        let plan = self
+            .plan_checked(working, scope, Extras::default(), statement)
+            .await?;
+        Ok(plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect())
+    }
+
+    /// Plans a query with the scope's placeholders bound and runs the analyzer and optimizer on
+    /// it (which is where types are checked), without executing it.
+    async fn plan_checked(
+        &self,
+        working: &State,
+        scope: &TransactionScope<'_>,
+        extras: Extras,
+        statement: Statement,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        let session = self.transaction_session(working, scope, extras)?;
+        let plan = session
+            .statement_to_plan(DFStatement::Statement(Box::new(statement)))
+            .await?;
+        let plan = bind(plan, &scope.params)?;
+        Ok(session.optimize(&plan)?)
+    }
+
+    /// Plans the queries a body's SQL statement will run.
+    async fn check_sql(
+        &self,
+        working: &State,
+        scope: &TransactionScope<'_>,
+        definition: &ContractDefinition,
+        statement: &Statement,
+    ) -> Result<()> {
+        if let Statement::Query(_) = statement {
+            let plan = self
+                .plan_checked(working, scope, Extras::default(), statement.clone())
+                .await?;
+            let returns = definition.returns.as_ref().map(Vec::len).unwrap_or(0);
+            let columns = plan.schema().fields().len();
+            if columns != returns {
+                return Err(Error::Invalid(format!(
+                    "the final SELECT returns {columns} columns; RETURNS TABLE declares {returns}"
+                )));
+            }
+            return Ok(());
+        }
+        let target = |table: &str| {
+            working
+                .table(table)
+                .cloned()
+                .ok_or_else(|| Error::UndefinedTable(table.to_string()))
+        };
+        match plan_write(statement)? {
+            WritePlan::Insert(plan) => {
+                let table = target(&plan.table)?;
+                let definition = table.definition();
+                let expected = plan
+                    .columns
+                    .as_ref()
+                    .map(Vec::len)
+                    .unwrap_or(definition.columns.len());
+                for column in plan.columns.iter().flatten() {
+                    if definition.column_index(column).is_none() {
+                        return Err(Error::UndefinedColumn {
+                            table: plan.table.clone(),
+                            column: column.clone(),
+                        });
+                    }
+                }
+                if let Some(source) = plan.source {
+                    let plan_checked = self
+                        .plan_checked(working, scope, Extras::default(), Statement::Query(source))
+                        .await?;
+                    let found = plan_checked.schema().fields().len();
+                    if found != expected {
+                        return Err(Error::Invalid(format!(
+                            "INSERT has {found} expressions but {expected} target columns"
+                        )));
+                    }
+                }
+                if let Some(update) = plan.on_conflict.and_then(|c| c.update) {
+                    let sql = update.row_query(definition)?;
+                    let empty = RecordBatch::new_empty(definition.schema());
+                    let extras = Extras {
+                        write_target: Some(table.clone()),
+                        excluded: Some((definition.schema(), vec![empty])),
+                    };
+                    self.plan_checked(working, scope, extras, chainql::sql::parse_statement(&sql)?)
+                        .await?;
+                }
+            }
+            WritePlan::Update(plan) => {
+                let table = target(&plan.table)?;
+                let sql = plan.row_query(table.definition())?;
+                let extras = Extras {
+                    write_target: Some(table),
+                    excluded: None,
+                };
+                self.plan_checked(working, scope, extras, chainql::sql::parse_statement(&sql)?)
+                    .await?;
+            }
+            WritePlan::Delete(plan) => {
+                let table = target(&plan.table)?;
+                let extras = Extras {
+                    write_target: Some(table),
+                    excluded: None,
+                };
+                self.plan_checked(
+                    working,
+                    scope,
+                    extras,
+                    chainql::sql::parse_statement(&plan.row_query())?,
+                )
+                .await?;
+            }
+            _ => {
+                return Err(Error::Invalid(
+                    "a contract body holds INSERT, UPDATE, DELETE and a final SELECT".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `DROP CONTRACT`: only its owner may.
+    pub(crate) fn drop_contract(
+        &self,
+        working: &mut State,
+        scope: &TransactionScope<'_>,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<()> {
+        match working.contracts.get(name) {
+            None if if_exists => Ok(()),
+            None => Err(Error::UndefinedContract(name.to_string())),
+            Some(contract) if contract.owner != scope.actor => Err(Error::DropDenied {
+                contract: name.to_string(),
+            }),
+            Some(_) => {
+                working.contracts.remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs a `VIEW` contract as a query on `state`: no transaction, nothing written.
+    pub(crate) async fn call_view(
+        &self,
+        state: &State,
+        function: &ast::Function,
+        gas_limit: u64,
+    ) -> Result<QueryResult> {
+        let name = call_target(&function.name)?;
+        let contract = state
+            .contracts
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| Error::UndefinedContract(name.clone()))?;
+        if !contract.definition.view {
+            return Err(Error::Invalid(format!(
+                "{} is not a VIEW contract: calling it is a transaction",
+                contract.definition.name
+            )));
+        }
+        let args = call_arguments(function)?;
+        let block = crate::execute::BlockContext {
+            height: state.height(),
+            hash: state.block_hash(),
+            parent_hash: state.block_hash(),
+            timestamp_ms: state.timestamp_ms(),
+            transactions_root: Hash::ZERO,
+            state_root: state.root(),
+            proposer: Address([0; 20]),
+        };
+        let scope = TransactionScope {
+            block: &block,
+            gas: Arc::new(crate::gas::GasMeter::new(gas_limit)),
+            actor: Address([0; 20]),
+            caller: Address([0; 20]),
+            transaction: Hash::ZERO,
+            params: Arc::new(Vec::new()),
+            depth: 0,
+            output: Arc::new(std::sync::Mutex::new(Default::default())),
+        };
+        let mut scratch = state.clone();
+        self.invoke(&mut scratch, &scope, &name, &args).await?;
+        let result = lock(&scope).result.take();
+        Ok(result.unwrap_or_else(|| QueryResult {
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            batches: Vec::new(),
+        }))
+    }
+}
+
+fn lock<'a>(scope: &'a TransactionScope<'_>) -> std::sync::MutexGuard<'a, crate::execute::CallOutput> {
+    scope
+        .output
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A contract's result: the final `SELECT`'s rows, with the names and types `RETURNS TABLE`
+/// declares.
+fn shape_result(definition: &ContractDefinition, batches: Vec<RecordBatch>) -> Result<QueryResult> {
+    let declared = definition.returns.as_deref().unwrap_or_default();
+    let mut fields = Vec::with_capacity(declared.len());
+    for (name, data_type) in declared {
+        fields.push(Field::new(name, parameter_type(data_type)?, true));
+    }
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let mut shaped = Vec::with_capacity(batches.len());
+    for batch in batches {
+        if batch.num_columns() != schema.fields().len() {
+            return Err(Error::Invalid(format!(
+                "{} returns {} columns, its final SELECT {}",
+                definition.name,
+                schema.fields().len(),
+                batch.num_columns()
+            )));
+        }
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(column, field)| Ok(cast(column, field.data_type())?))
+            .collect::<Result<Vec<_>>>()?;
+        shaped.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
+    }
+    Ok(QueryResult {
+        schema,
+        batches: shaped,
+    })
+}
