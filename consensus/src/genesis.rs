@@ -44,6 +44,10 @@ pub struct Genesis {
     pub validators: Vec<GenesisValidator>,
     #[serde(default)]
     pub accounts: Vec<GenesisAccount>,
+    /// Native units a transaction pays per unit of gas it uses, to the block's proposer. 0 (the
+    /// default) makes gas free, as on a development chain.
+    #[serde(default)]
+    pub gas_price: u64,
 }
 
 fn default_partitions() -> u32 {
@@ -70,6 +74,7 @@ impl Genesis {
             chain_id: chain_id.to_string(),
             genesis_time_ms,
             log_partitions: 1,
+            gas_price: 0,
             validators: vec![GenesisValidator {
                 public_key: format!("0x{}", hex::encode(validator.to_bytes())),
                 stake: 100,

@@ -74,6 +74,16 @@ impl EmittedEvent {
     }
 }
 
+/// True for `chain.transfer`, the native token transfer.
+fn is_native_transfer(name: &ast::ObjectName) -> bool {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(|i| i.value.to_lowercase()))
+        .collect();
+    parts == ["chain", "transfer"]
+}
+
 /// The expressions of a `CALL`'s argument list.
 fn call_arguments(function: &ast::Function) -> Result<Vec<Expr>> {
     let list = match &function.args {
@@ -134,10 +144,58 @@ impl Executor {
         scope: &TransactionScope<'_>,
         function: &ast::Function,
     ) -> Result<usize> {
-        let name = call_target(&function.name)?;
         let args = call_arguments(function)?;
+        if is_native_transfer(&function.name) {
+            return self.native_transfer(working, scope, &args).await;
+        }
+        let name = call_target(&function.name)?;
         self.invoke(working, scope, &name, &args).await?;
         Ok(0)
+    }
+
+    /// `CALL chain.transfer(to, amount)`: moves `amount` of the sender's native balance to `to`.
+    /// Only a transaction's own statement may: a contract never moves its caller's funds.
+    async fn native_transfer(
+        &self,
+        working: &mut State,
+        scope: &TransactionScope<'_>,
+        args: &[Expr],
+    ) -> Result<usize> {
+        if scope.depth > 0 {
+            return Err(Error::Invalid(
+                "chain.transfer moves the sender's own funds: a contract cannot call it".into(),
+            ));
+        }
+        if args.len() != 2 {
+            return Err(Error::Invalid(format!(
+                "chain.transfer(to TEXT, amount BIGINT) takes 2 arguments, {} given",
+                args.len()
+            )));
+        }
+        let values = self.evaluate(working, scope, args).await?;
+        let to = match &values[0] {
+            ScalarValue::Utf8(Some(text))
+            | ScalarValue::LargeUtf8(Some(text))
+            | ScalarValue::Utf8View(Some(text)) => Address::from_hex(text)?,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "chain.transfer: the recipient must be an address text, not {other}"
+                )));
+            }
+        };
+        let amount = match values[1].cast_to(&DataType::Int64) {
+            Ok(ScalarValue::Int64(Some(amount))) if amount > 0 => amount as i128,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "chain.transfer: the amount must be a positive BIGINT, not {}",
+                    values[1]
+                )));
+            }
+        };
+        scope.gas.charge(2 * crate::execute::GAS_PER_ROW_WRITTEN)?;
+        working.adjust_balance(&scope.caller, -amount)?;
+        working.adjust_balance(&to, amount)?;
+        Ok(2)
     }
 
     /// Calls contract `name` with `args` evaluated in `scope`.

@@ -116,6 +116,8 @@ impl Default for QueryLimits {
 pub struct Executor {
     templates: SessionTemplates,
     query_limits: QueryLimits,
+    /// Native units per unit of gas (the genesis's `gas_price`).
+    gas_price: u64,
 }
 
 /// What a statement runs within: its block, its transaction's gas, whose rights it uses, and the
@@ -182,7 +184,16 @@ impl Executor {
         Ok(Executor {
             templates: SessionTemplates::new(query_partitions)?,
             query_limits,
+            gas_price: 0,
         })
+    }
+
+    /// Charges `gas_price` native units per unit of gas: before a transaction runs, its gas
+    /// limit's worth is reserved from the sender's balance; afterwards the gas used is paid to
+    /// the block's proposer and the rest refunded.
+    pub fn with_gas_price(mut self, gas_price: u64) -> Executor {
+        self.gas_price = gas_price;
+        self
     }
 
     /// Executes `transactions`, in order, on `state`: the block's result is a new state and one
@@ -268,6 +279,29 @@ impl Executor {
             return Ok((receipt, record));
         }
 
+        // Reserve the most the transaction may pay; a sender who cannot cover it uses the nonce
+        // and pays nothing.
+        let reserved = transaction.gas_limit.checked_mul(self.gas_price);
+        let balance = state.account(&transaction.sender).balance;
+        let reserved = match reserved {
+            Some(reserved) if reserved <= balance => reserved,
+            _ => {
+                let error = format!(
+                    "insufficient balance for gas: a gas limit of {} at price {} needs {}, the sender holds {balance}",
+                    transaction.gas_limit,
+                    self.gas_price,
+                    transaction.gas_limit as u128 * self.gas_price as u128
+                );
+                receipt.error = error.clone();
+                record.error = Some(error);
+                let mut account = state.account(&transaction.sender);
+                account.nonce += 1;
+                state.accounts.insert(transaction.sender, account);
+                return Ok((receipt, record));
+            }
+        };
+        state.adjust_balance(&transaction.sender, -(reserved as i128))?;
+
         let mut working = state.clone();
         let scope = TransactionScope {
             block,
@@ -318,6 +352,11 @@ impl Executor {
         }
         receipt.gas_used = scope.gas.used();
         record.gas_used = receipt.gas_used;
+        // Settle: the gas used goes to the proposer, the rest of the reservation back.
+        let fee = receipt.gas_used.min(transaction.gas_limit) * self.gas_price;
+        state.adjust_balance(&transaction.sender, (reserved - fee) as i128)?;
+        state.adjust_balance(&block.proposer, fee as i128)?;
+        receipt.fee = fee;
         let mut account = state.account(&transaction.sender);
         account.nonce += 1;
         state.accounts.insert(transaction.sender, account);

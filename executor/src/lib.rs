@@ -81,6 +81,12 @@ pub enum Error {
         account: chainql::Address,
         action: String,
     },
+    #[error("insufficient balance: {account} holds {balance}, needs {needed}")]
+    InsufficientBalance {
+        account: chainql::Address,
+        balance: u64,
+        needed: u128,
+    },
     #[error("contract \"{0}\" does not exist")]
     UndefinedContract(String),
     #[error("contract \"{0}\" already exists")]

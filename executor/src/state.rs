@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use chainql::{Address, Hash, merkle_root};
 
-use crate::Result;
 use crate::contract::Contract;
 use crate::provider::{CatalogList, Extras};
 use crate::system::SystemTables;
 use crate::table::Table;
+use crate::{Error, Result};
 
 const STATE_ROOT_DOMAIN: &str = "chainql/state/v1";
 
@@ -85,6 +85,27 @@ impl State {
 
     pub fn account(&self, address: &Address) -> Account {
         self.accounts.get(address).copied().unwrap_or_default()
+    }
+
+    /// Adds `delta` (negative: subtracts) to an account's native balance, creating the account
+    /// when it is new. Refuses to go below zero or past `u64::MAX`.
+    pub(crate) fn adjust_balance(&mut self, address: &Address, delta: i128) -> Result<()> {
+        if delta == 0 {
+            return Ok(());
+        }
+        let mut account = self.account(address);
+        let balance = account.balance as i128 + delta;
+        if balance < 0 {
+            return Err(Error::InsufficientBalance {
+                account: *address,
+                balance: account.balance,
+                needed: delta.unsigned_abs(),
+            });
+        }
+        account.balance = u64::try_from(balance)
+            .map_err(|_| Error::LimitExceeded(format!("the balance of {address} would pass {}", u64::MAX)))?;
+        self.accounts.insert(*address, account);
+        Ok(())
     }
 
     pub fn table(&self, name: &str) -> Option<&Arc<Table>> {

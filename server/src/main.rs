@@ -138,6 +138,9 @@ struct InitArgs {
     log_partitions: u32,
     #[arg(long, default_value = DEFAULT_CHAIN_ID)]
     chain_id: String,
+    /// Native units a transaction pays the proposer per unit of gas used (0: gas is free).
+    #[arg(long, default_value_t = 0)]
+    gas_price: u64,
     /// An opening balance, ADDRESS=AMOUNT (repeatable).
     #[arg(long = "account")]
     accounts: Vec<String>,
@@ -234,6 +237,7 @@ fn parse_accounts(accounts: &[String]) -> Result<Vec<(Address, u64)>> {
 fn init(args: InitArgs) -> Result<ExitCode> {
     let mut config = NodeConfig::new(&args.data_dir);
     config.log_partitions = args.log_partitions;
+    config.gas_price = args.gas_price;
     if config.genesis_path().exists() {
         return Err(Error::Config(format!(
             "{} already exists",

@@ -48,6 +48,9 @@ pub struct NodeConfig {
     /// Log partitions of a chain this node creates (`init_data_dir`); an existing chain keeps
     /// the number its genesis fixed.
     pub log_partitions: u32,
+    /// The gas price of a chain this node creates (`init_data_dir`); an existing chain keeps its
+    /// genesis's.
+    pub gas_price: u64,
 }
 
 impl NodeConfig {
@@ -63,6 +66,7 @@ impl NodeConfig {
             log_group_commit_wait_ms: 5,
             log_tail_bytes_max: 64 << 20,
             log_partitions: 4,
+            gas_price: 0,
         }
     }
 
@@ -108,6 +112,7 @@ pub fn init_data_dir(config: &NodeConfig, chain_id: &str, accounts: &[(Address, 
     let mut genesis =
         Genesis::single_validator(chain_id, genesis_time_ms, &validator.public_key(), &balances);
     genesis.log_partitions = config.log_partitions;
+    genesis.gas_price = config.gas_price;
     genesis.validate()?;
     genesis.write(&genesis_path)?;
     Ok(genesis)
@@ -254,7 +259,8 @@ impl Node {
         )?;
         let partitions = genesis.log_partitions as usize;
         let blocks = BlockStore::open(&config.data_dir.join("blocks"))?;
-        let executor = Executor::new(config.query_partitions, config.query_limits)?;
+        let executor =
+            Executor::new(config.query_partitions, config.query_limits)?.with_gas_price(genesis.gas_price);
         let genesis_state = State::genesis(genesis.hash(), genesis.genesis_time_ms, &genesis.accounts()?)?;
         let (committed, _) = watch::channel(Arc::new(genesis_state));
         let inner = Arc::new(Inner {

@@ -10,12 +10,25 @@ use std::sync::Arc;
 use chainql_server::{Connection, Node, NodeConfig, init_data_dir};
 use chainql_sql_tests::{LedgerDb, test_key};
 
+/// The genesis balance of test keys 0 to 3; other test keys start with nothing.
+const TEST_BALANCE: u64 = 1_000_000_000_000;
+
 async fn run_file(path: &Path, complete: bool) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut config = NodeConfig::new(dir.path());
     config.block_interval_ms = 1;
     config.query_partitions = 2;
-    let accounts: Vec<_> = (0..4).map(|n| (test_key(n).address(), 1_000_000)).collect();
+    // A suite may ask for a chain with a gas price: `# genesis: gas_price=N`.
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    for line in text.lines() {
+        if let Some(price) = line.strip_prefix("# genesis: gas_price=") {
+            config.gas_price = price
+                .trim()
+                .parse()
+                .map_err(|e| format!("{}: bad gas_price: {e}", path.display()))?;
+        }
+    }
+    let accounts: Vec<_> = (0..4).map(|n| (test_key(n).address(), TEST_BALANCE)).collect();
     init_data_dir(&config, "chainql-slt", &accounts).map_err(|e| e.to_string())?;
     let node = Node::open(config).await.map_err(|e| e.to_string())?;
     let dealer = LedgerDb::key_dealer();
