@@ -773,7 +773,16 @@ impl Executor {
 
     /// Answers a read-only query on `state`. Writes are refused: they travel as transactions.
     pub async fn query(&self, state: &State, sql: &str) -> Result<QueryResult> {
-        let session = self.templates.query_session(state.catalog(Extras::default()));
+        let mut session = self.templates.query_session(state.catalog(Extras::default()));
+        register_chain_functions(
+            &mut session,
+            &ChainContext {
+                caller: Address([0; 20]).to_hex(),
+                block_height: state.height(),
+                block_time_ms: state.timestamp_ms(),
+                transaction_hash: Hash::ZERO.to_hex(),
+            },
+        )?;
         let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         if let DFStatement::Statement(inner) = &statement {
             if let Statement::Call(function) = inner.as_ref() {

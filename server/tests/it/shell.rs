@@ -131,3 +131,41 @@ async fn the_shell_connects_to_a_running_node() {
     assert!(out.contains("chain shell-test, height 2"), "{out}");
     node.kill();
 }
+
+/// The SQL examples of `docs/chainql.md`, in order, run in the shell as written; then `\dC`.
+#[test]
+fn the_contract_guide_runs_in_the_shell() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/chainql.md"))
+        .expect("docs/chainql.md");
+    let mut script = String::new();
+    let mut in_sql = false;
+    for line in guide.lines() {
+        match line.trim_end() {
+            "```sql" => in_sql = true,
+            "```" if in_sql => {
+                in_sql = false;
+                script.push('\n');
+            }
+            text if in_sql => {
+                script.push_str(text);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(script.contains("CREATE CONTRACT transfer"), "{script}");
+    script.push_str("\\dC\n\\dC transfer\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (ok, out, err) = shell(&["--data-dir", data.to_str().expect("utf-8")], &script);
+    assert!(ok, "{err}\n{out}");
+    assert!(out.contains("EMIT transfer.transferred(0x"), "{out}");
+    assert!(out.contains("List of contracts"), "{out}");
+    assert!(
+        out.contains("Signature: transfer(to_addr TEXT, amount BIGINT)"),
+        "{out}"
+    );
+    assert!(out.contains("pay_and_report"), "{out}");
+    // The view's answer, and the rows pay_and_report returned in its receipt.
+    assert!(out.contains(" holder "), "{out}");
+}
