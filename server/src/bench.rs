@@ -6,6 +6,10 @@
 //! the clock starts (signing is the clients' work, not the node's); then `clients` tasks submit
 //! their transactions in nonce order, each waiting only for its log entry to be durable, and the
 //! clock stops when the last transaction's block is committed and executed.
+//!
+//! The `transfer` workload: a `tokens` table with a row per client, the `transfer` contract of
+//! `docs/chainql.md` (two `REQUIRE`s, an `UPDATE`, an upsert and an `EMIT`), and transactions that
+//! each carry one `CALL transfer('0x…', 1)` to the next client.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +20,44 @@ use chainql::{DecodedTransaction, Keypair, TransactionBuilder, TransactionLimits
 use crate::error::{Error, Result};
 use crate::node::{Node, NodeConfig, init_data_dir};
 
+/// The transactions a bench sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// `UPDATE accounts SET balance = balance + 1 WHERE id = k`.
+    Update,
+    /// `CALL transfer('0x…', 1)` of a token contract.
+    Transfer,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Workload, String> {
+        match text {
+            "update" => Ok(Workload::Update),
+            "transfer" => Ok(Workload::Transfer),
+            other => Err(format!("unknown workload {other:?}: update or transfer")),
+        }
+    }
+}
+
+/// The token contract the `transfer` workload calls.
+const TRANSFER_CONTRACT: &str = "CREATE CONTRACT transfer(to_addr TEXT, amount BIGINT) AS $$
+  REQUIRE amount > 0, 'amount must be positive';
+  REQUIRE (SELECT balance FROM tokens WHERE owner = CALLER()) >= amount, 'insufficient balance';
+  UPDATE tokens SET balance = balance - amount WHERE owner = CALLER();
+  INSERT INTO tokens VALUES (to_addr, amount)
+    ON CONFLICT (owner) DO UPDATE SET balance = tokens.balance + excluded.balance;
+  EMIT transferred(CALLER(), to_addr, amount);
+$$";
+
+/// Tokens each client starts with in the `transfer` workload.
+const TOKENS_EACH: u64 = 1_000_000;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
+    pub workload: Workload,
     pub transactions: usize,
     pub clients: usize,
     pub rows: usize,
@@ -34,6 +73,7 @@ pub struct BenchConfig {
 /// What was measured.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
+    pub workload: Workload,
     pub transactions: usize,
     pub clients: usize,
     pub rows: usize,
@@ -55,11 +95,18 @@ impl BenchReport {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "workload             single-statement UPDATE by primary key, {} rows",
-            self.rows
-        )?;
+        match self.workload {
+            Workload::Update => writeln!(
+                f,
+                "workload             single-statement UPDATE by primary key, {} rows",
+                self.rows
+            )?,
+            Workload::Transfer => writeln!(
+                f,
+                "workload             CALL transfer(to, 1) of a token contract, {} holders",
+                self.clients
+            )?,
+        }
         writeln!(
             f,
             "transactions         {} from {} clients ({} failed)",
@@ -107,8 +154,8 @@ fn client_key(i: usize) -> Keypair {
     Keypair::from_seed(seed)
 }
 
-/// Runs the `update` workload on a fresh node in `data_dir`.
-pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Result<BenchReport> {
+/// Runs the bench's workload on a fresh node in `data_dir`.
+pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Result<BenchReport> {
     if bench.clients == 0 || bench.transactions < bench.clients || bench.rows == 0 {
         return Err(Error::Config(
             "bench needs clients ≥ 1, transactions ≥ clients and rows ≥ 1".into(),
@@ -128,18 +175,27 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
 
     let mut setup = TransactionBuilder::new(chain_id.clone(), owner);
     setup.gas_limit = TransactionLimits::default().gas_limit_max;
-    let receipt = node
-        .submit_and_wait(setup.build(
-            0,
+    let setup_statements = match bench.workload {
+        Workload::Update => vec![
+            "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
+            format!(
+                "INSERT INTO accounts SELECT value, 0 FROM generate_series(1, {})",
+                bench.rows
+            ),
+        ],
+        Workload::Transfer => {
+            let holders: Vec<String> = clients
+                .iter()
+                .map(|k| format!("('{}', {TOKENS_EACH})", k.address()))
+                .collect();
             vec![
-                "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
-                format!(
-                    "INSERT INTO accounts SELECT value, 0 FROM generate_series(1, {})",
-                    bench.rows
-                ),
-            ],
-        ))
-        .await?;
+                "CREATE TABLE tokens (owner TEXT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
+                format!("INSERT INTO tokens VALUES {}", holders.join(", ")),
+                TRANSFER_CONTRACT.into(),
+            ]
+        }
+    };
+    let receipt = node.submit_and_wait(setup.build(0, setup_statements)).await?;
     if !receipt.error.is_empty() {
         return Err(Error::Client(format!("bench setup failed: {}", receipt.error)));
     }
@@ -151,14 +207,16 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
     for (c, key) in clients.iter().enumerate() {
         let builder = TransactionBuilder::new(chain_id.clone(), key.clone());
         let mut signed = Vec::with_capacity(per_client);
+        let next = clients[(c + 1) % clients.len()].address();
         for n in 0..per_client {
-            let id = (c * per_client + n) % bench.rows + 1;
-            signed.push(builder.build(
-                n as u64,
-                vec![format!(
-                    "UPDATE accounts SET balance = balance + 1 WHERE id = {id}"
-                )],
-            ));
+            let statement = match bench.workload {
+                Workload::Update => {
+                    let id = (c * per_client + n) % bench.rows + 1;
+                    format!("UPDATE accounts SET balance = balance + 1 WHERE id = {id}")
+                }
+                Workload::Transfer => format!("CALL transfer('{next}', 1)"),
+            };
+            signed.push(builder.build(n as u64, vec![statement]));
         }
         work.push(signed);
     }
@@ -213,17 +271,27 @@ pub async fn run_update(data_dir: &std::path::Path, bench: &BenchConfig) -> Resu
     let failed = crate::format::cell_text(failed.batches[0].column(0), 0)
         .and_then(|t| t.parse().ok())
         .unwrap_or(u64::MAX);
-    let (sum, _) = node.query("SELECT sum(balance) FROM accounts").await?;
+    // Check the work was done: every update counted, every token conserved and every
+    // transfer's event recorded.
+    let (check, expected) = match bench.workload {
+        Workload::Update => ("SELECT sum(balance) FROM accounts", total as u64),
+        Workload::Transfer => (
+            "SELECT sum(balance) + (SELECT count(*) FROM chain.events) FROM tokens",
+            bench.clients as u64 * TOKENS_EACH + total as u64,
+        ),
+    };
+    let (sum, _) = node.query(check).await?;
     let sum: u64 = crate::format::cell_text(sum.batches[0].column(0), 0)
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
     node.shutdown().await;
-    if sum != total as u64 {
+    if sum != expected {
         return Err(Error::Client(format!(
-            "bench check failed: balances sum to {sum}, expected {total}"
+            "bench check failed: {check} gave {sum}, expected {expected}"
         )));
     }
     Ok(BenchReport {
+        workload: bench.workload,
         transactions: total,
         clients: bench.clients,
         rows: bench.rows,

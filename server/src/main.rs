@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use chainql::{Address, Keypair};
-use chainql_server::bench::{BenchConfig, run_update};
+use chainql_server::bench::{BenchConfig, run_bench};
 use chainql_server::{
     Connection, Error, Node, NodeConfig, RemoteNode, Result, Session, Shell, grpc, init_data_dir,
     load_or_create_key,
@@ -148,6 +148,10 @@ struct InitArgs {
 
 #[derive(Args)]
 struct BenchArgs {
+    /// What each transaction does: `update` (one UPDATE by key) or `transfer` (a token
+    /// contract's CALL).
+    #[arg(long, default_value = "update")]
+    workload: chainql_server::bench::Workload,
     /// Signed transactions to commit.
     #[arg(long, default_value_t = 20_000)]
     transactions: usize,
@@ -356,6 +360,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         )));
     }
     let config = BenchConfig {
+        workload: args.workload,
         transactions: args.transactions,
         clients: args.clients,
         rows: args.rows,
@@ -364,7 +369,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         batch: args.batch,
         log_partitions: args.log_partitions,
     };
-    let report = runtime.block_on(run_update(&data_dir, &config));
+    let report = runtime.block_on(run_bench(&data_dir, &config));
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
