@@ -454,7 +454,8 @@ pub fn receipt_text(receipt: &Receipt) -> String {
     }
     for statement in &receipt.statements {
         match statement.command.as_str() {
-            "CREATE TABLE" | "DROP TABLE" => text.push_str(&format!("{}\n", statement.command)),
+            "CREATE TABLE" | "DROP TABLE" | "CREATE CONTRACT" | "DROP CONTRACT" | "GRANT" | "REVOKE"
+            | "CALL" => text.push_str(&format!("{}\n", statement.command)),
             command => text.push_str(&format!("{command} {}\n", statement.rows)),
         }
     }

@@ -169,3 +169,55 @@ fn the_contract_guide_runs_in_the_shell() {
     // The view's answer, and the rows pay_and_report returned in its receipt.
     assert!(out.contains(" holder "), "{out}");
 }
+
+/// `examples/token.sql` runs as the README says; then a second account spends an allowance.
+#[test]
+fn the_token_example_runs_and_a_second_account_spends_its_allowance() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/token.sql");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let (ok, out, err) = shell(&["--data-dir", data, "-f", example], "");
+    assert!(ok, "{err}\n{out}");
+    assert!(out.contains("EMIT approve.approval(0x"), "{out}");
+    assert!(out.contains("CALL\n"), "{out}");
+    assert!(out.contains("transfer_from"), "\\dC lists the contracts: {out}");
+
+    let alice_key = dir.path().join("data").join("keys").join("default.key");
+    let alice = chainql(&["keys", "address", "--key", alice_key.to_str().expect("utf-8")]);
+    let alice = alice.trim();
+    let bob_key = dir.path().join("bob.key");
+    let bob_key = bob_key.to_str().expect("utf-8");
+    let bob = chainql(&["keys", "new", "--out", bob_key]);
+    let bob = bob.trim();
+
+    let as_alice = |sql: &str| shell(&["--data-dir", data, "-c", sql], "");
+    let as_bob = |sql: &str| shell(&["--data-dir", data, "--key", bob_key, "-c", sql], "");
+    let (ok, _, err) = as_alice(&format!("CALL approve('{bob}', 100)"));
+    assert!(ok, "{err}");
+    let (ok, out, err) = as_bob(&format!("CALL transfer_from('{alice}', '{bob}', 60)"));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("EMIT transfer_from.transfer({alice}, {bob}, 60)")),
+        "{out}"
+    );
+    let (ok, _, err) = as_bob(&format!("CALL transfer_from('{alice}', '{bob}', 60)"));
+    assert!(!ok);
+    assert!(
+        err.contains("transfer_from: REQUIRE failed: allowance exceeded"),
+        "{err}"
+    );
+    // Bob may not write the tables directly.
+    let (ok, _, err) = as_bob(&format!(
+        "UPDATE balances SET balance = 1000000000 WHERE holder = '{bob}'"
+    ));
+    assert!(!ok);
+    assert!(err.contains("permission denied for table balances"), "{err}");
+
+    let (ok, out, err) = as_bob(&format!("CALL balance_of('{bob}')"));
+    assert!(ok, "{err}");
+    assert!(out.contains("      60\n"), "{out}");
+    let (ok, out, err) = as_bob(&format!("CALL allowance_of('{alice}', '{bob}')"));
+    assert!(ok, "{err}");
+    assert!(out.contains("        40\n"), "{out}");
+}
