@@ -24,7 +24,16 @@ async fn snapshot(session: &Session) -> (u64, Hash, String) {
         .query("SELECT id, v, n FROM t ORDER BY id")
         .await
         .expect("query");
-    let text = chainql_server::format::aligned_table(&rows);
+    let mut text = chainql_server::format::aligned_table(&rows);
+    // Contracts and their events come back too (replay re-runs the calls and checks each
+    // block's state root on the way).
+    for sql in [
+        "SELECT contract_name, owner, source FROM chain.contracts",
+        "SELECT block_height, contract, event, args FROM chain.events",
+    ] {
+        let rows = session.query(sql).await.expect("query");
+        text.push_str(&chainql_server::format::aligned_table(&rows));
+    }
     (status.height, status.state_root, text)
 }
 
@@ -44,11 +53,16 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
         "UPDATE t SET v = upper(v) WHERE id % 7 = 0",
         "DELETE FROM t WHERE id > 450",
         "INSERT INTO t VALUES (1, 'duplicate', 0)",
+        "CREATE CONTRACT bump(k BIGINT) AS $$ REQUIRE k > 0, 'k must be positive'; \
+         UPDATE t SET n = n + 1 WHERE id = k; EMIT bumped(k, BLOCK_HEIGHT()) $$",
+        "CALL bump(3)",
+        "CALL bump(0)",
     ] {
         let _ = writer.run(sql).await;
     }
     let before = snapshot(&writer).await;
-    assert!(before.0 >= 5, "five blocks were committed");
+    assert!(before.0 >= 8, "eight blocks were committed");
+    assert!(before.2.contains("bumped"), "{}", before.2);
     node.kill();
 
     let node = NodeProcess::start(&data_dir).await;
@@ -120,7 +134,8 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
         .query("SELECT sum(n) FROM t WHERE id <= 50")
         .await
         .expect("query");
-    let expected: i64 = (1..=50i64).map(|i| i * i + 1).sum();
+    // Each row got one update, and row 3 one more from `CALL bump(3)`.
+    let expected: i64 = (1..=50i64).map(|i| i * i + 1).sum::<i64>() + 1;
     assert_eq!(
         chainql_server::format::cell_text(sum.batches[0].column(0), 0),
         Some(expected.to_string())
