@@ -202,3 +202,53 @@ async fn gas_runs_out_and_time_is_the_block_time() {
         ["2023-11-14T22:13:21"]
     );
 }
+
+/// With a gas price, the gas limit is reserved up front, the gas used paid to the proposer and
+/// the rest refunded; a sender who cannot cover its limit fails at once, pays nothing and uses
+/// its nonce.
+#[tokio::test]
+async fn fees_move_to_the_proposer_and_an_unfunded_sender_pays_nothing() {
+    let proposer = Keypair::from_seed([9; 32]).address();
+    let poor = Keypair::from_seed([2; 32]).address();
+    let genesis = State::genesis(Hash::ZERO, 0, &[(alice(), 50_000_000)]).expect("genesis");
+    let executor = Executor::new(1, QueryLimits::default())
+        .expect("executor")
+        .with_gas_price(2);
+    let mut context = block(&genesis, 1);
+    context.proposer = proposer;
+    let mut unfunded = transaction(0, &["CREATE TABLE u (id INT PRIMARY KEY)"]);
+    unfunded.sender = poor;
+    unfunded.hash = Hash::tagged("test-tx", &[b"poor"]);
+    let (state, receipts) = executor
+        .execute_block(
+            &genesis,
+            &context,
+            &[transaction(0, &["CREATE TABLE t (id INT PRIMARY KEY)"]), unfunded],
+        )
+        .await
+        .expect("block");
+    assert_eq!(
+        receipts[0].status,
+        ReceiptStatus::Success as i32,
+        "{}",
+        receipts[0].error
+    );
+    let fee = receipts[0].gas_used * 2;
+    assert!(fee > 0);
+    assert_eq!(receipts[0].fee, fee);
+    assert_eq!(state.account(&alice()).balance, 50_000_000 - fee);
+    assert_eq!(state.account(&proposer).balance, fee);
+
+    assert_eq!(receipts[1].status, ReceiptStatus::Failed as i32);
+    assert!(
+        receipts[1]
+            .error
+            .starts_with("insufficient balance for gas: a gas limit of 10000000 at price 2 needs 20000000"),
+        "{}",
+        receipts[1].error
+    );
+    assert_eq!(receipts[1].fee, 0);
+    assert_eq!(state.account(&poor).nonce, 1);
+    assert_eq!(state.account(&poor).balance, 0);
+    assert!(state.table("u").is_none());
+}

@@ -8,6 +8,15 @@ pub enum Error {
     Transaction(#[from] chainql::Error),
     #[error("invalid nonce {found}: the sender's next nonce is {expected}")]
     Nonce { found: u64, expected: u64 },
+    #[error(
+        "insufficient balance for gas: a gas limit of {gas_limit} at price {gas_price} needs {needed}, the sender holds {balance}"
+    )]
+    InsufficientFunds {
+        gas_limit: u64,
+        gas_price: u64,
+        needed: u128,
+        balance: u64,
+    },
     #[error(transparent)]
     Log(#[from] chainql_sequencer::Error),
     #[error(transparent)]
@@ -54,7 +63,7 @@ impl From<Error> for tonic::Status {
         use tonic::Code;
         let code = match &error {
             Error::Transaction(_) => Code::InvalidArgument,
-            Error::Nonce { .. } => Code::FailedPrecondition,
+            Error::Nonce { .. } | Error::InsufficientFunds { .. } => Code::FailedPrecondition,
             Error::Execution(chainql_executor::Error::WriteInQuery(_)) => Code::InvalidArgument,
             Error::Execution(chainql_executor::Error::LimitExceeded(_)) => Code::ResourceExhausted,
             Error::Execution(_) => Code::InvalidArgument,

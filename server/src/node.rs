@@ -350,6 +350,7 @@ impl Node {
         for statement in &decoded.body.statements {
             chainql::sql::parse_transaction_statement(statement)?;
         }
+        self.inner.check_gas_funds(&self.state(), &decoded)?;
         let payload = decoded.signed.encode_to_vec();
         let partition = self.inner.partition_of(&decoded.address);
         let pending = {
@@ -445,6 +446,10 @@ impl Node {
             let mut indices = Vec::new();
             let mut reserved: Vec<(Address, u64)> = Vec::new();
             for (i, decoded) in accepted {
+                if let Err(error) = self.inner.check_gas_funds(&state, &decoded) {
+                    results[i] = Some(Err(error));
+                    continue;
+                }
                 let committed = state.account(&decoded.address).nonce;
                 let reserved_next = reserved
                     .iter()
@@ -640,6 +645,26 @@ impl Inner {
 
     fn state(&self) -> Arc<State> {
         self.committed.borrow().clone()
+    }
+
+    /// Refuses a transaction whose sender cannot cover its gas limit at the chain's gas price
+    /// with its committed balance. (Execution checks again against the balance at that point.)
+    fn check_gas_funds(&self, state: &State, decoded: &DecodedTransaction) -> Result<()> {
+        let price = self.genesis.gas_price;
+        if price == 0 {
+            return Ok(());
+        }
+        let needed = decoded.body.gas_limit as u128 * price as u128;
+        let balance = state.account(&decoded.address).balance;
+        if needed > balance as u128 {
+            return Err(Error::InsufficientFunds {
+                gas_limit: decoded.body.gas_limit,
+                gas_price: price,
+                needed,
+                balance,
+            });
+        }
+        Ok(())
     }
 
     /// Re-executes every stored block, checking each against its parent and the state root its
