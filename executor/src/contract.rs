@@ -11,16 +11,23 @@ use std::sync::Arc;
 use chainql::contract::{Access, ContractDefinition, ContractStatement, bind_names, call_target};
 use chainql::{Address, Hash};
 use chainql_planner::{WritePlan, column_type, plan_write};
-use datafusion::arrow::array::RecordBatch;
+use std::ops::ControlFlow;
+
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::DFSchema;
 use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::logical_expr::{ColumnarValue, Expr as LogicalExpr};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
     self, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement,
 };
+use datafusion::sql::sqlparser::ast::{Visit, Visitor};
 
 use crate::execute::{GAS_PER_STATEMENT, QueryResult, TransactionScope, bind};
+use crate::gas::GAS_PER_ROW_PROCESSED;
 use crate::provider::Extras;
 use crate::state::State;
 use crate::{Error, Executor, Result};
@@ -74,6 +81,42 @@ impl EmittedEvent {
     }
 }
 
+/// True when an expression holds a subquery, so evaluating it reads tables.
+fn reads_tables(expr: &Expr) -> bool {
+    struct Finder;
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    expr.visit(&mut Finder).is_break()
+}
+
+/// Replaces the placeholders `$n` of a logical expression with their values.
+fn bind_placeholders(expr: LogicalExpr, params: &[ScalarValue]) -> Result<LogicalExpr> {
+    Ok(expr
+        .transform(|e| match &e {
+            LogicalExpr::Placeholder(placeholder) => {
+                let value = placeholder
+                    .id
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| n.checked_sub(1))
+                    .and_then(|n| params.get(n))
+                    .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Plan(format!("no value for {}", placeholder.id))
+                    })?;
+                Ok(Transformed::yes(LogicalExpr::Literal(value.clone(), None)))
+            }
+            _ => Ok(Transformed::no(e)),
+        })?
+        .data)
+}
+
 /// True for `chain.transfer`, the native token transfer.
 fn is_native_transfer(name: &ast::ObjectName) -> bool {
     let parts: Vec<String> = name
@@ -123,6 +166,11 @@ impl Executor {
         if exprs.is_empty() {
             return Ok(Vec::new());
         }
+        if !exprs.iter().any(reads_tables)
+            && let Ok(values) = self.evaluate_directly(working, scope, exprs)
+        {
+            return Ok(values);
+        }
         let list: Vec<String> = exprs.iter().map(|e| format!("({e})")).collect();
         let statement = chainql::sql::parse_statement(&format!("SELECT {}", list.join(", ")))?;
         let session = self.transaction_session(working, scope, Extras::default())?;
@@ -134,6 +182,44 @@ impl Executor {
         (0..batch.num_columns())
             .map(|c| Ok(ScalarValue::try_from_array(batch.column(c), 0)?))
             .collect()
+    }
+
+    /// Evaluates expressions that read no table without planning a query: each becomes a
+    /// DataFusion logical expression with its placeholders bound, then a physical expression
+    /// evaluated over one empty row. It costs one row's gas, as the one-row query would. An
+    /// expression this cannot handle (an aggregate, say) is an error, and the caller plans the
+    /// query instead.
+    fn evaluate_directly(
+        &self,
+        working: &State,
+        scope: &TransactionScope<'_>,
+        exprs: &[Expr],
+    ) -> Result<Vec<ScalarValue>> {
+        let session = self.transaction_session(working, scope, Extras::default())?;
+        let schema = DFSchema::empty();
+        let one_row = RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            Vec::new(),
+            &RecordBatchOptions::new().with_row_count(Some(1)),
+        )?;
+        let mut values = Vec::with_capacity(exprs.len());
+        for expr in exprs {
+            let logical = session.create_logical_expr_from_sql_expr(
+                ast::ExprWithAlias {
+                    expr: expr.clone(),
+                    alias: None,
+                },
+                &schema,
+            )?;
+            let logical = bind_placeholders(logical, &scope.params)?;
+            let physical = session.create_physical_expr(logical, &schema)?;
+            values.push(match physical.evaluate(&one_row)? {
+                ColumnarValue::Scalar(value) => value,
+                ColumnarValue::Array(array) => ScalarValue::try_from_array(&array, 0)?,
+            });
+        }
+        scope.gas.charge(GAS_PER_ROW_PROCESSED)?;
+        Ok(values)
     }
 
     /// `CALL name(args)` as a statement of a transaction. Returns 0 (rows are reported by the
