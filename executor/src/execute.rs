@@ -773,6 +773,14 @@ impl Executor {
 
     /// Answers a read-only query on `state`. Writes are refused: they travel as transactions.
     pub async fn query(&self, state: &State, sql: &str) -> Result<QueryResult> {
+        if let Some(height) = crate::explain::explain_block_height(sql)? {
+            return self.explain_block(state, height).await;
+        }
+        self.read(state, sql).await
+    }
+
+    /// A read-only query, a `VIEW` call or `EXPLAIN CALL`.
+    pub(crate) async fn read(&self, state: &State, sql: &str) -> Result<QueryResult> {
         let mut session = self.templates.query_session(state.catalog(Extras::default()));
         register_chain_functions(
             &mut session,
@@ -784,10 +792,17 @@ impl Executor {
             },
         )?;
         let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
+        if let DFStatement::Explain(explain) = &statement
+            && let DFStatement::Statement(inner) = explain.statement.as_ref()
+            && let Statement::Call(function) = inner.as_ref()
+        {
+            return crate::explain::explain_call(state, function);
+        }
         if let DFStatement::Statement(inner) = &statement {
             if let Statement::Call(function) = inner.as_ref() {
                 return self.call_view(state, function, VIEW_GAS_LIMIT).await;
             }
+
             let kind = chainql::sql::classify(inner);
             if kind.is_write() {
                 return Err(Error::WriteInQuery(kind.command_tag().to_string()));

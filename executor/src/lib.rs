@@ -37,7 +37,9 @@
 mod contract;
 mod encode;
 mod execute;
+mod explain;
 mod gas;
+mod keys;
 mod provider;
 mod state;
 mod system;

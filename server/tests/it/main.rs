@@ -4,6 +4,7 @@
 mod admission;
 mod blocks;
 mod grpc;
+mod r2;
 mod restart;
 mod shell;
 mod support;
