@@ -613,6 +613,7 @@ impl Executor {
                     let extras = Extras {
                         write_target: Some(table.clone()),
                         excluded: Some((definition.schema(), vec![empty])),
+                        target_rows: None,
                     };
                     self.plan_checked(working, scope, extras, chainql::sql::parse_statement(&sql)?)
                         .await?;
@@ -624,6 +625,7 @@ impl Executor {
                 let extras = Extras {
                     write_target: Some(table),
                     excluded: None,
+                    target_rows: None,
                 };
                 self.plan_checked(working, scope, extras, chainql::sql::parse_statement(&sql)?)
                     .await?;
@@ -633,6 +635,7 @@ impl Executor {
                 let extras = Extras {
                     write_target: Some(table),
                     excluded: None,
+                    target_rows: None,
                 };
                 self.plan_checked(
                     working,

@@ -644,9 +644,14 @@ impl Executor {
         if let (Some(sql), true) = (update_query, conflicting.num_rows() > 0) {
             let user_columns: Vec<usize> = (0..definition.columns.len()).collect();
             let excluded = conflicting.project(&user_columns)?;
+            // The update joins the existing rows with `excluded` on the key: only the rows the
+            // index finds for these keys take part, so the cost (and gas) does not grow with the
+            // table.
+            let existing = table.rows_with_keys_of(&conflicting)?;
             let extras = Extras {
                 write_target: Some(table.clone()),
                 excluded: Some((excluded.schema(), vec![excluded])),
+                target_rows: Some((existing.schema(), vec![existing])),
             };
             let (batch, locations) = self.target_rows(working, scope, extras, &sql).await?;
             changed += replace_rows(&mut table, batch, &locations)?;
@@ -723,6 +728,7 @@ impl Executor {
         let extras = Extras {
             write_target: Some(table.clone()),
             excluded: None,
+            target_rows: None,
         };
         let (batch, locations) = self.target_rows(working, scope, extras, &sql).await?;
         let mut table = table;
@@ -755,6 +761,7 @@ impl Executor {
                 Extras {
                     write_target: Some(table.clone()),
                     excluded: None,
+                    target_rows: None,
                 },
                 &plan.row_query(),
             )

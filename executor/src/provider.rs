@@ -193,6 +193,9 @@ pub struct Extras {
     pub write_target: Option<Arc<Table>>,
     /// An upsert's conflicting proposed rows, as `excluded`.
     pub excluded: Option<(SchemaRef, Vec<RecordBatch>)>,
+    /// Instead of the whole `write_target`, only these of its rows (with positions): an
+    /// upsert's existing rows, looked up by key, so its update never scans the table.
+    pub target_rows: Option<(SchemaRef, Vec<RecordBatch>)>,
 }
 
 /// The `public` schema: user tables at one version, and the relations of a write's row query.
@@ -211,6 +214,14 @@ impl SchemaProvider for UserSchema {
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
         if name == EXCLUDED_TABLE
             && let Some((schema, batches)) = &self.extras.excluded
+        {
+            return Ok(Some(Arc::new(BatchesProvider {
+                schema: schema.clone(),
+                batches: batches.clone(),
+            })));
+        }
+        if name == WRITE_TARGET_TABLE
+            && let Some((schema, batches)) = &self.extras.target_rows
         {
             return Ok(Some(Arc::new(BatchesProvider {
                 schema: schema.clone(),

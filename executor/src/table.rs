@@ -528,6 +528,20 @@ impl Table {
             .contains_key(&encode_key(batch, &self.key_columns, row)?))
     }
 
+    /// The live rows with the same keys as the rows of `batch` (in the storage schema), in the
+    /// user's schema with their positions: the layout of [`Table::scan_with_positions`],
+    /// restricted to those keys. Rows of `batch` whose key is absent are skipped.
+    pub fn rows_with_keys_of(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            if let Some(location) = self.locate(&encode_key(batch, &self.key_columns, row)?) {
+                rows.push(self.user_row(location, true)?);
+            }
+        }
+        let schema = self.schema_with_positions();
+        Ok(concat_batches(&schema, &rows)?)
+    }
+
     /// Number of chunks, for tests of compaction.
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
