@@ -2,7 +2,11 @@
 //! half of the R2 runtime.
 //!
 //! A statement whose primary-key predicate is bound to literals, a contract's parameters or
-//! `CALLER()` touches known keys of its table; anything else touches the whole table. Statements
+//! `CALLER()` touches known keys of its table; anything else touches the whole table. Known keys
+//! are claimed only where the executor's work (and so the gas) for them is independent of the
+//! rest of the table: point lookups through the index by a single-column key, `INSERT`s by any
+//! key, and upserts, whose updates read only the conflicting rows. A statement that assigns a key
+//! column may move a row anywhere, so it touches the whole table. Statements
 //! that change the catalog (DDL, grants, contracts) and native transfers are barriers: they
 //! conflict with every other transaction. Two transactions conflict when one writes what the
 //! other reads or writes. Stages are cut in block order: a transaction's stage is one past the
@@ -175,14 +179,18 @@ impl<'a> Analyzer<'a> {
                     return sets;
                 };
                 let table = object_name(name);
-                let keys = self.insert_keys(&table, insert, params);
+                let mut keys = self.insert_keys(&table, insert, params);
+                if let Some(ast::OnInsert::OnConflict(conflict)) = &insert.on
+                    && let ast::OnConflictAction::DoUpdate(update) = &conflict.action
+                    && self.assigns_key(&table, &update.assignments)
+                {
+                    keys = Keys::All;
+                }
                 if insert.on.is_some() {
                     sets.read(&table, keys.clone());
                 }
                 sets.write(&table, keys);
-                if let Some(source) = &insert.source {
-                    self.queries(source.as_ref(), params, &mut sets);
-                }
+                self.queries(statement, params, &mut sets);
             }
             Statement::Update(update) => {
                 let (table, alias) = match &update.table.relation {
@@ -195,7 +203,10 @@ impl<'a> Analyzer<'a> {
                         return sets;
                     }
                 };
-                let keys = if update.from.is_none() && update.table.joins.is_empty() {
+                let keys = if update.from.is_none()
+                    && update.table.joins.is_empty()
+                    && !self.assigns_key(&table, &update.assignments)
+                {
                     self.predicate_keys(&table, alias.as_deref(), update.selection.as_ref(), params)
                 } else {
                     Keys::All
@@ -392,6 +403,26 @@ impl<'a> Analyzer<'a> {
         }
     }
 
+    /// True when `assignments` set a primary-key column (so the row may move to any key).
+    fn assigns_key(&self, table: &str, assignments: &[ast::Assignment]) -> bool {
+        let Some(definition) = self.state.table(table).map(|t| t.definition().clone()) else {
+            return true;
+        };
+        assignments.iter().any(|a| {
+            let names: Vec<&ObjectName> = match &a.target {
+                ast::AssignmentTarget::ColumnName(name) => vec![name],
+                ast::AssignmentTarget::Tuple(names) => names.iter().collect(),
+            };
+            names.iter().any(|n| {
+                let column = object_name(n);
+                definition
+                    .primary_key
+                    .iter()
+                    .any(|&k| definition.columns[k].name == column)
+            })
+        })
+    }
+
     /// The keys an `INSERT ... VALUES` writes.
     fn insert_keys(&self, table: &str, insert: &ast::Insert, params: &[Option<ScalarValue>]) -> Keys {
         let Some(definition) = self.state.table(table).map(|t| t.definition().clone()) else {
@@ -444,7 +475,9 @@ impl<'a> Analyzer<'a> {
         let Some(selection) = selection else {
             return Keys::All;
         };
-        if definition.primary_key.is_empty() {
+        // Only a single-column key is found through the index; a predicate on a composite key
+        // scans the table, and what a scan costs depends on every row.
+        if definition.primary_key.len() != 1 {
             return Keys::All;
         }
         let mut conjuncts = Vec::new();
