@@ -447,6 +447,11 @@ pub fn bind_names<T: VisitMut>(node: &mut T, bindings: &[String]) {
     let _ = node.visit(&mut Binder(bindings));
 }
 
+/// The binding position (from 0) a placeholder `$n` written by [`bind_names`] stands for.
+pub fn placeholder_position(id: &str) -> Option<usize> {
+    id.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)
+}
+
 /// The name of a contract in a `CALL` statement.
 pub fn call_target(name: &ObjectName) -> Result<String> {
     match name.0.as_slice() {

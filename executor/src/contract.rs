@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use chainql::contract::{Access, ContractDefinition, ContractStatement, bind_names, call_target};
+use chainql::contract::{
+    Access, ContractDefinition, ContractStatement, bind_names, call_target, placeholder_position,
+};
 use chainql::{Address, Hash};
 use chainql_planner::{WritePlan, column_type, plan_write};
 use std::ops::ControlFlow;
@@ -81,6 +83,12 @@ impl EmittedEvent {
     }
 }
 
+/// `SELECT (e1), (e2), ...`: the one-row query that evaluates expressions.
+fn select_of(exprs: &[Expr]) -> Result<Statement> {
+    let list: Vec<String> = exprs.iter().map(|e| format!("({e})")).collect();
+    chainql::sql::parse_statement(&format!("SELECT {}", list.join(", "))).map_err(Error::from)
+}
+
 /// True when an expression holds a subquery, so evaluating it reads tables.
 fn reads_tables(expr: &Expr) -> bool {
     struct Finder;
@@ -101,11 +109,7 @@ fn bind_placeholders(expr: LogicalExpr, params: &[ScalarValue]) -> Result<Logica
     Ok(expr
         .transform(|e| match &e {
             LogicalExpr::Placeholder(placeholder) => {
-                let value = placeholder
-                    .id
-                    .strip_prefix('$')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .and_then(|n| n.checked_sub(1))
+                let value = placeholder_position(&placeholder.id)
                     .and_then(|n| params.get(n))
                     .ok_or_else(|| {
                         datafusion::error::DataFusionError::Plan(format!("no value for {}", placeholder.id))
@@ -118,7 +122,7 @@ fn bind_placeholders(expr: LogicalExpr, params: &[ScalarValue]) -> Result<Logica
 }
 
 /// True for `chain.transfer`, the native token transfer.
-fn is_native_transfer(name: &ast::ObjectName) -> bool {
+pub(crate) fn is_native_transfer(name: &ast::ObjectName) -> bool {
     let parts: Vec<String> = name
         .0
         .iter()
@@ -128,7 +132,7 @@ fn is_native_transfer(name: &ast::ObjectName) -> bool {
 }
 
 /// The expressions of a `CALL`'s argument list.
-fn call_arguments(function: &ast::Function) -> Result<Vec<Expr>> {
+pub(crate) fn call_arguments(function: &ast::Function) -> Result<Vec<Expr>> {
     let list = match &function.args {
         FunctionArguments::List(list) => &list.args,
         FunctionArguments::None => return Ok(Vec::new()),
@@ -171,8 +175,7 @@ impl Executor {
         {
             return Ok(values);
         }
-        let list: Vec<String> = exprs.iter().map(|e| format!("({e})")).collect();
-        let statement = chainql::sql::parse_statement(&format!("SELECT {}", list.join(", ")))?;
+        let statement = select_of(exprs)?;
         let session = self.transaction_session(working, scope, Extras::default())?;
         let batches = self.run_query(&session, scope, statement, 0).await?;
         let batch = batches
@@ -522,8 +525,7 @@ impl Executor {
         if exprs.is_empty() {
             return Ok(Vec::new());
         }
-        let list: Vec<String> = exprs.iter().map(|e| format!("({e})")).collect();
-        let statement = chainql::sql::parse_statement(&format!("SELECT {}", list.join(", ")))?;
+        let statement = select_of(exprs)?;
         let plan = self
             .plan_checked(working, scope, Extras::default(), statement)
             .await?;

@@ -294,9 +294,7 @@ impl Executor {
                 );
                 receipt.error = error.clone();
                 record.error = Some(error);
-                let mut account = state.account(&transaction.sender);
-                account.nonce += 1;
-                state.accounts.insert(transaction.sender, account);
+                state.use_nonce(&transaction.sender);
                 return Ok((receipt, record));
             }
         };
@@ -357,9 +355,7 @@ impl Executor {
         state.adjust_balance(&transaction.sender, (reserved - fee) as i128)?;
         state.adjust_balance(&block.proposer, fee as i128)?;
         receipt.fee = fee;
-        let mut account = state.account(&transaction.sender);
-        account.nonce += 1;
-        state.accounts.insert(transaction.sender, account);
+        state.use_nonce(&transaction.sender);
         Ok((receipt, record))
     }
 

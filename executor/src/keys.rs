@@ -21,14 +21,14 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use chainql::Address;
-use chainql::contract::{ChainStatement, ContractStatement, bind_names, call_target};
+use chainql::contract::{ChainStatement, ContractStatement, bind_names, call_target, placeholder_position};
 use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{
-    self, BinaryOperator, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
-    Query, SetExpr, Statement, TableFactor, TableObject, Value, Visit, Visitor,
+    self, BinaryOperator, Expr, FromTable, FunctionArguments, ObjectName, Query, SetExpr, Statement,
+    TableFactor, TableObject, Value, Visit, Visitor,
 };
 
-use crate::contract::CALL_DEPTH_MAX;
+use crate::contract::{CALL_DEPTH_MAX, call_arguments, is_native_transfer};
 use crate::state::State;
 
 /// The keys of one table a transaction touches.
@@ -248,14 +248,7 @@ impl<'a> Analyzer<'a> {
     /// The key sets of `CALL name(args)`.
     pub fn call(&self, function: &ast::Function, params: &[Option<ScalarValue>], depth: u32) -> KeySets {
         let mut sets = KeySets::default();
-        let names: Vec<String> = function
-            .name
-            .0
-            .iter()
-            .filter_map(|p| p.as_ident())
-            .map(|i| i.value.to_lowercase())
-            .collect();
-        if names == ["chain", "transfer"] {
+        if is_native_transfer(&function.name) {
             sets.barrier = Some("a native transfer".into());
             return sets;
         }
@@ -263,16 +256,9 @@ impl<'a> Analyzer<'a> {
             sets.barrier = Some("an unknown contract".into());
             return sets;
         };
-        let args: Vec<Expr> = match &function.args {
-            FunctionArguments::List(list) => list
-                .args
-                .iter()
-                .map(|a| match a {
-                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => e.clone(),
-                    _ => Expr::Value(Value::Null.into()),
-                })
-                .collect(),
-            _ => Vec::new(),
+        let Ok(args) = call_arguments(function) else {
+            sets.barrier = Some("a call with arguments that are not positional".into());
+            return sets;
         };
         let values: Vec<Option<ScalarValue>> = args.iter().map(|a| self.value(a, params)).collect();
         self.contract(&name, &values, depth, &mut sets);
@@ -536,11 +522,9 @@ impl<'a> Analyzer<'a> {
             Expr::Value(value) => match &value.value {
                 Value::Number(n, _) => n.parse::<i64>().ok().map(|n| ScalarValue::Int64(Some(n))),
                 Value::SingleQuotedString(s) => Some(ScalarValue::Utf8(Some(s.clone()))),
-                Value::Placeholder(p) => p
-                    .strip_prefix('$')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .and_then(|n| n.checked_sub(1))
-                    .and_then(|n| params.get(n).cloned().flatten()),
+                Value::Placeholder(p) => {
+                    placeholder_position(p).and_then(|n| params.get(n).cloned().flatten())
+                }
                 _ => None,
             },
             Expr::Function(function) if is_caller(function) => {

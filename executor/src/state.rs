@@ -87,6 +87,13 @@ impl State {
         self.accounts.get(address).copied().unwrap_or_default()
     }
 
+    /// Counts a transaction of `address`: its next transaction carries the next nonce.
+    pub(crate) fn use_nonce(&mut self, address: &Address) {
+        let mut account = self.account(address);
+        account.nonce += 1;
+        self.accounts.insert(*address, account);
+    }
+
     /// Adds `delta` (negative: subtracts) to an account's native balance, creating the account
     /// when it is new. Refuses to go below zero or past `u64::MAX`.
     pub(crate) fn adjust_balance(&mut self, address: &Address, delta: i128) -> Result<()> {

@@ -3,8 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
 use tonic::{Request, Response, Status};
 
 use chainql::wire::{Receipt, SignedTransaction};
@@ -68,15 +66,6 @@ struct Api {
 
 fn hash_field(bytes: &[u8], what: &str) -> Result<Hash, Status> {
     Hash::from_slice(bytes).ok_or_else(|| Status::invalid_argument(format!("{what} must be 32 bytes")))
-}
-
-/// Encodes batches as an Arrow IPC stream.
-pub fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let result = QueryResult {
-        schema: Arc::clone(schema),
-        batches: batches.to_vec(),
-    };
-    Ok(result.to_ipc()?)
 }
 
 /// Decodes an Arrow IPC stream.
@@ -198,7 +187,7 @@ impl NodeApi for Api {
         }
         Ok(Response::new(proto::QueryResponse {
             columns,
-            arrow_ipc: to_ipc(&result.schema, &result.batches)?,
+            arrow_ipc: result.to_ipc().map_err(Error::from)?,
             rows,
             row_count: result.row_count() as u64,
             height,

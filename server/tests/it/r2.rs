@@ -28,6 +28,17 @@ async fn block_of(node: &Node, hashes: &[Hash]) -> u64 {
     heights[0]
 }
 
+/// Admits a batch and returns the height of the one block it landed in.
+async fn commit_in_one_block(node: &Node, batch: Vec<chainql::wire::SignedTransaction>) -> u64 {
+    let hashes: Vec<Hash> = node
+        .submit_many(batch)
+        .await
+        .into_iter()
+        .map(|r| r.expect("admitted"))
+        .collect();
+    block_of(node, &hashes).await
+}
+
 async fn stages(node: &Node, height: u64) -> Vec<String> {
     let (answer, _) = node
         .query(&format!("EXPLAIN BLOCK {height}"))
@@ -81,13 +92,7 @@ async fn explain_block_cuts_stages_by_key_conflicts() {
         .enumerate()
         .map(|(i, b)| b.build(0, vec![format!("CALL transfer('0x{:040x}', 1)", 1000 + i)]))
         .collect();
-    let hashes: Vec<Hash> = node
-        .submit_many(batch)
-        .await
-        .into_iter()
-        .map(|r| r.expect("admitted"))
-        .collect();
-    let distinct = block_of(&node, &hashes).await;
+    let distinct = commit_in_one_block(&node, batch).await;
     assert_eq!(stages(&node, distinct).await, ["1:6"]);
 
     // Four senders paying one hot recipient: each conflicts with the ones before it.
@@ -100,13 +105,7 @@ async fn explain_block_cuts_stages_by_key_conflicts() {
             )
         })
         .collect();
-    let hashes: Vec<Hash> = node
-        .submit_many(batch)
-        .await
-        .into_iter()
-        .map(|r| r.expect("admitted"))
-        .collect();
-    let hot = block_of(&node, &hashes).await;
+    let hot = commit_in_one_block(&node, batch).await;
     assert_eq!(stages(&node, hot).await, ["1:1", "2:1", "3:1", "4:1"]);
 
     // The setup block changed the catalog: a barrier, alone in its stage.
