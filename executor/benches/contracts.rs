@@ -1,16 +1,19 @@
 //! Executor-only speed of contract calls: a pre-ordered block of `transfer` calls (the token
 //! contract of `docs/chainql.md`) over a table of 1,000,000 holders, recipients drawn uniformly or
-//! from 1% hot keys. Signatures, the log and consensus are not involved: this is the block
-//! execution a validator does. Run with `cargo bench -p chainql-executor`; figures go to
-//! BENCHMARKS.md.
+//! from 1% hot keys, through the R2 runtime (100,000 calls) and through the serial path (2,000
+//! calls: it is two orders of magnitude slower) in the same run. Signatures, the log and
+//! consensus are not involved: this is the block execution a validator does. Run with
+//! `cargo bench -p chainql-executor`; figures go to BENCHMARKS.md.
 
 use chainql::{Address, Hash};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, State};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const HOLDERS: u64 = 1_000_000;
-/// Calls in the measured block, each from its own sender.
-const CALLS: u64 = 1_000;
+/// Calls in the block R2 runs, each from its own sender.
+const CALLS: u64 = 100_000;
+/// Calls in the block the serial path runs.
+const SERIAL_CALLS: u64 = 2_000;
 
 const CONTRACT: &str = "CREATE CONTRACT transfer(to_addr TEXT, amount BIGINT) AS $$
   REQUIRE amount > 0, 'amount must be positive';
@@ -79,10 +82,10 @@ fn setup(runtime: &tokio::runtime::Runtime, executor: &Executor) -> State {
     state
 }
 
-/// One call from each of holders 1..=CALLS, to recipients drawn by `recipient`.
-fn calls(recipient: impl Fn(&mut Numbers) -> u64) -> Vec<ExecutableTransaction> {
+/// One call from each of holders 1..=count, to recipients drawn by `recipient`.
+fn calls(count: u64, recipient: impl Fn(&mut Numbers) -> u64) -> Vec<ExecutableTransaction> {
     let mut numbers = Numbers(0x9e37_79b9_7f4a_7c15);
-    (1..=CALLS)
+    (1..=count)
         .map(|n| ExecutableTransaction {
             hash: Hash::tagged("bench-call", &[&n.to_le_bytes()]),
             sender: holder(n),
@@ -103,20 +106,21 @@ fn transfer_calls(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let executor = Executor::new(1, QueryLimits::default()).expect("executor");
+    let serial = Executor::new(1, QueryLimits::default())
+        .expect("executor")
+        .with_serial_execution();
     let state = setup(&runtime, &executor);
     let context = block(&state, holder(0));
-    let mut group = c.benchmark_group("transfer_calls_over_1m_holders");
-    group.throughput(Throughput::Elements(CALLS));
-    group.sample_size(10);
     let hot = HOLDERS / 100;
-    for (name, block_calls) in [
-        ("uniform", calls(|n| n.next(HOLDERS))),
-        ("hot_1_percent", calls(|n| n.next(hot))),
-    ] {
-        group.bench_with_input(
-            BenchmarkId::new("serial", name),
-            &block_calls,
-            |b, block_calls| {
+    let mut group = c.benchmark_group("transfer_calls_over_1m_holders");
+    group.sample_size(10);
+    for (path, executor, count) in [("r2", &executor, CALLS), ("serial", &serial, SERIAL_CALLS)] {
+        group.throughput(Throughput::Elements(count));
+        for (name, block_calls) in [
+            ("uniform", calls(count, |n| n.next(HOLDERS))),
+            ("hot_1_percent", calls(count, |n| n.next(hot))),
+        ] {
+            group.bench_with_input(BenchmarkId::new(path, name), &block_calls, |b, block_calls| {
                 b.iter(|| {
                     let (_, receipts) = runtime
                         .block_on(executor.execute_block(&state, &context, block_calls))
@@ -127,8 +131,8 @@ fn transfer_calls(c: &mut Criterion) {
                         receipts[0].error
                     );
                 });
-            },
-        );
+            });
+        }
     }
     group.finish();
 }

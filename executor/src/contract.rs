@@ -29,7 +29,6 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::ast::{Visit, Visitor};
 
 use crate::execute::{GAS_PER_STATEMENT, QueryResult, TransactionScope, bind};
-use crate::gas::GAS_PER_ROW_PROCESSED;
 use crate::provider::Extras;
 use crate::state::State;
 use crate::{Error, Executor, Result};
@@ -37,7 +36,7 @@ use crate::{Error, Executor, Result};
 /// How deep contracts may call contracts.
 pub const CALL_DEPTH_MAX: u32 = 8;
 /// Arguments an event carries, at most.
-const EVENT_ARGS_MAX: usize = 32;
+pub(crate) const EVENT_ARGS_MAX: usize = 32;
 
 /// A deployed contract.
 #[derive(Debug, Clone)]
@@ -150,12 +149,12 @@ pub(crate) fn call_arguments(function: &ast::Function) -> Result<Vec<Expr>> {
         .collect()
 }
 
-fn render(value: &ScalarValue) -> Option<String> {
+pub(crate) fn render(value: &ScalarValue) -> Option<String> {
     (!value.is_null()).then(|| value.to_string())
 }
 
 /// The Arrow type of a declared parameter.
-fn parameter_type(data_type: &ast::DataType) -> Result<DataType> {
+pub(crate) fn parameter_type(data_type: &ast::DataType) -> Result<DataType> {
     Ok(column_type(data_type)?.data_type)
 }
 
@@ -189,9 +188,9 @@ impl Executor {
 
     /// Evaluates expressions that read no table without planning a query: each becomes a
     /// DataFusion logical expression with its placeholders bound, then a physical expression
-    /// evaluated over one empty row. It costs one row's gas, as the one-row query would. An
-    /// expression this cannot handle (an aggregate, say) is an error, and the caller plans the
-    /// query instead.
+    /// evaluated over one empty row. It costs no gas beyond the statement's, as the one-row query
+    /// would not (its row is within a plan's free allowance). An expression this cannot handle
+    /// (an aggregate, say) is an error, and the caller plans the query instead.
     fn evaluate_directly(
         &self,
         working: &State,
@@ -221,7 +220,6 @@ impl Executor {
                 ColumnarValue::Array(array) => ScalarValue::try_from_array(&array, 0)?,
             });
         }
-        scope.gas.charge(GAS_PER_ROW_PROCESSED)?;
         Ok(values)
     }
 

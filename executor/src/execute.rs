@@ -24,9 +24,11 @@ use chainql_planner::{
     WritePlan, plan_write, register_chain_functions,
 };
 
-use crate::contract::EmittedEvent;
+use crate::contract::{EmittedEvent, call_arguments, is_native_transfer};
 use crate::gas::{GasMeter, meter_plan};
+use crate::keys::{Analyzer, stages};
 use crate::provider::Extras;
+use crate::r2::{self, CallSuccess, CompiledContracts, VectorCall, VectorContract};
 use crate::state::State;
 use crate::system::{BlockRecord, TransactionRecord};
 use crate::table::{RowLocation, Table, check_constraints};
@@ -118,6 +120,9 @@ pub struct Executor {
     query_limits: QueryLimits,
     /// Native units per unit of gas (the genesis's `gas_price`).
     gas_price: u64,
+    /// Run blocks through R2's stages (vectorized calls); off, every transaction runs alone in
+    /// block order — the reference R2 must equal.
+    r2: bool,
 }
 
 /// What a statement runs within: its block, its transaction's gas, whose rights it uses, and the
@@ -185,6 +190,7 @@ impl Executor {
             templates: SessionTemplates::new(query_partitions)?,
             query_limits,
             gas_price: 0,
+            r2: true,
         })
     }
 
@@ -193,6 +199,13 @@ impl Executor {
     /// the block's proposer and the rest refunded.
     pub fn with_gas_price(mut self, gas_price: u64) -> Executor {
         self.gas_price = gas_price;
+        self
+    }
+
+    /// Executes every block one transaction at a time, in block order, without R2's stages:
+    /// the reference the R2 runtime is checked against.
+    pub fn with_serial_execution(mut self) -> Executor {
+        self.r2 = false;
         self
     }
 
@@ -208,15 +221,26 @@ impl Executor {
     ) -> Result<(State, Vec<Receipt>)> {
         assert_eq!(block.height, state.height + 1, "blocks execute in height order");
         let mut state = state.clone();
-        let mut receipts = Vec::with_capacity(transactions.len());
-        let mut records = Vec::with_capacity(transactions.len());
-        for (index, transaction) in transactions.iter().enumerate() {
-            let (receipt, record) = self
-                .execute_transaction(&mut state, block, index as u32, transaction)
+        let mut outcomes: Vec<Option<(Receipt, TransactionRecord)>> =
+            (0..transactions.len()).map(|_| None).collect();
+        if self.r2 {
+            self.execute_stages(&mut state, block, transactions, &mut outcomes)
                 .await?;
-            receipts.push(receipt);
-            records.push(record);
+        } else {
+            for (index, transaction) in transactions.iter().enumerate() {
+                let (receipt, mut record) = self
+                    .execute_transaction(&mut state, block, index as u32, transaction)
+                    .await?;
+                record.stage = index as u32 + 1;
+                outcomes[index] = Some((receipt, record));
+            }
         }
+        let (receipts, records): (Vec<Receipt>, Vec<TransactionRecord>) = outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| Error::Internal("a transaction of the block did not run".into())))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         state.height = block.height;
         state.block_hash = block.hash;
         state.timestamp_ms = block.timestamp_ms;
@@ -237,6 +261,272 @@ impl Executor {
             &records,
         )?;
         Ok((state, receipts))
+    }
+
+    /// R2: cuts the block into stretches between barriers (transactions that change the catalog,
+    /// whose key sets the analysis of the stretch's state cannot know), each stretch into
+    /// conflict-free stages, and runs each stage's calls of one contract vectorized and the rest
+    /// one by one. Equivalent to running the block in order: a stage's transactions touch
+    /// disjoint keys, and the stages run in order.
+    async fn execute_stages(
+        &self,
+        state: &mut State,
+        block: &BlockContext,
+        transactions: &[ExecutableTransaction],
+        outcomes: &mut [Option<(Receipt, TransactionRecord)>],
+    ) -> Result<()> {
+        let mut next = 0;
+        let mut stage_number = 0;
+        while next < transactions.len() {
+            let mut sets = Vec::new();
+            let mut end = next;
+            while end < transactions.len() {
+                let transaction = &transactions[end];
+                let mut transaction_sets =
+                    Analyzer::new(state, Some(transaction.sender)).transaction(&transaction.statements);
+                if transaction.sender == block.proposer {
+                    // Its gas reservation reads a balance every transaction's fee adds to.
+                    transaction_sets.barrier = Some("the proposer's own transaction".into());
+                }
+                if transaction_sets.barrier.is_some() {
+                    break;
+                }
+                sets.push(transaction_sets);
+                end += 1;
+            }
+            let mut compiled = CompiledContracts::new();
+            for stage in stages(&sets) {
+                stage_number += 1;
+                let members: Vec<usize> = stage.iter().map(|i| next + i).collect();
+                self.execute_stage(state, block, transactions, &members, &mut compiled, outcomes)
+                    .await?;
+                for &i in &members {
+                    if let Some((_, record)) = &mut outcomes[i] {
+                        record.stage = stage_number;
+                    }
+                }
+            }
+            if end < transactions.len() {
+                stage_number += 1;
+                let (receipt, mut record) = self
+                    .execute_transaction(state, block, end as u32, &transactions[end])
+                    .await?;
+                record.stage = stage_number;
+                outcomes[end] = Some((receipt, record));
+                next = end + 1;
+            } else {
+                next = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one stage: calls of a compiled contract, two or more, as one vectorized group each;
+    /// the rest (and calls the group hands back) one by one in block order.
+    async fn execute_stage(
+        &self,
+        state: &mut State,
+        block: &BlockContext,
+        transactions: &[ExecutableTransaction],
+        members: &[usize],
+        compiled: &mut CompiledContracts,
+        outcomes: &mut [Option<(Receipt, TransactionRecord)>],
+    ) -> Result<()> {
+        let mut groups: Vec<(Arc<VectorContract>, Vec<(usize, String)>, Vec<VectorCall>)> = Vec::new();
+        let mut serial = Vec::new();
+        let mut session = None;
+        for &i in members {
+            match self.vector_call(state, block, &transactions[i], compiled, &mut session)? {
+                Some((contract, command, call)) => {
+                    match groups
+                        .iter_mut()
+                        .find(|(c, _, _)| c.contract.definition.name == contract.contract.definition.name)
+                    {
+                        Some((_, indices, calls)) => {
+                            indices.push((i, command));
+                            calls.push(call);
+                        }
+                        None => groups.push((contract, vec![(i, command)], vec![call])),
+                    }
+                }
+                None => serial.push(i),
+            }
+        }
+        for (contract, indices, calls) in groups {
+            if calls.len() < 2 {
+                serial.extend(indices.into_iter().map(|(i, _)| i));
+                continue;
+            }
+            let results = match self.run_vectorized(state, block, &contract, &calls) {
+                Ok(results) => results,
+                Err(error) => {
+                    // Nothing of the group was applied: its calls run one by one instead.
+                    tracing::warn!(contract = %contract.contract.definition.name, %error, "a vectorized group fell back to serial execution");
+                    calls.iter().map(|_| None).collect()
+                }
+            };
+            for ((i, command), result) in indices.into_iter().zip(results) {
+                match result {
+                    Some(success) => {
+                        outcomes[i] = Some(self.settle_call(
+                            state,
+                            block,
+                            i as u32,
+                            &transactions[i],
+                            command,
+                            success,
+                        )?)
+                    }
+                    None => serial.push(i),
+                }
+            }
+        }
+        serial.sort_unstable();
+        for i in serial {
+            outcomes[i] = Some(
+                self.execute_transaction(state, block, i as u32, &transactions[i])
+                    .await?,
+            );
+        }
+        Ok(())
+    }
+
+    /// A transaction that is one `CALL` of a compiled contract with literal arguments, by a
+    /// sender whose nonce and gas reservation hold: a member of a vectorized group.
+    fn vector_call(
+        &self,
+        state: &State,
+        block: &BlockContext,
+        transaction: &ExecutableTransaction,
+        compiled: &mut CompiledContracts,
+        session: &mut Option<SessionState>,
+    ) -> Result<Option<(Arc<VectorContract>, String, VectorCall)>> {
+        let [sql] = transaction.statements.as_slice() else {
+            return Ok(None);
+        };
+        let Ok((ChainStatement::Sql(statement), kind)) = chainql::sql::parse_transaction_statement(sql)
+        else {
+            return Ok(None);
+        };
+        let Statement::Call(function) = *statement else {
+            return Ok(None);
+        };
+        if is_native_transfer(&function.name) {
+            return Ok(None);
+        }
+        let Ok(name) = chainql::contract::call_target(&function.name) else {
+            return Ok(None);
+        };
+        if !compiled.contains_key(&name) {
+            let vectorized = match state.contract(&name) {
+                Some(contract) => {
+                    if session.is_none() {
+                        *session = Some(self.stage_session(state, block)?);
+                    }
+                    let session = session.as_ref().expect("the stage's session was just made");
+                    r2::compile(state, session, contract).map(Arc::new)
+                }
+                None => None,
+            };
+            compiled.insert(name.clone(), vectorized);
+        }
+        let Some(Some(contract)) = compiled.get(&name) else {
+            return Ok(None);
+        };
+        if !r2::may_call(&contract.contract, &transaction.sender) {
+            return Ok(None);
+        }
+        let Ok(args) = call_arguments(&function) else {
+            return Ok(None);
+        };
+        if args.len() != contract.parameter_types.len() {
+            return Ok(None);
+        }
+        let Some(args) = args
+            .iter()
+            .zip(&contract.parameter_types)
+            .map(|(arg, wanted)| r2::literal_argument(arg)?.cast_to(wanted).ok())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let account = state.account(&transaction.sender);
+        let affordable = transaction
+            .gas_limit
+            .checked_mul(self.gas_price)
+            .is_some_and(|reserved| reserved <= account.balance);
+        if transaction.nonce != account.nonce || !affordable {
+            return Ok(None);
+        }
+        Ok(Some((
+            Arc::clone(contract),
+            kind.command_tag().to_string(),
+            VectorCall {
+                caller: transaction.sender,
+                transaction: transaction.hash,
+                gas_limit: transaction.gas_limit,
+                args,
+            },
+        )))
+    }
+
+    /// The session a stage's vectorized expressions are planned in: the block's values, no
+    /// transaction's (each call's caller and hash are columns of its batch).
+    pub(crate) fn stage_session(&self, state: &State, block: &BlockContext) -> Result<SessionState> {
+        let scope = TransactionScope {
+            block,
+            gas: Arc::new(GasMeter::new(0)),
+            actor: Address([0; 20]),
+            caller: Address([0; 20]),
+            transaction: Hash::ZERO,
+            params: Arc::new(Vec::new()),
+            depth: 0,
+            output: Arc::new(std::sync::Mutex::new(CallOutput::default())),
+        };
+        self.transaction_session(state, &scope, Extras::default())
+    }
+
+    /// Pays for a call a vectorized group ran, as the serial path would have: the fee to the
+    /// proposer, the nonce used; and makes its receipt.
+    fn settle_call(
+        &self,
+        state: &mut State,
+        block: &BlockContext,
+        index: u32,
+        transaction: &ExecutableTransaction,
+        command: String,
+        success: CallSuccess,
+    ) -> Result<(Receipt, TransactionRecord)> {
+        let gas_used = success.gas_used.min(transaction.gas_limit);
+        let fee = gas_used * self.gas_price;
+        state.adjust_balance(&transaction.sender, -(fee as i128))?;
+        state.adjust_balance(&block.proposer, fee as i128)?;
+        state.use_nonce(&transaction.sender);
+        let receipt = Receipt {
+            transaction_hash: transaction.hash.0.to_vec(),
+            block_height: block.height,
+            index,
+            status: ReceiptStatus::Success as i32,
+            error: String::new(),
+            statements: vec![StatementResult { command, rows: 0 }],
+            gas_used,
+            fee,
+            events: success.events.iter().map(EmittedEvent::to_wire).collect(),
+            ..Receipt::default()
+        };
+        let record = TransactionRecord {
+            hash: transaction.hash,
+            sender: transaction.sender,
+            nonce: transaction.nonce,
+            success: true,
+            error: None,
+            statements: transaction.statements.join(";\n"),
+            gas_used,
+            events: success.events,
+            stage: 0,
+            vectorized: true,
+        };
+        Ok((receipt, record))
     }
 
     async fn execute_transaction(
@@ -265,6 +555,8 @@ impl Executor {
             statements: transaction.statements.join(";\n"),
             gas_used: 0,
             events: Vec::new(),
+            stage: 0,
+            vectorized: false,
         };
         let expected = state.account(&transaction.sender).nonce;
         if transaction.nonce != expected {
@@ -882,7 +1174,7 @@ fn read_only_options() -> SQLOptions {
 
 /// Casts `values` to the type of column `i`, refusing values that do not fit (no silent
 /// truncation or overflow).
-fn cast_column(definition: &TableDefinition, i: usize, values: &ArrayRef) -> Result<ArrayRef> {
+pub(crate) fn cast_column(definition: &TableDefinition, i: usize, values: &ArrayRef) -> Result<ArrayRef> {
     let column = &definition.columns[i];
     let target = &column.column_type.data_type;
     if values.data_type() == target {

@@ -1,9 +1,8 @@
 //! `EXPLAIN CALL name(args)`: a call's statements with the keys each reads and writes; and
-//! `EXPLAIN BLOCK n`: the conflict stages of block `n`'s transactions.
+//! `EXPLAIN BLOCK n`: the stages R2 ran block `n`'s transactions in.
 
 use std::sync::Arc;
 
-use chainql::Address;
 use chainql::contract::call_target;
 use datafusion::arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -11,7 +10,7 @@ use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::sql::sqlparser::ast;
 
 use crate::execute::QueryResult;
-use crate::keys::{Analyzer, KeySets, stages};
+use crate::keys::{Analyzer, KeySets};
 use crate::state::State;
 use crate::{Error, Executor, Result};
 
@@ -99,8 +98,9 @@ fn step_row(step: &str, statement: &str, sets: &KeySets) -> Vec<String> {
 }
 
 impl Executor {
-    /// The stages block `height`'s transactions fall into by their key sets (worked out against
-    /// the tables and contracts of `state`).
+    /// The stages R2 ran block `height` in, as recorded when it executed: per stage, how many
+    /// transactions, which (their positions in the block), and how many ran in vectorized
+    /// groups (with the contracts they called).
     pub(crate) async fn explain_block(&self, state: &State, height: u64) -> Result<QueryResult> {
         if height == 0 || height > state.height() {
             return Err(Error::Invalid(format!(
@@ -112,38 +112,70 @@ impl Executor {
             .read(
                 state,
                 &format!(
-                    "SELECT sender, statements FROM chain.transactions WHERE block_height = {height} ORDER BY index"
+                    "SELECT stage, index, vectorized, statements FROM chain.transactions \
+                     WHERE block_height = {height} ORDER BY stage, index"
                 ),
             )
             .await?;
-        let mut sets = Vec::new();
+        struct Stage {
+            number: i32,
+            positions: Vec<String>,
+            vectorized: usize,
+            contracts: Vec<String>,
+        }
+        let mut cut: Vec<Stage> = Vec::new();
         for batch in &answer.batches {
             for row in 0..batch.num_rows() {
-                let sender = array_value_to_string(batch.column(0), row)?;
-                let text = array_value_to_string(batch.column(1), row)?;
-                let split = chainql::sql::split_statements(&text);
-                let mut statements: Vec<String> = split.statements.iter().map(|s| s.to_string()).collect();
-                if split.has_unfinished_statement() {
-                    statements.push(split.remainder.trim().to_string());
+                let number: i32 = array_value_to_string(batch.column(0), row)?
+                    .parse()
+                    .map_err(|_| Error::Internal("a stage is not a number".into()))?;
+                let position = array_value_to_string(batch.column(1), row)?;
+                let vectorized = array_value_to_string(batch.column(2), row)? == "true";
+                if cut.last().is_none_or(|s| s.number != number) {
+                    cut.push(Stage {
+                        number,
+                        positions: Vec::new(),
+                        vectorized: 0,
+                        contracts: Vec::new(),
+                    });
                 }
-                let caller = Address::from_hex(&sender).ok();
-                sets.push(Analyzer::new(state, caller).transaction(&statements));
+                let stage = cut.last_mut().expect("a stage was just pushed");
+                stage.positions.push(position);
+                if vectorized {
+                    stage.vectorized += 1;
+                    let statements = array_value_to_string(batch.column(3), row)?;
+                    if let Ok(chainql::contract::ChainStatement::Sql(statement)) =
+                        chainql::contract::parse_chain_statement(&statements)
+                        && let ast::Statement::Call(function) = *statement
+                        && let Ok(name) = call_target(&function.name)
+                        && !stage.contracts.contains(&name)
+                    {
+                        stage.contracts.push(name);
+                    }
+                }
             }
         }
-        let cut = stages(&sets);
         let schema = Arc::new(Schema::new(vec![
             Field::new("stage", DataType::Int32, false),
             Field::new("transactions", DataType::Int32, false),
+            Field::new("vectorized", DataType::Int32, false),
+            Field::new("contracts", DataType::Utf8, false),
             Field::new("positions", DataType::Utf8, false),
         ]));
-        let positions: Vec<String> = cut
-            .iter()
-            .map(|s| s.iter().map(usize::to_string).collect::<Vec<_>>().join(", "))
-            .collect();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from_iter_values((1..=cut.len()).map(|s| s as i32))),
-            Arc::new(Int32Array::from_iter_values(cut.iter().map(|s| s.len() as i32))),
-            Arc::new(StringArray::from(positions)),
+            Arc::new(Int32Array::from_iter_values(cut.iter().map(|s| s.number))),
+            Arc::new(Int32Array::from_iter_values(
+                cut.iter().map(|s| s.positions.len() as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                cut.iter().map(|s| s.vectorized as i32),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                cut.iter().map(|s| s.contracts.join(", ")),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                cut.iter().map(|s| s.positions.join(", ")),
+            )),
         ];
         let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
         Ok(QueryResult {

@@ -41,6 +41,7 @@ mod explain;
 mod gas;
 mod keys;
 mod provider;
+mod r2;
 mod state;
 mod system;
 mod table;
@@ -50,7 +51,7 @@ pub use execute::{
     BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT,
     QueryLimits, QueryResult, TABLES_MAX, VIEW_GAS_LIMIT,
 };
-pub use gas::{GAS_PER_ROW_PROCESSED, GasMeter};
+pub use gas::{FREE_ROWS_PER_PLAN, GAS_PER_ROW_PROCESSED, GAS_PER_ROW_READ, GasMeter};
 pub use state::{Account, State};
 pub use system::SystemTables;
 pub use table::{CHUNK_ROWS, Table};

@@ -21,17 +21,19 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::contract::Contract;
 use crate::encode::encode_key;
+use crate::gas::StoredRowsExec;
 use crate::system::SystemTables;
 use crate::table::{RowLocation, Table};
 
-fn memory_exec(
+/// A scan of stored rows: its rows are charged as reads when a transaction's plan is metered.
+fn stored_rows_exec(
     batches: Vec<RecordBatch>,
     schema: SchemaRef,
     projection: Option<&Vec<usize>>,
 ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
     let plan: Arc<dyn ExecutionPlan> =
         MemorySourceConfig::try_new_exec(&[batches], schema, projection.cloned())?;
-    Ok(plan)
+    Ok(Arc::new(StoredRowsExec::new(plan)))
 }
 
 /// A user table at one version. As the target of an `UPDATE` or `DELETE` it also exposes each
@@ -154,15 +156,17 @@ impl TableProvider for UserTableProvider {
                 ]
             }
         };
-        memory_exec(batches, self.schema.clone(), projection)
+        stored_rows_exec(batches, self.schema.clone(), projection)
     }
 }
 
-/// Rows given up front: a system table built from a state version, or an upsert's proposed rows.
+/// Rows given up front: a system table built from a state version, an upsert's existing rows
+/// (both stored: reading them costs read gas), or an upsert's proposed rows (not stored).
 #[derive(Debug)]
 pub struct BatchesProvider {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
+    stored: bool,
 }
 
 #[async_trait]
@@ -182,7 +186,15 @@ impl TableProvider for BatchesProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        memory_exec(self.batches.clone(), self.schema.clone(), projection)
+        if self.stored {
+            return stored_rows_exec(self.batches.clone(), self.schema.clone(), projection);
+        }
+        let plan: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
+            &[self.batches.clone()],
+            self.schema.clone(),
+            projection.cloned(),
+        )?;
+        Ok(plan)
     }
 }
 
@@ -218,6 +230,7 @@ impl SchemaProvider for UserSchema {
             return Ok(Some(Arc::new(BatchesProvider {
                 schema: schema.clone(),
                 batches: batches.clone(),
+                stored: false,
             })));
         }
         if name == WRITE_TARGET_TABLE
@@ -226,6 +239,7 @@ impl SchemaProvider for UserSchema {
             return Ok(Some(Arc::new(BatchesProvider {
                 schema: schema.clone(),
                 batches: batches.clone(),
+                stored: true,
             })));
         }
         if name == WRITE_TARGET_TABLE {
@@ -264,7 +278,11 @@ impl SchemaProvider for SystemSchema {
         let Some((schema, batches)) = self.system.get(name, &self.tables, &self.contracts)? else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(BatchesProvider { schema, batches })))
+        Ok(Some(Arc::new(BatchesProvider {
+            schema,
+            batches,
+            stored: true,
+        })))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -83,6 +83,9 @@ pub struct TransactionRecord {
     pub gas_used: u64,
     /// The events its contracts emitted (none when it failed).
     pub events: Vec<EmittedEvent>,
+    /// The R2 stage it ran in (from 1, per block), and whether in a vectorized group.
+    pub stage: u32,
+    pub vectorized: bool,
 }
 
 /// One executed block, as `chain.blocks` shows it.
@@ -135,6 +138,8 @@ fn transactions_schema() -> SchemaRef {
         Field::new("error", DataType::Utf8, true),
         Field::new("statements", DataType::Utf8, false),
         Field::new("gas_used", DataType::Int64, false),
+        Field::new("stage", DataType::Int32, false),
+        Field::new("vectorized", DataType::Boolean, false),
     ]))
 }
 
@@ -246,6 +251,12 @@ impl SystemTables {
             )),
             Arc::new(Int64Array::from_iter_values(
                 transactions.iter().map(|t| to_i64(t.gas_used)),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                transactions.iter().map(|t| t.stage as i32),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                transactions.iter().map(|t| Some(t.vectorized)),
             )),
         ];
         self.transactions

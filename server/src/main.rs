@@ -158,7 +158,8 @@ struct BenchArgs {
     /// Concurrent clients, each with its own key.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Rows in the updated table.
+    /// Rows in the updated table (`update`), or holders besides the clients that transfers go
+    /// to (`transfer`).
     #[arg(long, default_value_t = 10_000)]
     rows: usize,
     #[arg(long, default_value_t = 10)]

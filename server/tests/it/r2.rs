@@ -1,5 +1,5 @@
-//! `EXPLAIN BLOCK n` over real multi-transaction blocks: calls on distinct keys share one stage;
-//! calls on one hot key are ordered into a stage each.
+//! `EXPLAIN BLOCK n` over real multi-transaction blocks: calls on distinct keys share one stage
+//! and run as one vectorized group; calls on one hot key are ordered into a stage each.
 
 use chainql::{Hash, Keypair, TransactionBuilder};
 use chainql_server::{Node, NodeConfig, init_data_dir};
@@ -49,7 +49,8 @@ async fn stages(node: &Node, height: u64) -> Vec<String> {
         for row in 0..batch.num_rows() {
             let stage = chainql_server::format::cell_text(batch.column(0), row).unwrap_or_default();
             let count = chainql_server::format::cell_text(batch.column(1), row).unwrap_or_default();
-            rows.push(format!("{stage}:{count}"));
+            let vectorized = chainql_server::format::cell_text(batch.column(2), row).unwrap_or_default();
+            rows.push(format!("{stage}:{count}:{vectorized}"));
         }
     }
     rows
@@ -93,7 +94,7 @@ async fn explain_block_cuts_stages_by_key_conflicts() {
         .map(|(i, b)| b.build(0, vec![format!("CALL transfer('0x{:040x}', 1)", 1000 + i)]))
         .collect();
     let distinct = commit_in_one_block(&node, batch).await;
-    assert_eq!(stages(&node, distinct).await, ["1:6"]);
+    assert_eq!(stages(&node, distinct).await, ["1:6:6"]);
 
     // Four senders paying one hot recipient: each conflicts with the ones before it.
     let batch: Vec<_> = builders[..4]
@@ -106,9 +107,9 @@ async fn explain_block_cuts_stages_by_key_conflicts() {
         })
         .collect();
     let hot = commit_in_one_block(&node, batch).await;
-    assert_eq!(stages(&node, hot).await, ["1:1", "2:1", "3:1", "4:1"]);
+    assert_eq!(stages(&node, hot).await, ["1:1:0", "2:1:0", "3:1:0", "4:1:0"]);
 
     // The setup block changed the catalog: a barrier, alone in its stage.
-    assert_eq!(stages(&node, 1).await, ["1:1"]);
+    assert_eq!(stages(&node, 1).await, ["1:1:0"]);
     node.shutdown().await;
 }
