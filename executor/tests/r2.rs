@@ -82,6 +82,17 @@ const SETUP: &[&str] = &[
     "CREATE CONTRACT bump(to_addr TEXT) AS $$
        UPDATE tokens SET balance = balance + 1 WHERE owner = to_addr AND balance < 150;
      $$",
+    "CREATE CONTRACT claim(id BIGINT) AS $$
+       INSERT INTO notes VALUES (id, CALLER(), 'claimed')
+         ON CONFLICT (id) DO UPDATE SET body = 'taken' WHERE notes.author = CALLER();
+     $$",
+    "CREATE CONTRACT touch(id BIGINT) AS $$
+       INSERT INTO notes (id, author) VALUES (id, CALLER()) ON CONFLICT DO NOTHING;
+       DELETE FROM notes WHERE notes.id = id AND body IS NULL;
+     $$",
+    "CREATE CONTRACT census() AS $$
+       EMIT counted((SELECT count(*) FROM notes), (SELECT sum(balance) FROM tokens));
+     $$",
     "CREATE CONTRACT pay_twice(to_addr TEXT, amount BIGINT) AS $$
        CALL transfer(to_addr, amount);
        CALL transfer(to_addr, amount);
@@ -114,8 +125,11 @@ fn random_statement(random: &mut Random) -> String {
             let body = if random.chance(20) { "far too long" } else { "hi" };
             format!("CALL note({}, '{body}')", random.below(24))
         }
-        62..=71 => format!("CALL unnote({})", random.below(24)),
-        72..=79 => format!("CALL bump('{}')", target(random)),
+        62..=67 => format!("CALL unnote({})", random.below(24)),
+        68..=71 => format!("CALL claim({})", random.below(24)),
+        72..=73 => format!("CALL touch({})", random.below(24)),
+        74 => "CALL census()".to_string(),
+        75..=79 => format!("CALL bump('{}')", target(random)),
         80..=85 => format!("CALL pay_twice('{}', {})", target(random), random.below(40)),
         86..=90 => format!(
             "UPDATE tokens SET balance = balance + 1 WHERE owner = '{}'",
