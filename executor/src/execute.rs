@@ -17,6 +17,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 
 use chainql::contract::ChainStatement;
+use chainql::sql::StatementKind;
 use chainql::wire::{Receipt, ReceiptStatus, StatementResult};
 use chainql::{Address, Hash};
 use chainql_planner::{
@@ -26,7 +27,7 @@ use chainql_planner::{
 
 use crate::contract::{EmittedEvent, call_arguments, is_native_transfer};
 use crate::gas::{GasMeter, meter_plan};
-use crate::keys::{Analyzer, stages};
+use crate::keys::{Analyzer, BoundBodies, stages};
 use crate::provider::Extras;
 use crate::r2::{self, CallSuccess, CompiledContracts, VectorCall, VectorContract};
 use crate::state::State;
@@ -279,11 +280,21 @@ impl Executor {
         let mut stage_number = 0;
         while next < transactions.len() {
             let mut sets = Vec::new();
+            // Each one-statement transaction is parsed once, for its key sets and its group.
+            let mut parsed = Vec::new();
+            let bodies = BoundBodies::default();
             let mut end = next;
             while end < transactions.len() {
                 let transaction = &transactions[end];
-                let mut transaction_sets =
-                    Analyzer::new(state, Some(transaction.sender)).transaction(&transaction.statements);
+                let analyzer = Analyzer::with_bodies(state, Some(transaction.sender), &bodies);
+                let statement = match transaction.statements.as_slice() {
+                    [sql] => chainql::sql::parse_transaction_statement(sql).ok(),
+                    _ => None,
+                };
+                let mut transaction_sets = match &statement {
+                    Some((statement, _)) => analyzer.single(statement),
+                    None => analyzer.transaction(&transaction.statements),
+                };
                 if transaction.sender == block.proposer {
                     // Its gas reservation reads a balance every transaction's fee adds to.
                     transaction_sets.barrier = Some("the proposer's own transaction".into());
@@ -292,14 +303,24 @@ impl Executor {
                     break;
                 }
                 sets.push(transaction_sets);
+                parsed.push(statement);
                 end += 1;
             }
             let mut compiled = CompiledContracts::new();
             for stage in stages(&sets) {
                 stage_number += 1;
                 let members: Vec<usize> = stage.iter().map(|i| next + i).collect();
-                self.execute_stage(state, block, transactions, &members, &mut compiled, outcomes)
-                    .await?;
+                let statements: Vec<_> = stage.iter().map(|&i| parsed[i].take()).collect();
+                self.execute_stage(
+                    state,
+                    block,
+                    transactions,
+                    &members,
+                    statements,
+                    &mut compiled,
+                    outcomes,
+                )
+                .await?;
                 for &i in &members {
                     if let Some((_, record)) = &mut outcomes[i] {
                         record.stage = stage_number;
@@ -329,14 +350,15 @@ impl Executor {
         block: &BlockContext,
         transactions: &[ExecutableTransaction],
         members: &[usize],
+        statements: Vec<Option<(ChainStatement, StatementKind)>>,
         compiled: &mut CompiledContracts,
         outcomes: &mut [Option<(Receipt, TransactionRecord)>],
     ) -> Result<()> {
         let mut groups: Vec<(Arc<VectorContract>, Vec<(usize, String)>, Vec<VectorCall>)> = Vec::new();
         let mut serial = Vec::new();
         let mut session = None;
-        for &i in members {
-            match self.vector_call(state, block, &transactions[i], compiled, &mut session)? {
+        for (&i, statement) in members.iter().zip(statements) {
+            match self.vector_call(state, block, &transactions[i], statement, compiled, &mut session)? {
                 Some((contract, command, call)) => {
                     match groups
                         .iter_mut()
@@ -398,14 +420,11 @@ impl Executor {
         state: &State,
         block: &BlockContext,
         transaction: &ExecutableTransaction,
+        statement: Option<(ChainStatement, StatementKind)>,
         compiled: &mut CompiledContracts,
         session: &mut Option<SessionState>,
     ) -> Result<Option<(Arc<VectorContract>, String, VectorCall)>> {
-        let [sql] = transaction.statements.as_slice() else {
-            return Ok(None);
-        };
-        let Ok((ChainStatement::Sql(statement), kind)) = chainql::sql::parse_transaction_statement(sql)
-        else {
+        let Some((ChainStatement::Sql(statement), kind)) = statement else {
             return Ok(None);
         };
         let Statement::Call(function) = *statement else {

@@ -150,11 +150,82 @@ pub struct Analyzer<'a> {
     state: &'a State,
     /// The sender; `None` leaves `CALLER()` symbolic (as `EXPLAIN CALL` shows it).
     caller: Option<Address>,
+    /// Contract bodies with their names bound, kept across the transactions of a stretch of a
+    /// block (no contract changes inside one).
+    bodies: Option<&'a BoundBodies>,
 }
+
+/// Contract bodies with parameter and `LET` names bound to placeholders, by contract name.
+pub type BoundBodies = std::cell::RefCell<BTreeMap<String, std::sync::Arc<Vec<ContractStatement>>>>;
 
 impl<'a> Analyzer<'a> {
     pub fn new(state: &'a State, caller: Option<Address>) -> Analyzer<'a> {
-        Analyzer { state, caller }
+        Analyzer {
+            state,
+            caller,
+            bodies: None,
+        }
+    }
+
+    /// An analyzer that binds each contract's body once and keeps it in `bodies`.
+    pub fn with_bodies(state: &'a State, caller: Option<Address>, bodies: &'a BoundBodies) -> Analyzer<'a> {
+        Analyzer {
+            state,
+            caller,
+            bodies: Some(bodies),
+        }
+    }
+
+    /// The key sets of a transaction of one statement, already parsed, and its sender's account.
+    pub fn single(&self, statement: &ChainStatement) -> KeySets {
+        let mut sets = KeySets::default();
+        if let Some(caller) = self.caller {
+            sets.write("chain.accounts", Keys::Known(BTreeSet::from([caller.to_hex()])));
+        }
+        match statement {
+            ChainStatement::Sql(statement) => sets.merge(self.statement(statement, &[], 0)),
+            _ => sets.barrier = Some("it changes contracts".into()),
+        }
+        sets
+    }
+
+    /// A contract's body with its names bound.
+    fn bound_body(
+        &self,
+        definition: &chainql::contract::ContractDefinition,
+    ) -> std::sync::Arc<Vec<ContractStatement>> {
+        if let Some(bodies) = self.bodies
+            && let Some(body) = bodies.borrow().get(&definition.name)
+        {
+            return body.clone();
+        }
+        let mut names: Vec<String> = definition.parameters.iter().map(|(n, _)| n.clone()).collect();
+        let body: Vec<ContractStatement> = definition
+            .statements
+            .iter()
+            .map(|statement| {
+                let mut statement = statement.clone();
+                match &mut statement {
+                    ContractStatement::Require { condition, .. } => bind_names(condition, &names),
+                    ContractStatement::Let { name, value } => {
+                        bind_names(value, &names);
+                        names.push(name.clone());
+                    }
+                    ContractStatement::Emit { args, .. } | ContractStatement::Call { args, .. } => {
+                        for arg in args {
+                            bind_names(arg, &names);
+                        }
+                    }
+                    ContractStatement::Sql(statement) => bind_names(statement.as_mut(), &names),
+                }
+                statement
+            })
+            .collect();
+        let body = std::sync::Arc::new(body);
+        if let Some(bodies) = self.bodies {
+            bodies.borrow_mut().insert(definition.name.clone(), body.clone());
+        }
+        body
     }
 
     /// The key sets of a whole transaction: its statements, and its sender's account.
@@ -304,17 +375,15 @@ impl<'a> Analyzer<'a> {
         depth: u32,
         describe: bool,
     ) -> Vec<(String, KeySets)> {
-        let mut names: Vec<String> = definition.parameters.iter().map(|(n, _)| n.clone()).collect();
         let mut params: Vec<Option<ScalarValue>> = values.to_vec();
-        params.resize(names.len(), None);
-        let mut steps = Vec::with_capacity(definition.statements.len());
-        for statement in &definition.statements {
+        params.resize(definition.parameters.len(), None);
+        let body = self.bound_body(definition);
+        let mut steps = Vec::with_capacity(body.len());
+        for statement in body.iter() {
             let mut sets = KeySets::default();
             let text = match statement {
                 ContractStatement::Require { condition, .. } => {
-                    let mut condition = condition.clone();
-                    bind_names(&mut condition, &names);
-                    self.queries(&condition, &params, &mut sets);
+                    self.queries(condition, &params, &mut sets);
                     if describe {
                         format!("REQUIRE {condition}")
                     } else {
@@ -322,16 +391,13 @@ impl<'a> Analyzer<'a> {
                     }
                 }
                 ContractStatement::Let { name, value } => {
-                    let mut value = value.clone();
-                    bind_names(&mut value, &names);
-                    self.queries(&value, &params, &mut sets);
+                    self.queries(value, &params, &mut sets);
                     // The value is known only when it reads no table.
                     let known = if sets.reads.is_empty() {
-                        self.value(&value, &params)
+                        self.value(value, &params)
                     } else {
                         None
                     };
-                    names.push(name.clone());
                     params.push(known);
                     if describe {
                         format!("LET {name} = {value}")
@@ -340,9 +406,7 @@ impl<'a> Analyzer<'a> {
                     }
                 }
                 ContractStatement::Emit { event, args } => {
-                    let mut args = args.clone();
-                    for arg in &mut args {
-                        bind_names(arg, &names);
+                    for arg in args {
                         self.queries(arg, &params, &mut sets);
                     }
                     if describe {
@@ -352,10 +416,8 @@ impl<'a> Analyzer<'a> {
                     }
                 }
                 ContractStatement::Call { contract, args } => {
-                    let mut args = args.clone();
                     let mut values = Vec::with_capacity(args.len());
-                    for arg in &mut args {
-                        bind_names(arg, &names);
+                    for arg in args {
                         self.queries(arg, &params, &mut sets);
                         values.push(self.value(arg, &params));
                     }
@@ -367,9 +429,7 @@ impl<'a> Analyzer<'a> {
                     }
                 }
                 ContractStatement::Sql(statement) => {
-                    let mut statement = statement.as_ref().clone();
-                    bind_names(&mut statement, &names);
-                    sets.merge(self.statement(&statement, &params, depth));
+                    sets.merge(self.statement(statement, &params, depth));
                     if describe {
                         let text = statement.to_string();
                         text.split_whitespace().collect::<Vec<_>>().join(" ")
