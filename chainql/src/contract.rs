@@ -137,7 +137,7 @@ fn normalize(ident: &Ident) -> String {
 
 fn parser(sql: &str) -> Result<Parser<'static>> {
     Parser::new(&PostgreSqlDialect {})
-        .with_recursion_limit(64)
+        .with_recursion_limit(crate::sql::PARSE_DEPTH_MAX)
         .try_with_sql(sql)
         .map_err(|e| Error::Sql(e.to_string()))
 }
@@ -183,7 +183,13 @@ pub fn parse_chain_statement(sql: &str) -> Result<ChainStatement> {
             if_exists,
         });
     }
-    Ok(ChainStatement::Sql(Box::new(crate::sql::parse_statement(sql)?)))
+    // Plain SQL: the tokens already read serve the statement parser too.
+    let mut statements = p.parse_statements().map_err(sql_error)?;
+    match statements.len() {
+        1 => Ok(ChainStatement::Sql(Box::new(statements.remove(0)))),
+        0 => Err(Error::Sql("empty statement".into())),
+        n => Err(Error::Sql(format!("expected one statement, found {n}"))),
+    }
 }
 
 fn parse_name_types(p: &mut Parser<'_>) -> Result<Vec<(String, DataType)>> {

@@ -45,7 +45,7 @@ pub const NON_DETERMINISTIC_FUNCTIONS: &[&str] = &[
 ];
 
 /// Recursion depth bound while parsing, so deeply nested input is an error, not a stack overflow.
-const PARSE_DEPTH_MAX: usize = 64;
+pub(crate) const PARSE_DEPTH_MAX: usize = 64;
 
 /// What a statement does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

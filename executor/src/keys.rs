@@ -488,7 +488,7 @@ impl<'a> Analyzer<'a> {
 
     /// True when `assignments` set a primary-key column (so the row may move to any key).
     fn assigns_key(&self, table: &str, assignments: &[ast::Assignment]) -> bool {
-        let Some(definition) = self.state.table(table).map(|t| t.definition().clone()) else {
+        let Some(definition) = self.state.table(table).map(|t| t.definition()) else {
             return true;
         };
         assignments.iter().any(|a| {
@@ -508,7 +508,7 @@ impl<'a> Analyzer<'a> {
 
     /// The keys an `INSERT ... VALUES` writes.
     fn insert_keys(&self, table: &str, insert: &ast::Insert, params: &[Option<ScalarValue>]) -> Keys {
-        let Some(definition) = self.state.table(table).map(|t| t.definition().clone()) else {
+        let Some(definition) = self.state.table(table).map(|t| t.definition()) else {
             return Keys::All;
         };
         if definition.primary_key.is_empty() {
@@ -556,7 +556,7 @@ impl<'a> Analyzer<'a> {
         selection: Option<&Expr>,
         params: &[Option<ScalarValue>],
     ) -> Keys {
-        let Some(definition) = self.state.table(table).map(|t| t.definition().clone()) else {
+        let Some(definition) = self.state.table(table).map(|t| t.definition()) else {
             return Keys::All;
         };
         let Some(selection) = selection else {
