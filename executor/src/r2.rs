@@ -360,27 +360,38 @@ impl Compiler<'_> {
         if query.to_string() != format!("SELECT {} FROM {from} WHERE {selection}", select.projection[0]) {
             return None;
         }
-        let TableFactor::Table { name, alias, .. } = &from.relation else {
-            return None;
-        };
         if !from.joins.is_empty() {
             return None;
         }
-        let table = table_name(name)?;
-        let definition = self.table(&table, Privileges::default())?.definition();
-        let qualifier = alias
-            .as_ref()
-            .map(|a| lowercase(&a.name))
-            .unwrap_or_else(|| table.clone());
-        let value = normalize(value.clone(), self.session)?;
-        let selection = normalize(selection.clone(), self.session)?;
-        let (key, filter) = key_predicate(selection, definition, &qualifier)?;
+        let (target, _, key, filter) = self.keyed(&from.relation, Privileges::default(), selection)?;
+        let value = self.scalar(value)?;
         Some(Lookup {
-            target: Target { table, qualifier },
+            target,
             key,
             filter,
             value,
         })
+    }
+
+    /// The table a statement reads or writes one row of, with the key its `WHERE` pins and the
+    /// rest of the `WHERE`.
+    fn keyed(
+        &self,
+        relation: &TableFactor,
+        wanted: Privileges,
+        selection: &Expr,
+    ) -> Option<(Target, &TableDefinition, Expr, Option<Expr>)> {
+        let TableFactor::Table { name, alias, .. } = relation else {
+            return None;
+        };
+        let table = table_name(name)?;
+        let definition = self.table(&table, wanted)?.definition();
+        let qualifier = alias
+            .as_ref()
+            .map(|a| lowercase(&a.name))
+            .unwrap_or_else(|| table.clone());
+        let (key, filter) = key_predicate(self.scalar(selection)?, definition, &qualifier)?;
+        Some((Target { table, qualifier }, definition, key, filter))
     }
 
     /// An expression of a write statement: no subqueries.
@@ -421,24 +432,15 @@ impl Compiler<'_> {
                 {
                     return None;
                 }
-                let TableFactor::Table { name, alias, .. } = &update.table.relation else {
-                    return None;
-                };
-                let table = table_name(name)?;
                 let wanted = Privileges {
                     update: true,
                     ..Privileges::default()
                 };
-                let definition = self.table(&table, wanted)?.definition();
-                let qualifier = alias
-                    .as_ref()
-                    .map(|a| lowercase(&a.name))
-                    .unwrap_or_else(|| table.clone());
+                let (target, definition, key, filter) =
+                    self.keyed(&update.table.relation, wanted, update.selection.as_ref()?)?;
                 let assignments = self.assignments(definition, &update.assignments)?;
-                let selection = self.scalar(update.selection.as_ref()?)?;
-                let (key, filter) = key_predicate(selection, definition, &qualifier)?;
                 Some(Step::Update {
-                    target: Target { table, qualifier },
+                    target,
                     key,
                     filter,
                     assignments,
@@ -459,29 +461,16 @@ impl Compiler<'_> {
                 let [from] = from.as_slice() else {
                     return None;
                 };
-                let TableFactor::Table { name, alias, .. } = &from.relation else {
-                    return None;
-                };
                 if !from.joins.is_empty() {
                     return None;
                 }
-                let table = table_name(name)?;
                 let wanted = Privileges {
                     delete: true,
                     ..Privileges::default()
                 };
-                let definition = self.table(&table, wanted)?.definition();
-                let qualifier = alias
-                    .as_ref()
-                    .map(|a| lowercase(&a.name))
-                    .unwrap_or_else(|| table.clone());
-                let selection = self.scalar(delete.selection.as_ref()?)?;
-                let (key, filter) = key_predicate(selection, definition, &qualifier)?;
-                Some(Step::Delete {
-                    target: Target { table, qualifier },
-                    key,
-                    filter,
-                })
+                let (target, _, key, filter) =
+                    self.keyed(&from.relation, wanted, delete.selection.as_ref()?)?;
+                Some(Step::Delete { target, key, filter })
             }
             Statement::Insert(insert) => {
                 if insert.or.is_some()
