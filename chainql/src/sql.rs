@@ -198,6 +198,86 @@ fn first_words(sql: &str) -> String {
         .to_uppercase()
 }
 
+/// Finds a query's `AS OF BLOCK n` clause: the whole statement then reads the state after block
+/// `n`. The clause may stand anywhere at the statement's top level (conventionally after its
+/// `FROM` list, as CockroachDB places `AS OF SYSTEM TIME`), at most once, and is cut out of the
+/// text the query planner sees. Returns the text unchanged and `None` when there is no clause.
+pub fn split_as_of(sql: &str) -> Result<(String, Option<u64>)> {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::Sql(e.to_string()))?;
+    // Byte offset of each line's start, to turn token locations (line, char column) into bytes.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |line: u64, column: u64| -> usize {
+        let start = line_starts
+            .get(line.saturating_sub(1) as usize)
+            .copied()
+            .unwrap_or(sql.len());
+        sql[start..]
+            .char_indices()
+            .nth(column.saturating_sub(1) as usize)
+            .map_or(sql.len(), |(i, _)| start + i)
+    };
+    let words: Vec<(usize, &Token)> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t.token, Token::Whitespace(_)))
+        .map(|(i, t)| (i, &t.token))
+        .collect();
+    let keyword =
+        |t: &Token, k: Keyword| matches!(t, Token::Word(w) if w.keyword == k && w.quote_style.is_none());
+    let mut depth = 0i64;
+    let mut found: Option<(usize, usize, u64)> = None;
+    for (w, (_, token)) in words.iter().enumerate() {
+        match token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth -= 1,
+            _ => {}
+        }
+        let is_clause = keyword(token, Keyword::AS)
+            && words.get(w + 1).is_some_and(|(_, t)| keyword(t, Keyword::OF))
+            && words
+                .get(w + 2)
+                .is_some_and(|(_, t)| matches!(t, Token::Word(b) if b.quote_style.is_none() && b.value.eq_ignore_ascii_case("block")));
+        if !is_clause {
+            continue;
+        }
+        if depth != 0 {
+            return Err(Error::Sql(
+                "AS OF BLOCK applies to a whole statement: write it once, outside parentheses".into(),
+            ));
+        }
+        if found.is_some() {
+            return Err(Error::Sql(
+                "AS OF BLOCK may appear only once in a statement".into(),
+            ));
+        }
+        let height = match words.get(w + 3) {
+            Some((_, Token::Number(n, false))) => n.parse::<u64>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            Error::Sql("AS OF BLOCK takes a block height: a whole number, such as AS OF BLOCK 42".into())
+        })?;
+        let first = &tokens[words[w].0].span.start;
+        let last = &tokens[words[w + 3].0].span.end;
+        found = Some((
+            offset(first.line, first.column),
+            offset(last.line, last.column),
+            height,
+        ));
+    }
+    Ok(match found {
+        None => (sql.to_string(), None),
+        Some((start, end, height)) => (format!("{}{}", &sql[..start], &sql[end..]), Some(height)),
+    })
+}
+
 /// The result of splitting a script at its top-level semicolons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split<'a> {
@@ -359,6 +439,27 @@ fn dollar_tag(bytes: &[u8], i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_of_block_is_cut_out_of_the_statement() {
+        let (sql, height) = split_as_of("SELECT * FROM t AS OF BLOCK 42 WHERE a = 'AS OF BLOCK 7'").unwrap();
+        assert_eq!(sql, "SELECT * FROM t  WHERE a = 'AS OF BLOCK 7'");
+        assert_eq!(height, Some(42));
+        let (sql, height) = split_as_of("SELECT 'é'\n  FROM t as of block 3;").unwrap();
+        assert_eq!(sql, "SELECT 'é'\n  FROM t ;");
+        assert_eq!(height, Some(3));
+        let (sql, height) = split_as_of("SELECT x AS \"of\" FROM t").unwrap();
+        assert_eq!((sql.as_str(), height), ("SELECT x AS \"of\" FROM t", None));
+        for bad in [
+            "SELECT * FROM t AS OF BLOCK -1",
+            "SELECT * FROM t AS OF BLOCK 1.5",
+            "SELECT * FROM t AS OF BLOCK",
+            "SELECT * FROM t AS OF BLOCK 1 AS OF BLOCK 2",
+            "SELECT * FROM (SELECT * FROM t AS OF BLOCK 1) s",
+        ] {
+            assert!(split_as_of(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn splits_at_top_level_semicolons_only() {

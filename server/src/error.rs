@@ -29,6 +29,8 @@ pub enum Error {
     Corrupt(String),
     #[error("the node has halted: {0}")]
     Halted(String),
+    #[error("block {height} is not committed yet: the chain is at height {tip}")]
+    FutureBlock { height: u64, tip: u64 },
     #[error("the node is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -75,6 +77,7 @@ impl From<Error> for tonic::Status {
             Error::Consensus(_) | Error::Corrupt(_) | Error::Io { .. } => Code::Internal,
             Error::Config(_) => Code::FailedPrecondition,
             Error::Client(_) => Code::InvalidArgument,
+            Error::FutureBlock { .. } => Code::OutOfRange,
             Error::TransactionFailed { .. } => Code::Aborted,
         };
         tonic::Status::new(code, error.to_string())

@@ -84,6 +84,10 @@ struct NodeOptions {
     /// Recent log entries kept in memory per partition, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     log_tail_bytes_max: usize,
+    /// Committed versions kept in memory for `AS OF BLOCK n` queries; older ones are rebuilt
+    /// from the stored blocks when asked for.
+    #[arg(long, default_value_t = 128)]
+    snapshots_kept: u64,
 }
 
 impl NodeOptions {
@@ -95,6 +99,7 @@ impl NodeOptions {
         config.log_partitions = self.log_partitions;
         config.log_group_commit_wait_ms = self.log_group_commit_wait_ms;
         config.log_tail_bytes_max = self.log_tail_bytes_max;
+        config.snapshots_kept = self.snapshots_kept;
         config
     }
 }

@@ -11,7 +11,7 @@
 //! committed once its record in the block store is fsynced. Everything else (the state, the
 //! receipts, the pending nonces) is rebuilt from those two files on start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// The gas price of a chain this node creates (`init_data_dir`); an existing chain keeps its
     /// genesis's.
     pub gas_price: u64,
+    /// Committed versions kept in memory for `AS OF BLOCK` queries (the latest included); an
+    /// older version is rebuilt from its lineage on demand.
+    pub snapshots_kept: u64,
 }
 
 impl NodeConfig {
@@ -67,6 +70,7 @@ impl NodeConfig {
             log_tail_bytes_max: 64 << 20,
             log_partitions: 4,
             gas_price: 0,
+            snapshots_kept: 128,
         }
     }
 
@@ -86,6 +90,11 @@ impl NodeConfig {
         }
         if self.block_interval_ms > 60_000 {
             return Err(Error::Config("block_interval_ms must be at most 60,000".into()));
+        }
+        if self.snapshots_kept == 0 || self.snapshots_kept > 1_000_000 {
+            return Err(Error::Config(
+                "snapshots_kept must be between 1 and 1,000,000".into(),
+            ));
         }
         if self.log_group_commit_wait_ms > 1_000 {
             return Err(Error::Config(
@@ -167,6 +176,11 @@ struct Inner {
     log: Log,
     executor: Executor,
     committed: watch::Sender<Arc<State>>,
+    /// The last `snapshots_kept` committed versions by height, the latest included.
+    snapshots: Mutex<BTreeMap<u64, Arc<State>>>,
+    /// The version last rebuilt from its lineage (older than every kept snapshot). The lock also
+    /// makes rebuilds run one at a time.
+    rebuilt: tokio::sync::Mutex<Option<Arc<State>>>,
     /// Pending nonces, one lock per log partition: a sender's transactions all go to one
     /// partition, so admissions to different partitions never wait for each other.
     admission: Vec<tokio::sync::Mutex<Admission>>,
@@ -262,7 +276,8 @@ impl Node {
         let executor =
             Executor::new(config.query_partitions, config.query_limits)?.with_gas_price(genesis.gas_price);
         let genesis_state = State::genesis(genesis.hash(), genesis.genesis_time_ms, &genesis.accounts()?)?;
-        let (committed, _) = watch::channel(Arc::new(genesis_state));
+        let genesis_state = Arc::new(genesis_state);
+        let (committed, _) = watch::channel(Arc::clone(&genesis_state));
         let inner = Arc::new(Inner {
             config,
             genesis,
@@ -271,6 +286,8 @@ impl Node {
             log,
             executor,
             committed,
+            snapshots: Mutex::new(BTreeMap::from([(0, genesis_state)])),
+            rebuilt: tokio::sync::Mutex::new(None),
             admission: (0..partitions)
                 .map(|_| tokio::sync::Mutex::new(Admission::default()))
                 .collect(),
@@ -527,11 +544,31 @@ impl Node {
         receiver.await.map_err(|_| Error::ShuttingDown)
     }
 
-    /// Answers a read-only query on the latest committed state.
+    /// Answers a read-only query on the latest committed state, or with `AS OF BLOCK n` on the
+    /// state after block `n`. Returns the answer and the height it describes.
     pub async fn query(&self, sql: &str) -> Result<(QueryResult, u64)> {
-        let state = self.state();
-        let result = self.inner.executor.query(&state, sql).await?;
+        let (sql, as_of) = chainql::sql::split_as_of(sql)?;
+        let state = match as_of {
+            Some(height) => self.state_at(height).await?,
+            None => self.state(),
+        };
+        let result = self.inner.executor.query(&state, &sql).await?;
         Ok((result, state.height()))
+    }
+
+    /// The committed state after block `height` (0: the genesis state). The last
+    /// `snapshots_kept` versions are at hand; an older one is rebuilt from its lineage, the
+    /// stored blocks since genesis, each checked as at replay, and the result is checked against
+    /// the state root the next block carries.
+    pub async fn state_at(&self, height: u64) -> Result<Arc<State>> {
+        let tip = self.state().height();
+        if height > tip {
+            return Err(Error::FutureBlock { height, tip });
+        }
+        if let Some(state) = lock(&self.inner.snapshots).get(&height) {
+            return Ok(Arc::clone(state));
+        }
+        self.inner.rebuild(height).await
     }
 
     /// A committed block; height 0 means the latest.
@@ -803,6 +840,49 @@ impl Inner {
             .await?)
     }
 
+    /// Re-executes the stored blocks up to `height` from the genesis state, or from the version
+    /// rebuilt last when it is not past `height`.
+    async fn rebuild(&self, height: u64) -> Result<Arc<State>> {
+        let mut rebuilt = self.rebuilt.lock().await;
+        let mut state = match rebuilt.as_ref() {
+            Some(state) if state.height() == height => return Ok(Arc::clone(state)),
+            Some(state) if state.height() < height => Arc::clone(state),
+            _ => Arc::new(State::genesis(
+                self.genesis.hash(),
+                self.genesis.genesis_time_ms,
+                &self.genesis.accounts()?,
+            )?),
+        };
+        let started = Instant::now();
+        let from = state.height();
+        while state.height() < height {
+            let h = state.height() + 1;
+            let block = lock(&self.blocks)
+                .get(h)?
+                .ok_or_else(|| Error::Corrupt(format!("block {h} is missing")))?;
+            state = Arc::new(self.apply_block(&state, &block).await?.0);
+        }
+        let next = lock(&self.blocks).get(height + 1)?;
+        if let Some(header) = next.as_ref().and_then(|block| block.header.as_ref())
+            && Hash::from_slice(&header.state_root) != Some(state.root())
+        {
+            return Err(Error::Corrupt(format!(
+                "the state rebuilt for block {height} has root {}, but block {} carries {}",
+                state.root(),
+                height + 1,
+                hex::encode(&header.state_root)
+            )));
+        }
+        tracing::info!(
+            height,
+            from,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt a state version from its lineage"
+        );
+        *rebuilt = Some(Arc::clone(&state));
+        Ok(state)
+    }
+
     /// Makes an executed block visible: the new state, its receipts, and the waiters' answers.
     fn publish(&self, state: Arc<State>, receipts: Vec<Receipt>) {
         let mut waiting = Vec::new();
@@ -815,6 +895,15 @@ impl Inner {
                     waiting.push((list, receipt.clone()));
                 }
                 known.insert(hash, receipt);
+            }
+        }
+        {
+            let mut snapshots = lock(&self.snapshots);
+            let height = state.height();
+            snapshots.insert(height, Arc::clone(&state));
+            let oldest_kept = (height + 1).saturating_sub(self.config.snapshots_kept);
+            while snapshots.first_key_value().is_some_and(|(h, _)| *h < oldest_kept) {
+                snapshots.pop_first();
             }
         }
         self.committed.send_replace(state);

@@ -4,6 +4,7 @@
 mod admission;
 mod blocks;
 mod grpc;
+mod history;
 mod r2;
 mod restart;
 mod shell;
