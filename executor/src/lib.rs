@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+mod checkpoint;
 mod contract;
 mod encode;
 mod execute;
@@ -46,6 +47,7 @@ mod state;
 mod system;
 mod table;
 
+pub use checkpoint::checkpoint_height;
 pub use contract::{CALL_DEPTH_MAX, Contract, EmittedEvent};
 pub use execute::{
     BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT,

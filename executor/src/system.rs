@@ -209,6 +209,46 @@ impl SystemTables {
         self.accounts = accounts;
     }
 
+    /// The history tables (`blocks`, `transactions`, `events`) as a checkpoint stores them.
+    pub(crate) fn history(&self) -> [(&'static str, SchemaRef, Vec<RecordBatch>); 3] {
+        [
+            ("blocks", self.blocks.schema.clone(), self.blocks.batches()),
+            (
+                "transactions",
+                self.transactions.schema.clone(),
+                self.transactions.batches(),
+            ),
+            ("events", self.events.schema.clone(), self.events.batches()),
+        ]
+    }
+
+    /// System tables rebuilt from a checkpoint: the accounts and the history tables' rows, in
+    /// the order [`SystemTables::history`] names them.
+    pub(crate) fn restore(
+        accounts: imbl::OrdMap<Address, Account>,
+        history: [Vec<RecordBatch>; 3],
+    ) -> Result<SystemTables> {
+        let mut tables = SystemTables::new(accounts);
+        let [blocks, transactions, events] = history;
+        for (target, batches) in [
+            (&mut tables.blocks, blocks),
+            (&mut tables.transactions, transactions),
+            (&mut tables.events, events),
+        ] {
+            for batch in batches {
+                if batch.schema().fields() != target.schema.fields() {
+                    return Err(Error::Invalid(format!(
+                        "a stored history batch has columns {:?}, expected {:?}",
+                        batch.schema().fields(),
+                        target.schema.fields()
+                    )));
+                }
+                target.push(batch.with_schema(target.schema.clone())?)?;
+            }
+        }
+        Ok(tables)
+    }
+
     /// Appends an executed block and its transactions.
     pub fn push_block(&mut self, block: &BlockRecord, transactions: &[TransactionRecord]) -> Result<()> {
         let columns: Vec<ArrayRef> = vec![

@@ -469,6 +469,80 @@ impl Table {
         Ok(())
     }
 
+    /// The chunks as they are laid out (id, rows in the storage schema, live mask), in id order,
+    /// and the id the next chunk gets: what a checkpoint stores so a restored table has the same
+    /// layout, and therefore the same scan order and compactions, as the original.
+    pub(crate) fn layout(&self) -> (impl Iterator<Item = (u64, &RecordBatch, &BooleanBuffer)>, u64) {
+        (
+            self.chunks.iter().map(|(id, c)| (*id, &c.batch, &c.live)),
+            self.next_chunk_id,
+        )
+    }
+
+    pub(crate) fn next_row_id(&self) -> i64 {
+        self.next_row_id
+    }
+
+    /// A table rebuilt from a checkpoint: its chunks exactly as [`Table::layout`] gave them. The
+    /// index and row hashes are computed again from the rows; a duplicate key, a chunk of another
+    /// schema or ids out of order are refused.
+    pub(crate) fn restore(
+        definition: TableDefinition,
+        owner: Address,
+        grants: BTreeMap<Address, Privileges>,
+        next_row_id: i64,
+        next_chunk_id: u64,
+        chunks: Vec<(u64, RecordBatch, BooleanBuffer)>,
+    ) -> Result<Table> {
+        let mut table = Table::new(definition, owner);
+        table.grants = grants;
+        table.next_row_id = next_row_id;
+        let mut scratch = Vec::with_capacity(128);
+        for (id, batch, live) in chunks {
+            if batch.schema().fields() != table.storage_schema.fields() {
+                return Err(Error::Invalid(format!(
+                    "a stored chunk of table {} has columns {:?}, not the table's",
+                    table.name(),
+                    batch.schema().fields()
+                )));
+            }
+            if live.len() != batch.num_rows()
+                || id >= next_chunk_id
+                || table.chunks.last_key_value().is_some_and(|(last, _)| *last >= id)
+            {
+                return Err(Error::Invalid(format!(
+                    "stored chunk {id} of table {} is out of order or has a wrong mask",
+                    table.name()
+                )));
+            }
+            for row in live.set_indices() {
+                let key = encode_key(&batch, &table.key_columns, row)?;
+                if table.index.contains_key(&key) {
+                    return Err(table.duplicate(&batch, row));
+                }
+                let hash = row_hash(&key, &batch, row, &mut scratch)?;
+                let location = RowLocation {
+                    chunk: id,
+                    row: row as u32,
+                };
+                table.index.insert(key, IndexEntry { location, hash });
+            }
+            let live_rows = live.count_set_bits();
+            table.chunks.insert(
+                id,
+                Arc::new(Chunk {
+                    batch,
+                    live,
+                    live_rows,
+                }),
+            );
+        }
+        table.next_chunk_id = next_chunk_id;
+        // A checkpointed table was compacted when its block ended, as every node's was.
+        table.dirty = false;
+        Ok(table)
+    }
+
     /// The digest of the table: its definition and a Merkle root over its rows in key order.
     /// Independent of how rows are laid out in chunks. Row hashes are kept in the index, so this
     /// reads 32 bytes per row, not the rows; it is cached until the next write.
