@@ -21,6 +21,7 @@
 //! ```
 
 pub mod bench;
+mod checkpoints;
 mod error;
 pub mod format;
 pub mod grpc;
@@ -30,6 +31,6 @@ mod shell;
 
 pub use error::{Error, Result};
 pub use grpc::{Connection, RemoteNode};
-pub use node::{Node, NodeConfig, NodeStatus, init_data_dir, load_or_create_key};
+pub use node::{Node, NodeConfig, NodeStatus, Recovery, init_data_dir, load_or_create_key};
 pub use session::{Outcome, Session};
 pub use shell::{Shell, receipt_text};

@@ -88,6 +88,13 @@ struct NodeOptions {
     /// from the stored blocks when asked for.
     #[arg(long, default_value_t = 128)]
     snapshots_kept: u64,
+    /// A checkpoint of the state is written every this many blocks (0: never); a restart loads
+    /// the newest and re-executes only the blocks after it.
+    #[arg(long, default_value_t = 1_000)]
+    checkpoint_interval: u64,
+    /// Checkpoints kept on disk.
+    #[arg(long, default_value_t = 2)]
+    checkpoints_kept: usize,
 }
 
 impl NodeOptions {
@@ -100,6 +107,8 @@ impl NodeOptions {
         config.log_group_commit_wait_ms = self.log_group_commit_wait_ms;
         config.log_tail_bytes_max = self.log_tail_bytes_max;
         config.snapshots_kept = self.snapshots_kept;
+        config.checkpoint_interval = self.checkpoint_interval;
+        config.checkpoints_kept = self.checkpoints_kept;
         config
     }
 }

@@ -25,6 +25,7 @@ use chainql_sequencer::{FsStorage, Log, LogConfig, PartitionId, Position, Subscr
 use prost::Message;
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::checkpoints::Checkpoints;
 use crate::error::{Error, Result};
 
 /// How a node runs. Every field has a default and a command-line flag.
@@ -54,6 +55,11 @@ pub struct NodeConfig {
     /// Committed versions kept in memory for `AS OF BLOCK` queries (the latest included); an
     /// older version is rebuilt from its lineage on demand.
     pub snapshots_kept: u64,
+    /// A checkpoint of the state is written every this many blocks (0: never). A restart loads
+    /// the newest one and re-executes only the blocks after it.
+    pub checkpoint_interval: u64,
+    /// Checkpoints kept on disk; older ones are deleted.
+    pub checkpoints_kept: usize,
 }
 
 impl NodeConfig {
@@ -71,6 +77,8 @@ impl NodeConfig {
             log_partitions: 4,
             gas_price: 0,
             snapshots_kept: 128,
+            checkpoint_interval: 1_000,
+            checkpoints_kept: 2,
         }
     }
 
@@ -94,6 +102,11 @@ impl NodeConfig {
         if self.snapshots_kept == 0 || self.snapshots_kept > 1_000_000 {
             return Err(Error::Config(
                 "snapshots_kept must be between 1 and 1,000,000".into(),
+            ));
+        }
+        if self.checkpoints_kept == 0 || self.checkpoints_kept > 1_000 {
+            return Err(Error::Config(
+                "checkpoints_kept must be between 1 and 1,000".into(),
             ));
         }
         if self.log_group_commit_wait_ms > 1_000 {
@@ -142,6 +155,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How the node came back at its last start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// The checkpoint the state was loaded from, if any.
+    pub checkpoint: Option<u64>,
+    /// Blocks re-executed after it.
+    pub blocks_replayed: u64,
+}
+
 /// What the node reports about itself.
 #[derive(Debug, Clone)]
 pub struct NodeStatus {
@@ -184,8 +206,11 @@ struct Inner {
     /// Pending nonces, one lock per log partition: a sender's transactions all go to one
     /// partition, so admissions to different partitions never wait for each other.
     admission: Vec<tokio::sync::Mutex<Admission>>,
-    /// Receipt of every committed transaction, rebuilt by replay.
-    receipts: Mutex<HashMap<Hash, Receipt>>,
+    /// Receipt of every committed transaction, rebuilt by replay (and read from a checkpoint).
+    receipts: Arc<Mutex<HashMap<Hash, Receipt>>>,
+    checkpoints: Checkpoints,
+    /// Set while a checkpoint is being written in the background.
+    checkpointing: Arc<AtomicBool>,
     waiters: Mutex<Waiters>,
     next_waiter: AtomicU64,
     blocks: Mutex<BlockStore>,
@@ -202,6 +227,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
+    recovery: Recovery,
     producer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -278,6 +304,7 @@ impl Node {
         let genesis_state = State::genesis(genesis.hash(), genesis.genesis_time_ms, &genesis.accounts()?)?;
         let genesis_state = Arc::new(genesis_state);
         let (committed, _) = watch::channel(Arc::clone(&genesis_state));
+        let checkpoints = Checkpoints::new(config.data_dir.join("checkpoints"), config.checkpoints_kept);
         let inner = Arc::new(Inner {
             config,
             genesis,
@@ -291,7 +318,9 @@ impl Node {
             admission: (0..partitions)
                 .map(|_| tokio::sync::Mutex::new(Admission::default()))
                 .collect(),
-            receipts: Mutex::new(HashMap::new()),
+            receipts: Arc::new(Mutex::new(HashMap::new())),
+            checkpoints,
+            checkpointing: Arc::new(AtomicBool::new(false)),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(0),
             blocks: Mutex::new(blocks),
@@ -300,11 +329,12 @@ impl Node {
             stop: Notify::new(),
             halted: Mutex::new(None),
         });
-        inner.replay().await?;
+        let recovery = inner.replay().await?;
         inner.recover_pending().await?;
         let producer = tokio::spawn(Arc::clone(&inner).produce_blocks());
         Ok(Node {
             inner,
+            recovery,
             producer: Arc::new(Mutex::new(Some(producer))),
         })
     }
@@ -315,6 +345,11 @@ impl Node {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir
+    }
+
+    /// How the node came back at start: from which checkpoint, re-executing how many blocks.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
     }
 
     /// The latest committed state.
@@ -706,13 +741,22 @@ impl Inner {
 
     /// Re-executes every stored block, checking each against its parent and the state root its
     /// successor carries, and marks the log ranges each orders as snapshots.
-    async fn replay(&self) -> Result<()> {
+    async fn replay(&self) -> Result<Recovery> {
         let height = lock(&self.blocks).height();
         let partitions = self.log.partitions() as usize;
         let mut next_seqnos = vec![1u64; partitions];
         let started = Instant::now();
         let mut transactions = 0u64;
         let mut state = self.state();
+        let start = match self.load_checkpoint(height, 0).await? {
+            Some((checkpoint, receipts)) => {
+                let checkpoint = Arc::new(checkpoint);
+                self.publish(Arc::clone(&checkpoint), receipts);
+                state = checkpoint;
+                state.height()
+            }
+            None => 0,
+        };
         for h in 1..=height {
             let block = lock(&self.blocks)
                 .get(h)?
@@ -735,6 +779,11 @@ impl Inner {
                     )));
                 }
                 *slot = range.first_seqno + range.count;
+            }
+            if h <= start {
+                // In the checkpoint: only the log's snapshot markers are needed.
+                self.mark_snapshot(h, &next_seqnos)?;
+                continue;
             }
             transactions += block.transactions.len() as u64;
             let (next, receipts) = self.apply_block(&state, &block).await?;
@@ -763,7 +812,99 @@ impl Inner {
             }
             self.next_seqnos[p].store(*next, Ordering::Release);
         }
+        Ok(Recovery {
+            checkpoint: (start > 0).then_some(start),
+            blocks_replayed: height - start,
+        })
+    }
+
+    /// The newest checkpoint at or below `height`, and above `above`, that checks out against
+    /// the block store: its block hash is that of the stored block, and the next stored block
+    /// carries its state root. A checkpoint that does not is skipped with a warning (an older
+    /// start and the blocks rebuild its state).
+    async fn load_checkpoint(&self, height: u64, above: u64) -> Result<Option<(State, Vec<Receipt>)>> {
+        for candidate in self.checkpoints.heights()?.into_iter().rev() {
+            if candidate <= above || candidate > height {
+                continue;
+            }
+            let checkpoints = self.checkpoints.clone();
+            let loaded = tokio::task::spawn_blocking(move || checkpoints.read(candidate))
+                .await
+                .map_err(|e| Error::Corrupt(format!("reading checkpoint {candidate}: {e}")))?
+                .and_then(|(state, receipts)| {
+                    self.check_against_blocks(&state)?;
+                    Ok((state, receipts))
+                });
+            match loaded {
+                Ok(loaded) => {
+                    tracing::info!(height = candidate, "loaded checkpoint");
+                    return Ok(Some(loaded));
+                }
+                Err(error) => {
+                    tracing::warn!(height = candidate, %error, "skipping a checkpoint that does not check out")
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks a state read from a checkpoint against the stored blocks.
+    fn check_against_blocks(&self, state: &State) -> Result<()> {
+        let height = state.height();
+        let mut blocks = lock(&self.blocks);
+        let header = blocks
+            .get(height)?
+            .and_then(|block| block.header)
+            .ok_or_else(|| Error::Corrupt(format!("block {height} of a checkpoint is not stored")))?;
+        if chainql_consensus::header_hash(&header) != state.block_hash() {
+            return Err(Error::Corrupt(format!(
+                "the checkpoint of block {height} names another block"
+            )));
+        }
+        if let Some(next) = blocks.get(height + 1)?.and_then(|block| block.header)
+            && Hash::from_slice(&next.state_root) != Some(state.root())
+        {
+            return Err(Error::Corrupt(format!(
+                "the checkpoint of block {height} has root {}, but block {} carries {}",
+                state.root(),
+                height + 1,
+                hex::encode(&next.state_root)
+            )));
+        }
         Ok(())
+    }
+
+    /// Writes a checkpoint of `state` in the background, unless one is being written.
+    fn start_checkpoint(&self, state: Arc<State>) {
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                height = state.height(),
+                "skipping a checkpoint: the last one is still being written"
+            );
+            return;
+        }
+        let checkpoints = self.checkpoints.clone();
+        let receipts = Arc::clone(&self.receipts);
+        let flag = Arc::clone(&self.checkpointing);
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let height = state.height();
+            let mut kept: Vec<Receipt> = lock(&receipts)
+                .values()
+                .filter(|r| r.block_height <= height)
+                .cloned()
+                .collect();
+            kept.sort_by_key(|r| (r.block_height, r.index));
+            match checkpoints.write(&state, &kept) {
+                Ok(()) => tracing::info!(
+                    height,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "wrote checkpoint"
+                ),
+                Err(error) => tracing::error!(height, %error, "writing a checkpoint failed"),
+            }
+            flag.store(false, Ordering::Release);
+        });
     }
 
     /// Tells the log that every entry before `next_seqnos` is ordered by block `height`.
@@ -840,14 +981,22 @@ impl Inner {
             .await?)
     }
 
-    /// Re-executes the stored blocks up to `height` from the genesis state, or from the version
-    /// rebuilt last when it is not past `height`.
+    /// Re-executes the stored blocks up to `height` from the newest start at or below it: the
+    /// version rebuilt last, a checkpoint, or the genesis state.
     async fn rebuild(&self, height: u64) -> Result<Arc<State>> {
         let mut rebuilt = self.rebuilt.lock().await;
-        let mut state = match rebuilt.as_ref() {
-            Some(state) if state.height() == height => return Ok(Arc::clone(state)),
-            Some(state) if state.height() < height => Arc::clone(state),
-            _ => Arc::new(State::genesis(
+        let cached = rebuilt.as_ref().filter(|s| s.height() <= height).map(Arc::clone);
+        if let Some(state) = &cached
+            && state.height() == height
+        {
+            return Ok(Arc::clone(state));
+        }
+        let above = cached.as_ref().map_or(0, |s| s.height());
+        let checkpoint = self.load_checkpoint(height, above).await?;
+        let mut state = match (checkpoint, cached) {
+            (Some((state, _)), _) => Arc::new(state),
+            (None, Some(state)) => state,
+            (None, None) => Arc::new(State::genesis(
                 self.genesis.hash(),
                 self.genesis.genesis_time_ms,
                 &self.genesis.accounts()?,
@@ -1045,7 +1194,11 @@ impl Inner {
             slot.store(*next, Ordering::Release);
         }
         self.mark_snapshot(height, &next_seqnos)?;
-        self.publish(Arc::new(next), receipts);
+        let next = Arc::new(next);
+        self.publish(Arc::clone(&next), receipts);
+        if self.config.checkpoint_interval > 0 && height % self.config.checkpoint_interval == 0 {
+            self.start_checkpoint(next);
+        }
         self.forget_committed_nonces(&senders).await;
         tracing::info!(
             height,

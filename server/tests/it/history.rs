@@ -3,7 +3,7 @@
 
 use chainql::wire::ReceiptStatus;
 use chainql::{Keypair, TransactionBuilder};
-use chainql_server::{Error, Node, NodeConfig, init_data_dir};
+use chainql_server::{Error, Node, NodeConfig, Recovery, init_data_dir};
 
 /// The query's rows as text, one line per row, cells separated by `|`.
 async fn rows(node: &Node, sql: &str) -> (Vec<String>, u64) {
@@ -106,4 +106,116 @@ async fn check(node: &Node, heights: &[u64], expected: &[Vec<&str>]) {
             .expect_err("not a height");
         assert!(error.to_string().contains("takes a block height"), "{error}");
     }
+}
+
+/// Waits until the checkpoint of block `height` is on disk (it is written in the background).
+async fn checkpoint_written(data_dir: &std::path::Path, height: u64) {
+    let path = data_dir.join("checkpoints").join(format!("{height:020}"));
+    for _ in 0..1200 {
+        if path.join("MANIFEST").exists() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no checkpoint of block {height} appeared at {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_old_versions_start_from_checkpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(dir.path());
+    config.snapshots_kept = 1;
+    config.checkpoint_interval = 2;
+    config.checkpoints_kept = 2;
+    init_data_dir(&config, "checkpoints", &[]).expect("init");
+    let node = Node::open(config.clone()).await.expect("open");
+    assert_eq!(node.recovery().checkpoint, None);
+    let builder = TransactionBuilder::new("checkpoints", Keypair::from_seed([4; 32]));
+    let mut hashes = Vec::new();
+    for nonce in 0..7u64 {
+        let sql = match nonce {
+            0 => "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)".to_string(),
+            3 => "DELETE FROM t WHERE id = 1".to_string(),
+            n => format!("INSERT INTO t VALUES ({n}, 'v{n}')"),
+        };
+        let signed = builder.build(nonce, vec![sql]);
+        hashes.push(chainql::transaction_hash(&signed.transaction));
+        let receipt = node.submit_and_wait(signed).await.expect("commit");
+        assert_eq!(receipt.block_height, nonce + 1, "one block per transaction");
+        if receipt.block_height % 2 == 0 {
+            checkpoint_written(dir.path(), receipt.block_height).await;
+        }
+    }
+    let versions: Vec<Vec<String>> = futures::future::join_all((1..=7).map(|h| rows_at(&node, h))).await;
+    let root = node.status().state_root;
+    let receipts: Vec<_> = hashes
+        .iter()
+        .map(|h| node.transaction(h).expect("lookup").expect("committed").1)
+        .collect();
+    node.shutdown().await;
+    let checkpoints = dir.path().join("checkpoints");
+    let mut names: Vec<String> = std::fs::read_dir(&checkpoints)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [format!("{:020}", 4), format!("{:020}", 6)],
+        "the two newest are kept"
+    );
+
+    // Restart from the newest checkpoint, from an older one when the newest is damaged, and
+    // from genesis without any: the same state, receipts and versions each time.
+    for (damage, expected) in [
+        (
+            None,
+            Recovery {
+                checkpoint: Some(6),
+                blocks_replayed: 1,
+            },
+        ),
+        (
+            Some(6),
+            Recovery {
+                checkpoint: Some(4),
+                blocks_replayed: 3,
+            },
+        ),
+        (
+            Some(4),
+            Recovery {
+                checkpoint: None,
+                blocks_replayed: 7,
+            },
+        ),
+    ] {
+        if let Some(height) = damage {
+            let file = checkpoints.join(format!("{height:020}")).join("accounts.parquet");
+            let mut bytes = std::fs::read(&file).expect("read");
+            let last = bytes.len() - 1;
+            bytes[last / 2] ^= 1;
+            std::fs::write(&file, bytes).expect("damage");
+        }
+        let node = Node::open(config.clone()).await.expect("reopen");
+        assert_eq!(node.recovery(), expected);
+        assert_eq!(node.status().state_root, root);
+        for (hash, receipt) in hashes.iter().zip(&receipts) {
+            let (_, again) = node.transaction(hash).expect("lookup").expect("committed");
+            assert_eq!(&again, receipt);
+        }
+        for (h, version) in (1..=7).zip(&versions) {
+            assert_eq!(&rows_at(&node, h).await, version, "AS OF BLOCK {h}");
+        }
+        node.shutdown().await;
+    }
+}
+
+async fn rows_at(node: &Node, height: u64) -> Vec<String> {
+    rows(
+        node,
+        &format!("SELECT id, v FROM t AS OF BLOCK {height} ORDER BY id"),
+    )
+    .await
+    .0
 }

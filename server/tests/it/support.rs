@@ -46,6 +46,9 @@ impl NodeProcess {
                 &format!("127.0.0.1:{port}"),
                 "--block-interval-ms",
                 "5",
+                // Checkpoints every few blocks: a restart loads one and replays the rest.
+                "--checkpoint-interval",
+                "3",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
