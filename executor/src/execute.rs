@@ -124,6 +124,8 @@ pub struct Executor {
     /// Run blocks through R2's stages (vectorized calls); off, every transaction runs alone in
     /// block order — the reference R2 must equal.
     r2: bool,
+    /// Threads that derive a block's key sets.
+    analysis_threads: usize,
 }
 
 /// What a statement runs within: its block, its transaction's gas, whose rights it uses, and the
@@ -185,6 +187,63 @@ impl TransactionScope<'_> {
     }
 }
 
+/// The first window of transactions analyzed for a stretch, and the largest.
+const ANALYSIS_WINDOW_MIN: usize = 1;
+const ANALYSIS_WINDOW_MAX: usize = 8192;
+/// Windows smaller than this are analyzed on the calling thread.
+const PARALLEL_ANALYSIS_MIN: usize = 64;
+
+/// Each transaction's key sets against `state` (a barrier included), and its statement parsed
+/// when it has exactly one. Every transaction is analyzed on its own, so the work is split over
+/// the machine's cores; the result does not depend on how.
+fn analyze(
+    state: &State,
+    block: &BlockContext,
+    transactions: &[ExecutableTransaction],
+    threads: usize,
+) -> Vec<(crate::keys::KeySets, Option<(ChainStatement, StatementKind)>)> {
+    let one = |bodies: &BoundBodies, transaction: &ExecutableTransaction| {
+        let analyzer = Analyzer::with_bodies(state, Some(transaction.sender), bodies);
+        let statement = match transaction.statements.as_slice() {
+            [sql] => chainql::sql::parse_transaction_statement(sql).ok(),
+            _ => None,
+        };
+        let mut sets = match &statement {
+            Some((statement, _)) => analyzer.single(statement),
+            None => analyzer.transaction(&transaction.statements),
+        };
+        if transaction.sender == block.proposer {
+            // Its gas reservation reads a balance every transaction's fee adds to.
+            sets.barrier = Some("the proposer's own transaction".into());
+        }
+        (sets, statement)
+    };
+    if threads < 2 || transactions.len() < PARALLEL_ANALYSIS_MIN {
+        let bodies = BoundBodies::default();
+        return transactions.iter().map(|t| one(&bodies, t)).collect();
+    }
+    let per_thread = transactions.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = transactions
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let bodies = BoundBodies::default();
+                    chunk.iter().map(|t| one(&bodies, t)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
 impl Executor {
     pub fn new(query_partitions: usize, query_limits: QueryLimits) -> Result<Executor> {
         Ok(Executor {
@@ -192,6 +251,7 @@ impl Executor {
             query_limits,
             gas_price: 0,
             r2: true,
+            analysis_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
@@ -279,32 +339,30 @@ impl Executor {
         let mut next = 0;
         let mut stage_number = 0;
         while next < transactions.len() {
+            // The stretch runs until the first barrier. Transactions are analyzed in windows
+            // that start at one and double while no barrier turns up: the analysis thrown away
+            // past a barrier is at most three times the stretch before it, and a long stretch is
+            // analyzed on every core.
             let mut sets = Vec::new();
-            // Each one-statement transaction is parsed once, for its key sets and its group.
             let mut parsed = Vec::new();
-            let bodies = BoundBodies::default();
             let mut end = next;
-            while end < transactions.len() {
-                let transaction = &transactions[end];
-                let analyzer = Analyzer::with_bodies(state, Some(transaction.sender), &bodies);
-                let statement = match transaction.statements.as_slice() {
-                    [sql] => chainql::sql::parse_transaction_statement(sql).ok(),
-                    _ => None,
-                };
-                let mut transaction_sets = match &statement {
-                    Some((statement, _)) => analyzer.single(statement),
-                    None => analyzer.transaction(&transaction.statements),
-                };
-                if transaction.sender == block.proposer {
-                    // Its gas reservation reads a balance every transaction's fee adds to.
-                    transaction_sets.barrier = Some("the proposer's own transaction".into());
+            let mut window = ANALYSIS_WINDOW_MIN;
+            'stretch: while end < transactions.len() {
+                let window_end = (end + window).min(transactions.len());
+                for (transaction_sets, statement) in analyze(
+                    state,
+                    block,
+                    &transactions[end..window_end],
+                    self.analysis_threads,
+                ) {
+                    if transaction_sets.barrier.is_some() {
+                        break 'stretch;
+                    }
+                    sets.push(transaction_sets);
+                    parsed.push(statement);
+                    end += 1;
                 }
-                if transaction_sets.barrier.is_some() {
-                    break;
-                }
-                sets.push(transaction_sets);
-                parsed.push(statement);
-                end += 1;
+                window = (window * 2).min(ANALYSIS_WINDOW_MAX);
             }
             let mut compiled = CompiledContracts::new();
             for stage in stages(&sets) {
@@ -1208,4 +1266,77 @@ pub(crate) fn cast_column(definition: &TableDefinition, i: usize, values: &Array
         column_type: column.column_type.sql_name(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key sets and parsed statements of a block do not depend on how many threads derive
+    /// them.
+    #[tokio::test]
+    async fn analysis_is_the_same_on_any_number_of_threads() {
+        let owner = Address([1; 20]);
+        let genesis = State::genesis(Hash::ZERO, 0, &[(owner, 1_000)]).expect("genesis");
+        let executor = Executor::new(1, QueryLimits::default()).expect("executor");
+        let block = |state: &State| BlockContext {
+            height: state.height() + 1,
+            hash: Hash::ZERO,
+            parent_hash: state.block_hash(),
+            timestamp_ms: 1,
+            transactions_root: Hash::ZERO,
+            state_root: state.root(),
+            proposer: Address([9; 20]),
+        };
+        let setup: Vec<ExecutableTransaction> = [
+            "CREATE TABLE tokens (owner TEXT PRIMARY KEY, balance BIGINT NOT NULL)",
+            "CREATE CONTRACT pay(to_addr TEXT, amount BIGINT) AS $$
+               UPDATE tokens SET balance = balance - amount WHERE owner = CALLER();
+               INSERT INTO tokens VALUES (to_addr, amount)
+                 ON CONFLICT (owner) DO UPDATE SET balance = tokens.balance + excluded.balance;
+             $$",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(nonce, sql)| ExecutableTransaction {
+            hash: Hash::ZERO,
+            sender: owner,
+            nonce: nonce as u64,
+            gas_limit: 10_000_000,
+            statements: vec![sql.to_string()],
+        })
+        .collect();
+        let (state, receipts) = executor
+            .execute_block(&genesis, &block(&genesis), &setup)
+            .await
+            .expect("setup");
+        assert!(receipts.iter().all(|r| r.error.is_empty()), "{receipts:?}");
+        let transactions: Vec<ExecutableTransaction> = (0..1_000u64)
+            .map(|i| ExecutableTransaction {
+                hash: Hash::ZERO,
+                sender: Address([(i % 200) as u8; 20]),
+                nonce: i / 200,
+                gas_limit: 1_000_000,
+                statements: match i % 7 {
+                    0 => vec!["UPDATE tokens SET balance = 0".into()],
+                    1 => vec![
+                        format!("INSERT INTO tokens VALUES ('x{i}', 1)"),
+                        "SELECT 1".into(),
+                    ],
+                    _ => vec![format!("CALL pay('0x{:040x}', {i})", i % 50)],
+                },
+            })
+            .collect();
+        let context = block(&state);
+        let one = analyze(&state, &context, &transactions, 1);
+        assert_eq!(one.len(), transactions.len());
+        assert!(
+            one.iter().any(|(sets, _)| sets.barrier.is_some()),
+            "the proposer's transactions"
+        );
+        for threads in [2, 3, 8] {
+            let many = analyze(&state, &context, &transactions, threads);
+            assert_eq!(many, one, "{threads} threads");
+        }
+    }
 }

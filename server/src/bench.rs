@@ -87,6 +87,10 @@ pub struct BenchReport {
     pub signing_per_second: f64,
     pub batch_verify_per_second: f64,
     pub single_verify_per_second: f64,
+    /// Restart after the run: the time to open the node again, replaying every block.
+    pub replay_elapsed: Duration,
+    /// Every transaction the replay re-executed (the bench's and its set-up's).
+    pub replay_transactions: u64,
 }
 
 impl BenchReport {
@@ -133,6 +137,13 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
+            "restart              {:.3} s to replay every block, {} transactions: {:.0} tx/s",
+            self.replay_elapsed.as_secs_f64(),
+            self.replay_transactions,
+            self.replay_transactions as f64 / self.replay_elapsed.as_secs_f64().max(1e-9)
+        )?;
+        writeln!(
+            f,
             "ed25519 batch verify {:.0} signatures/s on all cores (the ceiling)",
             self.batch_verify_per_second
         )?;
@@ -164,6 +175,9 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
         ));
     }
     let mut config = NodeConfig::new(data_dir);
+    // No checkpoints: the run measures the path of transactions alone, and the restart after it
+    // replays every block.
+    config.checkpoint_interval = 0;
     config.block_interval_ms = bench.block_interval_ms;
     config.block_transactions_max = bench.block_transactions_max;
     config.log_partitions = bench.log_partitions;
@@ -172,7 +186,7 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
     let mut accounts: Vec<_> = clients.iter().map(|k| (k.address(), 0)).collect();
     accounts.push((owner.address(), 0));
     init_data_dir(&config, "chainql-bench", &accounts)?;
-    let node = Node::open(config).await?;
+    let node = Node::open(config.clone()).await?;
     let chain_id = node.chain_id().to_string();
 
     let mut setup = TransactionBuilder::new(chain_id.clone(), owner);
@@ -298,10 +312,26 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
     let sum: u64 = crate::format::cell_text(sum.batches[0].column(0), 0)
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
+    let root = node.state().root();
     node.shutdown().await;
     if sum != expected {
         return Err(Error::Client(format!(
             "bench check failed: {check} gave {sum}, expected {expected}"
+        )));
+    }
+    let replay_started = Instant::now();
+    let node = Node::open(config).await?;
+    let replay_elapsed = replay_started.elapsed();
+    let replayed = node.state();
+    let (count, _) = node.query("SELECT count(*) FROM chain.transactions").await?;
+    let replay_transactions = crate::format::cell_text(count.batches[0].column(0), 0)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    node.shutdown().await;
+    if replayed.root() != root {
+        return Err(Error::Client(format!(
+            "bench check failed: the restarted node has state root {}, expected {root}",
+            replayed.root()
         )));
     }
     Ok(BenchReport {
@@ -317,6 +347,8 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
         signing_per_second,
         batch_verify_per_second,
         single_verify_per_second,
+        replay_elapsed,
+        replay_transactions,
     })
 }
 
