@@ -780,34 +780,6 @@ fn scatter(values: &ArrayRef, mask: &BooleanArray) -> Result<ArrayRef> {
     Ok(interleave(&[values.as_ref(), null.as_ref()], &indices)?)
 }
 
-/// The rows at `locations` (null where there is none), one array per user column.
-fn gather(table: &Table, locations: &[Option<RowLocation>]) -> Result<Vec<ArrayRef>> {
-    let definition = table.definition();
-    let nulls: Vec<ArrayRef> = definition
-        .columns
-        .iter()
-        .map(|c| new_null_array(&c.column_type.data_type, 1))
-        .collect();
-    let mut rows: Vec<RecordBatch> = Vec::new();
-    let mut indices = Vec::with_capacity(locations.len());
-    for location in locations {
-        match location {
-            Some(location) => {
-                rows.push(table.user_row(*location, false)?);
-                indices.push((rows.len(), 0));
-            }
-            None => indices.push((0, 0)),
-        }
-    }
-    (0..definition.columns.len())
-        .map(|c| {
-            let mut sources: Vec<&dyn Array> = vec![nulls[c].as_ref()];
-            sources.extend(rows.iter().map(|r| r.column(c).as_ref()));
-            Ok(interleave(&sources, &indices)?)
-        })
-        .collect()
-}
-
 /// True where `values` is a true boolean.
 fn truths(values: &ArrayRef) -> Option<Vec<bool>> {
     let values = values.as_any().downcast_ref::<BooleanArray>()?;
@@ -1026,7 +998,7 @@ impl Pass<'_> {
                     gas[live] += GAS_PER_ROW_READ;
                 }
             }
-            let rows = gather(table, &locations)?;
+            let rows = table.gather(&locations)?;
             let mut rows_frame = self.frame();
             rows_frame.push_table(&lookup.target.qualifier, table.definition(), &rows);
             let found: Vec<bool> = locations.iter().map(Option::is_some).collect();
@@ -1107,7 +1079,7 @@ impl Pass<'_> {
             Attempt::Failing(failing) => return Ok(Attempt::Failing(failing)),
             Attempt::Abandon => return Ok(Attempt::Abandon),
         };
-        let rows = gather(table, &locations)?;
+        let rows = table.gather(&locations)?;
         let mut frame = self.frame();
         frame.push_table(&target.qualifier, definition, &rows);
         let found = BooleanArray::from(locations.iter().map(Option::is_some).collect::<Vec<_>>());
@@ -1208,7 +1180,7 @@ impl Pass<'_> {
             Conflict::Nothing => {}
             Conflict::Update { assignments, filter } => {
                 if conflicting.true_count() > 0 {
-                    let current = gather(table, &existing)?;
+                    let current = table.gather(&existing)?;
                     let mut frame = self.frame();
                     frame.push_table(&target.qualifier, definition, &current);
                     frame.push_table(chainql_planner::EXCLUDED_TABLE, definition, proposed.columns());

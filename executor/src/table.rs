@@ -12,9 +12,10 @@ use std::sync::Arc;
 use chainql::{Address, Hash};
 use chainql_planner::{Privileges, ROW_POSITION_COLUMN, TableDefinition};
 use datafusion::arrow::array::BooleanBufferBuilder;
+use datafusion::arrow::array::new_null_array;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array};
 use datafusion::arrow::buffer::BooleanBuffer;
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::encode::{Key, describe_key, encode_key, encode_value};
@@ -270,6 +271,54 @@ impl Table {
         let mut columns = row.columns().to_vec();
         columns.push(Arc::new(UInt64Array::from(vec![location.pack()])));
         Ok(RecordBatch::try_new(self.schema_with_positions(), columns)?)
+    }
+
+    /// The user's columns of the rows at `locations`, null where a location is `None`: one
+    /// array per column, taken from the chunks with one `interleave` each (no batch per row).
+    pub fn gather(&self, locations: &[Option<RowLocation>]) -> Result<Vec<ArrayRef>> {
+        let columns = self.definition.columns.len();
+        let nulls: Vec<ArrayRef> = self
+            .definition
+            .columns
+            .iter()
+            .map(|c| new_null_array(&c.column_type.data_type, 1))
+            .collect();
+        // Source 0 is the null row; then each chunk read, in the order first needed.
+        let mut sources: Vec<&Chunk> = Vec::new();
+        let mut source_of: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut indices = Vec::with_capacity(locations.len());
+        for location in locations {
+            let Some(location) = location else {
+                indices.push((0, 0));
+                continue;
+            };
+            let row = location.row as usize;
+            let source = match source_of.get(&location.chunk) {
+                Some(&source) => source,
+                None => {
+                    let chunk = self
+                        .chunks
+                        .get(&location.chunk)
+                        .ok_or_else(|| Error::Internal(format!("row {location:?} is not stored")))?;
+                    sources.push(chunk);
+                    source_of.insert(location.chunk, sources.len());
+                    sources.len()
+                }
+            };
+            let chunk = sources[source - 1];
+            if row >= chunk.batch.num_rows() || !chunk.live.value(row) {
+                return Err(Error::Internal(format!("row {location:?} is not live")));
+            }
+            indices.push((source, row));
+        }
+        (0..columns)
+            .map(|c| {
+                let mut arrays: Vec<&dyn Array> = Vec::with_capacity(sources.len() + 1);
+                arrays.push(nulls[c].as_ref());
+                arrays.extend(sources.iter().map(|chunk| chunk.batch.column(c).as_ref()));
+                Ok(interleave(&arrays, &indices)?)
+            })
+            .collect()
     }
 
     /// The row at `location`, in the storage schema, if it is live.
