@@ -91,6 +91,10 @@ pub struct BenchReport {
     pub replay_elapsed: Duration,
     /// Every transaction the replay re-executed (the bench's and its set-up's).
     pub replay_transactions: u64,
+    /// Writing a checkpoint of the final state, and opening the node again from it.
+    pub checkpoint_write_elapsed: Duration,
+    pub checkpoint_bytes: u64,
+    pub checkpoint_open_elapsed: Duration,
 }
 
 impl BenchReport {
@@ -141,6 +145,13 @@ impl std::fmt::Display for BenchReport {
             self.replay_elapsed.as_secs_f64(),
             self.replay_transactions,
             self.replay_transactions as f64 / self.replay_elapsed.as_secs_f64().max(1e-9)
+        )?;
+        writeln!(
+            f,
+            "checkpoint           {:.3} s to write ({:.1} MiB), {:.3} s to open the node from it",
+            self.checkpoint_write_elapsed.as_secs_f64(),
+            self.checkpoint_bytes as f64 / (1 << 20) as f64,
+            self.checkpoint_open_elapsed.as_secs_f64()
         )?;
         writeln!(
             f,
@@ -219,6 +230,20 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
     let receipt = node.submit_and_wait(setup.build(0, setup_statements)).await?;
     if !receipt.error.is_empty() {
         return Err(Error::Client(format!("bench setup failed: {}", receipt.error)));
+    }
+    if bench.workload == Workload::Update {
+        // The table is the owner's: the clients update it by grant.
+        let limit = TransactionLimits::default().statements_max;
+        for (n, chunk) in clients.chunks(limit).enumerate() {
+            let grants = chunk
+                .iter()
+                .map(|k| format!("GRANT UPDATE ON accounts TO '{}'", k.address()))
+                .collect();
+            let receipt = node.submit_and_wait(setup.build(n as u64 + 1, grants)).await?;
+            if !receipt.error.is_empty() {
+                return Err(Error::Client(format!("bench setup failed: {}", receipt.error)));
+            }
+        }
     }
 
     // Sign every transaction up front.
@@ -320,18 +345,34 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
         )));
     }
     let replay_started = Instant::now();
-    let node = Node::open(config).await?;
+    let node = Node::open(config.clone()).await?;
     let replay_elapsed = replay_started.elapsed();
     let replayed = node.state();
     let (count, _) = node.query("SELECT count(*) FROM chain.transactions").await?;
     let replay_transactions = crate::format::cell_text(count.batches[0].column(0), 0)
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
+    let checkpoint_started = Instant::now();
+    let checkpoint_height = node.write_checkpoint().await?;
+    let checkpoint_write_elapsed = checkpoint_started.elapsed();
     node.shutdown().await;
     if replayed.root() != root {
         return Err(Error::Client(format!(
             "bench check failed: the restarted node has state root {}, expected {root}",
             replayed.root()
+        )));
+    }
+    let checkpoint_bytes = directory_bytes(&data_dir.join("checkpoints"));
+    let open_started = Instant::now();
+    let node = Node::open(config).await?;
+    let checkpoint_open_elapsed = open_started.elapsed();
+    let recovery = node.recovery();
+    let reopened = node.state().root();
+    node.shutdown().await;
+    if recovery.checkpoint != Some(checkpoint_height) || reopened != root {
+        return Err(Error::Client(format!(
+            "bench check failed: the node reopened from {recovery:?} with root {reopened}, expected \
+             checkpoint {checkpoint_height} and root {root}"
         )));
     }
     Ok(BenchReport {
@@ -349,7 +390,24 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
         single_verify_per_second,
         replay_elapsed,
         replay_transactions,
+        checkpoint_write_elapsed,
+        checkpoint_bytes,
+        checkpoint_open_elapsed,
     })
+}
+
+/// The bytes of the files under `dir`.
+fn directory_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        total += if path.is_dir() {
+            directory_bytes(&path)
+        } else {
+            entry.metadata().map_or(0, |m| m.len())
+        };
+    }
+    total
 }
 
 /// Verifies the bench's signatures on every core, in batches of 64 and one by one.

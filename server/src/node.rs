@@ -347,6 +347,19 @@ impl Node {
         &self.inner.config.data_dir
     }
 
+    /// Writes a checkpoint of the latest committed state now (whatever the interval), and
+    /// returns its height.
+    pub async fn write_checkpoint(&self) -> Result<u64> {
+        let state = self.state();
+        let height = state.height();
+        let checkpoints = self.inner.checkpoints.clone();
+        let receipts = self.inner.receipts_up_to(height);
+        tokio::task::spawn_blocking(move || checkpoints.write(&state, &receipts))
+            .await
+            .map_err(|e| Error::Corrupt(format!("writing checkpoint {height}: {e}")))??;
+        Ok(height)
+    }
+
     /// How the node came back at start: from which checkpoint, re-executing how many blocks.
     pub fn recovery(&self) -> Recovery {
         self.recovery
@@ -874,6 +887,10 @@ impl Inner {
         Ok(())
     }
 
+    fn receipts_up_to(&self, height: u64) -> Vec<Receipt> {
+        receipts_up_to(&self.receipts, height)
+    }
+
     /// Writes a checkpoint of `state` in the background, unless one is being written.
     fn start_checkpoint(&self, state: Arc<State>) {
         if self.checkpointing.swap(true, Ordering::AcqRel) {
@@ -889,12 +906,7 @@ impl Inner {
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let height = state.height();
-            let mut kept: Vec<Receipt> = lock(&receipts)
-                .values()
-                .filter(|r| r.block_height <= height)
-                .cloned()
-                .collect();
-            kept.sort_by_key(|r| (r.block_height, r.index));
+            let kept = receipts_up_to(&receipts, height);
             match checkpoints.write(&state, &kept) {
                 Ok(()) => tracing::info!(
                     height,
@@ -1224,6 +1236,17 @@ impl Inner {
             }
         }
     }
+}
+
+/// The receipts of blocks up to `height`, in block order.
+fn receipts_up_to(receipts: &Mutex<HashMap<Hash, Receipt>>, height: u64) -> Vec<Receipt> {
+    let mut kept: Vec<Receipt> = lock(receipts)
+        .values()
+        .filter(|r| r.block_height <= height)
+        .cloned()
+        .collect();
+    kept.sort_by_key(|r| (r.block_height, r.index));
+    kept
 }
 
 /// Prepares a key for the shell and node: the key at `path`, created on first use.

@@ -2,6 +2,7 @@
 //! time, so the modules share it).
 
 mod admission;
+mod bench;
 mod blocks;
 mod grpc;
 mod history;
