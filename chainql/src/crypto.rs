@@ -33,6 +33,15 @@ pub fn signing_bytes(domain: &str, message: &[u8]) -> Vec<u8> {
 pub struct Address(pub [u8; 20]);
 
 impl Address {
+    /// The address of the public key whose encoding is `bytes`, without decoding the point
+    /// (for keys already checked, such as the sender of a committed transaction).
+    pub fn of_public_key(bytes: &[u8; 32]) -> Address {
+        let digest = Hash::tagged(ADDRESS_DOMAIN, &[bytes]);
+        let mut address = [0; 20];
+        address.copy_from_slice(&digest.0[..20]);
+        Address(address)
+    }
+
     pub fn to_hex(&self) -> String {
         format!("0x{}", hex::encode(self.0))
     }
@@ -82,10 +91,7 @@ impl PublicKey {
     }
 
     pub fn address(&self) -> Address {
-        let digest = Hash::tagged(ADDRESS_DOMAIN, &[self.0.as_bytes()]);
-        let mut address = [0; 20];
-        address.copy_from_slice(&digest.0[..20]);
-        Address(address)
+        Address::of_public_key(self.0.as_bytes())
     }
 
     /// Verifies `signature` over `domain`-separated `message`, in strict mode (no malleable or

@@ -400,7 +400,7 @@ impl Executor {
         Ok(())
     }
 
-    /// Runs one stage: calls of a compiled contract, two or more, as one vectorized group each;
+    /// Runs one stage: the calls of each compiled contract as one vectorized group;
     /// the rest (and calls the group hands back) one by one in block order.
     async fn execute_stage(
         &self,
@@ -432,11 +432,9 @@ impl Executor {
                 None => serial.push(i),
             }
         }
+        // A group of one call runs vectorized too: its statements are planned as expressions
+        // over one row, far cheaper than planning each as a query.
         for (contract, indices, calls) in groups {
-            if calls.len() < 2 {
-                serial.extend(indices.into_iter().map(|(i, _)| i));
-                continue;
-            }
             let results = match self.run_vectorized(state, block, &contract, &calls) {
                 Ok(results) => results,
                 Err(error) => {

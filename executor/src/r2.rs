@@ -1241,15 +1241,11 @@ impl Pass<'_> {
             .get_mut(table)
             .ok_or_else(|| Error::Internal("a compiled contract's table is gone".into()))?;
         let table = Arc::make_mut(table);
-        if !writes.deleted.is_empty() {
-            table.delete(&writes.deleted)?;
-        }
-        if let Some(batch) = writes.inserted
-            && batch.num_rows() > 0
-        {
-            table.insert(batch)?;
-        }
-        Ok(())
+        let inserted = match writes.inserted {
+            Some(batch) => batch,
+            None => RecordBatch::new_empty(Arc::clone(table.storage_schema())),
+        };
+        table.replace(&writes.deleted, inserted)
     }
 
     /// Runs one body statement for every live call.

@@ -460,6 +460,83 @@ impl Table {
         Ok(locations.len())
     }
 
+    /// Deletes the rows at `deleted` and inserts `batch` (in the storage schema) as one change:
+    /// a key may move from a deleted row to an inserted one, which then costs one index update
+    /// instead of a removal and an insertion. Refused as a whole, leaving the table unchanged,
+    /// when a location is not live or repeats, or an inserted key exists (outside the deleted
+    /// rows) or repeats.
+    pub fn replace(&mut self, deleted: &[RowLocation], batch: RecordBatch) -> Result<()> {
+        if deleted.is_empty() {
+            return self.insert(batch).map(|_| ());
+        }
+        let mut by_chunk: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for location in deleted {
+            if self.row_at(*location).is_none() {
+                return Err(Error::Internal(format!("row {location:?} is not live")));
+            }
+            by_chunk.entry(location.chunk).or_default().push(location.row);
+        }
+        // Membership only: iteration order of the sets is never observed.
+        let mut freed = std::collections::HashSet::with_capacity(deleted.len());
+        for (chunk_id, rows) in by_chunk.iter_mut() {
+            rows.sort_unstable();
+            if rows.windows(2).any(|w| w[0] == w[1]) {
+                return Err(Error::RowChangedTwice);
+            }
+            let chunk = &self.chunks[chunk_id];
+            for &row in rows.iter() {
+                freed.insert(encode_key(&chunk.batch, &self.key_columns, row as usize)?);
+            }
+        }
+        let rows = batch.num_rows();
+        if rows > 0 && batch.schema().fields() != self.storage_schema.fields() {
+            return Err(Error::Internal(
+                "a replacement is not in the storage schema".into(),
+            ));
+        }
+        let mut keys = Vec::with_capacity(rows);
+        let mut seen = std::collections::HashSet::with_capacity(rows);
+        let mut scratch = Vec::with_capacity(128);
+        for row in 0..rows {
+            let key = encode_key(&batch, &self.key_columns, row)?;
+            if (self.index.contains_key(&key) && !freed.contains(&key)) || !seen.insert(key.clone()) {
+                return Err(self.duplicate(&batch, row));
+            }
+            let hash = row_hash(&key, &batch, row, &mut scratch)?;
+            keys.push((key, row as u32, hash));
+        }
+        for (chunk_id, rows) in by_chunk {
+            let chunk = self.chunks[&chunk_id].clone();
+            let mut live = BooleanBufferBuilder::new(chunk.live.len());
+            live.append_buffer(&chunk.live);
+            for &row in &rows {
+                live.set_bit(row as usize, false);
+            }
+            self.chunks.insert(
+                chunk_id,
+                Arc::new(Chunk {
+                    batch: chunk.batch.clone(),
+                    live: live.finish(),
+                    live_rows: chunk.live_rows - rows.len(),
+                }),
+            );
+        }
+        for key in freed.iter().filter(|key| !seen.contains(*key)) {
+            self.index.remove(key);
+        }
+        if rows > 0 {
+            let chunk_id = self.next_chunk_id;
+            for (key, row, hash) in keys {
+                let location = RowLocation { chunk: chunk_id, row };
+                self.index.insert(key, IndexEntry { location, hash });
+            }
+            self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
+            self.next_chunk_id += 1;
+        }
+        self.touch();
+        Ok(())
+    }
+
     fn touch(&mut self) {
         self.digest = None;
         self.dirty = true;
@@ -698,4 +775,93 @@ pub fn check_constraints(definition: &TableDefinition, columns: &[ArrayRef]) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainql_planner::{ColumnDefinition, ColumnType};
+    use datafusion::arrow::array::StringArray;
+
+    fn table() -> Table {
+        let column = |name: &str, data_type: DataType| ColumnDefinition {
+            name: name.into(),
+            column_type: ColumnType {
+                data_type,
+                max_chars: None,
+            },
+            nullable: false,
+            default: None,
+        };
+        Table::new(
+            TableDefinition {
+                name: "t".into(),
+                columns: vec![column("k", DataType::Int64), column("v", DataType::Utf8)],
+                primary_key: vec![0],
+            },
+            Address([1; 20]),
+        )
+    }
+
+    fn rows(table: &Table, keys: &[i64], values: &[&str]) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::clone(table.storage_schema()),
+            vec![
+                Arc::new(Int64Array::from(keys.to_vec())),
+                Arc::new(StringArray::from(values.to_vec())),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn key(k: i64) -> Key {
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from(vec![k]))],
+        )
+        .expect("batch");
+        encode_key(&batch, &[0], 0).expect("key")
+    }
+
+    /// `replace` equals `delete` then `insert`: same rows, same digest; and a refused one
+    /// changes nothing.
+    #[test]
+    fn replace_is_delete_then_insert() {
+        let mut base = table();
+        base.insert(rows(&base, &[1, 2, 3], &["a", "b", "c"]))
+            .expect("insert");
+        let moved = [base.locate(&key(1)).expect("1"), base.locate(&key(2)).expect("2")];
+        let mut replaced = base.clone();
+        // Key 1 keeps its row with a new value, key 2 goes, key 4 arrives.
+        replaced
+            .replace(&moved, rows(&base, &[1, 4], &["A", "d"]))
+            .expect("replace");
+        let mut reference = base.clone();
+        reference.delete(&moved).expect("delete");
+        reference
+            .insert(rows(&base, &[1, 4], &["A", "d"]))
+            .expect("insert");
+        assert_eq!(
+            replaced.digest().expect("digest"),
+            reference.digest().expect("digest")
+        );
+        assert_eq!(replaced.row_count(), 3);
+        assert!(replaced.locate(&key(2)).is_none());
+
+        // Key 3 exists and is not among the deleted rows: refused, nothing changed.
+        let mut refused = base.clone();
+        let before = refused.digest().expect("digest");
+        let error = refused
+            .replace(&moved, rows(&base, &[1, 3], &["x", "y"]))
+            .expect_err("duplicate");
+        assert!(error.to_string().contains("duplicate key"), "{error}");
+        assert_eq!(refused.digest().expect("digest"), before);
+        assert!(refused.locate(&key(2)).is_some());
+        // A location named twice is refused too.
+        let error = refused
+            .replace(&[moved[0], moved[0]], rows(&base, &[], &[]))
+            .expect_err("twice");
+        assert!(matches!(error, Error::RowChangedTwice), "{error}");
+        assert_eq!(refused.digest().expect("digest"), before);
+    }
 }

@@ -251,7 +251,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn executable(signed: &SignedTransaction) -> Result<(ExecutableTransaction, Address)> {
     let body = Transaction::decode(signed.transaction.as_slice())
         .map_err(|e| Error::Corrupt(format!("a stored transaction does not decode: {e}")))?;
-    let sender = PublicKey::from_bytes(&body.sender)?.address();
+    // Admission checked the key; committed bytes only need its address.
+    let sender: &[u8; 32] = body.sender.as_slice().try_into().map_err(|_| {
+        Error::Corrupt(format!(
+            "a stored transaction's sender is {} bytes",
+            body.sender.len()
+        ))
+    })?;
+    let sender = Address::of_public_key(sender);
     Ok((
         ExecutableTransaction {
             hash: chainql::transaction_hash(&signed.transaction),

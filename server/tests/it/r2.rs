@@ -96,7 +96,8 @@ async fn explain_block_cuts_stages_by_key_conflicts() {
     let distinct = commit_in_one_block(&node, batch).await;
     assert_eq!(stages(&node, distinct).await, ["1:6:6"]);
 
-    // Four senders paying one hot recipient: each conflicts with the ones before it.
+    // Four senders paying one hot recipient: each conflicts with the ones before it, and runs
+    // as a vectorized group of one in its own stage.
     let batch: Vec<_> = builders[..4]
         .iter()
         .map(|b| {
@@ -107,7 +108,7 @@ async fn explain_block_cuts_stages_by_key_conflicts() {
         })
         .collect();
     let hot = commit_in_one_block(&node, batch).await;
-    assert_eq!(stages(&node, hot).await, ["1:1:0", "2:1:0", "3:1:0", "4:1:0"]);
+    assert_eq!(stages(&node, hot).await, ["1:1:1", "2:1:1", "3:1:1", "4:1:1"]);
 
     // The setup block changed the catalog: a barrier, alone in its stage.
     assert_eq!(stages(&node, 1).await, ["1:1:0"]);
