@@ -198,6 +198,184 @@ fn first_words(sql: &str) -> String {
         .to_uppercase()
 }
 
+/// The shape of most transactions, `CALL name(literal, …)`, parsed without the general parser:
+/// the same AST sqlparser builds (a test compares the two over many inputs), or `None` for
+/// anything else, which then takes the general parser. Literals are single-quoted strings
+/// without backslashes, unsigned or negated integers and decimals, `TRUE`, `FALSE` and `NULL`;
+/// names are one or two unquoted identifiers that are not SQL keywords.
+pub fn parse_literal_call(sql: &str) -> Option<Statement> {
+    use sqlparser::ast::{
+        Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
+        UnaryOperator, Value,
+    };
+
+    struct Cursor<'a> {
+        text: &'a str,
+        at: usize,
+    }
+    impl<'a> Cursor<'a> {
+        fn peek(&self) -> Option<u8> {
+            self.text.as_bytes().get(self.at).copied()
+        }
+        fn skip_space(&mut self) {
+            while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                self.at += 1;
+            }
+        }
+        fn eat(&mut self, byte: u8) -> bool {
+            self.skip_space();
+            if self.peek() == Some(byte) {
+                self.at += 1;
+                true
+            } else {
+                false
+            }
+        }
+        /// An unquoted identifier or keyword, as written.
+        fn word(&mut self) -> Option<&'a str> {
+            self.skip_space();
+            let start = self.at;
+            if !matches!(self.peek(), Some(b) if b.is_ascii_alphabetic() || b == b'_') {
+                return None;
+            }
+            while matches!(self.peek(), Some(b) if b.is_ascii_alphanumeric() || b == b'_') {
+                self.at += 1;
+            }
+            Some(&self.text[start..self.at])
+        }
+        fn digits(&mut self) -> bool {
+            let start = self.at;
+            while matches!(self.peek(), Some(b) if b.is_ascii_digit()) {
+                self.at += 1;
+            }
+            self.at > start
+        }
+        /// A literal, or `None` when the text holds something else.
+        fn literal(&mut self) -> Option<Expr> {
+            self.skip_space();
+            let negative = self.peek() == Some(b'-');
+            if negative {
+                self.at += 1;
+                self.skip_space();
+                // `- -1`, `--` (a comment) and the like take the general parser.
+                if !matches!(self.peek(), Some(b) if b.is_ascii_digit()) {
+                    return None;
+                }
+            }
+            let value = match self.peek()? {
+                b'\'' => {
+                    self.at += 1;
+                    let mut text = String::new();
+                    loop {
+                        let rest = &self.text[self.at..];
+                        let end = rest.find('\'')?;
+                        if rest[..end].contains('\\') {
+                            return None;
+                        }
+                        text.push_str(&rest[..end]);
+                        self.at += end + 1;
+                        if self.peek() != Some(b'\'') {
+                            break;
+                        }
+                        text.push('\'');
+                        self.at += 1;
+                    }
+                    Value::SingleQuotedString(text)
+                }
+                b if b.is_ascii_digit() => {
+                    let start = self.at;
+                    self.digits();
+                    if self.peek() == Some(b'.') {
+                        self.at += 1;
+                        if !self.digits() {
+                            return None;
+                        }
+                    }
+                    // Exponents, `1_000`, `0x1f` and numbers running into words: general parser.
+                    if matches!(self.peek(), Some(b) if b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+                        return None;
+                    }
+                    Value::Number(self.text[start..self.at].to_string(), false)
+                }
+                _ => match self.word()?.to_ascii_lowercase().as_str() {
+                    "true" => Value::Boolean(true),
+                    "false" => Value::Boolean(false),
+                    "null" => Value::Null,
+                    _ => return None,
+                },
+            };
+            let expr = Expr::value(value);
+            Some(if negative {
+                Expr::UnaryOp {
+                    op: UnaryOperator::Minus,
+                    expr: Box::new(expr),
+                }
+            } else {
+                expr
+            })
+        }
+    }
+    fn keyword(word: &str) -> bool {
+        let upper = word.to_ascii_uppercase();
+        sqlparser::keywords::ALL_KEYWORDS
+            .binary_search(&upper.as_str())
+            .is_ok()
+    }
+
+    let mut cursor = Cursor { text: sql, at: 0 };
+    if !cursor.word()?.eq_ignore_ascii_case("call") {
+        return None;
+    }
+    let mut name = Vec::with_capacity(2);
+    loop {
+        let part = cursor.word()?;
+        if keyword(part) {
+            return None;
+        }
+        name.push(Ident::new(part));
+        if !cursor.eat(b'.') {
+            break;
+        }
+        if name.len() == 2 {
+            return None;
+        }
+    }
+    if !cursor.eat(b'(') {
+        return None;
+    }
+    let mut args = Vec::new();
+    if !cursor.eat(b')') {
+        loop {
+            args.push(FunctionArg::Unnamed(FunctionArgExpr::Expr(cursor.literal()?)));
+            if cursor.eat(b')') {
+                break;
+            }
+            if !cursor.eat(b',') {
+                return None;
+            }
+        }
+    }
+    cursor.eat(b';');
+    cursor.skip_space();
+    if cursor.at != sql.len() {
+        return None;
+    }
+    Some(Statement::Call(Function {
+        name: ObjectName::from(name),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args,
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    }))
+}
+
 /// Finds a query's `AS OF BLOCK n` clause: the whole statement then reads the state after block
 /// `n`. The clause may stand anywhere at the statement's top level (conventionally after its
 /// `FROM` list, as CockroachDB places `AS OF SYSTEM TIME`), at most once, and is cut out of the
@@ -439,6 +617,86 @@ fn dollar_tag(bytes: &[u8], i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path for `CALL name(literals)` builds exactly what the general parser builds,
+    /// and leaves everything else to it.
+    #[test]
+    fn literal_calls_parse_as_the_general_parser_does() {
+        let general = |sql: &str| parse_statement(sql).ok();
+        let taken = [
+            "CALL transfer('0x00000000000000000000000000000000000000aa', 1)",
+            "call Transfer ( 'it''s' ,\n\t-5 , 1.25, TRUE, false, NULL ) ;",
+            "CALL tokens.transfer('0xbb', 7)",
+            "CALL f()",
+            "CALL f('')",
+            "CALL f('''')",
+            "CALL f(- 3)",
+            "CALL f(007)",
+            "CALL f('é ✓')",
+            "CALL my_contract_2(0.5, '', 12345678901234567890123)",
+        ];
+        for sql in taken {
+            let fast = parse_literal_call(sql).unwrap_or_else(|| panic!("{sql} takes the fast path"));
+            assert_eq!(Some(fast), general(sql), "{sql}");
+        }
+        let left = [
+            "CALL f(E'a\\nb')",
+            "CALL f('a\\b')",
+            "CALL f(1e5)",
+            "CALL f(1.)",
+            "CALL f(.5)",
+            "CALL f(0x1f)",
+            "CALL f(1_000)",
+            "CALL f(x)",
+            "CALL f(1 + 2)",
+            "CALL f(-'a')",
+            "CALL f(--1\n)",
+            "CALL f(1) -- comment",
+            "CALL f(1) /* c */",
+            "CALL f(1); CALL g(2)",
+            "CALL select(1)",
+            "CALL chain.transfer('0xbb', 7)",
+            "CALL \"f\"(1)",
+            "CALL a.b.c(1)",
+            "CALL f(1,)",
+            "CALL f(1",
+            "CALL f('unterminated)",
+            "CALL f(a => 1)",
+            "CALL f",
+            "SELECT 1",
+            "CALLS f(1)",
+            "CALL f(1)x",
+        ];
+        for sql in left {
+            assert_eq!(
+                parse_literal_call(sql),
+                None,
+                "{sql} is left to the general parser"
+            );
+        }
+        // Random calls built from literal pieces agree with the general parser whenever the
+        // fast path takes them.
+        let pieces = [
+            "'a'", "''", "'x''y'", "0", "42", "-7", "3.14", "TRUE", "null", "x", "1e3", "'\\'",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut taken = 0;
+        for _ in 0..2_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let count = (state % 4) as usize;
+            let args: Vec<&str> = (0..count)
+                .map(|i| pieces[((state >> (8 * i + 8)) % pieces.len() as u64) as usize])
+                .collect();
+            let sql = format!("CALL f({})", args.join(if state % 3 == 0 { "," } else { " , " }));
+            if let Some(fast) = parse_literal_call(&sql) {
+                taken += 1;
+                assert_eq!(Some(fast), general(&sql), "{sql}");
+            }
+        }
+        assert!(taken > 500, "{taken}");
+    }
 
     #[test]
     fn as_of_block_is_cut_out_of_the_statement() {
