@@ -95,6 +95,10 @@ struct NodeOptions {
     /// Checkpoints kept on disk.
     #[arg(long, default_value_t = 2)]
     checkpoints_kept: usize,
+    /// Delete log segments wholly below the newest checkpoint (a `SubscribeLog` reader can then
+    /// start no earlier than the checkpoint).
+    #[arg(long)]
+    log_retention: bool,
 }
 
 impl NodeOptions {
@@ -109,6 +113,7 @@ impl NodeOptions {
         config.snapshots_kept = self.snapshots_kept;
         config.checkpoint_interval = self.checkpoint_interval;
         config.checkpoints_kept = self.checkpoints_kept;
+        config.log_retention = self.log_retention;
         config
     }
 }

@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub checkpoint_interval: u64,
     /// Checkpoints kept on disk; older ones are deleted.
     pub checkpoints_kept: usize,
+    /// Delete log segments wholly below the newest checkpoint once it is written. Off by
+    /// default: the log then keeps every entry for `SubscribeLog` readers starting early.
+    pub log_retention: bool,
 }
 
 impl NodeConfig {
@@ -79,6 +82,7 @@ impl NodeConfig {
             snapshots_kept: 128,
             checkpoint_interval: 1_000,
             checkpoints_kept: 2,
+            log_retention: false,
         }
     }
 
@@ -195,7 +199,7 @@ struct Inner {
     genesis: Genesis,
     validator: Keypair,
     validators: ValidatorSet,
-    log: Log,
+    log: Arc<Log>,
     executor: Executor,
     committed: watch::Sender<Arc<State>>,
     /// The last `snapshots_kept` committed versions by height, the latest included.
@@ -300,6 +304,7 @@ impl Node {
                 record_bytes_max: config.transaction_limits.transaction_bytes_max + 1024,
                 group_commit_wait_max: Duration::from_millis(config.log_group_commit_wait_ms),
                 tail_bytes_max: config.log_tail_bytes_max,
+                retention: config.log_retention,
                 ..LogConfig::default()
             },
             &validator.address().0,
@@ -317,7 +322,7 @@ impl Node {
             genesis,
             validator,
             validators,
-            log,
+            log: Arc::new(log),
             executor,
             committed,
             snapshots: Mutex::new(BTreeMap::from([(0, genesis_state)])),
@@ -898,8 +903,10 @@ impl Inner {
         receipts_up_to(&self.receipts, height)
     }
 
-    /// Writes a checkpoint of `state` in the background, unless one is being written.
-    fn start_checkpoint(&self, state: Arc<State>) {
+    /// Writes a checkpoint of `state` in the background, unless one is being written; then,
+    /// with log retention on, deletes the log segments wholly below `next_seqnos` (per
+    /// partition, the first entry after the checkpoint's block).
+    fn start_checkpoint(&self, state: Arc<State>, next_seqnos: Vec<u64>) {
         if self.checkpointing.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 height = state.height(),
@@ -910,6 +917,7 @@ impl Inner {
         let checkpoints = self.checkpoints.clone();
         let receipts = Arc::clone(&self.receipts);
         let flag = Arc::clone(&self.checkpointing);
+        let log = Arc::clone(&self.log);
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let height = state.height();
@@ -921,6 +929,18 @@ impl Inner {
                     "wrote checkpoint"
                 ),
                 Err(error) => tracing::error!(height, %error, "writing a checkpoint failed"),
+            }
+            if checkpoints
+                .heights()
+                .is_ok_and(|heights| heights.contains(&height))
+            {
+                for (p, next) in next_seqnos.iter().enumerate() {
+                    match log.release_below(PartitionId(p as u32), *next) {
+                        Ok(0) => {}
+                        Ok(deleted) => tracing::info!(partition = p, deleted, "released log segments"),
+                        Err(error) => tracing::error!(partition = p, %error, "releasing log segments failed"),
+                    }
+                }
             }
             flag.store(false, Ordering::Release);
         });
@@ -1216,7 +1236,7 @@ impl Inner {
         let next = Arc::new(next);
         self.publish(Arc::clone(&next), receipts);
         if self.config.checkpoint_interval > 0 && height % self.config.checkpoint_interval == 0 {
-            self.start_checkpoint(next);
+            self.start_checkpoint(next, next_seqnos);
         }
         self.forget_committed_nonces(&senders).await;
         tracing::info!(

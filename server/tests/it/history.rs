@@ -219,3 +219,73 @@ async fn rows_at(node: &Node, height: u64) -> Vec<String> {
     .await
     .0
 }
+
+/// The `.seg` files of every log partition.
+fn log_segments(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("log"))
+        .expect("log")
+        .flat_map(|p| std::fs::read_dir(p.expect("partition").path()).expect("partition"))
+        .filter(|f| {
+            f.as_ref()
+                .expect("file")
+                .path()
+                .extension()
+                .is_some_and(|e| e == "seg")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_retention_deletes_segments_below_the_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(dir.path());
+    config.transaction_limits.transaction_bytes_max = 2048;
+    config.log_segment_bytes_max = 3200;
+    config.checkpoint_interval = 4;
+    config.log_retention = true;
+    init_data_dir(&config, "retention", &[]).expect("init");
+    let node = Node::open(config.clone()).await.expect("open");
+    let builder = TransactionBuilder::new("retention", Keypair::from_seed([6; 32]));
+    let padding = "x".repeat(900);
+    let mut created = 0;
+    for nonce in 0..13u64 {
+        let sql = if nonce == 0 {
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)".to_string()
+        } else {
+            format!("INSERT INTO t VALUES ({nonce}, '{padding}')")
+        };
+        let receipt = node
+            .submit_and_wait(builder.build(nonce, vec![sql]))
+            .await
+            .expect("commit");
+        assert_eq!(receipt.status, ReceiptStatus::Success as i32);
+        created = created.max(log_segments(dir.path()));
+        if receipt.block_height % 4 == 0 {
+            checkpoint_written(dir.path(), receipt.block_height).await;
+        }
+    }
+    // Segments go once the checkpoint that covers them is written.
+    let mut kept = log_segments(dir.path());
+    for _ in 0..1200 {
+        if kept < created {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        kept = log_segments(dir.path());
+    }
+    assert!(kept < created, "{kept} of {created} segments kept");
+    let root = node.status().state_root;
+    node.shutdown().await;
+
+    let node = Node::open(config).await.expect("reopen");
+    assert_eq!(node.recovery().checkpoint, Some(12));
+    assert_eq!(node.status().state_root, root);
+    let (lines, _) = rows(&node, "SELECT count(*) FROM t").await;
+    assert_eq!(lines, ["12"]);
+    let receipt = node
+        .submit_and_wait(builder.build(13, vec!["DELETE FROM t WHERE id = 1".into()]))
+        .await
+        .expect("commit after the restart");
+    assert_eq!(receipt.status, ReceiptStatus::Success as i32);
+    node.shutdown().await;
+}
