@@ -689,7 +689,10 @@ mod tests {
             let args: Vec<&str> = (0..count)
                 .map(|i| pieces[((state >> (8 * i + 8)) % pieces.len() as u64) as usize])
                 .collect();
-            let sql = format!("CALL f({})", args.join(if state % 3 == 0 { "," } else { " , " }));
+            let sql = format!(
+                "CALL f({})",
+                args.join(if state.is_multiple_of(3) { "," } else { " , " })
+            );
             if let Some(fast) = parse_literal_call(&sql) {
                 taken += 1;
                 assert_eq!(Some(fast), general(&sql), "{sql}");
@@ -700,13 +703,14 @@ mod tests {
 
     #[test]
     fn as_of_block_is_cut_out_of_the_statement() {
-        let (sql, height) = split_as_of("SELECT * FROM t AS OF BLOCK 42 WHERE a = 'AS OF BLOCK 7'").unwrap();
+        let (sql, height) =
+            split_as_of("SELECT * FROM t AS OF BLOCK 42 WHERE a = 'AS OF BLOCK 7'").expect("splits");
         assert_eq!(sql, "SELECT * FROM t  WHERE a = 'AS OF BLOCK 7'");
         assert_eq!(height, Some(42));
-        let (sql, height) = split_as_of("SELECT 'é'\n  FROM t as of block 3;").unwrap();
+        let (sql, height) = split_as_of("SELECT 'é'\n  FROM t as of block 3;").expect("splits");
         assert_eq!(sql, "SELECT 'é'\n  FROM t ;");
         assert_eq!(height, Some(3));
-        let (sql, height) = split_as_of("SELECT x AS \"of\" FROM t").unwrap();
+        let (sql, height) = split_as_of("SELECT x AS \"of\" FROM t").expect("splits");
         assert_eq!((sql.as_str(), height), ("SELECT x AS \"of\" FROM t", None));
         for bad in [
             "SELECT * FROM t AS OF BLOCK -1",

@@ -402,6 +402,7 @@ impl Executor {
 
     /// Runs one stage: the calls of each compiled contract as one vectorized group;
     /// the rest (and calls the group hands back) one by one in block order.
+    #[allow(clippy::too_many_arguments)]
     async fn execute_stage(
         &self,
         state: &mut State,
@@ -412,7 +413,10 @@ impl Executor {
         compiled: &mut CompiledContracts,
         outcomes: &mut [Option<(Receipt, TransactionRecord)>],
     ) -> Result<()> {
-        let mut groups: Vec<(Arc<VectorContract>, Vec<(usize, String)>, Vec<VectorCall>)> = Vec::new();
+        // Per contract: its compiled form, the calls' block positions and command tags, and the
+        // calls.
+        type Group = (Arc<VectorContract>, Vec<(usize, String)>, Vec<VectorCall>);
+        let mut groups: Vec<Group> = Vec::new();
         let mut serial = Vec::new();
         let mut session = None;
         for (&i, statement) in members.iter().zip(statements) {

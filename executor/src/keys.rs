@@ -875,8 +875,10 @@ mod tests {
             writes("u", known(&["9"])),
         ];
         assert_eq!(stages(&block), vec![vec![0, 1, 3], vec![2, 5], vec![4]]);
-        let mut barrier = KeySets::default();
-        barrier.barrier = Some("ddl".into());
+        let barrier = KeySets {
+            barrier: Some("ddl".into()),
+            ..KeySets::default()
+        };
         let block = vec![writes("t", known(&["1"])), barrier, writes("u", known(&["2"]))];
         assert_eq!(stages(&block), vec![vec![0], vec![1], vec![2]]);
     }

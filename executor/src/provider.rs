@@ -190,7 +190,7 @@ impl TableProvider for BatchesProvider {
             return stored_rows_exec(self.batches.clone(), self.schema.clone(), projection);
         }
         let plan: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
-            &[self.batches.clone()],
+            std::slice::from_ref(&self.batches),
             self.schema.clone(),
             projection.cloned(),
         )?;
