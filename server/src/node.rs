@@ -362,6 +362,18 @@ impl Node {
     /// Writes a checkpoint of the latest committed state now (whatever the interval), and
     /// returns its height.
     pub async fn write_checkpoint(&self) -> Result<u64> {
+        /// Clears the flag however the write ends, the caller giving up included.
+        struct Writing<'a>(&'a AtomicBool);
+        impl Drop for Writing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        // One checkpoint is written at a time: wait for a background one to finish.
+        while self.inner.checkpointing.swap(true, Ordering::AcqRel) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _writing = Writing(&self.inner.checkpointing);
         let state = self.state();
         let height = state.height();
         let checkpoints = self.inner.checkpoints.clone();
