@@ -340,7 +340,6 @@ impl Table {
             self.storage_schema.fields(),
             "insert in storage schema"
         );
-        let chunk_id = self.next_chunk_id;
         let mut keys = Vec::with_capacity(rows);
         // Membership only: iteration order of the set is never observed.
         let mut seen = std::collections::HashSet::with_capacity(rows);
@@ -353,14 +352,20 @@ impl Table {
             let hash = row_hash(&key, &batch, row, &mut scratch)?;
             keys.push((key, row as u32, hash));
         }
-        for (key, row, hash) in keys {
-            let location = RowLocation { chunk: chunk_id, row };
-            self.index.insert(key, IndexEntry { location, hash });
-        }
-        self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
-        self.next_chunk_id += 1;
+        self.add_chunk(batch, keys);
         self.touch();
         Ok(rows)
+    }
+
+    /// Adds `batch` as the next chunk, with its rows' keys and hashes in the index.
+    fn add_chunk(&mut self, batch: RecordBatch, keys: Vec<(Key, u32, Hash)>) {
+        let chunk = self.next_chunk_id;
+        for (key, row, hash) in keys {
+            let location = RowLocation { chunk, row };
+            self.index.insert(key, IndexEntry { location, hash });
+        }
+        self.chunks.insert(chunk, Arc::new(Chunk::new(batch)));
+        self.next_chunk_id += 1;
     }
 
     /// Splits rows (in the storage schema) into those whose key is new and those whose key
@@ -525,13 +530,7 @@ impl Table {
             self.index.remove(key);
         }
         if rows > 0 {
-            let chunk_id = self.next_chunk_id;
-            for (key, row, hash) in keys {
-                let location = RowLocation { chunk: chunk_id, row };
-                self.index.insert(key, IndexEntry { location, hash });
-            }
-            self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
-            self.next_chunk_id += 1;
+            self.add_chunk(batch, keys);
         }
         self.touch();
         Ok(())

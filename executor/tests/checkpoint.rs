@@ -2,8 +2,11 @@
 //! the same rows in the same scan order, and goes on to execute blocks exactly as the original;
 //! a damaged checkpoint is refused with the file named.
 
+mod common;
+
 use chainql::{Address, Hash, Keypair};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, State};
+use common::rows;
 
 fn account(i: u8) -> Address {
     Keypair::from_seed([i; 32]).address()
@@ -42,26 +45,6 @@ async fn run(executor: &Executor, state: &State, sender: Address, statements: &[
         assert!(receipt.error.is_empty(), "{sql}: {}", receipt.error);
     }
     next
-}
-
-/// Every row of a query's answer as text, in the order it came.
-async fn rows(executor: &Executor, state: &State, sql: &str) -> Vec<String> {
-    let answer = executor
-        .query(state, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut out = Vec::new();
-    for batch in &answer.batches {
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = batch
-                .columns()
-                .iter()
-                .map(|c| datafusion::arrow::util::display::array_value_to_string(c, row).expect("displays"))
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
-    out
 }
 
 const QUERIES: &[&str] = &[

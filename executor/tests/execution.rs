@@ -1,8 +1,11 @@
 //! Block execution: atomic transactions, nonces, gas, determinism of the state root.
 
+mod common;
+
 use chainql::wire::ReceiptStatus;
 use chainql::{Address, Hash, Keypair};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, State};
+use common::rows;
 
 fn alice() -> Address {
     Keypair::from_seed([1; 32]).address()
@@ -28,22 +31,6 @@ fn transaction(nonce: u64, statements: &[&str]) -> ExecutableTransaction {
         gas_limit: 10_000_000,
         statements: statements.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-async fn rows(executor: &Executor, state: &State, sql: &str) -> Vec<String> {
-    let answer = executor.query(state, sql).await.expect("query");
-    let mut out = Vec::new();
-    for batch in &answer.batches {
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = batch
-                .columns()
-                .iter()
-                .map(|c| datafusion::arrow::util::display::array_value_to_string(c, row).expect("display"))
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
-    out
 }
 
 #[tokio::test]

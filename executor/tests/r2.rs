@@ -8,8 +8,11 @@
 //! depend on the runtime's worker threads; the property is checked on a single-threaded and on a
 //! four-thread runtime all the same.
 
+mod common;
+
 use chainql::{Address, Hash, Keypair};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, State};
+use common::rows;
 
 const ACCOUNTS: u8 = 12;
 
@@ -143,22 +146,6 @@ fn random_statement(random: &mut Random) -> String {
         95..=97 => format!("CALL transfer({}, 1)", random.below(5)),
         _ => format!("INSERT INTO notes VALUES ({}, 'x', 'direct')", random.below(24)),
     }
-}
-
-async fn rows(executor: &Executor, state: &State, sql: &str) -> Vec<String> {
-    let answer = executor.query(state, sql).await.expect("query");
-    let mut out = Vec::new();
-    for batch in &answer.batches {
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = batch
-                .columns()
-                .iter()
-                .map(|c| datafusion::arrow::util::display::array_value_to_string(c, row).expect("display"))
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
-    out
 }
 
 /// Runs six random blocks of at least `size` transactions both ways and compares them; returns
