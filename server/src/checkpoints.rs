@@ -88,33 +88,47 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Reads the checkpoint at `height`: the state and its receipts.
-    pub(crate) fn read(&self, height: u64) -> Result<(State, Vec<Receipt>)> {
+    /// Reads the checkpoint at `height`: the state, and its receipts still encoded (a rebuild
+    /// of an old version needs only the state).
+    pub(crate) fn read(&self, height: u64) -> Result<(State, StoredReceipts)> {
         let path = self.path(height);
-        let (state, attachments) = State::read_checkpoint(&path)?;
+        let (state, mut attachments) = State::read_checkpoint(&path)?;
         if state.height() != height {
             return Err(corrupt(&path, format!("it holds block {}", state.height())));
         }
         let bytes = attachments
-            .get(RECEIPTS)
+            .remove(RECEIPTS)
             .ok_or_else(|| corrupt(&path, "it has no receipts"))?;
+        Ok((state, StoredReceipts { path, bytes }))
+    }
+}
+
+/// A checkpoint's receipts as stored (their digest already checked).
+#[derive(Debug)]
+pub(crate) struct StoredReceipts {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl StoredReceipts {
+    pub(crate) fn decode(self) -> Result<Vec<Receipt>> {
         let mut receipts = Vec::new();
-        let mut rest = &bytes[..];
+        let mut rest = &self.bytes[..];
         while !rest.is_empty() {
             let (length, body) = rest
                 .split_first_chunk::<4>()
-                .ok_or_else(|| corrupt(&path, "its receipts end inside a length"))?;
+                .ok_or_else(|| corrupt(&self.path, "its receipts end inside a length"))?;
             let length = u32::from_le_bytes(*length) as usize;
             if length > RECEIPT_BYTES_MAX || length > body.len() {
-                return Err(corrupt(&path, "a receipt's length runs past the file"));
+                return Err(corrupt(&self.path, "a receipt's length runs past the file"));
             }
             receipts.push(
                 Receipt::decode(&body[..length])
-                    .map_err(|e| corrupt(&path, format!("a receipt does not decode: {e}")))?,
+                    .map_err(|e| corrupt(&self.path, format!("a receipt does not decode: {e}")))?,
             );
             rest = &body[length..];
         }
-        Ok((state, receipts))
+        Ok(receipts)
     }
 }
 

@@ -25,7 +25,7 @@ use chainql_sequencer::{FsStorage, Log, LogConfig, PartitionId, Position, Subscr
 use prost::Message;
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::checkpoints::Checkpoints;
+use crate::checkpoints::{Checkpoints, StoredReceipts};
 use crate::error::{Error, Result};
 
 /// How a node runs. Every field has a default and a command-line flag.
@@ -202,6 +202,8 @@ struct Inner {
     log: Arc<Log>,
     executor: Executor,
     committed: watch::Sender<Arc<State>>,
+    /// The state before block 1: where replays and rebuilds without a checkpoint start.
+    genesis_state: Arc<State>,
     /// The last `snapshots_kept` committed versions by height, the latest included.
     snapshots: Mutex<BTreeMap<u64, Arc<State>>>,
     /// The version last rebuilt from its lineage (older than every kept snapshot). The lock also
@@ -325,7 +327,8 @@ impl Node {
             log: Arc::new(log),
             executor,
             committed,
-            snapshots: Mutex::new(BTreeMap::from([(0, genesis_state)])),
+            snapshots: Mutex::new(BTreeMap::from([(0, Arc::clone(&genesis_state))])),
+            genesis_state,
             rebuilt: tokio::sync::Mutex::new(None),
             admission: (0..partitions)
                 .map(|_| tokio::sync::Mutex::new(Admission::default()))
@@ -377,8 +380,8 @@ impl Node {
         let state = self.state();
         let height = state.height();
         let checkpoints = self.inner.checkpoints.clone();
-        let receipts = self.inner.receipts_up_to(height);
-        tokio::task::spawn_blocking(move || checkpoints.write(&state, &receipts))
+        let receipts = Arc::clone(&self.inner.receipts);
+        tokio::task::spawn_blocking(move || write_checkpoint(&checkpoints, &receipts, &state))
             .await
             .map_err(|e| Error::Corrupt(format!("writing checkpoint {height}: {e}")))??;
         Ok(height)
@@ -629,9 +632,8 @@ impl Node {
     }
 
     /// The committed state after block `height` (0: the genesis state). The last
-    /// `snapshots_kept` versions are at hand; an older one is rebuilt from its lineage, the
-    /// stored blocks since genesis, each checked as at replay, and the result is checked against
-    /// the state root the next block carries.
+    /// `snapshots_kept` versions are at hand; an older one is rebuilt from its lineage (see
+    /// `Inner::rebuild`).
     pub async fn state_at(&self, height: u64) -> Result<Arc<State>> {
         let tip = self.state().height();
         if height > tip {
@@ -788,7 +790,7 @@ impl Inner {
         let start = match self.load_checkpoint(height, 0).await? {
             Some((checkpoint, receipts)) => {
                 let checkpoint = Arc::new(checkpoint);
-                self.publish(Arc::clone(&checkpoint), receipts);
+                self.publish(Arc::clone(&checkpoint), receipts.decode()?);
                 state = checkpoint;
                 state.height()
             }
@@ -859,7 +861,7 @@ impl Inner {
     /// the block store: its block hash is that of the stored block, and the next stored block
     /// carries its state root. A checkpoint that does not is skipped with a warning (an older
     /// start and the blocks rebuild its state).
-    async fn load_checkpoint(&self, height: u64, above: u64) -> Result<Option<(State, Vec<Receipt>)>> {
+    async fn load_checkpoint(&self, height: u64, above: u64) -> Result<Option<(State, StoredReceipts)>> {
         for candidate in self.checkpoints.heights()?.into_iter().rev() {
             if candidate <= above || candidate > height {
                 continue;
@@ -885,11 +887,27 @@ impl Inner {
         Ok(None)
     }
 
+    /// Checks `state`'s root against the one the next stored block carries, if there is one.
+    fn check_root_carried(&self, state: &State) -> Result<()> {
+        let height = state.height();
+        let next = lock(&self.blocks).get(height + 1)?;
+        if let Some(header) = next.as_ref().and_then(|block| block.header.as_ref())
+            && Hash::from_slice(&header.state_root) != Some(state.root())
+        {
+            return Err(Error::Corrupt(format!(
+                "the state of block {height} has root {}, but block {} carries {}",
+                state.root(),
+                height + 1,
+                hex::encode(&header.state_root)
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks a state read from a checkpoint against the stored blocks.
     fn check_against_blocks(&self, state: &State) -> Result<()> {
         let height = state.height();
-        let mut blocks = lock(&self.blocks);
-        let header = blocks
+        let header = lock(&self.blocks)
             .get(height)?
             .and_then(|block| block.header)
             .ok_or_else(|| Error::Corrupt(format!("block {height} of a checkpoint is not stored")))?;
@@ -898,21 +916,7 @@ impl Inner {
                 "the checkpoint of block {height} names another block"
             )));
         }
-        if let Some(next) = blocks.get(height + 1)?.and_then(|block| block.header)
-            && Hash::from_slice(&next.state_root) != Some(state.root())
-        {
-            return Err(Error::Corrupt(format!(
-                "the checkpoint of block {height} has root {}, but block {} carries {}",
-                state.root(),
-                height + 1,
-                hex::encode(&next.state_root)
-            )));
-        }
-        Ok(())
-    }
-
-    fn receipts_up_to(&self, height: u64) -> Vec<Receipt> {
-        receipts_up_to(&self.receipts, height)
+        self.check_root_carried(state)
     }
 
     /// Writes a checkpoint of `state` in the background, unless one is being written; then,
@@ -931,21 +935,9 @@ impl Inner {
         let flag = Arc::clone(&self.checkpointing);
         let log = Arc::clone(&self.log);
         tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let height = state.height();
-            let kept = receipts_up_to(&receipts, height);
-            match checkpoints.write(&state, &kept) {
-                Ok(()) => tracing::info!(
-                    height,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "wrote checkpoint"
-                ),
-                Err(error) => tracing::error!(height, %error, "writing a checkpoint failed"),
-            }
-            if checkpoints
-                .heights()
-                .is_ok_and(|heights| heights.contains(&height))
-            {
+            if let Err(error) = write_checkpoint(&checkpoints, &receipts, &state) {
+                tracing::error!(height = state.height(), %error, "writing a checkpoint failed");
+            } else {
                 for (p, next) in next_seqnos.iter().enumerate() {
                     match log.release_below(PartitionId(p as u32), *next) {
                         Ok(0) => {}
@@ -1047,11 +1039,7 @@ impl Inner {
         let mut state = match (checkpoint, cached) {
             (Some((state, _)), _) => Arc::new(state),
             (None, Some(state)) => state,
-            (None, None) => Arc::new(State::genesis(
-                self.genesis.hash(),
-                self.genesis.genesis_time_ms,
-                &self.genesis.accounts()?,
-            )?),
+            (None, None) => Arc::clone(&self.genesis_state),
         };
         let started = Instant::now();
         let from = state.height();
@@ -1062,17 +1050,7 @@ impl Inner {
                 .ok_or_else(|| Error::Corrupt(format!("block {h} is missing")))?;
             state = Arc::new(self.apply_block(&state, &block).await?.0);
         }
-        let next = lock(&self.blocks).get(height + 1)?;
-        if let Some(header) = next.as_ref().and_then(|block| block.header.as_ref())
-            && Hash::from_slice(&header.state_root) != Some(state.root())
-        {
-            return Err(Error::Corrupt(format!(
-                "the state rebuilt for block {height} has root {}, but block {} carries {}",
-                state.root(),
-                height + 1,
-                hex::encode(&header.state_root)
-            )));
-        }
+        self.check_root_carried(&state)?;
         tracing::info!(
             height,
             from,
@@ -1277,15 +1255,27 @@ impl Inner {
     }
 }
 
-/// The receipts of blocks up to `height`, in block order.
-fn receipts_up_to(receipts: &Mutex<HashMap<Hash, Receipt>>, height: u64) -> Vec<Receipt> {
+/// Writes `state` as a checkpoint with the receipts of its blocks, in block order.
+fn write_checkpoint(
+    checkpoints: &Checkpoints,
+    receipts: &Mutex<HashMap<Hash, Receipt>>,
+    state: &State,
+) -> Result<()> {
+    let started = Instant::now();
+    let height = state.height();
     let mut kept: Vec<Receipt> = lock(receipts)
         .values()
         .filter(|r| r.block_height <= height)
         .cloned()
         .collect();
     kept.sort_by_key(|r| (r.block_height, r.index));
-    kept
+    checkpoints.write(state, &kept)?;
+    tracing::info!(
+        height,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "wrote checkpoint"
+    );
+    Ok(())
 }
 
 /// Prepares a key for the shell and node: the key at `path`, created on first use.
