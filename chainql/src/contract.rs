@@ -86,6 +86,33 @@ pub struct ContractDefinition {
 }
 
 impl ContractDefinition {
+    /// The body with every parameter and `LET` name rewritten to its placeholder (`bind_names`):
+    /// each statement sees the parameters and the `LET`s before it, a `LET`'s own value the
+    /// names before that `LET`.
+    pub fn bound_statements(&self) -> Vec<ContractStatement> {
+        let mut names: Vec<String> = self.parameters.iter().map(|(n, _)| n.clone()).collect();
+        self.statements
+            .iter()
+            .map(|statement| {
+                let mut statement = statement.clone();
+                match &mut statement {
+                    ContractStatement::Require { condition, .. } => bind_names(condition, &names),
+                    ContractStatement::Let { name, value } => {
+                        bind_names(value, &names);
+                        names.push(name.clone());
+                    }
+                    ContractStatement::Emit { args, .. } | ContractStatement::Call { args, .. } => {
+                        for arg in args {
+                            bind_names(arg, &names);
+                        }
+                    }
+                    ContractStatement::Sql(statement) => bind_names(statement.as_mut(), &names),
+                }
+                statement
+            })
+            .collect()
+    }
+
     /// `name(a BIGINT, b TEXT)`, as `\dC` shows it.
     pub fn signature(&self) -> String {
         let parameters: Vec<String> = self.parameters.iter().map(|(n, t)| format!("{n} {t}")).collect();

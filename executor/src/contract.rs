@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use chainql::contract::{
-    Access, ContractDefinition, ContractStatement, bind_names, call_target, placeholder_position,
-};
+use chainql::contract::{Access, ContractDefinition, ContractStatement, call_target, placeholder_position};
 use chainql::{Address, Hash};
 use chainql_planner::{WritePlan, column_type, plan_write};
 use std::ops::ControlFlow;
@@ -331,41 +329,31 @@ impl Executor {
                 })?;
                 params.push(cast);
             }
-            let mut names: Vec<String> = definition.parameters.iter().map(|(n, _)| n.clone()).collect();
             let mut inner = TransactionScope {
                 actor: contract.owner,
                 params: Arc::new(params),
                 depth: scope.depth + 1,
                 ..scope.clone()
             };
-            for statement in &definition.statements {
+            for statement in definition.bound_statements() {
                 scope.gas.charge(GAS_PER_STATEMENT)?;
                 match statement {
                     ContractStatement::Require { condition, message } => {
-                        let mut condition = condition.clone();
-                        bind_names(&mut condition, &names);
                         let holds = self.evaluate(working, &inner, &[condition]).await?;
                         if holds.first() != Some(&ScalarValue::Boolean(Some(true))) {
                             return Err(Error::RequireFailed {
                                 contract: name.to_string(),
-                                message: message.clone(),
+                                message,
                             });
                         }
                     }
-                    ContractStatement::Let { name: binding, value } => {
-                        let mut value = value.clone();
-                        bind_names(&mut value, &names);
+                    ContractStatement::Let { value, .. } => {
                         let mut values = self.evaluate(working, &inner, &[value]).await?;
                         let mut params = inner.params.as_ref().clone();
                         params.push(values.remove(0));
                         inner.params = Arc::new(params);
-                        names.push(binding.clone());
                     }
                     ContractStatement::Emit { event, args } => {
-                        let mut args = args.clone();
-                        for arg in &mut args {
-                            bind_names(arg, &names);
-                        }
                         let values = self.evaluate(working, &inner, &args).await?;
                         if values.len() > EVENT_ARGS_MAX {
                             return Err(Error::LimitExceeded(format!(
@@ -374,7 +362,7 @@ impl Executor {
                         }
                         lock(&inner).events.push(EmittedEvent {
                             contract: name.to_string(),
-                            name: event.clone(),
+                            name: event,
                             args: values.iter().map(render).collect(),
                         });
                     }
@@ -382,15 +370,10 @@ impl Executor {
                         contract: callee,
                         args,
                     } => {
-                        let mut args = args.clone();
-                        for arg in &mut args {
-                            bind_names(arg, &names);
-                        }
-                        self.invoke(working, &inner, callee, &args).await?;
+                        self.invoke(working, &inner, &callee, &args).await?;
                     }
                     ContractStatement::Sql(statement) => {
-                        let mut statement = statement.as_ref().clone();
-                        bind_names(&mut statement, &names);
+                        let statement = *statement;
                         if let Statement::Query(_) = statement {
                             let session = self.transaction_session(working, &inner, Extras::default())?;
                             let batches = self.run_query(&session, &inner, statement, 0).await?;
@@ -439,10 +422,8 @@ impl Executor {
         scope: &TransactionScope<'_>,
         definition: &ContractDefinition,
     ) -> Result<()> {
-        let mut names = Vec::new();
         let mut params = Vec::new();
-        for (name, declared) in &definition.parameters {
-            names.push(name.clone());
+        for (_, declared) in &definition.parameters {
             params.push(ScalarValue::try_from(&parameter_type(declared)?)?);
         }
         if let Some(returns) = &definition.returns {
@@ -450,7 +431,7 @@ impl Executor {
                 parameter_type(declared)?;
             }
         }
-        for (i, statement) in definition.statements.iter().enumerate() {
+        for (i, statement) in definition.bound_statements().into_iter().enumerate() {
             let at = |e: Error| Error::Invalid(format!("statement {}: {e}", i + 1));
             let inner = TransactionScope {
                 params: Arc::new(params.clone()),
@@ -458,8 +439,6 @@ impl Executor {
             };
             match statement {
                 ContractStatement::Require { condition, .. } => {
-                    let mut condition = condition.clone();
-                    bind_names(&mut condition, &names);
                     let types = self.plan_types(working, &inner, &[condition]).await.map_err(at)?;
                     if types[0] != DataType::Boolean && types[0] != DataType::Null {
                         return Err(at(Error::Invalid(format!(
@@ -468,24 +447,17 @@ impl Executor {
                         ))));
                     }
                 }
-                ContractStatement::Let { name, value } => {
-                    let mut value = value.clone();
-                    bind_names(&mut value, &names);
+                ContractStatement::Let { value, .. } => {
                     let types = self.plan_types(working, &inner, &[value]).await.map_err(at)?;
-                    names.push(name.clone());
                     params.push(ScalarValue::try_from(&types[0])?);
                 }
                 ContractStatement::Emit { args, .. } => {
-                    let mut args = args.clone();
-                    for arg in &mut args {
-                        bind_names(arg, &names);
-                    }
                     self.plan_types(working, &inner, &args).await.map_err(at)?;
                 }
                 ContractStatement::Call { contract, args } => {
                     let callee = working
                         .contracts
-                        .get(contract)
+                        .get(&contract)
                         .ok_or_else(|| at(Error::UndefinedContract(contract.clone())))?;
                     if callee.definition.parameters.len() != args.len() {
                         return Err(at(Error::Invalid(format!(
@@ -495,15 +467,9 @@ impl Executor {
                             args.len()
                         ))));
                     }
-                    let mut args = args.clone();
-                    for arg in &mut args {
-                        bind_names(arg, &names);
-                    }
                     self.plan_types(working, &inner, &args).await.map_err(at)?;
                 }
                 ContractStatement::Sql(statement) => {
-                    let mut statement = statement.as_ref().clone();
-                    bind_names(&mut statement, &names);
                     self.check_sql(working, &inner, definition, &statement)
                         .await
                         .map_err(at)?;

@@ -21,7 +21,7 @@ use std::fmt;
 use std::ops::ControlFlow;
 
 use chainql::Address;
-use chainql::contract::{ChainStatement, ContractStatement, bind_names, call_target, placeholder_position};
+use chainql::contract::{ChainStatement, ContractStatement, call_target, placeholder_position};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{
@@ -199,29 +199,7 @@ impl<'a> Analyzer<'a> {
         {
             return body.clone();
         }
-        let mut names: Vec<String> = definition.parameters.iter().map(|(n, _)| n.clone()).collect();
-        let body: Vec<ContractStatement> = definition
-            .statements
-            .iter()
-            .map(|statement| {
-                let mut statement = statement.clone();
-                match &mut statement {
-                    ContractStatement::Require { condition, .. } => bind_names(condition, &names),
-                    ContractStatement::Let { name, value } => {
-                        bind_names(value, &names);
-                        names.push(name.clone());
-                    }
-                    ContractStatement::Emit { args, .. } | ContractStatement::Call { args, .. } => {
-                        for arg in args {
-                            bind_names(arg, &names);
-                        }
-                    }
-                    ContractStatement::Sql(statement) => bind_names(statement.as_mut(), &names),
-                }
-                statement
-            })
-            .collect();
-        let body = std::sync::Arc::new(body);
+        let body = std::sync::Arc::new(definition.bound_statements());
         if let Some(bodies) = self.bodies {
             bodies.borrow_mut().insert(definition.name.clone(), body.clone());
         }

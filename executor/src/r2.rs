@@ -23,7 +23,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use chainql::Address;
-use chainql::contract::{Access, ContractStatement, bind_names, placeholder_position};
+use chainql::contract::{Access, ContractStatement, placeholder_position};
 use chainql_planner::{Privileges, RESERVED_PREFIX, TableDefinition, plan_write};
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, new_null_array,
@@ -583,44 +583,23 @@ pub(crate) fn compile(
         .iter()
         .map(|(_, t)| parameter_type(t).ok())
         .collect::<Option<Vec<_>>>()?;
-    let mut names: Vec<String> = definition.parameters.iter().map(|(n, _)| n.clone()).collect();
     let mut steps = Vec::with_capacity(definition.statements.len());
-    for statement in &definition.statements {
+    for statement in definition.bound_statements() {
         steps.push(match statement {
-            ContractStatement::Require { condition, .. } => {
-                let mut condition = condition.clone();
-                bind_names(&mut condition, &names);
-                Step::Require(compiler.expression(condition)?)
-            }
-            ContractStatement::Let { name, value } => {
-                let mut value = value.clone();
-                bind_names(&mut value, &names);
-                names.push(name.clone());
-                Step::Let(compiler.expression(value)?)
-            }
+            ContractStatement::Require { condition, .. } => Step::Require(compiler.expression(condition)?),
+            ContractStatement::Let { value, .. } => Step::Let(compiler.expression(value)?),
             ContractStatement::Emit { event, args } => {
                 if args.len() > EVENT_ARGS_MAX {
                     return None;
                 }
                 let args = args
-                    .iter()
-                    .map(|arg| {
-                        let mut arg = arg.clone();
-                        bind_names(&mut arg, &names);
-                        compiler.expression(arg)
-                    })
+                    .into_iter()
+                    .map(|arg| compiler.expression(arg))
                     .collect::<Option<Vec<_>>>()?;
-                Step::Emit {
-                    event: event.clone(),
-                    args,
-                }
+                Step::Emit { event, args }
             }
             ContractStatement::Call { .. } => return None,
-            ContractStatement::Sql(statement) => {
-                let mut statement = statement.as_ref().clone();
-                bind_names(&mut statement, &names);
-                compiler.statement(&statement)?
-            }
+            ContractStatement::Sql(statement) => compiler.statement(&statement)?,
         });
     }
     Some(VectorContract {
