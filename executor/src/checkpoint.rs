@@ -309,6 +309,10 @@ impl State {
             let entry = digests
                 .get(name)
                 .ok_or_else(|| corrupt(dir, format!("the manifest does not list {name}")))?;
+            // Only files inside the checkpoint's directory.
+            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+                return Err(corrupt(dir, format!("the manifest names a file {name:?}")));
+            }
             let bytes = std::fs::read(dir.join(name)).map_err(|e| io(dir.join(name).display(), e))?;
             if bytes.len() as u64 != entry.bytes || blake3::hash(&bytes).to_hex().as_str() != entry.blake3 {
                 return Err(corrupt(dir, format!("{name} does not match its digest")));
@@ -320,6 +324,15 @@ impl State {
         for entry in &manifest.tables {
             let (schema, batches) = read_parquet(dir, &entry.file, read(&entry.file)?)?;
             let user_columns = entry.columns.len();
+            let mut key = entry.primary_key.clone();
+            key.sort_unstable();
+            key.dedup();
+            if key.len() != entry.primary_key.len() || key.iter().any(|&c| c >= user_columns) {
+                return Err(corrupt(
+                    dir,
+                    format!("table {} has a bad primary key", entry.name),
+                ));
+            }
             if schema.fields().len() < user_columns + 2 {
                 return Err(corrupt(dir, format!("{} has too few columns", entry.file)));
             }

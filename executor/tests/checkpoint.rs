@@ -202,6 +202,26 @@ async fn damaged_checkpoints_are_refused() {
     let error = State::read_checkpoint(&damaged).expect_err("a missing file");
     assert!(error.to_string().contains("accounts.parquet"), "{error}");
 
+    // A manifest that checks out but describes an impossible table or a file outside the
+    // checkpoint is refused, not followed.
+    let rewrite = |name: &str, from: &str, to: &str| {
+        let damaged = copy(name);
+        let bytes = std::fs::read(damaged.join("MANIFEST")).expect("read");
+        let json = String::from_utf8(bytes[20..].to_vec()).expect("json");
+        assert!(json.contains(from), "{from} in {json}");
+        let json = json.replace(from, to);
+        let mut manifest = bytes[..12].to_vec();
+        manifest.extend_from_slice(&crc32c::crc32c(json.as_bytes()).to_le_bytes());
+        manifest.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        manifest.extend_from_slice(json.as_bytes());
+        std::fs::write(damaged.join("MANIFEST"), manifest).expect("write");
+        State::read_checkpoint(&damaged).expect_err("refused").to_string()
+    };
+    let error = rewrite("key", "\"primary_key\":[0]", "\"primary_key\":[99]");
+    assert!(error.contains("bad primary key"), "{error}");
+    let error = rewrite("escape", "\"table-0000.parquet\"", "\"../table-0000.parquet\"");
+    assert!(error.contains("names a file"), "{error}");
+
     let error = State::read_checkpoint(&dir.path().join("nowhere")).expect_err("no checkpoint");
     assert!(error.to_string().contains("MANIFEST"), "{error}");
 }
