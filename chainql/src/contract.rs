@@ -187,6 +187,10 @@ fn is_word(token: &Token, word: &str) -> bool {
 
 /// Parses a ChainQL statement: a contract definition or drop, or plain SQL.
 pub fn parse_chain_statement(sql: &str) -> Result<ChainStatement> {
+    // Most transactions are `CALL name(literals)`: read without tokenizing the whole text.
+    if let Some(call) = crate::sql::parse_literal_call(sql) {
+        return Ok(ChainStatement::Sql(Box::new(call)));
+    }
     let mut p = parser(sql)?;
     let first = p.peek_token().token;
     let second = p.peek_nth_token(1).token;

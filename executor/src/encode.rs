@@ -1,5 +1,5 @@
-//! Byte encodings of values: primary keys (order-preserving, for the index) and rows (canonical,
-//! for the state root).
+//! Byte encodings of values: primary keys (bucketed and order-preserving within a bucket, for the
+//! index) and rows (canonical, for the state root).
 //!
 //! Both depend only on the values, never on how rows are laid out in Arrow chunks, so two nodes
 //! that reached the same table contents by different histories hash them identically.
@@ -15,8 +15,37 @@ use datafusion::arrow::datatypes::{
 
 use crate::{Error, Result};
 
-/// An encoded primary key. Byte order equals the SQL order of the key values.
+/// An encoded primary key: the key's bucket (two bytes, big-endian), then the order-preserving
+/// encoding of its values. Keys sort by bucket, and within a bucket in the SQL order of their
+/// values.
 pub type Key = Arc<[u8]>;
+
+/// Rows of a table are spread over this many buckets by a hash of their key's values: the table
+/// digest is a Merkle tree over buckets, so a write rehashes only the buckets it touches.
+pub const KEY_BUCKETS: u16 = 4096;
+
+/// The bucket of the encoded key values `values`: the top bits of their 64-bit FNV-1a hash,
+/// mixed by MurmurHash3's finalizer so keys that differ only in their last bytes (sequential
+/// integers) spread over all buckets. Part of the state root's definition, so fixed: the same on
+/// every machine.
+fn bucket_of(values: &[u8]) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in values {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    (hash >> (64 - KEY_BUCKETS.trailing_zeros())) as u16
+}
+
+/// The bucket of an encoded key.
+pub fn key_bucket(key: &[u8]) -> u16 {
+    u16::from_be_bytes([key[0], key[1]])
+}
 
 /// Appends the order-preserving encoding of `column[row]` to `out`. Key columns are never null.
 fn encode_key_value(out: &mut Vec<u8>, column: &ArrayRef, row: usize) -> Result<()> {
@@ -60,10 +89,13 @@ fn escape_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// The key of `row`, from the `key_columns` of `batch`.
 pub fn encode_key(batch: &RecordBatch, key_columns: &[usize], row: usize) -> Result<Key> {
-    let mut out = Vec::with_capacity(16);
+    let mut out = Vec::with_capacity(48);
+    out.extend_from_slice(&[0, 0]);
     for &c in key_columns {
         encode_key_value(&mut out, batch.column(c), row)?;
     }
+    let bucket = bucket_of(&out[2..]);
+    out[..2].copy_from_slice(&bucket.to_be_bytes());
     Ok(out.into())
 }
 
@@ -136,6 +168,7 @@ mod tests {
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{Field, Schema};
 
+    /// Within a bucket, key order is value order (compared here without the bucket prefix).
     #[test]
     fn key_order_is_value_order() {
         let ints: ArrayRef = Arc::new(Int64Array::from(vec![-5, -1, 0, 1, 300, i64::MIN, i64::MAX]));
@@ -145,8 +178,9 @@ mod tests {
             Field::new("t", DataType::Utf8, false),
         ]));
         let batch = RecordBatch::try_new(schema, vec![ints.clone(), texts.clone()]).expect("batch");
+        let values = |key: Key| -> Key { key[2..].into() };
         let int_keys: Vec<Key> = (0..7)
-            .map(|r| encode_key(&batch, &[0], r).expect("key"))
+            .map(|r| values(encode_key(&batch, &[0], r).expect("key")))
             .collect();
         let mut sorted: Vec<i64> = ints.as_primitive::<Int64Type>().values().to_vec();
         sorted.sort();
@@ -160,7 +194,7 @@ mod tests {
         let mut text_keys: Vec<(Key, String)> = (0..7)
             .map(|r| {
                 (
-                    encode_key(&batch, &[1], r).expect("key"),
+                    values(encode_key(&batch, &[1], r).expect("key")),
                     texts.as_string::<i32>().value(r).to_string(),
                 )
             })
@@ -198,5 +232,39 @@ mod tests {
             encode_key(&batch, &[0, 1], 0).expect("key"),
             encode_key(&batch, &[0, 1], 1).expect("key")
         );
+    }
+
+    /// Buckets are part of the state root: pinned, so a change to the hash fails here first.
+    #[test]
+    fn buckets_are_fixed() {
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("i", DataType::Int64, false),
+                Field::new("t", DataType::Utf8, false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![0, 1, 2, 1_000_000])),
+                Arc::new(StringArray::from(vec!["", "a", "0xab", "carol"])),
+            ],
+        )
+        .expect("batch");
+        let buckets = |column: usize| -> Vec<u16> {
+            (0..4)
+                .map(|r| key_bucket(&encode_key(&batch, &[column], r).expect("key")))
+                .collect()
+        };
+        assert!(buckets(0).iter().chain(&buckets(1)).all(|b| *b < KEY_BUCKETS));
+        assert_eq!(buckets(0), vec![1989, 2883, 2596, 1875], "pinned values");
+        assert_eq!(buckets(1), vec![983, 3008, 122, 34], "pinned values");
+        // Sequential keys spread: 10,000 of them fill about 91% of the buckets.
+        let sequential = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from_iter_values(0..10_000))],
+        )
+        .expect("batch");
+        let used: std::collections::BTreeSet<u16> = (0..10_000)
+            .map(|r| key_bucket(&encode_key(&sequential, &[0], r).expect("key")))
+            .collect();
+        assert!(used.len() > 3_500, "{} buckets used", used.len());
     }
 }

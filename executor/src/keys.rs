@@ -703,7 +703,8 @@ struct Seen {
 
 #[derive(Default)]
 struct Accesses {
-    keys: BTreeMap<String, usize>,
+    /// Membership and maxima only: the map's iteration order is never observed.
+    keys: std::collections::HashMap<String, usize>,
     all: usize,
     any: usize,
 }
@@ -728,8 +729,12 @@ impl Accesses {
             Keys::All => self.all = self.all.max(after),
             Keys::Known(keys) => {
                 for key in keys {
-                    let entry = self.keys.entry(key.clone()).or_insert(0);
-                    *entry = (*entry).max(after);
+                    match self.keys.get_mut(key) {
+                        Some(latest) => *latest = (*latest).max(after),
+                        None => {
+                            self.keys.insert(key.clone(), after);
+                        }
+                    }
                 }
             }
         }

@@ -18,13 +18,13 @@ use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use crate::encode::{Key, describe_key, encode_key, encode_value};
+use crate::encode::{KEY_BUCKETS, Key, describe_key, encode_key, encode_value, key_bucket};
 use crate::{Error, Result};
 
 /// Rows per chunk once chunks are compacted.
 pub const CHUNK_ROWS: usize = 8192;
-/// Rows whose hashes are grouped under one node of a table's Merkle tree.
-const HASH_PAGE_ROWS: usize = 1024;
+/// Words of the bitmap of buckets whose digest is out of date.
+const STALE_WORDS: usize = KEY_BUCKETS as usize / 64;
 
 /// Where a row is stored: a chunk and a row within it. Packed into a `u64` for the position
 /// column that `UPDATE` and `DELETE` row queries read.
@@ -106,6 +106,11 @@ pub struct Table {
     chunks: BTreeMap<u64, Arc<Chunk>>,
     next_chunk_id: u64,
     index: imbl::OrdMap<Key, IndexEntry>,
+    /// Per non-empty bucket, its Merkle leaf: the bucket number and the digest of its rows'
+    /// hashes in key order. Up to date except for the buckets marked in `stale`.
+    bucket_leaves: imbl::OrdMap<u16, Hash>,
+    /// Buckets written since their leaf was computed, one bit each.
+    stale: [u64; STALE_WORDS],
     /// The next hidden row id, for tables without a primary key.
     next_row_id: i64,
     /// The digest of the contents, or `None` once they changed.
@@ -130,6 +135,8 @@ impl Table {
             chunks: BTreeMap::new(),
             next_chunk_id: 0,
             index: imbl::OrdMap::new(),
+            bucket_leaves: imbl::OrdMap::new(),
+            stale: [0; STALE_WORDS],
             next_row_id: 1,
             digest: None,
             dirty: true,
@@ -335,37 +342,76 @@ impl Table {
         if rows == 0 {
             return Ok(0);
         }
-        assert_eq!(
-            batch.schema().fields(),
-            self.storage_schema.fields(),
-            "insert in storage schema"
-        );
-        let mut keys = Vec::with_capacity(rows);
-        // Membership only: iteration order of the set is never observed.
-        let mut seen = std::collections::HashSet::with_capacity(rows);
-        let mut scratch = Vec::with_capacity(128);
-        for row in 0..rows {
-            let key = encode_key(&batch, &self.key_columns, row)?;
-            if self.index.contains_key(&key) || !seen.insert(key.clone()) {
-                return Err(self.duplicate(&batch, row));
-            }
-            let hash = row_hash(&key, &batch, row, &mut scratch)?;
-            keys.push((key, row as u32, hash));
-        }
-        self.add_chunk(batch, keys);
+        self.add_chunk(batch, &BTreeMap::new())?;
         self.touch();
         Ok(rows)
     }
 
-    /// Adds `batch` as the next chunk, with its rows' keys and hashes in the index.
-    fn add_chunk(&mut self, batch: RecordBatch, keys: Vec<(Key, u32, Hash)>) {
+    /// Adds `batch` as the next chunk, with its rows' keys and hashes in the index: one index
+    /// update per row. A key already in the index is refused unless its row is among `freed`
+    /// (rows being deleted, by chunk, sorted), whose keys may move to the new chunk; a key that
+    /// repeats within the batch is refused. A refusal leaves the index as it was. Returns the
+    /// freed rows whose key moved.
+    fn add_chunk(&mut self, batch: RecordBatch, freed: &BTreeMap<u64, Vec<u32>>) -> Result<Vec<RowLocation>> {
+        let rows = batch.num_rows();
+        if batch.schema().fields() != self.storage_schema.fields() {
+            return Err(Error::Internal(
+                "rows written to a table are not in its storage schema".into(),
+            ));
+        }
         let chunk = self.next_chunk_id;
-        for (key, row, hash) in keys {
-            let location = RowLocation { chunk, row };
-            self.index.insert(key, IndexEntry { location, hash });
+        let is_freed = |location: &RowLocation| {
+            freed
+                .get(&location.chunk)
+                .is_some_and(|rows| rows.binary_search(&location.row).is_ok())
+        };
+        let mut moved = Vec::new();
+        // What each insertion replaced, to put back if a later row is refused.
+        let mut undo: Vec<(Key, Option<IndexEntry>)> = Vec::with_capacity(rows);
+        let mut scratch = Vec::with_capacity(128);
+        let mut refused = None;
+        for row in 0..rows {
+            let indexed = encode_key(&batch, &self.key_columns, row).and_then(|key| {
+                let hash = row_hash(&key, &batch, row, &mut scratch)?;
+                let location = RowLocation {
+                    chunk,
+                    row: row as u32,
+                };
+                Ok((key, IndexEntry { location, hash }))
+            });
+            let (key, entry) = match indexed {
+                Ok(indexed) => indexed,
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            };
+            let previous = self.index_insert(key.clone(), entry);
+            undo.push((key, previous));
+            match previous {
+                None => {}
+                Some(previous) if previous.location.chunk != chunk && is_freed(&previous.location) => {
+                    moved.push(previous.location)
+                }
+                // Present outside the freed rows, or earlier in this batch.
+                Some(_) => {
+                    refused = Some(self.duplicate(&batch, row));
+                    break;
+                }
+            }
+        }
+        if let Some(error) = refused {
+            for (key, previous) in undo.into_iter().rev() {
+                match previous {
+                    Some(previous) => self.index_insert(key, previous),
+                    None => self.index_remove(&key),
+                };
+            }
+            return Err(error);
         }
         self.chunks.insert(chunk, Arc::new(Chunk::new(batch)));
         self.next_chunk_id += 1;
+        Ok(moved)
     }
 
     /// Splits rows (in the storage schema) into those whose key is new and those whose key
@@ -448,7 +494,7 @@ impl Table {
             for &row in &rows {
                 live.set_bit(row as usize, false);
                 let key = encode_key(&chunk.batch, &self.key_columns, row as usize)?;
-                self.index.remove(&key);
+                self.index_remove(&key);
             }
             let live = live.finish();
             let live_rows = chunk.live_rows - rows.len();
@@ -481,41 +527,30 @@ impl Table {
             }
             by_chunk.entry(location.chunk).or_default().push(location.row);
         }
-        // Membership only: iteration order of the sets is never observed.
-        let mut freed = std::collections::HashSet::with_capacity(deleted.len());
-        for (chunk_id, rows) in by_chunk.iter_mut() {
+        for rows in by_chunk.values_mut() {
             rows.sort_unstable();
             if rows.windows(2).any(|w| w[0] == w[1]) {
                 return Err(Error::RowChangedTwice);
             }
-            let chunk = &self.chunks[chunk_id];
-            for &row in rows.iter() {
-                freed.insert(encode_key(&chunk.batch, &self.key_columns, row as usize)?);
-            }
         }
-        let rows = batch.num_rows();
-        if rows > 0 && batch.schema().fields() != self.storage_schema.fields() {
-            return Err(Error::Internal(
-                "a replacement is not in the storage schema".into(),
-            ));
-        }
-        let mut keys = Vec::with_capacity(rows);
-        let mut seen = std::collections::HashSet::with_capacity(rows);
-        let mut scratch = Vec::with_capacity(128);
-        for row in 0..rows {
-            let key = encode_key(&batch, &self.key_columns, row)?;
-            if (self.index.contains_key(&key) && !freed.contains(&key)) || !seen.insert(key.clone()) {
-                return Err(self.duplicate(&batch, row));
-            }
-            let hash = row_hash(&key, &batch, row, &mut scratch)?;
-            keys.push((key, row as u32, hash));
-        }
+        let mut moved = if batch.num_rows() > 0 {
+            self.add_chunk(batch, &by_chunk)?
+        } else {
+            Vec::new()
+        };
+        moved.sort_unstable();
         for (chunk_id, rows) in by_chunk {
             let chunk = self.chunks[&chunk_id].clone();
             let mut live = BooleanBufferBuilder::new(chunk.live.len());
             live.append_buffer(&chunk.live);
             for &row in &rows {
                 live.set_bit(row as usize, false);
+                let location = RowLocation { chunk: chunk_id, row };
+                // A deleted row whose key did not move to an inserted row leaves the index.
+                if moved.binary_search(&location).is_err() {
+                    let key = encode_key(&chunk.batch, &self.key_columns, row as usize)?;
+                    self.index_remove(&key);
+                }
             }
             self.chunks.insert(
                 chunk_id,
@@ -526,14 +561,25 @@ impl Table {
                 }),
             );
         }
-        for key in freed.iter().filter(|key| !seen.contains(*key)) {
-            self.index.remove(key);
-        }
-        if rows > 0 {
-            self.add_chunk(batch, keys);
-        }
         self.touch();
         Ok(())
+    }
+
+    /// Every change of the index goes through here or [`Table::index_remove`], which mark the
+    /// key's bucket for rehashing.
+    fn index_insert(&mut self, key: Key, entry: IndexEntry) -> Option<IndexEntry> {
+        self.mark_stale(&key);
+        self.index.insert(key, entry)
+    }
+
+    fn index_remove(&mut self, key: &[u8]) -> Option<IndexEntry> {
+        self.mark_stale(key);
+        self.index.remove(key)
+    }
+
+    fn mark_stale(&mut self, key: &[u8]) {
+        let bucket = key_bucket(key) as usize;
+        self.stale[bucket / 64] |= 1 << (bucket % 64);
     }
 
     fn touch(&mut self) {
@@ -650,7 +696,7 @@ impl Table {
                     chunk: id,
                     row: row as u32,
                 };
-                table.index.insert(key, IndexEntry { location, hash });
+                table.index_insert(key, IndexEntry { location, hash });
             }
             let live_rows = live.count_set_bits();
             table.chunks.insert(
@@ -668,28 +714,41 @@ impl Table {
         Ok(table)
     }
 
-    /// The digest of the table: its definition and a Merkle root over its rows in key order.
-    /// Independent of how rows are laid out in chunks. Row hashes are kept in the index, so this
-    /// reads 32 bytes per row, not the rows; it is cached until the next write.
+    /// The digest of the table: its definition, its access rights, and a Merkle root over its
+    /// buckets, each the hash of its rows' hashes in key order. Independent of how rows are laid
+    /// out in chunks. Row hashes are kept in the index and bucket leaves between writes, so this
+    /// reads 32 bytes per row of the buckets written since the last digest, not the rows; it is
+    /// cached until the next write.
     pub fn digest(&mut self) -> Result<Hash> {
         if let Some(digest) = self.digest {
             return Ok(digest);
         }
-        let mut pages = Vec::with_capacity(self.index.len() / HASH_PAGE_ROWS + 1);
-        let mut page = blake3::Hasher::new();
-        let mut in_page = 0;
-        for entry in self.index.values() {
-            page.update(entry.hash.as_bytes());
-            in_page += 1;
-            if in_page == HASH_PAGE_ROWS {
-                pages.push(Hash(*page.finalize().as_bytes()));
-                page = blake3::Hasher::new();
-                in_page = 0;
+        for word in 0..STALE_WORDS {
+            let mut bits = std::mem::take(&mut self.stale[word]);
+            while bits != 0 {
+                let bucket = (word * 64 + bits.trailing_zeros() as usize) as u16;
+                bits &= bits - 1;
+                let low = bucket.to_be_bytes();
+                let high = (bucket + 1).to_be_bytes();
+                let range = (
+                    std::ops::Bound::Included(&low[..]),
+                    std::ops::Bound::Excluded(&high[..]),
+                );
+                let mut rows = blake3::Hasher::new();
+                let mut empty = true;
+                for (_, entry) in self.index.range::<_, [u8]>(range) {
+                    rows.update(entry.hash.as_bytes());
+                    empty = false;
+                }
+                if empty {
+                    self.bucket_leaves.remove(&bucket);
+                } else {
+                    let leaf = Hash::tagged("chainql/bucket/v1", &[&low, rows.finalize().as_bytes()]);
+                    self.bucket_leaves.insert(bucket, leaf);
+                }
             }
         }
-        if in_page > 0 {
-            pages.push(Hash(*page.finalize().as_bytes()));
-        }
+        let leaves: Vec<Hash> = self.bucket_leaves.values().copied().collect();
         let definition = format!("{:?}", self.definition);
         let mut access = Vec::with_capacity(20 + self.grants.len() * 23);
         access.extend_from_slice(&self.owner.0);
@@ -708,7 +767,7 @@ impl Table {
                 &access,
                 &(self.index.len() as u64).to_le_bytes(),
                 &self.next_row_id.to_le_bytes(),
-                chainql::merkle_root(&pages).as_bytes(),
+                chainql::merkle_root(&leaves).as_bytes(),
             ],
         );
         self.digest = Some(digest);
@@ -822,6 +881,60 @@ mod tests {
         encode_key(&batch, &[0], 0).expect("key")
     }
 
+    /// The digest kept up to date bucket by bucket equals the digest of a table built afresh
+    /// from the same rows, after every one of many random writes.
+    #[test]
+    fn incremental_digest_equals_a_fresh_one() {
+        let mut table = table();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        for round in 0..60 {
+            let keys: std::collections::BTreeSet<i64> = (0..1 + next(40)).map(|_| next(300) as i64).collect();
+            let present: Vec<RowLocation> = keys.iter().filter_map(|k| table.locate(&key(*k))).collect();
+            let fresh: Vec<i64> = keys
+                .iter()
+                .copied()
+                .filter(|k| table.locate(&key(*k)).is_none())
+                .collect();
+            let text = format!("v{round}");
+            match next(3) {
+                0 => {
+                    let values = vec![text.as_str(); fresh.len()];
+                    table.insert(rows(&table, &fresh, &values)).expect("insert");
+                }
+                1 => {
+                    table.delete(&present).expect("delete");
+                }
+                _ => {
+                    // Rewrite the present keys, delete nothing else, add the fresh ones.
+                    let all: Vec<i64> = keys.iter().copied().collect();
+                    let values = vec![text.as_str(); all.len()];
+                    table
+                        .replace(&present, rows(&table, &all, &values))
+                        .expect("replace");
+                }
+            }
+            if next(4) == 0 {
+                table.compact().expect("compact");
+            }
+            let mut afresh = super::tests::table();
+            for batch in table.scan().expect("scan") {
+                afresh.insert(batch).expect("insert");
+            }
+            assert_eq!(
+                table.digest().expect("digest"),
+                afresh.digest().expect("digest"),
+                "round {round}"
+            );
+        }
+        assert!(table.row_count() > 50, "{}", table.row_count());
+    }
+
     /// `replace` equals `delete` then `insert`: same rows, same digest; and a refused one
     /// changes nothing.
     #[test]
@@ -862,5 +975,19 @@ mod tests {
             .expect_err("twice");
         assert!(matches!(error, Error::RowChangedTwice), "{error}");
         assert_eq!(refused.digest().expect("digest"), before);
+        // Refusals found after some rows were indexed undo those rows: a key repeated within
+        // the batch, and an existing key after a fresh one.
+        let error = refused
+            .replace(&moved, rows(&base, &[1, 5, 5], &["x", "y", "z"]))
+            .expect_err("repeated");
+        assert!(error.to_string().contains("duplicate key"), "{error}");
+        let error = refused
+            .insert(rows(&base, &[6, 3], &["x", "y"]))
+            .expect_err("existing");
+        assert!(error.to_string().contains("duplicate key"), "{error}");
+        assert_eq!(refused.digest().expect("digest"), before);
+        assert_eq!(refused.locate(&key(1)), base.locate(&key(1)));
+        assert!(refused.locate(&key(5)).is_none() && refused.locate(&key(6)).is_none());
+        assert_eq!(refused.row_count(), 3);
     }
 }
