@@ -28,6 +28,7 @@ use chainql_planner::{
 use crate::contract::{EmittedEvent, call_arguments, is_native_transfer};
 use crate::gas::{GasMeter, meter_plan};
 use crate::keys::{Analyzer, BoundBodies, stages};
+use crate::parallel::Split;
 use crate::provider::Extras;
 use crate::r2::{self, CallSuccess, CompiledContracts, VectorCall, VectorContract};
 use crate::state::State;
@@ -125,7 +126,9 @@ pub struct Executor {
     /// block order — the reference R2 must equal.
     r2: bool,
     /// Threads that derive a block's key sets.
-    analysis_threads: usize,
+    threads: usize,
+    /// How a vectorized group's row work is shared over threads.
+    pub(crate) row_split: Split,
 }
 
 /// What a statement runs within: its block, its transaction's gas, whose rights it uses, and the
@@ -190,8 +193,10 @@ impl TransactionScope<'_> {
 /// The first window of transactions analyzed for a stretch, and the largest.
 const ANALYSIS_WINDOW_MIN: usize = 1;
 const ANALYSIS_WINDOW_MAX: usize = 8192;
-/// Windows smaller than this are analyzed on the calling thread.
-const PARALLEL_ANALYSIS_MIN: usize = 64;
+/// Rows of a vectorized group's step per thread below which it stays on fewer threads.
+const PARALLEL_ROWS_MIN: usize = 1024;
+/// Transactions per thread below which analysis stays on fewer threads.
+const PARALLEL_ANALYSIS_MIN: usize = 32;
 
 /// Each transaction's key sets against `state` (a barrier included), and its statement parsed
 /// when it has exactly one. Every transaction is analyzed on its own, so the work is split over
@@ -218,40 +223,34 @@ fn analyze(
         }
         (sets, statement)
     };
-    if threads < 2 || transactions.len() < PARALLEL_ANALYSIS_MIN {
-        let bodies = BoundBodies::default();
-        return transactions.iter().map(|t| one(&bodies, t)).collect();
+    let analyzed = crate::parallel::map_ranges(
+        transactions.len(),
+        threads,
+        PARALLEL_ANALYSIS_MIN,
+        |range| -> std::result::Result<_, std::convert::Infallible> {
+            let bodies = BoundBodies::default();
+            Ok(transactions[range].iter().map(|t| one(&bodies, t)).collect())
+        },
+    );
+    match analyzed {
+        Ok(analyzed) => analyzed,
+        Err(never) => match never {},
     }
-    let per_thread = transactions.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = transactions
-            .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    let bodies = BoundBodies::default();
-                    chunk.iter().map(|t| one(&bodies, t)).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
 }
 
 impl Executor {
     pub fn new(query_partitions: usize, query_limits: QueryLimits) -> Result<Executor> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Executor {
             templates: SessionTemplates::new(query_partitions)?,
             query_limits,
             gas_price: 0,
             r2: true,
-            analysis_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads,
+            row_split: Split {
+                threads,
+                min_per_thread: PARALLEL_ROWS_MIN,
+            },
         })
     }
 
@@ -260,6 +259,19 @@ impl Executor {
     /// the block's proposer and the rest refunded.
     pub fn with_gas_price(mut self, gas_price: u64) -> Executor {
         self.gas_price = gas_price;
+        self
+    }
+
+    /// Shares key-set analysis and the row work of vectorized groups over `threads` threads
+    /// (default: one per core), giving each at least `min_rows_per_thread` rows of a group's
+    /// work (default 1,024). The result does not depend on either; tests use small values to
+    /// run the parallel paths on small blocks.
+    pub fn with_threads(mut self, threads: usize, min_rows_per_thread: usize) -> Executor {
+        self.threads = threads.max(1);
+        self.row_split = Split {
+            threads: self.threads,
+            min_per_thread: min_rows_per_thread.max(1),
+        };
         self
     }
 
@@ -349,12 +361,9 @@ impl Executor {
             let mut window = ANALYSIS_WINDOW_MIN;
             'stretch: while end < transactions.len() {
                 let window_end = (end + window).min(transactions.len());
-                for (transaction_sets, statement) in analyze(
-                    state,
-                    block,
-                    &transactions[end..window_end],
-                    self.analysis_threads,
-                ) {
+                for (transaction_sets, statement) in
+                    analyze(state, block, &transactions[end..window_end], self.threads)
+                {
                     if transaction_sets.barrier.is_some() {
                         break 'stretch;
                     }

@@ -41,6 +41,7 @@ mod execute;
 mod explain;
 mod gas;
 mod keys;
+mod parallel;
 mod provider;
 mod r2;
 mod state;

@@ -42,6 +42,7 @@ use crate::contract::{Contract, EVENT_ARGS_MAX, EmittedEvent, parameter_type, re
 use crate::encode::encode_key;
 use crate::execute::{BlockContext, GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT, cast_column};
 use crate::gas::GAS_PER_ROW_READ;
+use crate::parallel::Split;
 use crate::state::State;
 use crate::table::{RowLocation, Table, check_constraints};
 use crate::{Error, Executor, Result};
@@ -838,6 +839,8 @@ struct Writes {
 /// One pass over a group: the calls still in it and what each has done.
 struct Pass<'a> {
     session: &'a SessionState,
+    /// How the row work of a step (key lookups, keying written rows) is shared over threads.
+    split: Split,
     calls: &'a [VectorCall],
     /// Positions (into `calls`) of the live calls, in order.
     live: Vec<usize>,
@@ -943,19 +946,35 @@ impl Pass<'_> {
             Arc::new(Schema::new(vec![Field::new("k", key_type.clone(), true)])),
             vec![keys.clone()],
         )?;
-        let mut locations = Vec::with_capacity(keys.len());
         for (row, failing) in failing.iter_mut().enumerate() {
-            if keys.is_null(row) {
-                *failing = true;
-                locations.push(None);
-            } else {
-                locations.push(table.locate(&encode_key(&batch, &[0], row)?));
-            }
+            *failing |= keys.is_null(row);
         }
+        let locations = self.find(table, &batch, &[0], &failing)?;
         if failing.iter().any(|f| *f) {
             return Ok(Attempt::Failing(failing));
         }
         Ok(Attempt::Done(locations))
+    }
+
+    /// The row of `table` whose key is `key_columns` of each row of `batch`, or `None` for rows
+    /// that are absent or `skipped`: the lookups shared over the pass's threads.
+    fn find(
+        &self,
+        table: &Table,
+        batch: &RecordBatch,
+        key_columns: &[usize],
+        skipped: &[bool],
+    ) -> Result<Vec<Option<RowLocation>>> {
+        self.split.map(batch.num_rows(), |range| {
+            range
+                .map(|row| {
+                    if skipped[row] {
+                        return Ok(None);
+                    }
+                    Ok(table.locate(&encode_key(batch, key_columns, row)?))
+                })
+                .collect()
+        })
     }
 
     /// Evaluates an expression with its point lookups for every live call, with the read gas
@@ -1140,10 +1159,7 @@ impl Pass<'_> {
             Err(failing) => return Ok(Attempt::Failing(failing)),
         };
         let mut gas = vec![GAS_PER_ROW_WRITTEN; rows];
-        let mut existing = Vec::with_capacity(rows);
-        for row in 0..rows {
-            existing.push(table.locate(&encode_key(&proposed, &definition.primary_key, row)?));
-        }
+        let existing = self.find(table, &proposed, &definition.primary_key, &vec![false; rows])?;
         let conflicting = BooleanArray::from(existing.iter().map(Option::is_some).collect::<Vec<_>>());
         let fresh = BooleanArray::from(existing.iter().map(Option::is_none).collect::<Vec<_>>());
         let mut writers: Vec<bool> = existing.iter().map(Option::is_none).collect();
@@ -1224,7 +1240,7 @@ impl Pass<'_> {
             Some(batch) => batch,
             None => RecordBatch::new_empty(Arc::clone(table.storage_schema())),
         };
-        table.replace(&writes.deleted, inserted)
+        table.replace(&writes.deleted, inserted, self.split)
     }
 
     /// Runs one body statement for every live call.
@@ -1385,6 +1401,7 @@ impl Executor {
         ));
         let mut pass = Pass {
             session,
+            split: self.row_split,
             calls,
             live,
             values,

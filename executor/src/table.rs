@@ -19,6 +19,7 @@ use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::encode::{KEY_BUCKETS, Key, describe_key, encode_key, encode_value, key_bucket};
+use crate::parallel::Split;
 use crate::{Error, Result};
 
 /// Rows per chunk once chunks are compacted.
@@ -342,7 +343,7 @@ impl Table {
         if rows == 0 {
             return Ok(0);
         }
-        self.add_chunk(batch, &BTreeMap::new())?;
+        self.add_chunk(batch, &BTreeMap::new(), Split::SERIAL)?;
         self.touch();
         Ok(rows)
     }
@@ -351,8 +352,14 @@ impl Table {
     /// update per row. A key already in the index is refused unless its row is among `freed`
     /// (rows being deleted, by chunk, sorted), whose keys may move to the new chunk; a key that
     /// repeats within the batch is refused. A refusal leaves the index as it was. Returns the
-    /// freed rows whose key moved.
-    fn add_chunk(&mut self, batch: RecordBatch, freed: &BTreeMap<u64, Vec<u32>>) -> Result<Vec<RowLocation>> {
+    /// freed rows whose key moved. Rows are keyed and hashed as `split` says; the index is
+    /// updated in row order.
+    fn add_chunk(
+        &mut self,
+        batch: RecordBatch,
+        freed: &BTreeMap<u64, Vec<u32>>,
+        split: Split,
+    ) -> Result<Vec<RowLocation>> {
         let rows = batch.num_rows();
         if batch.schema().fields() != self.storage_schema.fields() {
             return Err(Error::Internal(
@@ -365,27 +372,27 @@ impl Table {
                 .get(&location.chunk)
                 .is_some_and(|rows| rows.binary_search(&location.row).is_ok())
         };
+        let key_columns = &self.key_columns;
+        let keyed = split.map(rows, |range| {
+            let mut scratch = Vec::with_capacity(128);
+            range
+                .map(|row| {
+                    let key = encode_key(&batch, key_columns, row)?;
+                    let hash = row_hash(&key, &batch, row, &mut scratch)?;
+                    Ok((key, hash))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
         let mut moved = Vec::new();
         // What each insertion replaced, to put back if a later row is refused.
         let mut undo: Vec<(Key, Option<IndexEntry>)> = Vec::with_capacity(rows);
-        let mut scratch = Vec::with_capacity(128);
         let mut refused = None;
-        for row in 0..rows {
-            let indexed = encode_key(&batch, &self.key_columns, row).and_then(|key| {
-                let hash = row_hash(&key, &batch, row, &mut scratch)?;
-                let location = RowLocation {
-                    chunk,
-                    row: row as u32,
-                };
-                Ok((key, IndexEntry { location, hash }))
-            });
-            let (key, entry) = match indexed {
-                Ok(indexed) => indexed,
-                Err(error) => {
-                    refused = Some(error);
-                    break;
-                }
+        for (row, (key, hash)) in keyed.into_iter().enumerate() {
+            let location = RowLocation {
+                chunk,
+                row: row as u32,
             };
+            let entry = IndexEntry { location, hash };
             let previous = self.index_insert(key.clone(), entry);
             undo.push((key, previous));
             match previous {
@@ -516,7 +523,13 @@ impl Table {
     /// instead of a removal and an insertion. Refused as a whole, leaving the table unchanged,
     /// when a location is not live or repeats, or an inserted key exists (outside the deleted
     /// rows) or repeats.
-    pub fn replace(&mut self, deleted: &[RowLocation], batch: RecordBatch) -> Result<()> {
+    /// Rows are keyed and hashed as `split` says.
+    pub(crate) fn replace(
+        &mut self,
+        deleted: &[RowLocation],
+        batch: RecordBatch,
+        split: Split,
+    ) -> Result<()> {
         if deleted.is_empty() {
             return self.insert(batch).map(|_| ());
         }
@@ -534,7 +547,7 @@ impl Table {
             }
         }
         let mut moved = if batch.num_rows() > 0 {
-            self.add_chunk(batch, &by_chunk)?
+            self.add_chunk(batch, &by_chunk, split)?
         } else {
             Vec::new()
         };
@@ -915,7 +928,14 @@ mod tests {
                     let all: Vec<i64> = keys.iter().copied().collect();
                     let values = vec![text.as_str(); all.len()];
                     table
-                        .replace(&present, rows(&table, &all, &values))
+                        .replace(
+                            &present,
+                            rows(&table, &all, &values),
+                            Split {
+                                threads: 2,
+                                min_per_thread: 1,
+                            },
+                        )
                         .expect("replace");
                 }
             }
@@ -946,7 +966,14 @@ mod tests {
         let mut replaced = base.clone();
         // Key 1 keeps its row with a new value, key 2 goes, key 4 arrives.
         replaced
-            .replace(&moved, rows(&base, &[1, 4], &["A", "d"]))
+            .replace(
+                &moved,
+                rows(&base, &[1, 4], &["A", "d"]),
+                Split {
+                    threads: 2,
+                    min_per_thread: 1,
+                },
+            )
             .expect("replace");
         let mut reference = base.clone();
         reference.delete(&moved).expect("delete");
@@ -964,21 +991,42 @@ mod tests {
         let mut refused = base.clone();
         let before = refused.digest().expect("digest");
         let error = refused
-            .replace(&moved, rows(&base, &[1, 3], &["x", "y"]))
+            .replace(
+                &moved,
+                rows(&base, &[1, 3], &["x", "y"]),
+                Split {
+                    threads: 2,
+                    min_per_thread: 1,
+                },
+            )
             .expect_err("duplicate");
         assert!(error.to_string().contains("duplicate key"), "{error}");
         assert_eq!(refused.digest().expect("digest"), before);
         assert!(refused.locate(&key(2)).is_some());
         // A location named twice is refused too.
         let error = refused
-            .replace(&[moved[0], moved[0]], rows(&base, &[], &[]))
+            .replace(
+                &[moved[0], moved[0]],
+                rows(&base, &[], &[]),
+                Split {
+                    threads: 2,
+                    min_per_thread: 1,
+                },
+            )
             .expect_err("twice");
         assert!(matches!(error, Error::RowChangedTwice), "{error}");
         assert_eq!(refused.digest().expect("digest"), before);
         // Refusals found after some rows were indexed undo those rows: a key repeated within
         // the batch, and an existing key after a fresh one.
         let error = refused
-            .replace(&moved, rows(&base, &[1, 5, 5], &["x", "y", "z"]))
+            .replace(
+                &moved,
+                rows(&base, &[1, 5, 5], &["x", "y", "z"]),
+                Split {
+                    threads: 2,
+                    min_per_thread: 1,
+                },
+            )
             .expect_err("repeated");
         assert!(error.to_string().contains("duplicate key"), "{error}");
         let error = refused

@@ -1,0 +1,96 @@
+//! Work split over the executor's threads without changing its result: items are cut into
+//! contiguous ranges, one per thread, and the results are put back together in item order, so
+//! the outcome is the same on any number of threads.
+
+use std::ops::Range;
+
+/// How row work is shared out: over up to `threads` threads, each taking at least
+/// `min_per_thread` items (below that, thread start-up costs more than it saves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Split {
+    pub threads: usize,
+    pub min_per_thread: usize,
+}
+
+impl Split {
+    /// Everything on the calling thread.
+    pub const SERIAL: Split = Split {
+        threads: 1,
+        min_per_thread: 1,
+    };
+
+    pub fn map<T: Send, E: Send>(
+        self,
+        items: usize,
+        f: impl Fn(Range<usize>) -> Result<Vec<T>, E> + Sync,
+    ) -> Result<Vec<T>, E> {
+        map_ranges(items, self.threads, self.min_per_thread, f)
+    }
+}
+
+/// `f` over `0..items`, as `f(range)` calls on up to `threads` scoped threads, concatenated in
+/// order. Runs on the calling thread when there is one thread or fewer than `min_per_thread`
+/// items for each. The first error (in item order) is returned.
+pub(crate) fn map_ranges<T, E, F>(
+    items: usize,
+    threads: usize,
+    min_per_thread: usize,
+    f: F,
+) -> Result<Vec<T>, E>
+where
+    T: Send,
+    E: Send,
+    F: Fn(Range<usize>) -> Result<Vec<T>, E> + Sync,
+{
+    let threads = threads.min(items / min_per_thread.max(1)).max(1);
+    if threads == 1 {
+        return f(0..items);
+    }
+    let per_thread = items.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let workers: Vec<_> = (0..items)
+            .step_by(per_thread)
+            .map(|start| scope.spawn(move || f(start..(start + per_thread).min(items))))
+            .collect();
+        let mut out = Vec::with_capacity(items);
+        for worker in workers {
+            let part = worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            out.extend(part);
+        }
+        Ok(out)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_in_item_order_on_any_number_of_threads() {
+        let square =
+            |range: Range<usize>| -> Result<Vec<usize>, String> { Ok(range.map(|i| i * i).collect()) };
+        let expected: Vec<usize> = (0..1_001).map(|i| i * i).collect();
+        for threads in [1, 2, 3, 8] {
+            for min in [1, 10, 2_000] {
+                assert_eq!(map_ranges(1_001, threads, min, square), Ok(expected.clone()));
+            }
+        }
+        assert_eq!(map_ranges(0, 4, 1, square), Ok(vec![]));
+        // The first failing range's error, whichever thread finishes first.
+        let failing = |range: Range<usize>| -> Result<Vec<usize>, String> {
+            match range.clone().find(|i| i % 300 == 299) {
+                Some(i) => Err(format!("item {i}")),
+                None => Ok(range.collect()),
+            }
+        };
+        for threads in [1, 2, 4] {
+            assert_eq!(
+                map_ranges(1_000, threads, 1, failing),
+                Err("item 299".to_string())
+            );
+        }
+    }
+}
