@@ -24,9 +24,12 @@ const CONTRACT: &str = "CREATE CONTRACT transfer(to_addr TEXT, amount BIGINT) AS
   EMIT transferred(CALLER(), to_addr, amount);
 $$";
 
-/// Holder `n`'s address: `0x` and `n` in 40 hex digits, as the table's rows spell it.
+/// Holder `n`'s address: its first four bytes scattered by a multiplicative hash, its last eight
+/// `n`, as the table's rows spell it. Holders' keys then differ early and spread over the whole
+/// index, as real addresses (digests of public keys) do.
 fn holder(n: u64) -> Address {
     let mut bytes = [0u8; 20];
+    bytes[..4].copy_from_slice(&(((n * 2_654_435_761) % (1 << 32)) as u32).to_be_bytes());
     bytes[12..].copy_from_slice(&n.to_be_bytes());
     Address(bytes)
 }
@@ -69,8 +72,8 @@ fn setup(runtime: &tokio::runtime::Runtime, executor: &Executor) -> State {
         statements: vec![
             "CREATE TABLE tokens (owner TEXT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
             format!(
-                "INSERT INTO tokens SELECT '0x' || lpad(to_hex(value), 40, '0'), 1000 \
-                 FROM generate_series(1, {HOLDERS})"
+                "INSERT INTO tokens SELECT '0x' || lpad(to_hex((value * 2654435761) % 4294967296), 8, '0') \
+                 || lpad(to_hex(value), 32, '0'), 1000 FROM generate_series(1, {HOLDERS})"
             ),
             CONTRACT.into(),
         ],
