@@ -373,25 +373,25 @@ impl Table {
                 .is_some_and(|rows| rows.binary_search(&location.row).is_ok())
         };
         let key_columns = &self.key_columns;
-        let keyed = split.map(rows, |range| {
+        let mut keyed = split.map(rows, |range| {
             let mut scratch = Vec::with_capacity(128);
             range
                 .map(|row| {
                     let key = encode_key(&batch, key_columns, row)?;
                     let hash = row_hash(&key, &batch, row, &mut scratch)?;
-                    Ok((key, hash))
+                    Ok((key, hash, row as u32))
                 })
                 .collect::<Result<Vec<_>>>()
         })?;
+        // In key order, the updates walk the index from one end to the other instead of
+        // jumping between far leaves. The resulting index is the same in any order.
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut moved = Vec::new();
         // What each insertion replaced, to put back if a later row is refused.
         let mut undo: Vec<(Key, Option<IndexEntry>)> = Vec::with_capacity(rows);
         let mut refused = None;
-        for (row, (key, hash)) in keyed.into_iter().enumerate() {
-            let location = RowLocation {
-                chunk,
-                row: row as u32,
-            };
+        for (key, hash, row) in keyed {
+            let location = RowLocation { chunk, row };
             let entry = IndexEntry { location, hash };
             let previous = self.index_insert(key.clone(), entry);
             undo.push((key, previous));
@@ -402,7 +402,7 @@ impl Table {
                 }
                 // Present outside the freed rows, or earlier in this batch.
                 Some(_) => {
-                    refused = Some(self.duplicate(&batch, row));
+                    refused = Some(self.duplicate(&batch, row as usize));
                     break;
                 }
             }
@@ -682,6 +682,8 @@ impl Table {
         table.grants = grants;
         table.next_row_id = next_row_id;
         let mut scratch = Vec::with_capacity(128);
+        // Every live row's key and entry, indexed in key order once all are read.
+        let mut rows: Vec<(Key, IndexEntry)> = Vec::new();
         for (id, batch, live) in chunks {
             if batch.schema().fields() != table.storage_schema.fields() {
                 return Err(Error::Invalid(format!(
@@ -701,15 +703,12 @@ impl Table {
             }
             for row in live.set_indices() {
                 let key = encode_key(&batch, &table.key_columns, row)?;
-                if table.index.contains_key(&key) {
-                    return Err(table.duplicate(&batch, row));
-                }
                 let hash = row_hash(&key, &batch, row, &mut scratch)?;
                 let location = RowLocation {
                     chunk: id,
                     row: row as u32,
                 };
-                table.index_insert(key, IndexEntry { location, hash });
+                rows.push((key, IndexEntry { location, hash }));
             }
             let live_rows = live.count_set_bits();
             table.chunks.insert(
@@ -720,6 +719,14 @@ impl Table {
                     live_rows,
                 }),
             );
+        }
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, entry) in rows {
+            if table.index_insert(key, entry).is_some() {
+                let location = entry.location;
+                let batch = &table.chunks[&location.chunk].batch;
+                return Err(table.duplicate(batch, location.row as usize));
+            }
         }
         table.next_chunk_id = next_chunk_id;
         // A checkpointed table was compacted when its block ended, as every node's was.
