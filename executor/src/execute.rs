@@ -125,9 +125,8 @@ pub struct Executor {
     /// Run blocks through R2's stages (vectorized calls); off, every transaction runs alone in
     /// block order — the reference R2 must equal.
     r2: bool,
-    /// Threads that derive a block's key sets.
-    threads: usize,
-    /// How a vectorized group's row work is shared over threads.
+    /// How a vectorized group's row work is shared over threads; its thread count also serves
+    /// the key-set analysis.
     pub(crate) row_split: Split,
 }
 
@@ -246,7 +245,6 @@ impl Executor {
             query_limits,
             gas_price: 0,
             r2: true,
-            threads,
             row_split: Split {
                 threads,
                 min_per_thread: PARALLEL_ROWS_MIN,
@@ -267,9 +265,8 @@ impl Executor {
     /// work (default 1,024). The result does not depend on either; tests use small values to
     /// run the parallel paths on small blocks.
     pub fn with_threads(mut self, threads: usize, min_rows_per_thread: usize) -> Executor {
-        self.threads = threads.max(1);
         self.row_split = Split {
-            threads: self.threads,
+            threads: threads.max(1),
             min_per_thread: min_rows_per_thread.max(1),
         };
         self
@@ -361,9 +358,12 @@ impl Executor {
             let mut window = ANALYSIS_WINDOW_MIN;
             'stretch: while end < transactions.len() {
                 let window_end = (end + window).min(transactions.len());
-                for (transaction_sets, statement) in
-                    analyze(state, block, &transactions[end..window_end], self.threads)
-                {
+                for (transaction_sets, statement) in analyze(
+                    state,
+                    block,
+                    &transactions[end..window_end],
+                    self.row_split.threads,
+                ) {
                     if transaction_sets.barrier.is_some() {
                         break 'stretch;
                     }

@@ -353,7 +353,7 @@ impl Table {
     /// (rows being deleted, by chunk, sorted), whose keys may move to the new chunk; a key that
     /// repeats within the batch is refused. A refusal leaves the index as it was. Returns the
     /// freed rows whose key moved. Rows are keyed and hashed as `split` says; the index is
-    /// updated in row order.
+    /// updated in key order.
     fn add_chunk(
         &mut self,
         batch: RecordBatch,
@@ -480,41 +480,10 @@ impl Table {
     }
 
     /// Deletes the live rows at `locations`. Refuses a location that is not a live row or that
-    /// appears twice.
+    /// appears twice, leaving the table unchanged.
     pub fn delete(&mut self, locations: &[RowLocation]) -> Result<usize> {
-        let mut by_chunk: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
-        for location in locations {
-            if self.row_at(*location).is_none() {
-                return Err(Error::Internal(format!("row {location:?} is not live")));
-            }
-            by_chunk.entry(location.chunk).or_default().push(location.row);
-        }
-        for (chunk_id, mut rows) in by_chunk {
-            rows.sort_unstable();
-            if rows.windows(2).any(|w| w[0] == w[1]) {
-                return Err(Error::RowChangedTwice);
-            }
-            let chunk = self.chunks[&chunk_id].clone();
-            // A copy of the mask (one bit per row) with the deleted rows cleared.
-            let mut live = BooleanBufferBuilder::new(chunk.live.len());
-            live.append_buffer(&chunk.live);
-            for &row in &rows {
-                live.set_bit(row as usize, false);
-                let key = encode_key(&chunk.batch, &self.key_columns, row as usize)?;
-                self.index_remove(&key);
-            }
-            let live = live.finish();
-            let live_rows = chunk.live_rows - rows.len();
-            self.chunks.insert(
-                chunk_id,
-                Arc::new(Chunk {
-                    batch: chunk.batch.clone(),
-                    live,
-                    live_rows,
-                }),
-            );
-        }
-        self.touch();
+        let nothing = RecordBatch::new_empty(Arc::clone(&self.storage_schema));
+        self.delete_and_insert(locations, nothing, Split::SERIAL)?;
         Ok(locations.len())
     }
 
@@ -533,6 +502,13 @@ impl Table {
         if deleted.is_empty() {
             return self.insert(batch).map(|_| ());
         }
+        self.delete_and_insert(deleted, batch, split)
+    }
+
+    /// What [`Table::replace`] and [`Table::delete`] share: every location checked before
+    /// anything changes, then the batch added (keys of deleted rows may move to it), then the
+    /// deleted rows masked out and their unmoved keys taken out of the index.
+    fn delete_and_insert(&mut self, deleted: &[RowLocation], batch: RecordBatch, split: Split) -> Result<()> {
         let mut by_chunk: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for location in deleted {
             if self.row_at(*location).is_none() {
