@@ -1061,8 +1061,19 @@ impl Inner {
         Ok(state)
     }
 
-    /// Makes an executed block visible: the new state, its receipts, and the waiters' answers.
+    /// Makes an executed block visible: first the new state, then its receipts and the waiters'
+    /// answers, so whoever sees a receipt can already query the state that includes it.
     fn publish(&self, state: Arc<State>, receipts: Vec<Receipt>) {
+        {
+            let mut snapshots = lock(&self.snapshots);
+            let height = state.height();
+            snapshots.insert(height, Arc::clone(&state));
+            let oldest_kept = (height + 1).saturating_sub(self.config.snapshots_kept);
+            while snapshots.first_key_value().is_some_and(|(h, _)| *h < oldest_kept) {
+                snapshots.pop_first();
+            }
+        }
+        self.committed.send_replace(state);
         let mut waiting = Vec::new();
         {
             let mut known = lock(&self.receipts);
@@ -1075,16 +1086,6 @@ impl Inner {
                 known.insert(hash, receipt);
             }
         }
-        {
-            let mut snapshots = lock(&self.snapshots);
-            let height = state.height();
-            snapshots.insert(height, Arc::clone(&state));
-            let oldest_kept = (height + 1).saturating_sub(self.config.snapshots_kept);
-            while snapshots.first_key_value().is_some_and(|(h, _)| *h < oldest_kept) {
-                snapshots.pop_first();
-            }
-        }
-        self.committed.send_replace(state);
         for (list, receipt) in waiting {
             for (_, sender) in list {
                 let _ = sender.send(receipt.clone());
