@@ -9,6 +9,10 @@ use chainql::{Address, Hash};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, State};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
+/// The allocator the `chainql` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const HOLDERS: u64 = 1_000_000;
 /// Calls in the block R2 runs, each from its own sender.
 const CALLS: u64 = 100_000;

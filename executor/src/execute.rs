@@ -27,7 +27,7 @@ use chainql_planner::{
 
 use crate::contract::{EmittedEvent, call_arguments, is_native_transfer};
 use crate::gas::{GasMeter, meter_plan};
-use crate::keys::{Analyzer, BoundBodies, stages};
+use crate::keys::{Analyzer, ContractTemplates, stages};
 use crate::parallel::Split;
 use crate::provider::Extras;
 use crate::r2::{self, CallSuccess, CompiledContracts, VectorCall, VectorContract};
@@ -206,8 +206,8 @@ fn analyze(
     transactions: &[ExecutableTransaction],
     threads: usize,
 ) -> Vec<(crate::keys::KeySets, Option<(ChainStatement, StatementKind)>)> {
-    let one = |bodies: &BoundBodies, transaction: &ExecutableTransaction| {
-        let analyzer = Analyzer::with_bodies(state, Some(transaction.sender), bodies);
+    let one = |templates: &ContractTemplates, transaction: &ExecutableTransaction| {
+        let analyzer = Analyzer::with_templates(state, Some(transaction.sender), templates);
         let statement = match transaction.statements.as_slice() {
             [sql] => chainql::sql::parse_transaction_statement(sql).ok(),
             _ => None,
@@ -227,8 +227,8 @@ fn analyze(
         threads,
         PARALLEL_ANALYSIS_MIN,
         |range| -> std::result::Result<_, std::convert::Infallible> {
-            let bodies = BoundBodies::default();
-            Ok(transactions[range].iter().map(|t| one(&bodies, t)).collect())
+            let templates = ContractTemplates::default();
+            Ok(transactions[range].iter().map(|t| one(&templates, t)).collect())
         },
     );
     match analyzed {

@@ -56,7 +56,7 @@ pub(crate) fn explain_call(state: &State, function: &ast::Function) -> Result<Qu
         .contract(&name)
         .ok_or_else(|| Error::UndefinedContract(name.clone()))?;
     let analyzer = Analyzer::new(state, None);
-    let total = analyzer.call(function, &[], 0);
+    let total = analyzer.call(function);
     let values: Vec<_> = match &function.args {
         ast::FunctionArguments::List(list) => list
             .args

@@ -83,18 +83,6 @@ impl KeySets {
             .add(keys);
     }
 
-    fn merge(&mut self, other: KeySets) {
-        for (table, keys) in other.reads {
-            self.read(&table, keys);
-        }
-        for (table, keys) in other.writes {
-            self.write(&table, keys);
-        }
-        if self.barrier.is_none() {
-            self.barrier = other.barrier;
-        }
-    }
-
     /// True when running `self` and `other` in either order could give different results.
     /// (The definition [`stages`] implements with per-key maps; the tests check one against the
     /// other.)
@@ -145,92 +133,277 @@ impl KeySets {
     }
 }
 
+/// A value the analysis knows before a call binds it: a literal, an argument of the contract
+/// being analyzed (by position), or the caller.
+#[derive(Debug, Clone, PartialEq)]
+enum Sym {
+    Value(ScalarValue),
+    Arg(usize),
+    Caller,
+}
+
+/// One column of a key: text already known, or an argument or the caller, cast to the key
+/// column's type when bound.
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Bound(Sym, DataType),
+}
+
+/// The keys of one table a statement touches, some of them still symbolic.
+#[derive(Debug, Clone, PartialEq)]
+enum Shape {
+    /// Keys, each a list of key-column parts; if any part cannot be bound (a null, a value the
+    /// column cannot hold, an argument that is not a literal), any row.
+    Rows(Vec<Vec<Part>>),
+    All,
+}
+
+/// Key sets with arguments and the caller left symbolic: what a contract touches for any call
+/// of it, derived from its body once per state version and then bound to each call's values.
+/// Entries are merged (and `All` absorbs known keys) when bound.
+#[derive(Debug, Clone, Default)]
+pub struct Template {
+    reads: Vec<(String, Shape)>,
+    writes: Vec<(String, Shape)>,
+    barrier: Option<String>,
+}
+
+impl Template {
+    fn read(&mut self, table: &str, shape: Shape) {
+        if !self.reads.iter().any(|(t, s)| t == table && *s == shape) {
+            self.reads.push((table.to_string(), shape));
+        }
+    }
+
+    fn write(&mut self, table: &str, shape: Shape) {
+        if !self.writes.iter().any(|(t, s)| t == table && *s == shape) {
+            self.writes.push((table.to_string(), shape));
+        }
+    }
+
+    fn barrier(reason: impl Into<String>) -> Template {
+        Template {
+            barrier: Some(reason.into()),
+            ..Template::default()
+        }
+    }
+
+    fn merge(&mut self, other: Template) {
+        for (table, shape) in other.reads {
+            self.read(&table, shape);
+        }
+        for (table, shape) in other.writes {
+            self.write(&table, shape);
+        }
+        if self.barrier.is_none() {
+            self.barrier = other.barrier;
+        }
+    }
+
+    /// The template with its arguments replaced by `args` (symbols of the calling statement).
+    fn substitute(&self, args: &[Option<Sym>]) -> Template {
+        let shapes = |entries: &[(String, Shape)]| {
+            entries
+                .iter()
+                .map(|(table, shape)| (table.clone(), substitute_shape(shape, args)))
+                .collect()
+        };
+        Template {
+            reads: shapes(&self.reads),
+            writes: shapes(&self.writes),
+            barrier: self.barrier.clone(),
+        }
+    }
+
+    /// The key sets of a call with arguments `args`, by `caller` (`None` leaves `CALLER()`
+    /// symbolic, as `EXPLAIN CALL` shows it).
+    fn bind(&self, args: &[Option<Sym>], caller: Option<Address>) -> KeySets {
+        let mut sets = KeySets {
+            barrier: self.barrier.clone(),
+            ..KeySets::default()
+        };
+        if sets.barrier.is_some() {
+            return sets;
+        }
+        let keys = |shape: &Shape| match substitute_shape(shape, args) {
+            Shape::All => Keys::All,
+            Shape::Rows(rows) => {
+                let mut keys = BTreeSet::new();
+                for row in rows {
+                    let mut text = String::new();
+                    for (i, part) in row.iter().enumerate() {
+                        let Some(part) = part_text(part, caller) else {
+                            return Keys::All;
+                        };
+                        if i > 0 {
+                            text.push('|');
+                        }
+                        text.push_str(&part);
+                    }
+                    keys.insert(text);
+                }
+                Keys::Known(keys)
+            }
+        };
+        for (table, shape) in &self.reads {
+            sets.read(table, keys(shape));
+        }
+        for (table, shape) in &self.writes {
+            sets.write(table, keys(shape));
+        }
+        sets
+    }
+}
+
+/// A shape with its arguments replaced by `args`; a row with an argument that is unknown, null
+/// or not of the key's type makes it `All`.
+fn substitute_shape(shape: &Shape, args: &[Option<Sym>]) -> Shape {
+    let Shape::Rows(rows) = shape else {
+        return Shape::All;
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut parts = Vec::with_capacity(row.len());
+        for part in row {
+            let part = match part {
+                Part::Bound(Sym::Arg(i), key_type) => match args.get(*i).cloned().flatten() {
+                    Some(Sym::Value(value)) => match cast_text(&value, key_type) {
+                        Some(text) => Part::Text(text),
+                        None => return Shape::All,
+                    },
+                    Some(sym) => Part::Bound(sym, key_type.clone()),
+                    None => return Shape::All,
+                },
+                other => other.clone(),
+            };
+            parts.push(part);
+        }
+        out.push(parts);
+    }
+    Shape::Rows(out)
+}
+
+/// A key part's text once the caller is known (or left symbolic).
+fn part_text(part: &Part, caller: Option<Address>) -> Option<String> {
+    match part {
+        Part::Text(text) => Some(text.clone()),
+        Part::Bound(Sym::Caller, key_type) => match caller {
+            None => Some("CALLER()".into()),
+            Some(caller) => cast_text(&ScalarValue::Utf8(Some(caller.to_hex())), key_type),
+        },
+        Part::Bound(Sym::Value(value), key_type) => cast_text(value, key_type),
+        // An argument left unbound: a statement's placeholder with no value.
+        Part::Bound(Sym::Arg(_), _) => None,
+    }
+}
+
+/// A key value as text, as the key column's type holds it (so `'01'` and `1` name the same
+/// `BIGINT` key). A null, or a value the type cannot hold, names no known key.
+fn cast_text(value: &ScalarValue, key_type: &DataType) -> Option<String> {
+    if value.is_null() {
+        return None;
+    }
+    if let (ScalarValue::Utf8(Some(text)), DataType::Utf8) = (value, key_type) {
+        return Some(text.clone());
+    }
+    value
+        .cast_to(key_type)
+        .ok()
+        .filter(|v| !v.is_null())
+        .map(|v| v.to_string())
+}
+
 /// Derives key sets against the tables and contracts of one state version.
 pub struct Analyzer<'a> {
     state: &'a State,
     /// The sender; `None` leaves `CALLER()` symbolic (as `EXPLAIN CALL` shows it).
     caller: Option<Address>,
-    /// Contract bodies with their names bound, kept across the transactions of a stretch of a
-    /// block (no contract changes inside one).
-    bodies: Option<&'a BoundBodies>,
+    /// Contract templates, kept across the transactions of a stretch of a block (no contract
+    /// changes inside one).
+    templates: Option<&'a ContractTemplates>,
 }
 
-/// Contract bodies with parameter and `LET` names bound to placeholders, by contract name.
-pub type BoundBodies = std::cell::RefCell<BTreeMap<String, std::sync::Arc<Vec<ContractStatement>>>>;
+/// The templates of contracts (by name and call depth) derived so far against one state version.
+pub type ContractTemplates = std::cell::RefCell<BTreeMap<(String, u32), std::sync::Arc<Template>>>;
 
 impl<'a> Analyzer<'a> {
     pub fn new(state: &'a State, caller: Option<Address>) -> Analyzer<'a> {
         Analyzer {
             state,
             caller,
-            bodies: None,
+            templates: None,
         }
     }
 
-    /// An analyzer that binds each contract's body once and keeps it in `bodies`.
-    pub fn with_bodies(state: &'a State, caller: Option<Address>, bodies: &'a BoundBodies) -> Analyzer<'a> {
+    /// An analyzer that derives each contract's template once and keeps it in `templates`.
+    pub fn with_templates(
+        state: &'a State,
+        caller: Option<Address>,
+        templates: &'a ContractTemplates,
+    ) -> Analyzer<'a> {
         Analyzer {
             state,
             caller,
-            bodies: Some(bodies),
+            templates: Some(templates),
         }
     }
 
     /// The key sets of a transaction of one statement, already parsed, and its sender's account.
     pub fn single(&self, statement: &ChainStatement) -> KeySets {
-        let mut sets = KeySets::default();
-        if let Some(caller) = self.caller {
-            sets.write("chain.accounts", Keys::Known(BTreeSet::from([caller.to_hex()])));
-        }
-        match statement {
-            ChainStatement::Sql(statement) => sets.merge(self.statement(statement, &[], 0)),
-            _ => sets.barrier = Some("it changes contracts".into()),
-        }
+        let mut sets = match statement {
+            ChainStatement::Sql(statement) => match statement.as_ref() {
+                Statement::Call(function) => self.call(function),
+                statement => self.statement(statement, &[], 0).bind(&[], self.caller),
+            },
+            _ => KeySets {
+                barrier: Some("it changes contracts".into()),
+                ..KeySets::default()
+            },
+        };
+        self.sender_account(&mut sets);
         sets
-    }
-
-    /// A contract's body with its names bound.
-    fn bound_body(
-        &self,
-        definition: &chainql::contract::ContractDefinition,
-    ) -> std::sync::Arc<Vec<ContractStatement>> {
-        if let Some(bodies) = self.bodies
-            && let Some(body) = bodies.borrow().get(&definition.name)
-        {
-            return body.clone();
-        }
-        let body = std::sync::Arc::new(definition.bound_statements());
-        if let Some(bodies) = self.bodies {
-            bodies.borrow_mut().insert(definition.name.clone(), body.clone());
-        }
-        body
     }
 
     /// The key sets of a whole transaction: its statements, and its sender's account.
     pub fn transaction(&self, statements: &[String]) -> KeySets {
-        let mut sets = KeySets::default();
-        if let Some(caller) = self.caller {
-            sets.write("chain.accounts", Keys::Known(BTreeSet::from([caller.to_hex()])));
-        }
+        let mut template = Template::default();
         for sql in statements {
             match chainql::contract::parse_chain_statement(sql) {
-                Ok(ChainStatement::Sql(statement)) => sets.merge(self.statement(&statement, &[], 0)),
-                Ok(_) => sets.barrier = Some("it changes contracts".into()),
-                Err(_) => sets.barrier = Some("a statement does not parse".into()),
+                Ok(ChainStatement::Sql(statement)) => template.merge(self.statement(&statement, &[], 0)),
+                Ok(_) => template.barrier = Some("it changes contracts".into()),
+                Err(_) => template.barrier = Some("a statement does not parse".into()),
             }
         }
+        let mut sets = template.bind(&[], self.caller);
+        self.sender_account(&mut sets);
         sets
     }
 
-    /// The key sets of one statement; `params` are the values of its placeholders (`None`
+    /// Every transaction writes its sender's account (the nonce, the gas reservation).
+    fn sender_account(&self, sets: &mut KeySets) {
+        if let Some(caller) = self.caller {
+            sets.write("chain.accounts", Keys::Known(BTreeSet::from([caller.to_hex()])));
+        }
+    }
+
+    /// The key sets of `CALL name(args)` of literal arguments: the contract's template bound to
+    /// them.
+    pub fn call(&self, function: &ast::Function) -> KeySets {
+        match self.callee(function, &[], 0) {
+            Ok((template, values)) => template.bind(&values, self.caller),
+            Err(barrier) => barrier.bind(&[], self.caller),
+        }
+    }
+
+    /// The template of one statement; `params` are the symbols of its placeholders (`None`
     /// when not known).
-    pub fn statement(&self, statement: &Statement, params: &[Option<ScalarValue>], depth: u32) -> KeySets {
-        let mut sets = KeySets::default();
+    fn statement(&self, statement: &Statement, params: &[Option<Sym>], depth: u32) -> Template {
+        let mut sets = Template::default();
         match statement {
             Statement::Insert(insert) => {
                 let TableObject::TableName(name) = &insert.table else {
-                    sets.barrier = Some("an INSERT into a table function".into());
-                    return sets;
+                    return Template::barrier("an INSERT into a table function");
                 };
                 let table = object_name(name);
                 let mut keys = self.insert_keys(&table, insert, params);
@@ -238,7 +411,7 @@ impl<'a> Analyzer<'a> {
                     && let ast::OnConflictAction::DoUpdate(update) = &conflict.action
                     && self.assigns_key(&table, &update.assignments)
                 {
-                    keys = Keys::All;
+                    keys = Shape::All;
                 }
                 if insert.on.is_some() {
                     sets.read(&table, keys.clone());
@@ -252,10 +425,7 @@ impl<'a> Analyzer<'a> {
                         object_name(name),
                         alias.as_ref().map(|a| a.name.value.to_lowercase()),
                     ),
-                    _ => {
-                        sets.barrier = Some("an UPDATE of a derived table".into());
-                        return sets;
-                    }
+                    _ => return Template::barrier("an UPDATE of a derived table"),
                 };
                 let keys = if update.from.is_none()
                     && update.table.joins.is_empty()
@@ -263,7 +433,7 @@ impl<'a> Analyzer<'a> {
                 {
                     self.predicate_keys(&table, alias.as_deref(), update.selection.as_ref(), params)
                 } else {
-                    Keys::All
+                    Shape::All
                 };
                 sets.read(&table, keys.clone());
                 sets.write(&table, keys);
@@ -278,87 +448,112 @@ impl<'a> Analyzer<'a> {
                         object_name(name),
                         alias.as_ref().map(|a| a.name.value.to_lowercase()),
                     ),
-                    _ => {
-                        sets.barrier = Some("a DELETE of several tables".into());
-                        return sets;
-                    }
+                    _ => return Template::barrier("a DELETE of several tables"),
                 };
                 let keys = if delete.using.is_none() && from[0].joins.is_empty() {
                     self.predicate_keys(&target.0, target.1.as_deref(), delete.selection.as_ref(), params)
                 } else {
-                    Keys::All
+                    Shape::All
                 };
                 sets.read(&target.0, keys.clone());
                 sets.write(&target.0, keys);
                 self.queries(statement, params, &mut sets);
             }
             Statement::Query(query) => self.queries(query.as_ref(), params, &mut sets),
-            Statement::Call(function) => sets.merge(self.call(function, params, depth)),
-            _ => sets.barrier = Some("it changes the catalog or grants".into()),
+            Statement::Call(function) => sets.merge(self.call_template(function, params, depth)),
+            _ => return Template::barrier("it changes the catalog or grants"),
         }
         sets
     }
 
-    /// The key sets of `CALL name(args)`.
-    pub fn call(&self, function: &ast::Function, params: &[Option<ScalarValue>], depth: u32) -> KeySets {
-        let mut sets = KeySets::default();
+    /// The template of `CALL name(args)` in a statement with placeholders `params`.
+    fn call_template(&self, function: &ast::Function, params: &[Option<Sym>], depth: u32) -> Template {
+        match self.callee(function, params, depth) {
+            Ok((template, values)) => template.substitute(&values),
+            Err(barrier) => barrier,
+        }
+    }
+
+    /// The template of the contract `CALL name(args)` calls and the symbols of its arguments,
+    /// or a barrier.
+    fn callee(
+        &self,
+        function: &ast::Function,
+        params: &[Option<Sym>],
+        depth: u32,
+    ) -> std::result::Result<(std::sync::Arc<Template>, Vec<Option<Sym>>), Template> {
         if is_native_transfer(&function.name) {
-            sets.barrier = Some("a native transfer".into());
-            return sets;
+            return Err(Template::barrier("a native transfer"));
         }
         let Ok(name) = call_target(&function.name) else {
-            sets.barrier = Some("an unknown contract".into());
-            return sets;
+            return Err(Template::barrier("an unknown contract"));
         };
         let Ok(args) = call_arguments(function) else {
-            sets.barrier = Some("a call with arguments that are not positional".into());
-            return sets;
+            return Err(Template::barrier("a call with arguments that are not positional"));
         };
-        let values: Vec<Option<ScalarValue>> = args.iter().map(|a| self.value(a, params)).collect();
-        self.contract(&name, &values, depth, &mut sets);
-        sets
+        let values: Vec<Option<Sym>> = args.iter().map(|a| self.value(a, params)).collect();
+        Ok((self.contract(&name, depth), values))
     }
 
-    /// Adds what contract `name` touches when called with `values`.
-    fn contract(&self, name: &str, values: &[Option<ScalarValue>], depth: u32, sets: &mut KeySets) {
+    /// What contract `name` touches, called at `depth`, with its arguments symbolic.
+    fn contract(&self, name: &str, depth: u32) -> std::sync::Arc<Template> {
+        let key = (name.to_string(), depth);
+        if let Some(templates) = self.templates
+            && let Some(template) = templates.borrow().get(&key)
+        {
+            return template.clone();
+        }
+        let template = std::sync::Arc::new(self.derive_contract(name, depth));
+        if let Some(templates) = self.templates {
+            templates.borrow_mut().insert(key, template.clone());
+        }
+        template
+    }
+
+    fn derive_contract(&self, name: &str, depth: u32) -> Template {
         let Some(contract) = self.state.contract(name) else {
-            sets.barrier = Some(format!("contract {name} does not exist"));
-            return;
+            return Template::barrier(format!("contract {name} does not exist"));
         };
         if depth >= CALL_DEPTH_MAX {
-            sets.barrier = Some("calls nest too deep".into());
-            return;
+            return Template::barrier("calls nest too deep");
         }
-        for (_, statement) in self.steps(&contract.definition, values, depth, false) {
-            sets.merge(statement);
+        let mut template = Template::default();
+        for (_, step) in self.steps(&contract.definition, depth, false) {
+            template.merge(step);
         }
+        template
     }
 
-    /// Each body statement of a contract with its key sets, for `values` of its parameters.
+    /// Each body statement of a contract with its key sets, for `values` of its parameters
+    /// (`CALLER()` as this analyzer's caller).
     pub fn contract_steps(
         &self,
         definition: &chainql::contract::ContractDefinition,
         values: &[Option<ScalarValue>],
         depth: u32,
     ) -> Vec<(String, KeySets)> {
-        self.steps(definition, values, depth, true)
+        let args: Vec<Option<Sym>> = values.iter().map(|v| v.clone().map(Sym::Value)).collect();
+        self.steps(definition, depth, true)
+            .into_iter()
+            .map(|(text, template)| (text, template.bind(&args, self.caller)))
+            .collect()
     }
 
-    /// Each body statement's key sets, with its text when `describe` is set (formatting SQL
+    /// Each body statement's template, with its text when `describe` is set (formatting SQL
     /// costs more than the analysis, and ordering a block needs only the sets).
     fn steps(
         &self,
         definition: &chainql::contract::ContractDefinition,
-        values: &[Option<ScalarValue>],
         depth: u32,
         describe: bool,
-    ) -> Vec<(String, KeySets)> {
-        let mut params: Vec<Option<ScalarValue>> = values.to_vec();
-        params.resize(definition.parameters.len(), None);
-        let body = self.bound_body(definition);
+    ) -> Vec<(String, Template)> {
+        let mut params: Vec<Option<Sym>> = (0..definition.parameters.len())
+            .map(|i| Some(Sym::Arg(i)))
+            .collect();
+        let body = definition.bound_statements();
         let mut steps = Vec::with_capacity(body.len());
-        for statement in body.iter() {
-            let mut sets = KeySets::default();
+        for statement in &body {
+            let mut sets = Template::default();
             let text = match statement {
                 ContractStatement::Require { condition, .. } => {
                     self.queries(condition, &params, &mut sets);
@@ -399,7 +594,7 @@ impl<'a> Analyzer<'a> {
                         self.queries(arg, &params, &mut sets);
                         values.push(self.value(arg, &params));
                     }
-                    self.contract(contract, &values, depth + 1, &mut sets);
+                    sets.merge(self.contract(contract, depth + 1).substitute(&values));
                     if describe {
                         format!("CALL {contract}(...)")
                     } else {
@@ -422,11 +617,11 @@ impl<'a> Analyzer<'a> {
     }
 
     /// Adds the reads of every query inside `node`.
-    fn queries<T: Visit>(&self, node: &T, params: &[Option<ScalarValue>], sets: &mut KeySets) {
+    fn queries<T: Visit>(&self, node: &T, params: &[Option<Sym>], sets: &mut Template) {
         struct Queries<'b, 'c> {
             analyzer: &'b Analyzer<'c>,
-            params: &'b [Option<ScalarValue>],
-            sets: &'b mut KeySets,
+            params: &'b [Option<Sym>],
+            sets: &'b mut Template,
         }
         impl Visitor for Queries<'_, '_> {
             type Break = ();
@@ -443,7 +638,7 @@ impl<'a> Analyzer<'a> {
     }
 
     /// The tables a query's own `FROM` reads: known keys for a single table pinned by its key.
-    fn query_reads(&self, query: &Query, params: &[Option<ScalarValue>], sets: &mut KeySets) {
+    fn query_reads(&self, query: &Query, params: &[Option<Sym>], sets: &mut Template) {
         let SetExpr::Select(select) = query.body.as_ref() else {
             return;
         };
@@ -456,7 +651,7 @@ impl<'a> Analyzer<'a> {
                         let alias = alias.as_ref().map(|a| a.name.value.to_lowercase());
                         self.predicate_keys(&table, alias.as_deref(), select.selection.as_ref(), params)
                     } else {
-                        Keys::All
+                        Shape::All
                     };
                     sets.read(&table, keys);
                 }
@@ -485,15 +680,15 @@ impl<'a> Analyzer<'a> {
     }
 
     /// The keys an `INSERT ... VALUES` writes.
-    fn insert_keys(&self, table: &str, insert: &ast::Insert, params: &[Option<ScalarValue>]) -> Keys {
+    fn insert_keys(&self, table: &str, insert: &ast::Insert, params: &[Option<Sym>]) -> Shape {
         let Some(definition) = self.state.table(table).map(|t| t.definition()) else {
-            return Keys::All;
+            return Shape::All;
         };
         if definition.primary_key.is_empty() {
-            return Keys::All;
+            return Shape::All;
         }
         let Some(SetExpr::Values(values)) = insert.source.as_ref().map(|s| s.body.as_ref()) else {
-            return Keys::All;
+            return Shape::All;
         };
         let positions: Option<Vec<usize>> = if insert.columns.is_empty() {
             Some(definition.primary_key.clone())
@@ -506,24 +701,24 @@ impl<'a> Analyzer<'a> {
                 .collect()
         };
         let Some(positions) = positions else {
-            return Keys::All;
+            return Shape::All;
         };
-        let mut keys = BTreeSet::new();
+        let mut rows = Vec::with_capacity(values.rows.len());
         for row in &values.rows {
-            let parts: Option<Vec<String>> = positions
+            let parts: Option<Vec<Part>> = positions
                 .iter()
                 .zip(&definition.primary_key)
                 .map(|(&p, &k)| {
                     let key_type = &definition.columns[k].column_type.data_type;
-                    row.get(p).and_then(|e| self.key_text(e, params, key_type))
+                    row.get(p).and_then(|e| self.key_part(e, params, key_type))
                 })
                 .collect();
             match parts {
-                Some(parts) => keys.insert(parts.join("|")),
-                None => return Keys::All,
+                Some(parts) => rows.push(parts),
+                None => return Shape::All,
             };
         }
-        Keys::Known(keys)
+        Shape::Rows(rows)
     }
 
     /// The keys a `WHERE` pins: every primary-key column equal to a known value.
@@ -532,18 +727,18 @@ impl<'a> Analyzer<'a> {
         table: &str,
         alias: Option<&str>,
         selection: Option<&Expr>,
-        params: &[Option<ScalarValue>],
-    ) -> Keys {
+        params: &[Option<Sym>],
+    ) -> Shape {
         let Some(definition) = self.state.table(table).map(|t| t.definition()) else {
-            return Keys::All;
+            return Shape::All;
         };
         let Some(selection) = selection else {
-            return Keys::All;
+            return Shape::All;
         };
         // Only a single-column key is found through the index; a predicate on a composite key
         // scans the table, and what a scan costs depends on every row.
         if definition.primary_key.len() != 1 {
-            return Keys::All;
+            return Shape::All;
         }
         let mut conjuncts = Vec::new();
         split_and(selection, &mut conjuncts);
@@ -558,9 +753,9 @@ impl<'a> Analyzer<'a> {
                     right,
                 } => {
                     if names_column(left, table, alias, column) {
-                        self.key_text(right, params, key_type)
+                        self.key_part(right, params, key_type)
                     } else if names_column(right, table, alias, column) {
-                        self.key_text(left, params, key_type)
+                        self.key_part(left, params, key_type)
                     } else {
                         None
                     }
@@ -569,49 +764,45 @@ impl<'a> Analyzer<'a> {
             });
             match value {
                 Some(value) => parts.push(value),
-                None => return Keys::All,
+                None => return Shape::All,
             }
         }
-        Keys::Known(BTreeSet::from([parts.join("|")]))
+        Shape::Rows(vec![parts])
     }
 
-    /// A key value as text: a literal, a bound parameter, or `CALLER()`, as the key column's
-    /// type holds it (so `'01'` and `1` name the same `BIGINT` key). A value the type cannot
-    /// hold names no known key.
-    fn key_text(&self, expr: &Expr, params: &[Option<ScalarValue>], key_type: &DataType) -> Option<String> {
-        match expr {
-            Expr::Function(function) if is_caller(function) && self.caller.is_none() => {
-                Some("CALLER()".into())
-            }
-            _ => self
-                .value(expr, params)
-                .filter(|v| !v.is_null())
-                .and_then(|v| v.cast_to(key_type).ok())
-                .filter(|v| !v.is_null())
-                .map(|v| v.to_string()),
+    /// A key column's value: a literal (cast now), or an argument or `CALLER()` (cast when
+    /// bound). `None` when it is neither, or a literal the type cannot hold.
+    fn key_part(&self, expr: &Expr, params: &[Option<Sym>], key_type: &DataType) -> Option<Part> {
+        match self.value(expr, params)? {
+            Sym::Value(value) => cast_text(&value, key_type).map(Part::Text),
+            sym => Some(Part::Bound(sym, key_type.clone())),
         }
     }
 
     /// The value of a literal argument.
     pub fn literal(&self, expr: &Expr) -> Option<ScalarValue> {
-        self.value(expr, &[])
+        match self.value(expr, &[]) {
+            Some(Sym::Value(value)) => Some(value),
+            _ => None,
+        }
     }
 
-    /// The value of a literal or a bound placeholder.
-    fn value(&self, expr: &Expr, params: &[Option<ScalarValue>]) -> Option<ScalarValue> {
+    /// The symbol of a literal, a placeholder or `CALLER()`.
+    fn value(&self, expr: &Expr, params: &[Option<Sym>]) -> Option<Sym> {
         match expr {
             Expr::Nested(inner) => self.value(inner, params),
             Expr::Value(value) => match &value.value {
-                Value::Number(n, _) => n.parse::<i64>().ok().map(|n| ScalarValue::Int64(Some(n))),
-                Value::SingleQuotedString(s) => Some(ScalarValue::Utf8(Some(s.clone()))),
+                Value::Number(n, _) => n
+                    .parse::<i64>()
+                    .ok()
+                    .map(|n| Sym::Value(ScalarValue::Int64(Some(n)))),
+                Value::SingleQuotedString(s) => Some(Sym::Value(ScalarValue::Utf8(Some(s.clone())))),
                 Value::Placeholder(p) => {
                     placeholder_position(p).and_then(|n| params.get(n).cloned().flatten())
                 }
                 _ => None,
             },
-            Expr::Function(function) if is_caller(function) => {
-                self.caller.map(|c| ScalarValue::Utf8(Some(c.to_hex())))
-            }
+            Expr::Function(function) if is_caller(function) => Some(Sym::Caller),
             _ => None,
         }
     }
@@ -674,11 +865,13 @@ fn split_and<'e>(expr: &'e Expr, out: &mut Vec<&'e Expr>) {
 /// Cuts a block's transactions (their key sets, in block order) into stages: each transaction
 /// goes one stage past the latest earlier transaction it conflicts with.
 pub fn stages(transactions: &[KeySets]) -> Vec<Vec<usize>> {
-    let mut seen = Seen::default();
+    let mut seen = Seen::with_capacity(transactions.len());
+    let mut prints = Prints::default();
     let mut stages: Vec<Vec<usize>> = Vec::new();
     for (i, sets) in transactions.iter().enumerate() {
-        let stage = seen.stage_of(sets);
-        seen.record(sets, stage);
+        prints.fill(sets);
+        let stage = seen.stage_of(sets, &prints);
+        seen.record(sets, &prints, stage);
         if stages.len() <= stage {
             stages.resize(stage + 1, Vec::new());
         }
@@ -687,94 +880,196 @@ pub fn stages(transactions: &[KeySets]) -> Vec<Vec<usize>> {
     stages
 }
 
-/// The latest stage (plus one) of earlier accesses, per table and key: a transaction's stage is
-/// the largest of these over what it conflicts with, found in O(keys · log n) rather than by
-/// comparing it with every earlier transaction.
+/// The fingerprints of one transaction's keys, each computed once: per entry of its reads then
+/// its writes, the range of `prints` holding its keys' fingerprints, or `None` for any key.
 #[derive(Default)]
-struct Seen {
-    /// Per table: after the latest stage that read (or wrote) each known key, any key (`All`),
-    /// and anything at all in the table.
-    reads: BTreeMap<String, Accesses>,
-    writes: BTreeMap<String, Accesses>,
+struct Prints {
+    prints: Vec<u64>,
+    entries: Vec<Option<std::ops::Range<usize>>>,
+}
+
+impl Prints {
+    fn fill(&mut self, sets: &KeySets) {
+        self.prints.clear();
+        self.entries.clear();
+        for (table, keys) in sets.reads.iter().chain(&sets.writes) {
+            self.entries.push(match keys {
+                Keys::All => None,
+                Keys::Known(keys) => {
+                    let start = self.prints.len();
+                    self.prints.extend(keys.iter().map(|key| fingerprint(table, key)));
+                    Some(start..self.prints.len())
+                }
+            });
+        }
+    }
+
+    /// The fingerprints of entry `i` (`None`: any key).
+    fn entry(&self, i: usize) -> Option<&[u64]> {
+        self.entries[i].clone().map(|range| &self.prints[range])
+    }
+}
+
+/// The latest stage (plus one) of earlier accesses, per table and key: a transaction's stage is
+/// the largest of these over what it conflicts with, found in O(keys) rather than by comparing
+/// it with every earlier transaction.
+struct Seen<'a> {
+    /// What was read (or written), by key and by table.
+    reads: Accesses<'a>,
+    writes: Accesses<'a>,
     /// After the latest stage of any transaction, and of any barrier.
     any: usize,
     barrier: usize,
 }
 
-#[derive(Default)]
-struct Accesses {
-    /// Membership and maxima only: the map's iteration order is never observed.
-    keys: std::collections::HashMap<String, usize>,
-    all: usize,
-    any: usize,
+/// Accesses by key and by table. Keys are known by a 64-bit fingerprint of their table and
+/// text: two keys that share one are treated as one key, which can only put a transaction in a
+/// later stage than it needs (never an earlier one), so the stages stay serially equivalent.
+struct Accesses<'a> {
+    /// Per key fingerprint, after the latest stage that accessed it. Membership and maxima
+    /// only: the map's iteration order is never observed.
+    keys: std::collections::HashMap<u64, usize, FingerprintState>,
+    /// Per table: after the latest stage that accessed any key (`All`), and that accessed
+    /// anything at all.
+    tables: std::collections::HashMap<&'a str, (usize, usize)>,
 }
 
-impl Accesses {
-    /// After the latest stage of an access that overlaps `keys`.
-    fn after(&self, keys: &Keys) -> usize {
+impl<'a> Accesses<'a> {
+    fn with_capacity(keys: usize) -> Accesses<'a> {
+        Accesses {
+            keys: std::collections::HashMap::with_capacity_and_hasher(keys, FingerprintState),
+            tables: std::collections::HashMap::new(),
+        }
+    }
+
+    /// After the latest stage of an access that overlaps `keys` (fingerprints; `None`: any
+    /// key) of `table`.
+    fn after(&self, table: &str, keys: Option<&[u64]>) -> usize {
+        let Some(&(all, any)) = self.tables.get(table) else {
+            return 0;
+        };
         match keys {
-            Keys::All => self.any,
-            Keys::Known(keys) => keys
+            None => any,
+            Some(keys) => keys
                 .iter()
                 .filter_map(|k| self.keys.get(k))
                 .copied()
                 .max()
                 .unwrap_or(0)
-                .max(self.all),
+                .max(all),
         }
     }
 
-    fn record(&mut self, keys: &Keys, after: usize) {
+    fn record(&mut self, table: &'a str, keys: Option<&[u64]>, after: usize) {
+        let (all, any) = self.tables.entry(table).or_insert((0, 0));
+        *any = (*any).max(after);
         match keys {
-            Keys::All => self.all = self.all.max(after),
-            Keys::Known(keys) => {
-                for key in keys {
-                    match self.keys.get_mut(key) {
-                        Some(latest) => *latest = (*latest).max(after),
-                        None => {
-                            self.keys.insert(key.clone(), after);
-                        }
-                    }
+            None => *all = (*all).max(after),
+            Some(keys) => {
+                for &key in keys {
+                    let latest = self.keys.entry(key).or_insert(0);
+                    *latest = (*latest).max(after);
                 }
             }
         }
-        self.any = self.any.max(after);
     }
 }
 
-impl Seen {
-    fn stage_of(&self, sets: &KeySets) -> usize {
+impl<'a> Seen<'a> {
+    fn with_capacity(transactions: usize) -> Seen<'a> {
+        Seen {
+            reads: Accesses::with_capacity(2 * transactions),
+            writes: Accesses::with_capacity(3 * transactions),
+            any: 0,
+            barrier: 0,
+        }
+    }
+
+    fn stage_of(&self, sets: &KeySets, prints: &Prints) -> usize {
         if sets.barrier.is_some() {
             return self.any;
         }
         let mut stage = self.barrier;
-        let after = |map: &BTreeMap<String, Accesses>, table: &String, keys: &Keys| {
-            map.get(table).map_or(0, |accesses| accesses.after(keys))
-        };
-        for (table, keys) in &sets.writes {
+        let reads = sets.reads.len();
+        for (i, table) in sets.writes.keys().enumerate() {
+            let keys = prints.entry(reads + i);
             stage = stage
-                .max(after(&self.reads, table, keys))
-                .max(after(&self.writes, table, keys));
+                .max(self.reads.after(table, keys))
+                .max(self.writes.after(table, keys));
         }
-        for (table, keys) in &sets.reads {
-            stage = stage.max(after(&self.writes, table, keys));
+        for (i, table) in sets.reads.keys().enumerate() {
+            stage = stage.max(self.writes.after(table, prints.entry(i)));
         }
         stage
     }
 
-    fn record(&mut self, sets: &KeySets, stage: usize) {
+    fn record(&mut self, sets: &'a KeySets, prints: &Prints, stage: usize) {
         let after = stage + 1;
         self.any = self.any.max(after);
         if sets.barrier.is_some() {
             self.barrier = self.barrier.max(after);
             return;
         }
-        for (table, keys) in &sets.reads {
-            self.reads.entry(table.clone()).or_default().record(keys, after);
+        let reads = sets.reads.len();
+        for (i, table) in sets.reads.keys().enumerate() {
+            self.reads.record(table, prints.entry(i), after);
         }
-        for (table, keys) in &sets.writes {
-            self.writes.entry(table.clone()).or_default().record(keys, after);
+        for (i, table) in sets.writes.keys().enumerate() {
+            self.writes.record(table, prints.entry(reads + i), after);
         }
+    }
+}
+
+/// A key's fingerprint: a hash of its table and text, eight bytes at a time (FxHash's step),
+/// then mixed by MurmurHash3's finalizer.
+fn fingerprint(table: &str, key: &str) -> u64 {
+    let mut hash: u64 = 0;
+    let mut add = |bytes: &[u8]| {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            hash = (hash.rotate_left(5) ^ word).wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        // The length keeps "ab" + "c" apart from "a" + "bc".
+        last[7] = bytes.len() as u8;
+        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(0x51_7cc1_b727_220a_95);
+    };
+    add(table.as_bytes());
+    add(key.as_bytes());
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
+/// Hashes fingerprints as themselves: they are already mixed.
+#[derive(Clone, Copy, Default)]
+struct FingerprintState;
+
+impl std::hash::BuildHasher for FingerprintState {
+    type Hasher = FingerprintHasher;
+    fn build_hasher(&self) -> FingerprintHasher {
+        FingerprintHasher(0)
+    }
+}
+
+struct FingerprintHasher(u64);
+
+impl std::hash::Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are `u64`); fold anything else in.
+        for &byte in bytes {
+            self.0 = (self.0 ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
     }
 }
 

@@ -261,7 +261,7 @@ impl Table {
     }
 
     /// Where the row with primary key `key` is, if it exists.
-    pub fn locate(&self, key: &[u8]) -> Option<RowLocation> {
+    pub fn locate(&self, key: &Key) -> Option<RowLocation> {
         self.index.get(key).map(|entry| entry.location)
     }
 
@@ -561,7 +561,7 @@ impl Table {
         self.index.insert(key, entry)
     }
 
-    fn index_remove(&mut self, key: &[u8]) -> Option<IndexEntry> {
+    fn index_remove(&mut self, key: &Key) -> Option<IndexEntry> {
         self.mark_stale(key);
         self.index.remove(key)
     }

@@ -15,6 +15,11 @@ use chainql_server::{
     load_or_create_key,
 };
 
+/// mimalloc: block execution allocates and frees many small objects on several threads, where
+/// glibc's allocator spent about a fifth of the time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_DATA_DIR: &str = "chainql-data";
 const DEFAULT_CHAIN_ID: &str = "chainql-local";
 /// The balance the embedded shell's own account starts with on a new chain.
