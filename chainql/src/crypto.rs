@@ -43,7 +43,7 @@ impl Address {
     }
 
     pub fn to_hex(&self) -> String {
-        format!("0x{}", hex::encode(self.0))
+        crate::hash::prefixed_hex(&self.0)
     }
 
     /// Parses `0x` followed by 40 hex digits.

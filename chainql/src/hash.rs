@@ -32,7 +32,7 @@ impl Hash {
 
     /// Lower-case hex with a `0x` prefix.
     pub fn to_hex(&self) -> String {
-        format!("0x{}", hex::encode(self.0))
+        prefixed_hex(&self.0)
     }
 
     /// Parses `0x`-prefixed (or bare) hex of 32 bytes.
@@ -82,6 +82,19 @@ pub fn merkle_root(leaves: &[Hash]) -> Hash {
             .collect();
     }
     level[0]
+}
+
+/// `0x` and the lower-case hex digits of `bytes`, in one allocation: addresses and hashes are
+/// rendered for every transaction a block runs.
+pub(crate) fn prefixed_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 + 2 * bytes.len());
+    text.push_str("0x");
+    for &byte in bytes {
+        text.push(DIGITS[(byte >> 4) as usize] as char);
+        text.push(DIGITS[(byte & 0xf) as usize] as char);
+    }
+    text
 }
 
 #[cfg(test)]

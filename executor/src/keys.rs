@@ -70,17 +70,11 @@ pub struct KeySets {
 
 impl KeySets {
     fn read(&mut self, table: &str, keys: Keys) {
-        self.reads
-            .entry(table.to_string())
-            .or_insert(Keys::Known(BTreeSet::new()))
-            .add(keys);
+        add_keys(&mut self.reads, table, keys);
     }
 
     fn write(&mut self, table: &str, keys: Keys) {
-        self.writes
-            .entry(table.to_string())
-            .or_insert(Keys::Known(BTreeSet::new()))
-            .add(keys);
+        add_keys(&mut self.writes, table, keys);
     }
 
     /// True when running `self` and `other` in either order could give different results.
@@ -100,6 +94,15 @@ impl KeySets {
             })
         };
         touches(&self.writes, other) || touches(&other.writes, self)
+    }
+}
+
+fn add_keys(sets: &mut BTreeMap<String, Keys>, table: &str, keys: Keys) {
+    match sets.get_mut(table) {
+        Some(known) => known.add(keys),
+        None => {
+            sets.insert(table.to_string(), keys);
+        }
     }
 }
 
@@ -226,14 +229,32 @@ impl Template {
         if sets.barrier.is_some() {
             return sets;
         }
-        let keys = |shape: &Shape| match substitute_shape(shape, args) {
+        let caller = caller.map(|c| c.to_hex());
+        let part_text = |part: &Part| -> Option<String> {
+            let (sym, key_type) = match part {
+                Part::Text(text) => return Some(text.clone()),
+                Part::Bound(Sym::Arg(i), key_type) => (args.get(*i)?.as_ref()?, key_type),
+                Part::Bound(sym, key_type) => (sym, key_type),
+            };
+            match (sym, &caller) {
+                (Sym::Value(value), _) => cast_text(value, key_type),
+                (Sym::Caller, None) => Some("CALLER()".into()),
+                (Sym::Caller, Some(caller)) => match key_type {
+                    DataType::Utf8 => Some(caller.clone()),
+                    _ => cast_text(&ScalarValue::Utf8(Some(caller.clone())), key_type),
+                },
+                // An argument left unbound: a statement's placeholder with no value.
+                (Sym::Arg(_), _) => None,
+            }
+        };
+        let keys = |shape: &Shape| match shape {
             Shape::All => Keys::All,
             Shape::Rows(rows) => {
                 let mut keys = BTreeSet::new();
                 for row in rows {
                     let mut text = String::new();
                     for (i, part) in row.iter().enumerate() {
-                        let Some(part) = part_text(part, caller) else {
+                        let Some(part) = part_text(part) else {
                             return Keys::All;
                         };
                         if i > 0 {
@@ -282,20 +303,6 @@ fn substitute_shape(shape: &Shape, args: &[Option<Sym>]) -> Shape {
         out.push(parts);
     }
     Shape::Rows(out)
-}
-
-/// A key part's text once the caller is known (or left symbolic).
-fn part_text(part: &Part, caller: Option<Address>) -> Option<String> {
-    match part {
-        Part::Text(text) => Some(text.clone()),
-        Part::Bound(Sym::Caller, key_type) => match caller {
-            None => Some("CALLER()".into()),
-            Some(caller) => cast_text(&ScalarValue::Utf8(Some(caller.to_hex())), key_type),
-        },
-        Part::Bound(Sym::Value(value), key_type) => cast_text(value, key_type),
-        // An argument left unbound: a statement's placeholder with no value.
-        Part::Bound(Sym::Arg(_), _) => None,
-    }
 }
 
 /// A key value as text, as the key column's type holds it (so `'01'` and `1` name the same
