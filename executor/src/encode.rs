@@ -33,7 +33,7 @@ pub struct Key {
 }
 
 /// The longest key stored in place.
-pub const KEY_INLINE: usize = 46;
+const KEY_INLINE: usize = 46;
 
 #[derive(Clone)]
 enum KeyBytes {
@@ -148,6 +148,11 @@ fn mixed_fnv(parts: &[&[u8]]) -> u64 {
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
+    fmix64(hash)
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit affects every output bit.
+pub(crate) fn fmix64(mut hash: u64) -> u64 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 33;

@@ -233,16 +233,12 @@ impl Template {
         let part_text = |part: &Part| -> Option<String> {
             let (sym, key_type) = match part {
                 Part::Text(text) => return Some(text.clone()),
-                Part::Bound(Sym::Arg(i), key_type) => (args.get(*i)?.as_ref()?, key_type),
-                Part::Bound(sym, key_type) => (sym, key_type),
+                Part::Bound(sym, key_type) => (resolve(sym, args)?, key_type),
             };
             match (sym, &caller) {
                 (Sym::Value(value), _) => cast_text(value, key_type),
                 (Sym::Caller, None) => Some("CALLER()".into()),
-                (Sym::Caller, Some(caller)) => match key_type {
-                    DataType::Utf8 => Some(caller.clone()),
-                    _ => cast_text(&ScalarValue::Utf8(Some(caller.clone())), key_type),
-                },
+                (Sym::Caller, Some(caller)) => cast_text(&ScalarValue::Utf8(Some(caller.clone())), key_type),
                 // An argument left unbound: a statement's placeholder with no value.
                 (Sym::Arg(_), _) => None,
             }
@@ -288,21 +284,29 @@ fn substitute_shape(shape: &Shape, args: &[Option<Sym>]) -> Shape {
         let mut parts = Vec::with_capacity(row.len());
         for part in row {
             let part = match part {
-                Part::Bound(Sym::Arg(i), key_type) => match args.get(*i).cloned().flatten() {
-                    Some(Sym::Value(value)) => match cast_text(&value, key_type) {
+                Part::Text(text) => Part::Text(text.clone()),
+                Part::Bound(sym, key_type) => match resolve(sym, args) {
+                    Some(Sym::Value(value)) => match cast_text(value, key_type) {
                         Some(text) => Part::Text(text),
                         None => return Shape::All,
                     },
-                    Some(sym) => Part::Bound(sym, key_type.clone()),
+                    Some(sym) => Part::Bound(sym.clone(), key_type.clone()),
                     None => return Shape::All,
                 },
-                other => other.clone(),
             };
             parts.push(part);
         }
         out.push(parts);
     }
     Shape::Rows(out)
+}
+
+/// A symbol with an argument replaced by its value in `args` (`None`: unknown).
+fn resolve<'s>(sym: &'s Sym, args: &'s [Option<Sym>]) -> Option<&'s Sym> {
+    match sym {
+        Sym::Arg(i) => args.get(*i)?.as_ref(),
+        other => Some(other),
+    }
 }
 
 /// A key value as text, as the key column's type holds it (so `'01'` and `1` name the same
@@ -1027,6 +1031,9 @@ impl<'a> Seen<'a> {
     }
 }
 
+/// FxHash's multiplier.
+const FX_SEED: u64 = 0x517c_c1b7_2722_0a95;
+
 /// A key's fingerprint: a hash of its table and text, eight bytes at a time (FxHash's step),
 /// then mixed by MurmurHash3's finalizer.
 fn fingerprint(table: &str, key: &str) -> u64 {
@@ -1035,21 +1042,17 @@ fn fingerprint(table: &str, key: &str) -> u64 {
         let mut words = bytes.chunks_exact(8);
         for word in &mut words {
             let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-            hash = (hash.rotate_left(5) ^ word).wrapping_mul(0x51_7cc1_b727_220a_95);
+            hash = (hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
         }
         let mut last = [0u8; 8];
         last[..words.remainder().len()].copy_from_slice(words.remainder());
         // The length keeps "ab" + "c" apart from "a" + "bc".
         last[7] = bytes.len() as u8;
-        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(0x51_7cc1_b727_220a_95);
+        hash = (hash.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(FX_SEED);
     };
     add(table.as_bytes());
     add(key.as_bytes());
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^ (hash >> 33)
+    crate::encode::fmix64(hash)
 }
 
 /// Hashes fingerprints as themselves: they are already mixed.
