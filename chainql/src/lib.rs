@@ -23,6 +23,7 @@ mod crypto;
 mod error;
 mod hash;
 pub mod sql;
+pub mod sqlstate;
 mod transaction;
 
 /// Protobuf wire types, generated from `proto/chainql.proto`.

@@ -655,6 +655,7 @@ impl Executor {
                 transaction.nonce
             );
             receipt.error = error.clone();
+            receipt.code = chainql::sqlstate::SERIALIZATION_FAILURE.to_string();
             record.error = Some(error);
             return Ok((receipt, record));
         }
@@ -673,6 +674,7 @@ impl Executor {
                     transaction.gas_limit as u128 * self.gas_price as u128
                 );
                 receipt.error = error.clone();
+                receipt.code = chainql::sqlstate::CHECK_VIOLATION.to_string();
                 record.error = Some(error);
                 state.use_nonce(&transaction.sender);
                 return Ok((receipt, record));
@@ -725,6 +727,7 @@ impl Executor {
                 }
                 let message = error.to_string();
                 receipt.error = message.clone();
+                receipt.code = error.sqlstate().to_string();
                 record.error = Some(message);
             }
         }
@@ -1162,8 +1165,8 @@ impl Executor {
         self.read(state, sql).await
     }
 
-    /// A read-only query, a `VIEW` call or `EXPLAIN CALL`.
-    pub(crate) async fn read(&self, state: &State, sql: &str) -> Result<QueryResult> {
+    /// The DataFusion session queries on `state` run in.
+    pub(crate) fn read_session(&self, state: &State) -> Result<SessionState> {
         let mut session = self.templates.query_session(state.catalog(Extras::default()));
         register_chain_functions(
             &mut session,
@@ -1174,6 +1177,12 @@ impl Executor {
                 transaction_hash: Hash::ZERO.to_hex(),
             },
         )?;
+        Ok(session)
+    }
+
+    /// A read-only query, a `VIEW` call or `EXPLAIN CALL`.
+    pub(crate) async fn read(&self, state: &State, sql: &str) -> Result<QueryResult> {
+        let session = self.read_session(state)?;
         let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         if let DFStatement::Explain(explain) = &statement
             && let DFStatement::Statement(inner) = explain.statement.as_ref()
@@ -1253,7 +1262,7 @@ pub(crate) fn bind(plan: LogicalPlan, params: &[ScalarValue]) -> Result<LogicalP
     Ok(plan.with_param_values(params.to_vec())?)
 }
 
-fn read_only_options() -> SQLOptions {
+pub(crate) fn read_only_options() -> SQLOptions {
     SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -36,6 +36,7 @@
 
 mod checkpoint;
 mod contract;
+mod describe;
 mod encode;
 mod execute;
 mod explain;
@@ -50,6 +51,7 @@ mod table;
 
 pub use checkpoint::checkpoint_height;
 pub use contract::{CALL_DEPTH_MAX, Contract, EmittedEvent};
+pub use describe::{Description, PARAMETERS_MAX, parameter_count};
 pub use execute::{
     BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT,
     QueryLimits, QueryResult, TABLES_MAX, VIEW_GAS_LIMIT,
@@ -128,6 +130,39 @@ pub enum Error {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl Error {
+    /// The SQLSTATE a PostgreSQL client sees for this error; failed receipts carry it.
+    pub fn sqlstate(&self) -> &'static str {
+        use chainql_planner::sqlstate::*;
+        match self {
+            Error::UndefinedTable(_) => UNDEFINED_TABLE,
+            Error::UndefinedColumn { .. } => UNDEFINED_COLUMN,
+            Error::DuplicateTable(_) => DUPLICATE_TABLE,
+            Error::UniqueViolation { .. } => UNIQUE_VIOLATION,
+            Error::NotNullViolation { .. } => NOT_NULL_VIOLATION,
+            Error::ValueTooLong { .. } => STRING_DATA_RIGHT_TRUNCATION,
+            Error::InvalidValue { .. } => INVALID_TEXT_REPRESENTATION,
+            Error::PermissionDenied { .. } | Error::CallDenied { .. } | Error::DropDenied { .. } => {
+                INSUFFICIENT_PRIVILEGE
+            }
+            Error::InsufficientBalance { .. } => CHECK_VIOLATION,
+            Error::UndefinedContract(_) => UNDEFINED_FUNCTION,
+            Error::DuplicateContract(_) => DUPLICATE_FUNCTION,
+            Error::RequireFailed { .. } => RAISE_EXCEPTION,
+            Error::DeployFailed { .. } => INVALID_FUNCTION_DEFINITION,
+            Error::RowChangedTwice => CARDINALITY_VIOLATION,
+            Error::OutOfGas { .. } | Error::LimitExceeded(_) => PROGRAM_LIMIT_EXCEEDED,
+            Error::Invalid(_) => SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
+            Error::WriteInQuery(_) => READ_ONLY_SQL_TRANSACTION,
+            Error::Language(error) => error.sqlstate(),
+            Error::Plan(error) => error.sqlstate(),
+            Error::DataFusion(error) => of_datafusion(error),
+            Error::Arrow(error) => of_arrow(error),
+            Error::Internal(_) => INTERNAL_ERROR,
+        }
+    }
 }
 
 impl From<datafusion::error::DataFusionError> for Error {

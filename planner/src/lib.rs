@@ -16,6 +16,7 @@
 //! ```
 
 mod session;
+pub mod sqlstate;
 mod types;
 mod write;
 

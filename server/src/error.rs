@@ -58,6 +58,28 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The SQLSTATE a PostgreSQL client sees for this error.
+    pub fn sqlstate(&self) -> &str {
+        use chainql::sqlstate::*;
+        match self {
+            Error::Transaction(error) => error.sqlstate(),
+            Error::Nonce { .. } => SERIALIZATION_FAILURE,
+            Error::InsufficientFunds { .. } => CHECK_VIOLATION,
+            Error::Execution(error) => error.sqlstate(),
+            Error::Log(chainql_sequencer::Error::InvalidPosition(_)) => INVALID_PARAMETER_VALUE,
+            Error::Log(_) | Error::Consensus(_) | Error::Corrupt(_) | Error::Io { .. } => INTERNAL_ERROR,
+            Error::Halted(_) => OPERATOR_INTERVENTION,
+            Error::ShuttingDown => ADMIN_SHUTDOWN,
+            Error::Config(_) => CONFIGURATION_LIMIT_EXCEEDED,
+            Error::FutureBlock { .. } => INVALID_PARAMETER_VALUE,
+            Error::Client(_) => SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
+            Error::TransactionFailed { receipt, .. } if !receipt.code.is_empty() => &receipt.code,
+            Error::TransactionFailed { .. } => INTERNAL_ERROR,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for tonic::Status {

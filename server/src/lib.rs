@@ -26,6 +26,7 @@ mod error;
 pub mod format;
 pub mod grpc;
 mod node;
+pub mod pg;
 mod session;
 mod shell;
 

@@ -12,7 +12,7 @@ use chainql::{Address, Keypair};
 use chainql_server::bench::{BenchConfig, run_bench};
 use chainql_server::{
     Connection, Error, Node, NodeConfig, RemoteNode, Result, Session, Shell, grpc, init_data_dir,
-    load_or_create_key,
+    load_or_create_key, pg,
 };
 
 /// mimalloc: block execution allocates and frees many small objects on several threads, where
@@ -148,6 +148,17 @@ struct NodeArgs {
     /// Where the gRPC API listens.
     #[arg(long, default_value = "127.0.0.1:50051")]
     grpc_listen: SocketAddr,
+    /// Where the PostgreSQL wire protocol listens (psql, pgbench, drivers).
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pg_listen: SocketAddr,
+    /// Do not serve the PostgreSQL wire protocol.
+    #[arg(long)]
+    no_pg: bool,
+    /// Create a key in DATA_DIR/keys the first time a PostgreSQL user name connects, rather
+    /// than refuse the connection (development only: anyone who can connect can then act as
+    /// any user name).
+    #[arg(long)]
+    pg_create_keys: bool,
     /// Create the data directory first if it does not exist, with this chain id.
     #[arg(long)]
     init_chain_id: Option<String>,
@@ -300,11 +311,34 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
             grpc = %args.grpc_listen,
             "node started"
         );
-        let shutdown = async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down");
+            let _ = stop.send(true);
+        });
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
         };
-        grpc::serve(node.clone(), args.grpc_listen, shutdown).await?;
+        let grpc = grpc::serve(node.clone(), args.grpc_listen, until_stopped(stopped.clone()));
+        let pg = async {
+            if args.no_pg {
+                return Ok(());
+            }
+            tracing::info!(listen = %args.pg_listen, "serving PostgreSQL clients");
+            let options = pg::PgOptions {
+                keystore: node.data_dir().join("keys"),
+                create_keys: args.pg_create_keys,
+            };
+            pg::serve(
+                node.clone(),
+                args.pg_listen,
+                options,
+                until_stopped(stopped.clone()),
+            )
+            .await
+        };
+        tokio::try_join!(grpc, pg)?;
         node.shutdown().await;
         Ok::<(), Error>(())
     })?;

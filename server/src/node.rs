@@ -599,6 +599,15 @@ impl Node {
 
     /// Admits a transaction and waits until it is committed; returns its receipt.
     pub async fn submit_and_wait(&self, signed: SignedTransaction) -> Result<Receipt> {
+        self.submit_pending(signed).await?.await
+    }
+
+    /// Admits a transaction; once it is in the log, returns a future of its receipt. Between the
+    /// two the sender may sign its next transaction: the node already counts this one's nonce.
+    pub async fn submit_pending(
+        &self,
+        signed: SignedTransaction,
+    ) -> Result<impl Future<Output = Result<Receipt>> + Send + use<>> {
         let hash = chainql::transaction_hash(&signed.transaction);
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
@@ -616,7 +625,7 @@ impl Node {
             }
             return Err(error);
         }
-        receiver.await.map_err(|_| Error::ShuttingDown)
+        Ok(async move { receiver.await.map_err(|_| Error::ShuttingDown) })
     }
 
     /// Answers a read-only query on the latest committed state, or with `AS OF BLOCK n` on the
@@ -629,6 +638,12 @@ impl Node {
         };
         let result = self.inner.executor.query(&state, &sql).await?;
         Ok((result, state.height()))
+    }
+
+    /// Describes a statement against the latest committed state: its parameters' types and its
+    /// answer's columns (see `Executor::describe`).
+    pub async fn describe(&self, sql: &str) -> Result<chainql_executor::Description> {
+        Ok(self.inner.executor.describe(&self.state(), sql).await?)
     }
 
     /// The committed state after block `height` (0: the genesis state). The last

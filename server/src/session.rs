@@ -1,6 +1,8 @@
 //! An account's session with a node: signs its writes as transactions, waits for their receipts,
 //! and runs its queries. The shell, the test runner and the benchmark all work through it.
 
+use std::sync::Arc;
+
 use chainql::contract::{ChainStatement, call_target, parse_chain_statement};
 use chainql::sql::StatementKind;
 use chainql::wire::{Receipt, ReceiptStatus};
@@ -32,6 +34,10 @@ pub struct Session {
     builder: TransactionBuilder,
     /// Writes collected between `BEGIN` and `COMMIT`.
     open_transaction: Option<Vec<String>>,
+    /// Shared by every session that signs with the same key on an embedded node: held from
+    /// reading the next nonce until the transaction is admitted, so two sessions of one
+    /// account never sign the same nonce.
+    signer_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Session {
@@ -41,7 +47,15 @@ impl Session {
             connection,
             builder: TransactionBuilder::new(chain_id, key),
             open_transaction: None,
+            signer_lock: None,
         })
+    }
+
+    /// Makes this session take `lock` while it signs and submits; give every session of one key
+    /// the same lock.
+    pub fn with_signer_lock(mut self, lock: Arc<tokio::sync::Mutex<()>>) -> Session {
+        self.signer_lock = Some(lock);
+        self
     }
 
     pub fn address(&self) -> Address {
@@ -59,9 +73,21 @@ impl Session {
     /// Signs `statements` as one transaction, submits it and waits for its receipt. A receipt
     /// that reports failure is returned as an error carrying the receipt.
     pub async fn execute(&self, statements: Vec<String>) -> Result<Receipt> {
-        let nonce = self.connection.next_nonce(&self.address()).await?;
-        let signed = self.builder.build(nonce, statements);
-        let receipt = self.connection.submit_and_wait(signed).await?;
+        let receipt = match (&self.signer_lock, &self.connection) {
+            (Some(lock), Connection::Embedded(node)) => {
+                let pending = {
+                    let _signing = lock.lock().await;
+                    let nonce = node.next_nonce(&self.address()).await;
+                    node.submit_pending(self.builder.build(nonce, statements)).await?
+                };
+                pending.await?
+            }
+            _ => {
+                let nonce = self.connection.next_nonce(&self.address()).await?;
+                let signed = self.builder.build(nonce, statements);
+                self.connection.submit_and_wait(signed).await?
+            }
+        };
         if receipt.status != ReceiptStatus::Success as i32 {
             return Err(Error::TransactionFailed {
                 message: receipt.error.clone(),

@@ -6,6 +6,8 @@ mod bench;
 mod blocks;
 mod grpc;
 mod history;
+mod pg;
+mod pg_clients;
 mod r2;
 mod restart;
 mod shell;
