@@ -33,6 +33,14 @@ impl Executor {
     /// are inferred where DataFusion can (its values and comparisons with columns), and its errors
     /// wait until it runs in a block.
     pub async fn describe(&self, state: &State, sql: &str) -> Result<Description> {
+        if crate::explain::explain_block_height(sql)?.is_some() {
+            // `EXPLAIN BLOCK n` answers with its own columns: learn them by answering.
+            let answer = self.query(state, sql).await?;
+            return Ok(Description {
+                parameters: Vec::new(),
+                columns: Some(answer.schema),
+            });
+        }
         let session = self.read_session(state)?;
         let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         let count = match &statement {
@@ -43,15 +51,14 @@ impl Executor {
             parameters: vec![None; count],
             columns: None,
         };
-        let DFStatement::Statement(inner) = &statement else {
-            return Ok(unknown(count));
+        let explains_call = match &statement {
+            DFStatement::Explain(explain) => matches!(
+                explain.statement.as_ref(),
+                DFStatement::Statement(inner) if matches!(inner.as_ref(), Statement::Call(_))
+            ),
+            _ => false,
         };
-        if let Statement::Call(function) = inner.as_ref() {
-            return self.describe_call(state, function, count);
-        }
-        if let Statement::Explain { statement, .. } = inner.as_ref()
-            && matches!(statement.as_ref(), Statement::Call(_))
-        {
+        if explains_call {
             // `EXPLAIN CALL` answers from the call's key sets, with its own columns.
             let answer = self.query(state, sql).await?;
             return Ok(Description {
@@ -59,12 +66,15 @@ impl Executor {
                 columns: Some(answer.schema),
             });
         }
-        if crate::explain::explain_block_height(sql)?.is_some() {
-            let answer = self.query(state, sql).await?;
+        let DFStatement::Statement(inner) = &statement else {
+            let plan = session.statement_to_plan(statement).await?;
             return Ok(Description {
-                parameters: Vec::new(),
-                columns: Some(answer.schema),
+                parameters: plan_parameters(&plan, count)?,
+                columns: Some(Arc::new(plan.schema().as_arrow().clone())),
             });
+        };
+        if let Statement::Call(function) = inner.as_ref() {
+            return self.describe_call(state, function, count);
         }
         let kind = chainql::sql::classify(inner);
         if kind.is_write() {
@@ -94,12 +104,24 @@ impl Executor {
     /// A call's parameters take the contract's parameter types; its answer is the contract's
     /// `RETURNS TABLE`, if it has one.
     fn describe_call(&self, state: &State, function: &ast::Function, count: usize) -> Result<Description> {
+        let mut parameters = vec![None; count];
+        let arguments = crate::contract::call_arguments(function)?;
+        if crate::contract::is_native_transfer(&function.name) {
+            // `chain.transfer(to_address, amount)`.
+            for (argument, data_type) in arguments.iter().zip([DataType::Utf8, DataType::Int64]) {
+                if let Some(slot) = placeholder_index(argument).and_then(|i| parameters.get_mut(i)) {
+                    *slot = Some(data_type);
+                }
+            }
+            return Ok(Description {
+                parameters,
+                columns: None,
+            });
+        }
         let name = call_target(&function.name)?;
         let contract = state
             .contract(&name)
             .ok_or_else(|| Error::UndefinedContract(name.clone()))?;
-        let mut parameters = vec![None; count];
-        let arguments = crate::contract::call_arguments(function)?;
         for (argument, (_, data_type)) in arguments.iter().zip(&contract.definition.parameters) {
             if let Some(index) = placeholder_index(argument)
                 && let Some(slot) = parameters.get_mut(index)

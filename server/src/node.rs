@@ -643,7 +643,12 @@ impl Node {
     /// Describes a statement against the latest committed state: its parameters' types and its
     /// answer's columns (see `Executor::describe`).
     pub async fn describe(&self, sql: &str) -> Result<chainql_executor::Description> {
-        Ok(self.inner.executor.describe(&self.state(), sql).await?)
+        let (sql, as_of) = chainql::sql::split_as_of(sql)?;
+        let state = match as_of {
+            Some(height) => self.state_at(height).await?,
+            None => self.state(),
+        };
+        Ok(self.inner.executor.describe(&state, &sql).await?)
     }
 
     /// The committed state after block `height` (0: the genesis state). The last

@@ -262,6 +262,185 @@ impl AsyncDB for LedgerDb {
     }
 }
 
+/// One connection of a test file over the PostgreSQL wire protocol: the same records, sent by
+/// a real driver to the node's PostgreSQL front end, as the account of the connection's test key.
+/// Records with directives craft transactions no PostgreSQL client can send (a wrong chain id, a
+/// bad signature), so they go through the embedded session of the same key.
+#[derive(Debug)]
+pub struct WireDb {
+    client: tokio_postgres::Client,
+    embedded: LedgerDb,
+}
+
+impl WireDb {
+    /// Connects as the user named `slt{n}`, writing test key `n` to `keystore` first.
+    pub async fn connect(
+        port: u16,
+        keystore: &std::path::Path,
+        connection: Connection,
+        n: u8,
+    ) -> Result<WireDb, SltError> {
+        let key = test_key(n);
+        let user = format!("slt{n}");
+        let path = keystore.join(format!("{user}.key"));
+        if !path.exists() {
+            key.write_file(&path).map_err(|e| SltError(e.to_string()))?;
+        }
+        let (client, driver) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user={user} dbname=chainql"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .map_err(|e| SltError(format!("connecting over the wire: {e}")))?;
+        tokio::spawn(driver);
+        Ok(WireDb {
+            client,
+            embedded: LedgerDb::new(connection, key).await?,
+        })
+    }
+}
+
+/// Column types over the wire: as strict as embedded, except that an expected `?` (a type with no
+/// sqllogictest letter, such as a list) matches whatever PostgreSQL type it was sent as (text).
+#[allow(clippy::ptr_arg)] // the signature sqllogictest asks for
+pub fn wire_column_validator(actual: &Vec<ColumnType>, expected: &Vec<ColumnType>) -> bool {
+    actual.len() == expected.len()
+        && actual
+            .iter()
+            .zip(expected)
+            .all(|(actual, expected)| *expected == ColumnType::Other || actual == expected)
+}
+
+/// The message of a driver error: the server's own text, as the embedded runner reports it.
+fn wire_error(error: tokio_postgres::Error) -> SltError {
+    match error.as_db_error() {
+        Some(db) => SltError(db.message().to_string()),
+        None => SltError(error.to_string()),
+    }
+}
+
+/// The sqllogictest column type of a PostgreSQL type.
+fn wire_column_type(pg: &tokio_postgres::types::Type) -> ColumnType {
+    use tokio_postgres::types::Type;
+    match *pg {
+        Type::BOOL => ColumnType::Boolean,
+        Type::INT2 | Type::INT4 | Type::INT8 => ColumnType::Integer,
+        Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => ColumnType::Float,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => ColumnType::Text,
+        Type::DATE | Type::TIME => ColumnType::DateTime,
+        Type::TIMESTAMP | Type::TIMESTAMPTZ => ColumnType::Timestamp,
+        _ => ColumnType::Other,
+    }
+}
+
+/// A value in PostgreSQL's text format, written as the embedded runner writes it (Arrow's
+/// display): booleans as `true`/`false`, floats as Arrow renders them.
+fn wire_cell(pg: &tokio_postgres::types::Type, text: Option<&str>) -> String {
+    use datafusion::arrow::array::{ArrayRef, Float64Array};
+    use tokio_postgres::types::Type;
+    let Some(text) = text else {
+        return "NULL".to_string();
+    };
+    let normalized = match *pg {
+        Type::BOOL => match text {
+            "t" => "true".to_string(),
+            "f" => "false".to_string(),
+            other => other.to_string(),
+        },
+        // PostgreSQL writes bytes as `\x` and hex digits, Arrow as the hex digits.
+        Type::BYTEA => text.strip_prefix("\\x").unwrap_or(text).to_string(),
+        Type::FLOAT4 | Type::FLOAT8 => match text.parse::<f64>() {
+            Ok(value) => {
+                let column: ArrayRef = std::sync::Arc::new(Float64Array::from(vec![value]));
+                cell_text(&column, 0).unwrap_or_else(|| text.to_string())
+            }
+            Err(_) => text.to_string(),
+        },
+        _ => text.to_string(),
+    };
+    if normalized.is_empty() {
+        "(empty)".to_string()
+    } else {
+        normalized
+    }
+}
+
+#[async_trait::async_trait]
+impl AsyncDB for WireDb {
+    type Error = SltError;
+    type ColumnType = ColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<ColumnType>, SltError> {
+        let (found, _) = directives(sql);
+        if !found.is_empty() {
+            return self.embedded.run(sql).await;
+        }
+        use tokio_postgres::SimpleQueryMessage;
+        let sql = sql.trim();
+        // Describe first (the simple protocol's rows carry no types), then run as psql would.
+        let split = chainql::sql::split_statements(sql);
+        let single = split.statements.len() + usize::from(split.has_unfinished_statement()) == 1;
+        let types = if single {
+            match self.client.prepare(sql).await {
+                Ok(statement) => Some(
+                    statement
+                        .columns()
+                        .iter()
+                        .map(|c| c.type_().clone())
+                        .collect::<Vec<_>>(),
+                ),
+                Err(error) => return Err(wire_error(error)),
+            }
+        } else {
+            None
+        };
+        let messages = self.client.simple_query(sql).await.map_err(wire_error)?;
+        let mut rows = Vec::new();
+        let mut affected = 0;
+        let mut answered = false;
+        for message in messages {
+            match message {
+                SimpleQueryMessage::RowDescription(_) => answered = true,
+                SimpleQueryMessage::Row(row) => {
+                    answered = true;
+                    let types = types.as_deref().unwrap_or(&[]);
+                    rows.push(
+                        (0..row.len())
+                            .map(|i| {
+                                let pg = types.get(i).cloned().unwrap_or(tokio_postgres::types::Type::TEXT);
+                                wire_cell(&pg, row.get(i))
+                            })
+                            .collect(),
+                    );
+                }
+                SimpleQueryMessage::CommandComplete(count) => affected += count,
+                _ => {}
+            }
+        }
+        match types {
+            Some(types) if answered || !types.is_empty() => Ok(DBOutput::Rows {
+                types: types.iter().map(wire_column_type).collect(),
+                rows,
+            }),
+            None if answered => Ok(DBOutput::Rows {
+                types: Vec::new(),
+                rows,
+            }),
+            _ => Ok(DBOutput::StatementComplete(affected)),
+        }
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "chainql-wire"
+    }
+
+    async fn sleep(duration: std::time::Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,6 @@
-//! Runs every `.slt` file under `sql-tests/suites/` against its own fresh embedded node.
+//! Runs every `.slt` file under `sql-tests/suites/` twice, each time against its own fresh node:
+//! through the embedded node's sessions, and through the PostgreSQL wire protocol with a real
+//! driver.
 //!
 //! `cargo test -p chainql-sql-tests --test slt [-- FILTER] [-- --complete]`: FILTER runs only the
 //! files whose name contains it; `--complete` rewrites the expected output of the files run.
@@ -7,13 +9,23 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use chainql_server::pg::{PgOptions, serve_listener};
 use chainql_server::{Connection, Node, NodeConfig, init_data_dir};
-use chainql_sql_tests::{LedgerDb, test_key};
+use chainql_sql_tests::{ColumnType, LedgerDb, WireDb, test_key, wire_column_validator};
 
 /// The genesis balance of test keys 0 to 3; other test keys start with nothing.
 const TEST_BALANCE: u64 = 1_000_000_000_000;
 
-async fn run_file(path: &Path, complete: bool) -> Result<(), String> {
+/// How a file's records reach the node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Through the embedded node's sessions.
+    Embedded,
+    /// Through the PostgreSQL wire protocol, with a real driver.
+    Wire,
+}
+
+async fn run_file(path: &Path, complete: bool, mode: Mode) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut config = NodeConfig::new(dir.path());
     config.block_interval_ms = 1;
@@ -33,13 +45,60 @@ async fn run_file(path: &Path, complete: bool) -> Result<(), String> {
     let node = Node::open(config).await.map_err(|e| e.to_string())?;
     let dealer = LedgerDb::key_dealer();
     let connection = Connection::Embedded(node.clone());
-    let mut runner = sqllogictest::Runner::new(move || {
-        let connection = connection.clone();
-        let dealer = Arc::clone(&dealer);
-        async move { LedgerDb::new(connection, LedgerDb::next_key(&dealer)).await }
-    });
-    runner.with_column_validator(sqllogictest::strict_column_validator);
-    let result = if complete {
+    let result = match mode {
+        Mode::Embedded => {
+            let mut runner = sqllogictest::Runner::new(move || {
+                let connection = connection.clone();
+                let dealer = Arc::clone(&dealer);
+                async move { LedgerDb::new(connection, LedgerDb::next_key(&dealer)).await }
+            });
+            run_records(&mut runner, path, complete, sqllogictest::strict_column_validator).await
+        }
+        Mode::Wire => {
+            let keystore = dir.path().join("keys");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| e.to_string())?;
+            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let options = PgOptions {
+                keystore: keystore.clone(),
+                create_keys: false,
+            };
+            tokio::spawn(serve_listener(node.clone(), listener, options, async {
+                let _ = stopped.await;
+            }));
+            let mut runner = sqllogictest::Runner::new(move || {
+                let connection = connection.clone();
+                let dealer = Arc::clone(&dealer);
+                let keystore = keystore.clone();
+                async move {
+                    let n = dealer.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    WireDb::connect(port, &keystore, connection, n).await
+                }
+            });
+            let result = run_records(&mut runner, path, false, wire_column_validator).await;
+            let _ = stop.send(());
+            result
+        }
+    };
+    node.shutdown().await;
+    result
+}
+
+/// Runs (or, with `complete`, rewrites) one file's records.
+async fn run_records<D, M>(
+    runner: &mut sqllogictest::Runner<D, M>,
+    path: &Path,
+    complete: bool,
+    validator: sqllogictest::ColumnTypeValidator<ColumnType>,
+) -> Result<(), String>
+where
+    D: sqllogictest::AsyncDB<ColumnType = ColumnType>,
+    M: sqllogictest::MakeConnection<Conn = D>,
+{
+    runner.with_column_validator(validator);
+    if complete {
         runner
             .update_test_file(
                 path,
@@ -55,9 +114,7 @@ async fn run_file(path: &Path, complete: bool) -> Result<(), String> {
             .run_file_async(path)
             .await
             .map_err(|e| e.display(true).to_string())
-    };
-    node.shutdown().await;
-    result
+    }
 }
 
 fn main() -> ExitCode {
@@ -92,16 +149,32 @@ fn main() -> ExitCode {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let started = std::time::Instant::now();
-        match runtime.block_on(run_file(file, complete)) {
-            Ok(()) => println!("ok      {name} ({:.1} s)", started.elapsed().as_secs_f64()),
-            Err(error) => {
-                failures += 1;
-                println!("FAILED  {name}\n{error}\n");
+        for mode in [Mode::Embedded, Mode::Wire] {
+            if complete && mode == Mode::Wire {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let label = match mode {
+                Mode::Embedded => "embedded",
+                Mode::Wire => "wire",
+            };
+            match runtime.block_on(run_file(file, complete, mode)) {
+                Ok(()) => println!(
+                    "ok      {name} {label} ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(error) => {
+                    failures += 1;
+                    println!("FAILED  {name} {label}\n{error}\n");
+                }
             }
         }
     }
-    println!("{} files, {} failed", files.len(), failures);
+    println!(
+        "{} files (embedded and wire), {} runs failed",
+        files.len(),
+        failures
+    );
     if failures == 0 && !files.is_empty() {
         ExitCode::SUCCESS
     } else {

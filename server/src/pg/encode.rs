@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema,
     Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
 };
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
-use pgwire::api::results::{DataRowEncoder, FieldInfo};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use rust_decimal::Decimal;
@@ -27,8 +27,10 @@ pub fn pg_type(data_type: &DataType) -> Type {
         DataType::Boolean => Type::BOOL,
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
         DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 => Type::INT8,
-        DataType::UInt64 | DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => Type::NUMERIC,
+        // UInt64 is what counting functions (rank(), row_number()) return: sent as int8, and a
+        // value beyond it is an error, not a wrong number.
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        DataType::Decimal128(_, _) | DataType::Decimal256(_, _) => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
@@ -100,7 +102,7 @@ pub fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> PgWire
             if column.data_type() == &target {
                 Ok(Arc::clone(column))
             } else {
-                cast(column, &target).map_err(|e| {
+                cast_with_options(column, &target, &STRICT).map_err(|e| {
                     user_error(
                         sqlstate::DATATYPE_MISMATCH,
                         format!(
@@ -116,17 +118,23 @@ pub fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> PgWire
     let mut encoder = DataRowEncoder::new(Arc::clone(fields));
     let mut rows = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
-        for column in &columns {
-            encode_value(&mut encoder, column, row)?;
+        for (column, field) in columns.iter().zip(fields.iter()) {
+            encode_value(&mut encoder, column, row, field.format() == FieldFormat::Text)?;
         }
         rows.push(encoder.take_row());
     }
     Ok(rows)
 }
 
+/// Casts that fail on a value the target cannot hold, rather than sending NULL.
+const STRICT: CastOptions<'static> = CastOptions {
+    safe: false,
+    format_options: datafusion::arrow::util::display::FormatOptions::new(),
+};
+
 const UNIX_EPOCH_DATE: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
 
-fn encode_value(encoder: &mut DataRowEncoder, column: &ArrayRef, row: usize) -> PgWireResult<()> {
+fn encode_value(encoder: &mut DataRowEncoder, column: &ArrayRef, row: usize, text: bool) -> PgWireResult<()> {
     if column.is_null(row) {
         return encoder.encode_field(&None::<i64>);
     }
@@ -165,19 +173,43 @@ fn encode_value(encoder: &mut DataRowEncoder, column: &ArrayRef, row: usize) -> 
                 ((micros % 1_000_000) * 1_000) as u32,
             )
             .ok_or_else(|| out_of_range("time"))?;
+            if text {
+                return encoder.encode_field(&pg_text(time.format("%H:%M:%S%.f").to_string()));
+            }
             encoder.encode_field(&time)
         }
         DataType::Timestamp(TimeUnit::Microsecond, zone) => {
             let micros = column.as_primitive::<TimestampMicrosecondType>().value(row);
             let instant: DateTime<Utc> =
                 DateTime::from_timestamp_micros(micros).ok_or_else(|| out_of_range("timestamp"))?;
-            match zone {
-                None => encoder.encode_field(&instant.naive_utc()),
-                Some(_) => encoder.encode_field(&instant),
+            match (zone, text) {
+                (None, true) => {
+                    encoder.encode_field(&pg_text(instant.format("%Y-%m-%d %H:%M:%S%.f").to_string()))
+                }
+                (Some(_), true) => encoder
+                    .encode_field(&(pg_text(instant.format("%Y-%m-%d %H:%M:%S%.f").to_string()) + "+00")),
+                (None, false) => encoder.encode_field(&instant.naive_utc()),
+                (Some(_), false) => encoder.encode_field(&instant),
             }
         }
         DataType::Utf8 => encoder.encode_field(&column.as_string::<i32>().value(row)),
         other => Err(internal_error(format!("no encoder for {other}"))),
+    }
+}
+
+/// A time's text as PostgreSQL writes it: the fraction of a second without trailing zeros, and
+/// none when it is zero.
+fn pg_text(formatted: String) -> String {
+    match formatted.split_once('.') {
+        Some((whole, fraction)) => {
+            let fraction = fraction.trim_end_matches('0');
+            if fraction.is_empty() {
+                whole.to_string()
+            } else {
+                format!("{whole}.{fraction}")
+            }
+        }
+        None => formatted,
     }
 }
 

@@ -600,10 +600,16 @@ impl SimpleQueryHandler for Backend {
             && !connection.session.in_transaction()
             && statements.iter().all(|s| kind_of(s).is_write())
         {
-            return Ok(vec![match connection.session.execute(statements.clone()).await {
-                Ok(receipt) => receipt_response(receipt, &Format::UnifiedText, None)?,
-                Err(error) => Response::Error(Box::new(error_info(&error))),
-            }]);
+            return Ok(match connection.session.execute(statements.clone()).await {
+                // One CommandComplete per statement, as PostgreSQL sends.
+                Ok(receipt) if receipt.result.is_empty() => receipt
+                    .statements
+                    .iter()
+                    .map(|statement| Response::Execution(tag_of(&statement.command, statement.rows)))
+                    .collect(),
+                Ok(receipt) => vec![receipt_response(receipt, &Format::UnifiedText, None)?],
+                Err(error) => vec![Response::Error(Box::new(error_info(&error)))],
+            });
         }
         let mut responses = Vec::with_capacity(statements.len());
         for sql in &statements {
@@ -703,9 +709,11 @@ async fn prepare(node: &Node, sql: &str, types: &[Option<Type>]) -> PgWireResult
             ]))),
         }),
         (Some(_), _, Some(_)) => None,
-        (Some(_), StatementKind::CreateContract | StatementKind::DropContract, _) => None,
+        (_, StatementKind::CreateContract | StatementKind::DropContract, _) => None,
         (Some(_), _, _) => Some(node.describe(sql).await.map_err(into_pg)?),
-        (None, _, _) => None,
+        // ChainQL syntax the SQL parser does not read alone (`AS OF BLOCK n`, `EXPLAIN BLOCK n`):
+        // the node describes it; if it cannot, the statement's error comes when it runs.
+        (None, _, _) => node.describe(sql).await.ok(),
     };
     let count = match &statement {
         Some(statement) => {
