@@ -42,7 +42,10 @@ impl Executor {
             });
         }
         let session = self.read_session(state)?;
-        let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
+        let mut statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
+        if let DFStatement::Statement(inner) = &mut statement {
+            crate::pg_catalog::rewrite(inner);
+        }
         let count = match &statement {
             DFStatement::Statement(inner) => parameter_count(inner)?,
             _ => 0,

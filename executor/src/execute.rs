@@ -1168,6 +1168,10 @@ impl Executor {
     /// The DataFusion session queries on `state` run in.
     pub(crate) fn read_session(&self, state: &State) -> Result<SessionState> {
         let mut session = self.templates.query_session(state.catalog(Extras::default()));
+        crate::pg_catalog::register(
+            &mut session,
+            &Arc::new(crate::pg_catalog::PgCatalog::new(&state.tables)),
+        )?;
         register_chain_functions(
             &mut session,
             &ChainContext {
@@ -1183,7 +1187,10 @@ impl Executor {
     /// A read-only query, a `VIEW` call or `EXPLAIN CALL`.
     pub(crate) async fn read(&self, state: &State, sql: &str) -> Result<QueryResult> {
         let session = self.read_session(state)?;
-        let statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
+        let mut statement = session.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
+        if let DFStatement::Statement(inner) = &mut statement {
+            crate::pg_catalog::rewrite(inner);
+        }
         if let DFStatement::Explain(explain) = &statement
             && let DFStatement::Statement(inner) = explain.statement.as_ref()
             && let Statement::Call(function) = inner.as_ref()

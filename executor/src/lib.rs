@@ -43,6 +43,7 @@ mod explain;
 mod gas;
 mod keys;
 mod parallel;
+mod pg_catalog;
 mod provider;
 mod r2;
 mod state;

@@ -164,9 +164,9 @@ impl TableProvider for UserTableProvider {
 /// (both stored: reading them costs read gas), or an upsert's proposed rows (not stored).
 #[derive(Debug)]
 pub struct BatchesProvider {
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
-    stored: bool,
+    pub(crate) schema: SchemaRef,
+    pub(crate) batches: Vec<RecordBatch>,
+    pub(crate) stored: bool,
 }
 
 #[async_trait]
@@ -290,7 +290,8 @@ impl SchemaProvider for SystemSchema {
     }
 }
 
-/// The single catalog, `datafusion`, with the `public` and `chain` schemas.
+/// The single catalog, `datafusion`, with the `public` and `chain` schemas, and `pg_catalog` for
+/// PostgreSQL clients (built when a statement names it).
 #[derive(Debug)]
 struct Catalog {
     public: Arc<UserSchema>,
@@ -299,13 +300,20 @@ struct Catalog {
 
 impl CatalogProvider for Catalog {
     fn schema_names(&self) -> Vec<String> {
-        vec![SYSTEM_SCHEMA.to_string(), USER_SCHEMA.to_string()]
+        vec![
+            SYSTEM_SCHEMA.to_string(),
+            crate::pg_catalog::PG_CATALOG.to_string(),
+            USER_SCHEMA.to_string(),
+        ]
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         match name {
             USER_SCHEMA => Some(self.public.clone()),
             SYSTEM_SCHEMA => Some(self.chain.clone()),
+            crate::pg_catalog::PG_CATALOG => Some(Arc::new(crate::pg_catalog::PgCatalogSchema::new(
+                Arc::new(crate::pg_catalog::PgCatalog::new(&self.public.tables)),
+            ))),
             _ => None,
         }
     }

@@ -17,7 +17,8 @@ fn format_options() -> FormatOptions<'static> {
 
 /// The text of one cell, or `None` for NULL.
 pub fn cell_text(column: &ArrayRef, row: usize) -> Option<String> {
-    if column.is_null(row) {
+    // A column of type Null has no validity buffer: every value is NULL all the same.
+    if column.is_null(row) || column.data_type() == &DataType::Null {
         return None;
     }
     let options = format_options();
@@ -47,7 +48,9 @@ fn cells(result: &QueryResult) -> Vec<Vec<String>> {
                     .iter()
                     .zip(&formatters)
                     .map(|(column, formatter)| match formatter {
-                        Some(f) if !column.is_null(row) => f.value(row).to_string(),
+                        Some(f) if !column.is_null(row) && column.data_type() != &DataType::Null => {
+                            f.value(row).to_string()
+                        }
                         _ => String::new(),
                     })
                     .collect(),

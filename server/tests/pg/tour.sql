@@ -18,5 +18,7 @@ SELECT balance FROM tokens WHERE owner = 'bob';
 SELECT owner, balance, balance > 20 AS rich FROM tokens WHERE owner = 'alice';
 \x
 SHOW server_version;
+\dt
+\d tokens
 DELETE FROM tokens WHERE owner = 'bob';
 SELECT count(*) AS holders FROM tokens;
