@@ -143,6 +143,8 @@ async fn pgbench_runs_transfers_without_errors() {
                     "25",
                     "-M",
                     mode,
+                    "-D",
+                    "accounts=100",
                     "-f",
                     path.to_str().expect("a UTF-8 path"),
                     "chainql",
