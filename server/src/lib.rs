@@ -25,6 +25,7 @@ mod checkpoints;
 mod error;
 pub mod format;
 pub mod grpc;
+pub mod metrics;
 mod node;
 pub mod pg;
 mod session;

@@ -154,6 +154,12 @@ struct NodeArgs {
     /// Do not serve the PostgreSQL wire protocol.
     #[arg(long)]
     no_pg: bool,
+    /// Where Prometheus scrapes `/metrics` (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: SocketAddr,
+    /// Do not serve metrics.
+    #[arg(long)]
+    no_metrics: bool,
     /// Create a key in DATA_DIR/keys the first time a PostgreSQL user name connects, rather
     /// than refuse the connection (development only: anyone who can connect can then act as
     /// any user name).
@@ -338,7 +344,15 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
             )
             .await
         };
-        tokio::try_join!(grpc, pg)?;
+        let metrics = async {
+            if args.no_metrics {
+                return Ok(());
+            }
+            tracing::info!(listen = %args.metrics_listen, "serving metrics");
+            chainql_server::metrics::serve(node.clone(), args.metrics_listen, until_stopped(stopped.clone()))
+                .await
+        };
+        tokio::try_join!(grpc, pg, metrics)?;
         node.shutdown().await;
         Ok::<(), Error>(())
     })?;

@@ -226,6 +226,7 @@ struct Inner {
     stop: Notify,
     /// Set when the block producer stopped on an error; the node then refuses new work.
     halted: Mutex<Option<String>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A running node. Cheap to clone; the last clone to be dropped does not stop it: call
@@ -343,6 +344,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
             halted: Mutex::new(None),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         });
         let recovery = inner.replay().await?;
         inner.recover_pending().await?;
@@ -435,6 +437,22 @@ impl Node {
     /// Admits a transaction: checks it, appends it to the log, and returns its hash once the log
     /// entry is durable. Nothing refused reaches the log.
     pub async fn submit(&self, signed: SignedTransaction) -> Result<Hash> {
+        let result = self.admit(signed).await;
+        self.count_admission(&result);
+        result
+    }
+
+    fn count_admission(&self, result: &Result<Hash>) {
+        let metrics = &self.inner.metrics;
+        match result {
+            Ok(_) => {
+                metrics.transactions_admitted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => metrics.refused(error),
+        }
+    }
+
+    async fn admit(&self, signed: SignedTransaction) -> Result<Hash> {
         self.inner.check_running()?;
         let limits = &self.inner.config.transaction_limits;
         let decoded = DecodedTransaction::from_signed(signed, limits, &self.inner.genesis.chain_id)?;
@@ -470,6 +488,14 @@ impl Node {
     /// thread, and each partition's transactions enter the log in one request. Returns one result
     /// per transaction, in order; a refused transaction does not hold back the others.
     pub async fn submit_many(&self, transactions: Vec<SignedTransaction>) -> Vec<Result<Hash>> {
+        let results = self.admit_many(transactions).await;
+        for result in &results {
+            self.count_admission(result);
+        }
+        results
+    }
+
+    async fn admit_many(&self, transactions: Vec<SignedTransaction>) -> Vec<Result<Hash>> {
         if let Err(error) = self.inner.check_running() {
             let message = error.to_string();
             return transactions
@@ -608,6 +634,7 @@ impl Node {
         &self,
         signed: SignedTransaction,
     ) -> Result<impl Future<Output = Result<Receipt>> + Send + use<>> {
+        let admitted = Instant::now();
         let hash = chainql::transaction_hash(&signed.transaction);
         let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
@@ -625,12 +652,41 @@ impl Node {
             }
             return Err(error);
         }
-        Ok(async move { receiver.await.map_err(|_| Error::ShuttingDown) })
+        let metrics = Arc::clone(&self.inner.metrics);
+        Ok(async move {
+            let receipt = receiver.await.map_err(|_| Error::ShuttingDown)?;
+            metrics.commit_latency.observe(admitted.elapsed());
+            Ok(receipt)
+        })
     }
 
     /// Answers a read-only query on the latest committed state, or with `AS OF BLOCK n` on the
     /// state after block `n`. Returns the answer and the height it describes.
     pub async fn query(&self, sql: &str) -> Result<(QueryResult, u64)> {
+        let started = Instant::now();
+        let result = self.answer(sql).await;
+        let metrics = &self.inner.metrics;
+        metrics.queries.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            metrics.query_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.query_duration.observe(started.elapsed());
+        result
+    }
+
+    /// The node's metrics, to count what front ends see (connected clients).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Every metric in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner
+            .metrics
+            .render(self.state().height(), self.inner.log.stats())
+    }
+
+    async fn answer(&self, sql: &str) -> Result<(QueryResult, u64)> {
         let (sql, as_of) = chainql::sql::split_as_of(sql)?;
         let state = match as_of {
             Some(height) => self.state_at(height).await?,
@@ -1250,6 +1306,15 @@ impl Inner {
             self.start_checkpoint(next, next_seqnos);
         }
         self.forget_committed_nonces(&senders).await;
+        let metrics = &self.metrics;
+        metrics.blocks.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .transactions_committed
+            .fetch_add((count - failed) as u64, Ordering::Relaxed);
+        metrics
+            .transactions_failed
+            .fetch_add(failed as u64, Ordering::Relaxed);
+        metrics.block_duration.observe(started.elapsed());
         tracing::info!(
             height,
             transactions = count,

@@ -304,6 +304,9 @@ impl StartupHandler for Backend {
             .map_err(|error| fatal(error.sqlstate(), error.to_string()))?
             .with_signer_lock(lock);
         tracing::debug!(user, account = %session.address(), "PostgreSQL client connected");
+        client
+            .session_extensions()
+            .insert(Connected::new(Arc::clone(self.node.metrics())));
         client.session_extensions().insert(Mutex::new(PgConnection {
             session,
             failed: false,
@@ -316,6 +319,27 @@ impl StartupHandler for Backend {
         client.session_extensions().insert(handle);
         client.session_extensions().insert(guard);
         finish_authentication(client, &server_parameters()).await
+    }
+}
+
+/// Counts a connected client for the metrics while it lives.
+#[derive(Debug)]
+struct Connected(Arc<crate::metrics::Metrics>);
+
+impl Connected {
+    fn new(metrics: Arc<crate::metrics::Metrics>) -> Connected {
+        metrics
+            .pg_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Connected(metrics)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0
+            .pg_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -398,3 +398,92 @@ async fn a_connection_is_one_account_and_unknown_users_are_refused() {
     );
     served.stop().await;
 }
+
+/// `GET /metrics` over a plain TCP connection: the response body.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.expect("response");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_node_does() {
+    let served = PgServed::start(true).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(chainql_server::metrics::serve_listener(
+        served.node.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let alice = served.connect("alice").await.expect("connect");
+    alice
+        .batch_execute("CREATE TABLE m (id BIGINT PRIMARY KEY)")
+        .await
+        .expect("create");
+    alice
+        .batch_execute("INSERT INTO m VALUES (1)")
+        .await
+        .expect("insert");
+    let _ = alice
+        .batch_execute("INSERT INTO m VALUES (1)")
+        .await
+        .expect_err("duplicate");
+    let _ = alice.batch_execute("SELECT * FROM m").await.expect("query");
+    let _ = alice
+        .batch_execute("SELECT * FROM nowhere")
+        .await
+        .expect_err("no table");
+    // A transaction with a stale nonce is refused at admission.
+    let key = chainql::Keypair::read_file(&served.keystore().join("keys").join("alice.key")).expect("key");
+    let stale =
+        chainql::TransactionBuilder::new("pg-test", key).build(0, vec!["INSERT INTO m VALUES (9)".into()]);
+    served.node.submit(stale).await.expect_err("stale nonce");
+
+    let body = scrape(port).await;
+    assert_eq!(
+        metric(&body, "chainql_transactions_admitted_total"),
+        3.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "chainql_transactions_committed_total"),
+        2.0,
+        "{body}"
+    );
+    assert_eq!(metric(&body, "chainql_transactions_failed_total"), 1.0, "{body}");
+    assert_eq!(
+        metric(&body, "chainql_admission_refusals_total{reason=\"nonce\"}"),
+        1.0,
+        "{body}"
+    );
+    assert!(metric(&body, "chainql_blocks_total") >= 1.0);
+    assert_eq!(
+        metric(&body, "chainql_commit_latency_seconds_count"),
+        3.0,
+        "{body}"
+    );
+    assert!(metric(&body, "chainql_query_errors_total") >= 1.0, "{body}");
+    assert!(metric(&body, "chainql_log_appends_total") >= 3.0, "{body}");
+    assert_eq!(metric(&body, "chainql_pg_connections"), 1.0, "{body}");
+    drop(alice);
+    served.stop().await;
+}
