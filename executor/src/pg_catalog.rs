@@ -760,12 +760,15 @@ impl SchemaProvider for PgCatalogSchema {
     }
 }
 
+/// What a catalog function computes from one row's arguments.
+type FunctionBody = Box<dyn Fn(&[ScalarValue]) -> ScalarValue + Send + Sync>;
+
 /// A catalog function evaluated value by value.
 struct CatalogFunction {
     name: &'static str,
     returns: DataType,
     signature: Signature,
-    body: Box<dyn Fn(&[ScalarValue]) -> ScalarValue + Send + Sync>,
+    body: FunctionBody,
 }
 
 impl std::fmt::Debug for CatalogFunction {
@@ -1104,11 +1107,9 @@ pub fn rewrite(statement: &mut ast::Statement) {
                 Expr::Collate {
                     expr: inner,
                     collation,
-                } => {
-                    if names_type(collation, &["default", "C", "POSIX"]) {
-                        *expr = (**inner).clone();
-                        continue;
-                    }
+                } if names_type(collation, &["default", "C", "POSIX"]) => {
+                    *expr = (**inner).clone();
+                    continue;
                 }
                 Expr::Cast {
                     expr: inner,

@@ -22,6 +22,7 @@
 
 pub mod bench;
 mod checkpoints;
+pub mod config_file;
 mod error;
 pub mod format;
 pub mod grpc;

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use chainql::{Address, Keypair};
 use chainql_server::bench::{BenchConfig, run_bench};
 use chainql_server::{
-    Connection, Error, Node, NodeConfig, RemoteNode, Result, Session, Shell, grpc, init_data_dir,
-    load_or_create_key, pg,
+    Connection, Error, Node, NodeConfig, RemoteNode, Result, Session, Shell, config_file, grpc,
+    init_data_dir, load_or_create_key, pg,
 };
 
 /// mimalloc: block execution allocates and frees many small objects on several threads, where
@@ -143,6 +143,9 @@ struct ShellArgs {
 
 #[derive(Args)]
 struct NodeArgs {
+    /// A node.toml with any of these settings, under their flag names (a flag given here wins).
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     node: NodeOptions,
     /// Where the gRPC API listens.
@@ -235,10 +238,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let result = match cli.command {
         Command::Shell(args) => shell(args),
-        Command::Node(args) => node(args),
+        Command::Node(args) => match matches.subcommand_matches("node") {
+            Some(flags) => with_config_file(args, flags).and_then(node),
+            None => node(args),
+        },
         Command::Init(args) => init(args),
         Command::Keys(command) => keys(command),
         Command::Bench(args) => bench(args),
@@ -298,6 +308,99 @@ fn init(args: InitArgs) -> Result<ExitCode> {
         genesis.hash()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fills in the settings of `--config` that no flag gave.
+fn with_config_file(mut args: NodeArgs, flags: &clap::ArgMatches) -> Result<NodeArgs> {
+    let Some(path) = &args.config else {
+        return Ok(args);
+    };
+    let file = config_file::NodeFile::read(path)?;
+    let options = &mut args.node;
+    config_file::apply(flags, "data_dir", file.data_dir, &mut options.data_dir);
+    config_file::apply(
+        flags,
+        "block_interval_ms",
+        file.block_interval_ms,
+        &mut options.block_interval_ms,
+    );
+    config_file::apply(
+        flags,
+        "block_transactions_max",
+        file.block_transactions_max,
+        &mut options.block_transactions_max,
+    );
+    config_file::apply(
+        flags,
+        "query_rows_max",
+        file.query_rows_max,
+        &mut options.query_rows_max,
+    );
+    config_file::apply(
+        flags,
+        "log_partitions",
+        file.log_partitions,
+        &mut options.log_partitions,
+    );
+    config_file::apply(
+        flags,
+        "log_group_commit_wait_ms",
+        file.log_group_commit_wait_ms,
+        &mut options.log_group_commit_wait_ms,
+    );
+    config_file::apply(
+        flags,
+        "log_tail_bytes_max",
+        file.log_tail_bytes_max,
+        &mut options.log_tail_bytes_max,
+    );
+    config_file::apply(
+        flags,
+        "snapshots_kept",
+        file.snapshots_kept,
+        &mut options.snapshots_kept,
+    );
+    config_file::apply(
+        flags,
+        "checkpoint_interval",
+        file.checkpoint_interval,
+        &mut options.checkpoint_interval,
+    );
+    config_file::apply(
+        flags,
+        "checkpoints_kept",
+        file.checkpoints_kept,
+        &mut options.checkpoints_kept,
+    );
+    config_file::apply(
+        flags,
+        "log_retention",
+        file.log_retention,
+        &mut options.log_retention,
+    );
+    config_file::apply(flags, "grpc_listen", file.grpc_listen, &mut args.grpc_listen);
+    config_file::apply(
+        flags,
+        "init_chain_id",
+        file.init_chain_id.map(Some),
+        &mut args.init_chain_id,
+    );
+    config_file::apply(flags, "pg_listen", file.pg_listen, &mut args.pg_listen);
+    config_file::apply(flags, "no_pg", file.no_pg, &mut args.no_pg);
+    config_file::apply(
+        flags,
+        "pg_create_keys",
+        file.pg_create_keys,
+        &mut args.pg_create_keys,
+    );
+    config_file::apply(
+        flags,
+        "metrics_listen",
+        file.metrics_listen,
+        &mut args.metrics_listen,
+    );
+    config_file::apply(flags, "no_metrics", file.no_metrics, &mut args.no_metrics);
+    Ok(args)
 }
 
 fn node(args: NodeArgs) -> Result<ExitCode> {

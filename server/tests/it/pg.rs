@@ -447,7 +447,7 @@ async fn metrics_count_what_the_node_does() {
         .batch_execute("INSERT INTO m VALUES (1)")
         .await
         .expect_err("duplicate");
-    let _ = alice.batch_execute("SELECT * FROM m").await.expect("query");
+    alice.batch_execute("SELECT * FROM m").await.expect("query");
     let _ = alice
         .batch_execute("SELECT * FROM nowhere")
         .await
@@ -485,5 +485,99 @@ async fn metrics_count_what_the_node_does() {
     assert!(metric(&body, "chainql_log_appends_total") >= 3.0, "{body}");
     assert_eq!(metric(&body, "chainql_pg_connections"), 1.0, "{body}");
     drop(alice);
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_the_running_query() {
+    let served = PgServed::start(true).await;
+    let client = served.connect("alice").await.expect("connect");
+    let token = client.cancel_token();
+    let running = tokio::spawn(async move {
+        let result = client
+            .simple_query("SELECT count(*) FROM generate_series(1, 100000000000)")
+            .await;
+        (client, result)
+    });
+    // Cancel until the query has stopped: a request that arrives before the query starts
+    // cancels nothing.
+    while !running.is_finished() {
+        token.cancel_query(NoTls).await.expect("send a cancel request");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (client, result) = running.await.expect("join");
+    let error = result.expect_err("cancelled");
+    assert_eq!(code(&error), &SqlState::QUERY_CANCELED, "{error:?}");
+    // The connection goes on.
+    assert_eq!(
+        simple_rows(&client, "SELECT 1").await,
+        [vec![Some("1".to_string())]]
+    );
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_clients_do_not_disturb_the_node() {
+    use tokio::io::AsyncWriteExt;
+    let served = PgServed::start(true).await;
+    let startup = |user: &str| {
+        let mut body = Vec::new();
+        body.extend_from_slice(&196_608i32.to_be_bytes()); // protocol 3.0
+        for (key, value) in [("user", user), ("database", "chainql")] {
+            body.extend_from_slice(key.as_bytes());
+            body.push(0);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut message = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        message.extend_from_slice(&body);
+        message
+    };
+    // A query message cut off mid-way, then the connection dropped.
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", served.port))
+        .await
+        .expect("connect");
+    socket.write_all(&startup("alice")).await.expect("startup");
+    let mut truncated = vec![b'Q'];
+    truncated.extend_from_slice(&1000i32.to_be_bytes());
+    truncated.extend_from_slice(b"SELECT 1");
+    socket.write_all(&truncated).await.expect("write");
+    drop(socket);
+    // Garbage instead of a startup message.
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", served.port))
+        .await
+        .expect("connect");
+    socket.write_all(&[0xff; 64]).await.expect("write");
+    drop(socket);
+    // A message claiming to be larger than any the server accepts.
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", served.port))
+        .await
+        .expect("connect");
+    socket.write_all(&startup("alice")).await.expect("startup");
+    let mut huge = vec![b'P'];
+    huge.extend_from_slice(&i32::MAX.to_be_bytes());
+    socket.write_all(&huge).await.expect("write");
+    drop(socket);
+    // A client that disconnects while its write waits for its block: the write still commits.
+    let client = served.connect("alice").await.expect("connect");
+    client
+        .batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY)")
+        .await
+        .expect("create");
+    let pending = tokio::spawn(async move { client.batch_execute("INSERT INTO t VALUES (1)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    pending.abort();
+
+    // The node still serves everyone.
+    let other = served.connect("bob").await.expect("connect");
+    assert_eq!(
+        simple_rows(&other, "SELECT 1").await,
+        [vec![Some("1".to_string())]]
+    );
+    other
+        .batch_execute("CREATE TABLE u (id BIGINT PRIMARY KEY)")
+        .await
+        .expect("a write after the broken clients");
     served.stop().await;
 }
