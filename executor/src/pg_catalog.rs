@@ -682,8 +682,8 @@ impl PgCatalog {
         })
     }
 
-    /// `pg_get_indexdef` of the primary-key index with `oid`.
-    fn index_definition(&self, oid: i64) -> Option<String> {
+    /// The table whose primary-key index (and constraint) has `oid`, and its key columns.
+    fn primary_key(&self, oid: i64) -> Option<(&str, Vec<&str>)> {
         let (_, table) = self.tables.iter().find(|(table, _)| table + 1 == oid)?;
         let definition = table.definition();
         let columns: Vec<&str> = definition
@@ -691,25 +691,22 @@ impl PgCatalog {
             .iter()
             .map(|i| definition.columns[*i].name.as_str())
             .collect();
-        (!columns.is_empty()).then(|| {
-            format!(
-                "CREATE UNIQUE INDEX {0}_pkey ON public.{0} USING btree ({1})",
-                definition.name,
-                columns.join(", ")
-            )
-        })
+        (!columns.is_empty()).then_some((definition.name.as_str(), columns))
+    }
+
+    /// `pg_get_indexdef` of the primary-key index with `oid`.
+    fn index_definition(&self, oid: i64) -> Option<String> {
+        let (table, columns) = self.primary_key(oid)?;
+        Some(format!(
+            "CREATE UNIQUE INDEX {table}_pkey ON public.{table} USING btree ({})",
+            columns.join(", ")
+        ))
     }
 
     /// `pg_get_constraintdef` of the primary key whose constraint oid is `oid`.
     fn constraint_definition(&self, oid: i64) -> Option<String> {
-        let (_, table) = self.tables.iter().find(|(table, _)| table + 1 == oid)?;
-        let definition = table.definition();
-        let columns: Vec<&str> = definition
-            .primary_key
-            .iter()
-            .map(|i| definition.columns[*i].name.as_str())
-            .collect();
-        (!columns.is_empty()).then(|| format!("PRIMARY KEY ({})", columns.join(", ")))
+        let (_, columns) = self.primary_key(oid)?;
+        Some(format!("PRIMARY KEY ({})", columns.join(", ")))
     }
 
     /// The name of relation `oid`, for `::regclass`.

@@ -21,6 +21,32 @@ fn run(program: &str, arguments: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install the PostgreSQL client tools"))
 }
 
+/// Runs psql against the node on `port` as user alice, with `arguments` after the connection's.
+async fn psql(port: u16, arguments: &[&str]) -> Output {
+    let mut all: Vec<String> = [
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "alice",
+        "-d",
+        "chainql",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    all.extend(["-p".to_string(), port.to_string()]);
+    all.extend(arguments.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let arguments: Vec<&str> = all.iter().map(String::as_str).collect();
+        run("psql", &arguments)
+    })
+    .await
+    .expect("psql")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
@@ -32,30 +58,8 @@ async fn psql_runs_a_script() {
     chainql::Keypair::from_seed([7; 32])
         .write_file(&served.keystore().join("keys").join("alice.key"))
         .expect("write key");
-    let port = served.port.to_string();
     let path = script("tour.sql");
-    let output = tokio::task::spawn_blocking(move || {
-        run(
-            "psql",
-            &[
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "alice",
-                "-d",
-                "chainql",
-                "-f",
-                path.to_str().expect("a UTF-8 path"),
-            ],
-        )
-    })
-    .await
-    .expect("psql");
+    let output = psql(served.port, &["-f", path.to_str().expect("a UTF-8 path")]).await;
     assert!(
         output.status.success(),
         "psql failed: {}\n{}",
@@ -74,31 +78,18 @@ async fn psql_runs_a_script() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_stops_at_the_first_error() {
     let served = PgServed::start(true).await;
-    let port = served.port.to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        run(
-            "psql",
-            &[
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "alice",
-                "-c",
-                "CREATE TABLE t (id BIGINT PRIMARY KEY)",
-                "-c",
-                "INSERT INTO t VALUES (1), (1)",
-                "-c",
-                "INSERT INTO t VALUES (2)",
-            ],
-        )
-    })
-    .await
-    .expect("psql");
+    let output = psql(
+        served.port,
+        &[
+            "-c",
+            "CREATE TABLE t (id BIGINT PRIMARY KEY)",
+            "-c",
+            "INSERT INTO t VALUES (1), (1)",
+            "-c",
+            "INSERT INTO t VALUES (2)",
+        ],
+    )
+    .await;
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("ERROR:  duplicate key value"), "{stderr}");
