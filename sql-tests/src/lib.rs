@@ -163,6 +163,15 @@ impl LedgerDb {
     }
 }
 
+/// A cell in sqllogictest's text conventions: NULL as `NULL`, the empty string as `(empty)`.
+fn slt_cell(text: Option<String>) -> String {
+    match text {
+        None => "NULL".to_string(),
+        Some(text) if text.is_empty() => "(empty)".to_string(),
+        Some(text) => text,
+    }
+}
+
 /// A query's answer in sqllogictest's text conventions.
 fn rows(result: QueryResult) -> DBOutput<ColumnType> {
     let types = result
@@ -178,11 +187,7 @@ fn rows(result: QueryResult) -> DBOutput<ColumnType> {
                 batch
                     .columns()
                     .iter()
-                    .map(|c| match cell_text(c, row) {
-                        None => "NULL".to_string(),
-                        Some(text) if text.is_empty() => "(empty)".to_string(),
-                        Some(text) => text,
-                    })
+                    .map(|c| slt_cell(cell_text(c, row)))
                     .collect(),
             );
         }
@@ -339,7 +344,7 @@ fn wire_cell(pg: &tokio_postgres::types::Type, text: Option<&str>) -> String {
     use datafusion::arrow::array::{ArrayRef, Float64Array};
     use tokio_postgres::types::Type;
     let Some(text) = text else {
-        return "NULL".to_string();
+        return slt_cell(None);
     };
     let normalized = match *pg {
         Type::BOOL => match text {
@@ -358,11 +363,7 @@ fn wire_cell(pg: &tokio_postgres::types::Type, text: Option<&str>) -> String {
         },
         _ => text.to_string(),
     };
-    if normalized.is_empty() {
-        "(empty)".to_string()
-    } else {
-        normalized
-    }
+    slt_cell(Some(normalized))
 }
 
 #[async_trait::async_trait]

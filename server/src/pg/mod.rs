@@ -431,6 +431,15 @@ fn local_statement(statement: &Statement) -> Option<Local> {
     }
 }
 
+/// The answer's columns of `SHOW name`: one text column named after the setting.
+fn show_schema(name: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+        name,
+        datafusion::arrow::datatypes::DataType::Utf8,
+        false,
+    )]))
+}
+
 /// The value `SHOW name` reports.
 fn setting(connection: &PgConnection, name: &str) -> Option<String> {
     if let Some(value) = connection.settings.get(name) {
@@ -557,18 +566,14 @@ impl PgConnection {
                         format!("unrecognized configuration parameter \"{name}\""),
                     )
                 })?;
-                let schema = Schema::new(vec![datafusion::arrow::datatypes::Field::new(
-                    &name,
-                    datafusion::arrow::datatypes::DataType::Utf8,
-                    false,
-                )]);
+                let schema = show_schema(&name);
                 let batch = datafusion::arrow::array::RecordBatch::try_new(
-                    Arc::new(schema.clone()),
+                    Arc::clone(&schema),
                     vec![Arc::new(datafusion::arrow::array::StringArray::from(vec![value]))],
                 )
                 .map_err(|e| internal_error(e.to_string()))?;
                 let result = QueryResult {
-                    schema: Arc::new(schema),
+                    schema,
                     batches: vec![batch],
                 };
                 let fields = Arc::new(encode::fields(&result.schema, &Format::UnifiedText));
@@ -724,13 +729,7 @@ async fn prepare(node: &Node, sql: &str, types: &[Option<Type>]) -> PgWireResult
     let description = match (&statement, kind, &local) {
         (Some(_), _, Some(Local::Show(name))) => Some(chainql_executor::Description {
             parameters: Vec::new(),
-            columns: Some(Arc::new(Schema::new(vec![
-                datafusion::arrow::datatypes::Field::new(
-                    name,
-                    datafusion::arrow::datatypes::DataType::Utf8,
-                    false,
-                ),
-            ]))),
+            columns: Some(show_schema(name)),
         }),
         (Some(_), _, Some(_)) => None,
         (_, StatementKind::CreateContract | StatementKind::DropContract, _) => None,
