@@ -22,6 +22,7 @@
 
 pub mod bench;
 mod checkpoints;
+pub mod client;
 pub mod config_file;
 mod error;
 pub mod format;
@@ -32,8 +33,8 @@ pub mod pg;
 mod session;
 mod shell;
 
+pub use client::{Client, SubscribeOptions};
 pub use error::{Error, Result};
-pub use grpc::{Connection, RemoteNode};
 pub use node::{Node, NodeConfig, NodeStatus, Recovery, init_data_dir, load_or_create_key};
-pub use session::{Outcome, Session};
+pub use session::{Connection, Outcome, Session};
 pub use shell::{Shell, receipt_text};

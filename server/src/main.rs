@@ -11,8 +11,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use chainql::{Address, Keypair};
 use chainql_server::bench::{BenchConfig, run_bench};
 use chainql_server::{
-    Connection, Error, Node, NodeConfig, RemoteNode, Result, Session, Shell, config_file, grpc,
-    init_data_dir, load_or_create_key, pg,
+    Client, Connection, Error, Node, NodeConfig, Result, Session, Shell, config_file, grpc, init_data_dir,
+    load_or_create_key, pg,
 };
 
 /// mimalloc: block execution allocates and frees many small objects on several threads, where
@@ -473,7 +473,7 @@ fn shell(args: ShellArgs) -> Result<ExitCode> {
     let key = load_or_create_key(&key_path)?;
     let (connection, target, embedded) = match &args.connect {
         Some(url) => {
-            let remote = runtime.block_on(RemoteNode::connect(url))?;
+            let remote = runtime.block_on(Client::connect(url))?;
             (Connection::Remote(Arc::new(remote)), url.clone(), None)
         }
         None => {

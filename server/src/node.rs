@@ -202,6 +202,9 @@ struct Inner {
     log: Arc<Log>,
     executor: Executor,
     committed: watch::Sender<Arc<State>>,
+    /// The height whose block, state and receipts are all visible: what chain followers wait on
+    /// (the state becomes visible a moment before the receipts).
+    published: watch::Sender<u64>,
     /// The state before block 1: where replays and rebuilds without a checkpoint start.
     genesis_state: Arc<State>,
     /// The last `snapshots_kept` committed versions by height, the latest included.
@@ -328,6 +331,7 @@ impl Node {
             log: Arc::new(log),
             executor,
             committed,
+            published: watch::channel(0).0,
             snapshots: Mutex::new(BTreeMap::from([(0, Arc::clone(&genesis_state))])),
             genesis_state,
             rebuilt: tokio::sync::Mutex::new(None),
@@ -726,6 +730,40 @@ impl Node {
         let mut blocks = lock(&self.inner.blocks);
         let height = if height == 0 { blocks.height() } else { height };
         Ok(blocks.get(height)?)
+    }
+
+    /// A receiver of the height up to which blocks, states and receipts are all visible.
+    pub fn published(&self) -> watch::Receiver<u64> {
+        self.inner.published.subscribe()
+    }
+
+    /// A committed block with its hash and its receipts in block order, once published (see
+    /// [`Node::published`]); `None` for a height not yet published.
+    pub fn committed_block(&self, height: u64) -> Result<Option<(Block, Hash, Vec<Receipt>)>> {
+        if height == 0 || height > *self.inner.published.borrow() {
+            return Ok(None);
+        }
+        let block = self
+            .block(height)?
+            .ok_or_else(|| Error::Corrupt(format!("published block {height} is missing")))?;
+        let hash = block
+            .header
+            .as_ref()
+            .map(chainql_consensus::header_hash)
+            .ok_or_else(|| Error::Corrupt(format!("block {height} has no header")))?;
+        let known = lock(&self.inner.receipts);
+        let receipts = block
+            .transactions
+            .iter()
+            .map(|signed| {
+                let tx = chainql::transaction_hash(&signed.transaction);
+                known
+                    .get(&tx)
+                    .cloned()
+                    .ok_or_else(|| Error::Corrupt(format!("block {height} lacks the receipt of {tx}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((block, hash, receipts)))
     }
 
     /// A committed transaction and its receipt.
@@ -1140,9 +1178,9 @@ impl Inner {
     /// Makes an executed block visible: first the new state, then its receipts and the waiters'
     /// answers, so whoever sees a receipt can already query the state that includes it.
     fn publish(&self, state: Arc<State>, receipts: Vec<Receipt>) {
+        let height = state.height();
         {
             let mut snapshots = lock(&self.snapshots);
-            let height = state.height();
             snapshots.insert(height, Arc::clone(&state));
             let oldest_kept = (height + 1).saturating_sub(self.config.snapshots_kept);
             while snapshots.first_key_value().is_some_and(|(h, _)| *h < oldest_kept) {
@@ -1162,6 +1200,7 @@ impl Inner {
                 known.insert(hash, receipt);
             }
         }
+        self.published.send_replace(height);
         for (list, receipt) in waiting {
             for (_, sender) in list {
                 let _ = sender.send(receipt.clone());

@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use chainql::contract::{ChainStatement, call_target, parse_chain_statement};
 use chainql::sql::StatementKind;
-use chainql::wire::{Receipt, ReceiptStatus};
+use chainql::wire::{Receipt, ReceiptStatus, SignedTransaction};
 use chainql::{Address, Keypair, TransactionBuilder};
 use chainql_executor::QueryResult;
 use datafusion::arrow::array::AsArray;
 use datafusion::sql::sqlparser::ast::{ObjectName, Statement};
 
+use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::grpc::Connection;
+use crate::node::{Node, NodeStatus};
 
 /// What running one statement produced.
 #[derive(Debug)]
@@ -182,4 +183,53 @@ fn is_contract_definition(sql: &str) -> bool {
         (words.next().as_deref(), words.next().as_deref()),
         (Some("create" | "drop"), Some("contract"))
     )
+}
+
+/// Either an embedded node or a remote one, with one interface: what the shell, the test runner
+/// and the benchmark talk to.
+#[derive(Debug, Clone)]
+pub enum Connection {
+    Embedded(Node),
+    Remote(Arc<Client>),
+}
+
+impl Connection {
+    pub async fn chain_id(&self) -> Result<String> {
+        match self {
+            Connection::Embedded(node) => Ok(node.chain_id().to_string()),
+            Connection::Remote(remote) => Ok(remote.status().await?.chain_id),
+        }
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus> {
+        match self {
+            Connection::Embedded(node) => Ok(node.status()),
+            Connection::Remote(remote) => remote.status().await,
+        }
+    }
+
+    pub async fn next_nonce(&self, address: &Address) -> Result<u64> {
+        match self {
+            Connection::Embedded(node) => Ok(node.next_nonce(address).await),
+            Connection::Remote(remote) => remote.next_nonce(address).await,
+        }
+    }
+
+    pub async fn submit_and_wait(&self, signed: SignedTransaction) -> Result<Receipt> {
+        match self {
+            Connection::Embedded(node) => node.submit_and_wait(signed).await,
+            Connection::Remote(remote) => remote
+                .submit(signed, true)
+                .await?
+                .1
+                .ok_or_else(|| Error::Client("the node returned no receipt".into())),
+        }
+    }
+
+    pub async fn query(&self, sql: &str) -> Result<QueryResult> {
+        match self {
+            Connection::Embedded(node) => Ok(node.query(sql).await?.0),
+            Connection::Remote(remote) => remote.query(sql).await,
+        }
+    }
 }

@@ -59,8 +59,8 @@ use chainql::{Keypair, sqlstate};
 use chainql_executor::QueryResult;
 
 use crate::error::{Error, Result};
-use crate::grpc::Connection;
 use crate::node::Node;
+use crate::session::Connection;
 use crate::session::{Outcome, Session};
 
 /// The PostgreSQL version the node reports: psql and drivers pick their catalog queries by it.

@@ -54,7 +54,7 @@ async fn node_reads_its_settings_from_a_file_and_flags_win() {
         .await
         .expect("a write");
     // The gRPC address and the chain id from the file, the data directory from the flag.
-    let remote = chainql_server::RemoteNode::connect(&format!("http://127.0.0.1:{grpc}"))
+    let remote = chainql_server::Client::connect(&format!("http://127.0.0.1:{grpc}"))
         .await
         .expect("gRPC on the file's address");
     assert_eq!(remote.status().await.expect("status").chain_id, "configured");

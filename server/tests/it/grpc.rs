@@ -6,13 +6,15 @@ use std::sync::Arc;
 use chainql::wire::ReceiptStatus;
 use chainql::{Keypair, TransactionBuilder};
 use chainql_server::grpc::{from_ipc, proto, serve_listener};
-use chainql_server::{Connection, Node, NodeConfig, RemoteNode, Session, init_data_dir};
+use chainql_server::{Client, Connection, Node, NodeConfig, Session, init_data_dir};
 use tonic::Code;
 
 struct Served {
     node: Node,
-    remote: RemoteNode,
+    remote: Client,
+    url: String,
     stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<chainql_server::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -26,17 +28,19 @@ async fn serve() -> Served {
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = node.clone();
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         serve_listener(served, listener, async {
             let _ = stopped.await;
         })
         .await
     });
-    let remote = RemoteNode::connect(&url).await.expect("connect");
+    let remote = Client::connect(&url).await.expect("connect");
     Served {
         node,
         remote,
+        url,
         stop,
+        server,
         _dir: dir,
     }
 }
@@ -78,7 +82,7 @@ async fn submit_query_and_read_back_over_grpc() {
 
     // Query: Arrow IPC and text rows.
     let response = remote
-        .client()
+        .raw()
         .query(proto::QueryRequest {
             sql: "SELECT k, v FROM kv ORDER BY k".into(),
             include_rows: true,
@@ -159,7 +163,7 @@ async fn refusals_carry_status_codes_and_the_node_survives_them() {
     let served = serve().await;
     let key = Keypair::from_seed([12; 32]);
     let builder = TransactionBuilder::new("grpc-test", key.clone());
-    let mut client = served.remote.client();
+    let mut client = served.remote.raw();
 
     let submit = |signed| proto::SubmitTransactionRequest {
         transaction: Some(signed),
@@ -251,7 +255,7 @@ async fn refusals_carry_status_codes_and_the_node_survives_them() {
 async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
     use std::collections::HashMap;
     let served = serve().await;
-    let mut client = served.remote.client();
+    let mut client = served.remote.raw();
     // Eight senders: their transactions spread over the log's partitions.
     let mut hashes = Vec::new();
     for i in 0..8u8 {
@@ -393,4 +397,317 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
         .expect_err("no such partition");
     assert_eq!(status.code(), Code::InvalidArgument);
     let _ = served.stop.send(());
+}
+
+/// The next message of a stream, failing the test after ten seconds.
+async fn next<T>(stream: &mut (impl futures::Stream<Item = chainql_server::Result<T>> + Unpin)) -> T {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+        .await
+        .expect("a message within ten seconds")
+        .expect("the stream is open")
+        .expect("no error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_blocks_receipts_and_events_and_resumes_by_height() {
+    use chainql_server::SubscribeOptions;
+    let served = serve().await;
+    let owner = TransactionBuilder::new("grpc-test", Keypair::from_seed([21; 32]));
+    let remote = &served.remote;
+    remote
+        .execute(
+            &owner,
+            vec![
+                "CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT)".into(),
+                "CREATE CONTRACT note(id BIGINT, body TEXT) PUBLIC AS $$ \
+                   INSERT INTO notes VALUES (id, body); EMIT noted(id, body); $$"
+                    .into(),
+                "CREATE CONTRACT shout(word TEXT) PUBLIC AS $$ EMIT shouted(word); $$".into(),
+            ],
+        )
+        .await
+        .expect("deploy");
+    for id in 1..=3 {
+        remote
+            .execute(
+                &owner,
+                vec![format!("CALL note({id}, 'n{id}')"), "CALL shout('hey')".into()],
+            )
+            .await
+            .expect("call");
+    }
+    let tip = served.node.state().height();
+    assert_eq!(tip, 4, "one block per transaction here");
+
+    // From the start, with everything: blocks 1..=4 in order, each with its receipts.
+    let everything = SubscribeOptions {
+        transactions: true,
+        receipts: true,
+        contracts: vec![],
+    };
+    let mut stream = remote.subscribe(0, everything.clone()).await.expect("subscribe");
+    let mut events = Vec::new();
+    for height in 1..=tip {
+        let block = next(&mut stream).await;
+        assert_eq!(block.height, height);
+        let (stored, hash) = remote.block(height).await.expect("get").expect("block");
+        assert_eq!(block.block_hash, hash.0.to_vec());
+        assert_eq!(block.block.as_ref(), Some(&stored), "the whole block");
+        assert_eq!(block.receipts.len(), stored.transactions.len());
+        for (receipt, signed) in block.receipts.iter().zip(&stored.transactions) {
+            assert_eq!(
+                receipt.transaction_hash,
+                chainql::transaction_hash(&signed.transaction).0.to_vec()
+            );
+            assert_eq!(receipt.status, ReceiptStatus::Success as i32);
+        }
+        for event in &block.events {
+            let event = event.event.as_ref().expect("event");
+            let args: Vec<_> = event
+                .args
+                .iter()
+                .map(|a| a.text.clone().unwrap_or_default())
+                .collect();
+            events.push(format!("{}.{}({})", event.contract, event.name, args.join(",")));
+        }
+    }
+    assert_eq!(
+        events,
+        [
+            "note.noted(1,n1)",
+            "shout.shouted(hey)",
+            "note.noted(2,n2)",
+            "shout.shouted(hey)",
+            "note.noted(3,n3)",
+            "shout.shouted(hey)"
+        ]
+    );
+
+    // A new block reaches the open stream as it commits.
+    remote
+        .execute(&owner, vec!["CALL note(4, 'live')".into()])
+        .await
+        .expect("call");
+    let live = next(&mut stream).await;
+    assert_eq!(live.height, tip + 1);
+    assert_eq!(live.events.len(), 1);
+    drop(stream);
+
+    // Resuming from a height: exactly the blocks from there on. Without the options, blocks
+    // come as header and signature only, and the filter keeps one contract's events.
+    let only_notes = SubscribeOptions {
+        contracts: vec!["note".into()],
+        ..SubscribeOptions::default()
+    };
+    let mut resumed = remote.subscribe(3, only_notes).await.expect("resume");
+    let third = next(&mut resumed).await;
+    assert_eq!(third.height, 3);
+    assert!(third.receipts.is_empty());
+    let block = third.block.expect("block");
+    assert!(block.header.is_some() && !block.proposer_signature.is_empty());
+    assert!(block.transactions.is_empty(), "transactions only on request");
+    assert_eq!(third.events.len(), 1, "only note's events: {:?}", third.events);
+    assert_eq!(third.events[0].transaction_index, 0);
+    assert_eq!(next(&mut resumed).await.height, 4);
+    assert_eq!(next(&mut resumed).await.height, 5);
+
+    // A height beyond the tip waits for its block.
+    let mut ahead = remote
+        .subscribe(7, SubscribeOptions::default())
+        .await
+        .expect("ahead");
+    remote
+        .execute(&owner, vec!["CALL shout('six')".into()])
+        .await
+        .expect("6");
+    remote
+        .execute(&owner, vec!["CALL shout('seven')".into()])
+        .await
+        .expect("7");
+    let seventh = next(&mut ahead).await;
+    assert_eq!(seventh.height, 7);
+    let text = seventh.events[0].event.as_ref().expect("event").args[0]
+        .text
+        .clone();
+    assert_eq!(text.as_deref(), Some("seven"));
+
+    let status = remote
+        .raw()
+        .subscribe(proto::SubscribeRequest {
+            contracts: vec!["c".into(); 1000],
+            ..Default::default()
+        })
+        .await
+        .expect_err("too many contracts");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Streams end when the server stops, so stopping does not wait for subscribers.
+    let _ = served.stop.send(());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        use futures::StreamExt;
+        while let Some(Ok(_)) = resumed.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended at shutdown");
+    tokio::time::timeout(std::time::Duration::from_secs(10), served.server)
+        .await
+        .expect("the server stopped with subscribers connected")
+        .expect("join")
+        .expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_describe_the_documented_api() {
+    use prost::Message;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let served = serve().await;
+    let channel = tonic::transport::Endpoint::from_shared(served.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "chainql.node.v1.Node"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "chainql.node.v1.Node".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("ok").expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    // Reflection: what the services are, and the files that define them.
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| {
+        futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        }])
+    };
+    let mut answers = reflection
+        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+        .await
+        .expect("list")
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers
+        .message()
+        .await
+        .expect("ok")
+        .expect("answer")
+        .message_response
+    else {
+        panic!("not a service list")
+    };
+    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert!(names.contains(&"chainql.node.v1.Node".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+
+    let mut answers = reflection
+        .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
+            "chainql.node.v1.Node".into(),
+        )))
+        .await
+        .expect("symbol")
+        .into_inner();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = answers
+        .message()
+        .await
+        .expect("ok")
+        .expect("answer")
+        .message_response
+    else {
+        panic!("not a file descriptor")
+    };
+    let mut files: Vec<prost_types::FileDescriptorProto> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).expect("descriptor"))
+        .collect();
+    let node = files
+        .iter()
+        .find(|f| f.name() == "node.proto")
+        .expect("node.proto")
+        .clone();
+    assert_eq!(node.dependency, ["chainql.proto"]);
+    // A tool then asks for the imports by name.
+    let mut answers = reflection
+        .server_reflection_info(ask(MessageRequest::FileByFilename("chainql.proto".into())))
+        .await
+        .expect("file")
+        .into_inner();
+    let Some(MessageResponse::FileDescriptorResponse(imported)) = answers
+        .message()
+        .await
+        .expect("ok")
+        .expect("answer")
+        .message_response
+    else {
+        panic!("not a file descriptor")
+    };
+    files.extend(
+        imported
+            .file_descriptor_proto
+            .iter()
+            .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).expect("descriptor")),
+    );
+    let names: Vec<_> = files.iter().map(|f| f.name().to_string()).collect();
+    assert!(names.contains(&"chainql.proto".to_string()), "{names:?}");
+    let methods: Vec<_> = node.service[0]
+        .method
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    assert!(methods.contains(&"Subscribe".to_string()), "{methods:?}");
+
+    // Every service, method, message, field, enum and value of the public API is documented:
+    // reflection serves the comments, so tools show them.
+    let mut undocumented = Vec::new();
+    for file in &files {
+        for missing in chainql_server::grpc::undocumented(file) {
+            undocumented.push(format!("{}: {missing}", file.name()));
+        }
+    }
+    assert!(undocumented.is_empty(), "undocumented: {undocumented:#?}");
+
+    // Stopping: watchers hear NOT_SERVING, and the server stops although the watch stays open.
+    let _ = served.stop.send(());
+    let last = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .expect("a status within ten seconds")
+        .expect("ok")
+        .expect("a status");
+    assert_eq!(last.status, ServingStatus::NotServing as i32);
+    tokio::time::timeout(std::time::Duration::from_secs(30), served.server)
+        .await
+        .expect("the server stopped with a watch open")
+        .expect("join")
+        .expect("clean stop");
 }

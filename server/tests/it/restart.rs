@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use chainql::{Hash, Keypair, TransactionBuilder};
 use chainql_server::grpc::proto;
-use chainql_server::{Connection, RemoteNode, Session};
+use chainql_server::{Client, Connection, Session, SubscribeOptions};
+use futures::StreamExt;
 
 use crate::support::{NodeProcess, chainql};
 
 async fn session(url: &str, key: &Keypair) -> Session {
-    let remote = RemoteNode::connect(url).await.expect("connect");
+    let remote = Client::connect(url).await.expect("connect");
     Session::new(Connection::Remote(Arc::new(remote)), key.clone())
         .await
         .expect("session")
@@ -71,7 +72,7 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
     assert_eq!(after, before, "same height, same state root, same rows");
 
     // A log reader takes a few entries now and resumes after the next crash.
-    let mut log_reader = RemoteNode::connect(&node.url).await.expect("connect").client();
+    let mut log_reader = Client::connect(&node.url).await.expect("connect").raw();
     let mut stream = log_reader
         .subscribe_log(proto::SubscribeLogRequest::default())
         .await
@@ -88,11 +89,26 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
     }
     drop(stream);
 
+    // A chain follower takes the first three blocks now and resumes by height after the crash.
+    let follower = Client::connect(&node.url).await.expect("connect");
+    let mut blocks = follower
+        .subscribe(1, SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let mut followed = Vec::new();
+    let mut bumps = 0;
+    while followed.len() < 3 {
+        let block = blocks.next().await.expect("open").expect("a block");
+        bumps += block.events.len();
+        followed.push(block.height);
+    }
+    drop(blocks);
+
     // Transactions acknowledged (durable in the log) but not yet in a block when the process
     // dies are committed after the restart.
     let chain_id = reader.connection().chain_id().await.expect("chain id");
     let builder = TransactionBuilder::new(chain_id, key.clone());
-    let remote = RemoteNode::connect(&node.url).await.expect("connect");
+    let remote = Client::connect(&node.url).await.expect("connect");
     let first_nonce = remote.next_nonce(&key.address()).await.expect("nonce");
     let mut hashes = Vec::new();
     for i in 0..50u64 {
@@ -106,7 +122,7 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
     node.kill();
 
     let node = NodeProcess::start(&data_dir).await;
-    let remote = RemoteNode::connect(&node.url).await.expect("connect");
+    let remote = Client::connect(&node.url).await.expect("connect");
     let reader = session(&node.url, &key).await;
     let mut waited = 0;
     loop {
@@ -158,7 +174,7 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
         .and_then(|t| t.parse().ok())
         .expect("a count");
     let mut stream = remote
-        .client()
+        .raw()
         .subscribe_log(proto::SubscribeLogRequest {
             resume_tokens: tokens.into_values().collect(),
             partitions: vec![],
@@ -186,5 +202,23 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
             "the resumed stream has every admitted transaction"
         );
     }
+
+    // The follower resumes after the last height it saw: every block once, in order.
+    let tip = remote.status().await.expect("status").height;
+    let mut blocks = remote
+        .subscribe(followed.len() as u64 + 1, SubscribeOptions::default())
+        .await
+        .expect("resume");
+    while followed.len() < tip as usize {
+        let block = tokio::time::timeout(Duration::from_secs(20), blocks.next())
+            .await
+            .expect("a block")
+            .expect("open")
+            .expect("no error");
+        bumps += block.events.len();
+        followed.push(block.height);
+    }
+    assert_eq!(followed, (1..=tip).collect::<Vec<_>>());
+    assert_eq!(bumps, 1, "the one successful CALL bump(3) emitted the one event");
     drop(writer);
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chainql_server::RemoteNode;
+use chainql_server::Client;
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -65,7 +65,7 @@ impl NodeProcess {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(remote) = RemoteNode::connect(&self.url).await
+            if let Ok(remote) = Client::connect(&self.url).await
                 && remote.status().await.is_ok()
             {
                 return;
