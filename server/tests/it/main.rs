@@ -9,6 +9,7 @@ mod grpc;
 mod history;
 mod pg;
 mod pg_clients;
+mod python;
 mod r2;
 mod restart;
 mod shell;

@@ -49,6 +49,9 @@ impl NodeProcess {
                 // Checkpoints every few blocks: a restart loads one and replays the rest.
                 "--checkpoint-interval",
                 "3",
+                // Tests run side by side: only the gRPC port is chosen per node.
+                "--no-pg",
+                "--no-metrics",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
