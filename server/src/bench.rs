@@ -21,6 +21,7 @@ use chainql::{DecodedTransaction, Keypair, TransactionBuilder, TransactionLimits
 
 use crate::error::{Error, Result};
 use crate::node::{Node, NodeConfig, init_data_dir};
+use crate::progress::Progress;
 
 /// The transactions a bench sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,10 +322,35 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
             Ok::<(), Error>(())
         }));
     }
+    // Progress: transactions committed since the clock started, read from the node's counters.
+    let counted = node.clone();
+    let committed_before = committed_count(&node);
+    let watcher = tokio::spawn(async move {
+        let mut progress = Progress::new("bench", total as u64, "transactions");
+        let mut shown = 0;
+        while shown < total as u64 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = committed_count(&counted).saturating_sub(committed_before);
+            progress.inc(now.saturating_sub(shown));
+            shown = shown.max(now);
+        }
+        progress.finish();
+    });
+    let mut outcome = Ok(());
     for task in tasks {
-        task.await
-            .map_err(|e| Error::Client(format!("bench client: {e}")))??;
+        let result = task
+            .await
+            .map_err(|e| Error::Client(format!("bench client: {e}")))
+            .and_then(|r| r);
+        if outcome.is_ok() {
+            outcome = result;
+        }
     }
+    if outcome.is_err() {
+        watcher.abort();
+    }
+    outcome?;
+    let _ = watcher.await;
     let elapsed = started.elapsed();
     let state = node.state();
     let blocks = state.height() - start_height;
@@ -455,4 +481,15 @@ fn verification_rates(work: &[Vec<SignedTransaction>], chain_id: &str) -> Result
         verified as f64 / started.elapsed().as_secs_f64()
     };
     Ok((rate(true), rate(false)))
+}
+
+/// Transactions the node has committed (successful or failed) since it opened.
+fn committed_count(node: &Node) -> u64 {
+    let metrics = node.metrics();
+    metrics
+        .transactions_committed
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + metrics
+            .transactions_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -23,6 +23,7 @@
 pub mod bench;
 mod checkpoints;
 pub mod client;
+mod completion;
 pub mod config_file;
 mod error;
 pub mod format;
@@ -30,6 +31,7 @@ pub mod grpc;
 pub mod metrics;
 mod node;
 pub mod pg;
+pub mod progress;
 mod session;
 mod shell;
 

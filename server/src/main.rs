@@ -462,6 +462,9 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The largest script the shell reads from standard input (as `\\i` reads from a file).
+const SCRIPT_BYTES_MAX: u64 = 256 << 20;
+
 fn shell(args: ShellArgs) -> Result<ExitCode> {
     init_tracing("warn");
     let runtime = runtime()?;
@@ -492,21 +495,30 @@ fn shell(args: ShellArgs) -> Result<ExitCode> {
 
     let script = match (&args.command, &args.file) {
         (Some(command), _) => Some(command.clone()),
-        (None, Some(file)) => Some(
-            std::fs::read_to_string(file).map_err(|e| Error::io(format!("reading {}", file.display()), e))?,
-        ),
+        (None, Some(_)) => None,
         (None, None) if !std::io::stdin().is_terminal() => {
-            let mut text = String::new();
+            let mut bytes = Vec::new();
             std::io::stdin()
-                .read_to_string(&mut text)
+                .take(SCRIPT_BYTES_MAX + 1)
+                .read_to_end(&mut bytes)
                 .map_err(|e| Error::io("reading standard input", e))?;
-            Some(text)
+            if bytes.len() as u64 > SCRIPT_BYTES_MAX {
+                return Err(Error::Client(format!(
+                    "standard input is larger than {} MiB; split the script",
+                    SCRIPT_BYTES_MAX >> 20
+                )));
+            }
+            Some(
+                String::from_utf8(bytes)
+                    .map_err(|_| Error::Client("standard input is not UTF-8 text".into()))?,
+            )
         }
         (None, None) => None,
     };
-    let ok = match script {
-        Some(script) => shell.run_script(&script),
-        None => {
+    let ok = match (script, &args.file) {
+        (Some(script), _) => shell.run_script(&script),
+        (None, Some(file)) => shell.run_file(file),
+        (None, None) => {
             let history = config.data_dir.join("shell_history");
             shell.run_interactive(&history)?;
             true

@@ -910,6 +910,8 @@ impl Inner {
             }
             None => 0,
         };
+        let mut progress = (height > start)
+            .then(|| crate::progress::Progress::new("replaying blocks", height - start, "blocks"));
         for h in 1..=height {
             let block = lock(&self.blocks)
                 .get(h)?
@@ -944,16 +946,20 @@ impl Inner {
             let next = Arc::new(next);
             self.publish(Arc::clone(&next), receipts);
             state = next;
-            if h % 1000 == 0 || h == height {
-                let rate = transactions as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                tracing::info!(
-                    height = h,
-                    of = height,
-                    transactions,
-                    rate = format!("{rate:.0} tx/s"),
-                    "replaying blocks"
-                );
+            if let Some(progress) = &mut progress {
+                progress.inc(1);
             }
+        }
+        if let Some(progress) = progress {
+            progress.finish();
+            let elapsed = started.elapsed().as_secs_f64();
+            tracing::info!(
+                blocks = height - start,
+                transactions,
+                elapsed_ms = (elapsed * 1e3) as u64,
+                rate = format!("{:.0} tx/s", transactions as f64 / elapsed.max(1e-9)),
+                "replayed blocks"
+            );
         }
         for (p, next) in next_seqnos.iter().enumerate() {
             let last = self.log.last_seqno(PartitionId(p as u32))?;

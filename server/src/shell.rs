@@ -1,27 +1,39 @@
 //! `chainql shell`: a psql-style interactive shell over a [`Session`].
 //!
 //! Statements end at `;` and may span lines; backslash commands (`\dt`, `\d NAME`, `\timing`,
-//! `\x`, `\q`, `\?`) take the rest of their line. Writes are signed as transactions and the
-//! shell waits for their block; `BEGIN ... COMMIT` sends the writes in between as one
-//! transaction. Interactive input keeps a history file; piped input runs as a script that stops
-//! at the first error.
+//! `\x`, `\i FILE`, `\o FILE`, `\q`, `\?`) take the rest of their line. Writes are signed as
+//! transactions and the shell waits for their block; `BEGIN ... COMMIT` sends the writes in
+//! between as one transaction. Interactive input keeps a history file and completes names with
+//! Tab; Ctrl-C cancels the running statement. Piped input runs as a script that stops at the
+//! first error.
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chainql::Hash;
 use chainql::sql::split_statements;
 use chainql::wire::Receipt;
 
+use crate::completion::{Names, ShellHelper};
 use crate::error::{Error, Result};
 use crate::format::{aligned_table, expanded};
+use crate::progress::Progress;
 use crate::session::{Outcome, Session};
+
+/// The largest file `\i` reads.
+const INCLUDE_BYTES_MAX: u64 = 256 << 20;
+/// How deeply `\i` files may include each other.
+const INCLUDE_DEPTH_MAX: usize = 16;
 
 const HELP: &str = r"General
   \q                 quit
   \? or \h           this help
   \conninfo          the node, chain, height and account of this session
+Input/Output
+  \i FILE            run the statements and commands in FILE (stops at its first error)
+  \o [FILE]          send query results to FILE; without FILE, back to the terminal
 Informational
   \dt                list tables
   \d [NAME]          describe a table (columns, types, key); without NAME, list tables
@@ -34,6 +46,8 @@ SQL
   committed block. INSERT, UPDATE, DELETE, CREATE TABLE and DROP TABLE are signed with your
   key and committed in a block; the shell waits and prints the receipt.
   BEGIN; ...; COMMIT; sends the writes in between as one atomic transaction (ROLLBACK drops them).
+  Tab completes keywords, tables, columns and contracts. Ctrl-C cancels the running statement
+  (a write already submitted may still commit).
   System tables: chain.blocks, chain.transactions, chain.accounts, chain.tables, chain.columns.
 ";
 
@@ -45,7 +59,17 @@ pub struct Shell {
     expanded: bool,
     out: Box<dyn Write>,
     err: Box<dyn Write>,
+    /// The terminal's output while `\o FILE` sends results elsewhere.
+    console: Option<Box<dyn Write>>,
     describe_target: String,
+    /// Counts SIGINTs; a statement runs until it ends or this changes: Ctrl-C cancels it.
+    interrupts: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The names tab completion offers, refreshed after each committed write (interactive only).
+    names: Option<Arc<Mutex<Names>>>,
+    /// `\i` files being run, innermost last.
+    including: Vec<String>,
+    /// At a prompt, Ctrl-C only clears the line: interrupts before a statement are forgotten.
+    interactive: bool,
 }
 
 impl std::fmt::Debug for Shell {
@@ -58,7 +82,15 @@ impl std::fmt::Debug for Shell {
 
 enum Meta {
     Continue,
+    /// The command failed: a script stops here.
+    Failed,
     Quit,
+}
+
+impl From<bool> for Meta {
+    fn from(ok: bool) -> Meta {
+        if ok { Meta::Continue } else { Meta::Failed }
+    }
 }
 
 fn quote_literal(text: &str) -> String {
@@ -77,6 +109,8 @@ fn on_off(argument: Option<&str>, current: bool) -> std::result::Result<bool, St
 impl Shell {
     /// A shell writing to stdout and stderr. `describe_target` names the node in `\conninfo`.
     pub fn new(session: Session, runtime: tokio::runtime::Handle, describe_target: String) -> Shell {
+        // From here on SIGINT no longer ends the process: it cancels the running statement.
+        let interrupts = listen_for_interrupts();
         Shell {
             session,
             runtime,
@@ -84,14 +118,66 @@ impl Shell {
             expanded: false,
             out: Box::new(std::io::stdout()),
             err: Box::new(std::io::stderr()),
+            console: None,
             describe_target,
+            interrupts,
+            names: None,
+            including: Vec::new(),
+            interactive: false,
+        }
+    }
+
+    /// Reads the names tab completion offers: tables, their columns, contracts, system tables.
+    async fn load_names(session: &Session) -> Result<Names> {
+        let mut names = Names::default();
+        let pairs = session
+            .query(
+                "SELECT table_name, column_name FROM chain.columns \
+                 UNION ALL SELECT 'chain.' || table_name, column_name FROM information_schema.columns \
+                 WHERE table_schema = 'chain'",
+            )
+            .await?;
+        for batch in &pairs.batches {
+            for row in 0..batch.num_rows() {
+                let cell = |c: usize| crate::format::cell_text(batch.column(c), row).unwrap_or_default();
+                names.columns.push((cell(0), cell(1)));
+            }
+        }
+        names.tables = names.columns.iter().map(|(table, _)| table.clone()).collect();
+        names.tables.sort();
+        names.tables.dedup();
+        let contracts = session.query("SELECT contract_name FROM chain.contracts").await?;
+        for batch in &contracts.batches {
+            for row in 0..batch.num_rows() {
+                names
+                    .contracts
+                    .extend(crate::format::cell_text(batch.column(0), row));
+            }
+        }
+        Ok(names)
+    }
+
+    fn refresh_names(&mut self) {
+        if let Some(names) = &self.names
+            && let Ok(fresh) = self.runtime.block_on(Self::load_names(&self.session))
+        {
+            *names.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
         }
     }
 
     /// Runs an interactive session until `\q` or end of input.
     pub fn run_interactive(&mut self, history: &Path) -> Result<()> {
-        let mut editor = rustyline::DefaultEditor::new()
-            .map_err(|e| Error::Client(format!("cannot start the line editor: {e}")))?;
+        // With signals on, Ctrl-C is SIGINT also while the editor has the terminal, so it
+        // reaches the running statement whatever mode the terminal is left in.
+        let config = rustyline::Config::builder().enable_signals(true).build();
+        let mut editor =
+            rustyline::Editor::<ShellHelper, rustyline::history::FileHistory>::with_config(config)
+                .map_err(|e| Error::Client(format!("cannot start the line editor: {e}")))?;
+        self.interactive = true;
+        let helper = ShellHelper::default();
+        self.names = Some(Arc::clone(&helper.names));
+        editor.set_helper(Some(helper));
+        self.refresh_names();
         if let Some(parent) = history.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
@@ -149,12 +235,23 @@ impl Shell {
     /// Runs a script: statements and backslash commands, in order. Stops at the first error
     /// (psql's `ON_ERROR_STOP`) and returns whether everything succeeded.
     pub fn run_script(&mut self, text: &str) -> bool {
+        !matches!(self.script(text, None), Meta::Failed)
+    }
+
+    /// Runs a script file as `\\i` does (`chainql shell -f FILE`); returns whether it all
+    /// succeeded.
+    pub fn run_file(&mut self, path: &Path) -> bool {
+        !matches!(self.include(&path.to_string_lossy()), Meta::Failed)
+    }
+
+    /// Runs `text` as a script, counting its statements in `progress`; `Quit` when it ran `\q`.
+    fn script(&mut self, text: &str, mut progress: Option<&mut Progress>) -> Meta {
         let mut buffer = String::new();
         for line in text.lines() {
             if buffer.trim().is_empty() && line.trim_start().starts_with('\\') {
                 match self.meta(line.trim()) {
-                    Meta::Quit => return true,
                     Meta::Continue => continue,
+                    stop => return stop,
                 }
             }
             buffer.push_str(line);
@@ -164,7 +261,10 @@ impl Shell {
             let remainder = split.remainder.to_string();
             for statement in statements {
                 if !self.statement(&statement) {
-                    return false;
+                    return Meta::Failed;
+                }
+                if let Some(progress) = progress.as_deref_mut() {
+                    progress.inc(1);
                 }
             }
             buffer = remainder;
@@ -172,23 +272,110 @@ impl Shell {
         if split_statements(&buffer).has_unfinished_statement() {
             // A last statement without ';' still runs, as psql -f does.
             let statement = buffer.trim().to_string();
-            return self.statement(&statement);
+            return self.statement(&statement).into();
         }
-        true
+        Meta::Continue
+    }
+
+    /// `\i FILE`: runs the file's statements and commands, with progress for long files.
+    fn include(&mut self, path: &str) -> Meta {
+        if self.including.len() >= INCLUDE_DEPTH_MAX {
+            let _ = writeln!(
+                self.err,
+                "ERROR:  \\i {path}: files include each other more than {INCLUDE_DEPTH_MAX} deep"
+            );
+            return Meta::Failed;
+        }
+        let text = match read_bounded(Path::new(path), INCLUDE_BYTES_MAX) {
+            Ok(text) => text,
+            Err(message) => {
+                let _ = writeln!(self.err, "ERROR:  {path}: {message}");
+                return Meta::Failed;
+            }
+        };
+        let total = split_statements(&text).statements.len() as u64;
+        let mut progress = Progress::new(format!("\\i {path}"), total, "statements");
+        self.including.push(path.to_string());
+        let outcome = self.script(&text, Some(&mut progress));
+        self.including.pop();
+        if !matches!(outcome, Meta::Failed) {
+            progress.finish();
+        }
+        outcome
+    }
+
+    /// `\o [FILE]`: query results go to FILE, or back to the terminal.
+    fn redirect(&mut self, path: Option<&str>) -> Meta {
+        let _ = self.out.flush();
+        match path {
+            None => {
+                if let Some(console) = self.console.take() {
+                    self.out = console;
+                }
+                Meta::Continue
+            }
+            Some(path) => match std::fs::File::create(path) {
+                Ok(file) => {
+                    let previous = std::mem::replace(&mut self.out, Box::new(std::io::BufWriter::new(file)));
+                    if self.console.is_none() {
+                        self.console = Some(previous);
+                    }
+                    Meta::Continue
+                }
+                Err(error) => {
+                    let _ = writeln!(self.err, "ERROR:  {path}: {error}");
+                    Meta::Failed
+                }
+            },
+        }
     }
 
     /// Runs one statement and prints its outcome; returns whether it succeeded.
     fn statement(&mut self, sql: &str) -> bool {
         let started = Instant::now();
-        let outcome = self.runtime.block_on(self.session.run(sql));
+        let session = &mut self.session;
+        let interrupts = &mut self.interrupts;
+        if self.interactive
+            && let Some(interrupts) = interrupts
+        {
+            interrupts.borrow_and_update();
+        }
+        let outcome = self.runtime.block_on(async {
+            if let Some(interrupts) = interrupts {
+                // An interrupt not yet seen (even one that came between statements) cancels.
+                return tokio::select! {
+                    biased;
+                    _ = interrupts.changed() => None,
+                    outcome = session.run(sql) => Some(outcome),
+                };
+            }
+            Some(session.run(sql).await)
+        });
         let elapsed = started.elapsed();
         let ok = match outcome {
-            Ok(outcome) => {
+            Some(Ok(outcome)) => {
+                let wrote = matches!(outcome, Outcome::Committed(_));
                 self.print_outcome(sql, outcome);
+                if wrote {
+                    self.refresh_names();
+                }
                 true
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 self.print_error(&error);
+                false
+            }
+            None => {
+                let _ = self.out.flush();
+                let _ = writeln!(self.err, "ERROR:  canceling statement due to user request");
+                if !is_query(sql) {
+                    let _ = writeln!(
+                        self.err,
+                        "DETAIL:  the shell stopped waiting; a transaction already submitted may \
+                         still commit (see chain.transactions)"
+                    );
+                }
+                let _ = self.err.flush();
                 false
             }
         };
@@ -253,21 +440,41 @@ impl Shell {
     }
 
     fn meta(&mut self, line: &str) -> Meta {
+        let outcome = self.meta_command(line);
+        let _ = self.out.flush();
+        outcome
+    }
+
+    fn meta_command(&mut self, line: &str) -> Meta {
         let mut words = line.split_whitespace();
         let command = words.next().unwrap_or("");
         let argument = words.next().map(|w| w.trim_end_matches(';'));
+        // A file name is the rest of the line, optionally in single quotes.
+        let rest = line[command.len()..].trim();
+        let file = (!rest.is_empty()).then(|| rest.trim_matches('\''));
         match command {
-            "\\q" | "\\quit" => return Meta::Quit,
+            "\\q" | "\\quit" => Meta::Quit,
+            "\\i" | "\\include" => match file {
+                Some(path) => self.include(path),
+                None => {
+                    let _ = writeln!(self.err, "ERROR:  \\i: missing required argument");
+                    Meta::Failed
+                }
+            },
+            "\\o" | "\\out" => self.redirect(file),
             "\\?" | "\\h" | "\\help" => {
                 let _ = write!(self.out, "{HELP}");
+                Meta::Continue
             }
             "\\timing" => match on_off(argument, self.timing) {
                 Ok(value) => {
                     self.timing = value;
                     let _ = writeln!(self.out, "Timing is {}.", if value { "on" } else { "off" });
+                    Meta::Continue
                 }
                 Err(message) => {
                     let _ = writeln!(self.err, "ERROR:  {message}");
+                    Meta::Failed
                 }
             },
             "\\x" => match on_off(argument, self.expanded) {
@@ -278,19 +485,21 @@ impl Shell {
                         "Expanded display is {}.",
                         if value { "on" } else { "off" }
                     );
+                    Meta::Continue
                 }
                 Err(message) => {
                     let _ = writeln!(self.err, "ERROR:  {message}");
+                    Meta::Failed
                 }
             },
-            "\\dt" => self.list_tables(),
+            "\\dt" => self.list_tables().into(),
             "\\dC" => match argument {
-                None => self.list_contracts(),
-                Some(name) => self.describe_contract(name),
+                None => self.list_contracts().into(),
+                Some(name) => self.describe_contract(name).into(),
             },
             "\\d" => match argument {
-                None => self.list_tables(),
-                Some(name) => self.describe(name),
+                None => self.list_tables().into(),
+                Some(name) => self.describe(name).into(),
             },
             "\\conninfo" => {
                 let status = self.runtime.block_on(self.session.connection().status());
@@ -304,38 +513,41 @@ impl Shell {
                             status.height,
                             self.session.address()
                         );
+                        Meta::Continue
                     }
-                    Err(error) => self.print_error(&error),
+                    Err(error) => {
+                        self.print_error(&error);
+                        Meta::Failed
+                    }
                 }
             }
             other => {
                 let _ = writeln!(self.err, "invalid command {other}\nTry \\? for help.");
+                Meta::Failed
             }
         }
-        let _ = self.out.flush();
-        Meta::Continue
     }
 
-    fn list_tables(&mut self) {
+    fn list_tables(&mut self) -> bool {
         self.query_and_print(
             "SELECT table_name AS \"Name\", row_count AS \"Rows\", \
              coalesce(primary_key, '(hidden row id)') AS \"Primary key\", owner AS \"Owner\" \
              FROM chain.tables ORDER BY table_name",
             Some("List of tables"),
-        );
+        )
     }
 
-    fn list_contracts(&mut self) {
+    fn list_contracts(&mut self) -> bool {
         self.query_and_print(
             "SELECT contract_name AS \"Name\", signature AS \"Signature\", \
              coalesce(returns, '') AS \"Returns\", \
              access || CASE WHEN view THEN ' VIEW' ELSE '' END AS \"Access\", owner AS \"Owner\" \
              FROM chain.contracts ORDER BY contract_name",
             Some("List of contracts"),
-        );
+        )
     }
 
-    fn describe_contract(&mut self, name: &str) {
+    fn describe_contract(&mut self, name: &str) -> bool {
         let name = name.trim_matches('"').to_lowercase();
         let sql = format!(
             "SELECT signature, coalesce(returns, ''), access || CASE WHEN view THEN ' VIEW' ELSE '' END, \
@@ -344,11 +556,14 @@ impl Shell {
         );
         let result = match self.runtime.block_on(self.session.query(&sql)) {
             Ok(result) => result,
-            Err(error) => return self.print_error(&error),
+            Err(error) => {
+                self.print_error(&error);
+                return false;
+            }
         };
         let Some(batch) = result.batches.iter().find(|b| b.num_rows() > 0) else {
             let _ = writeln!(self.err, "Did not find any contract named \"{name}\".");
-            return;
+            return false;
         };
         let cell = |c: usize| crate::format::cell_text(batch.column(c), 0).unwrap_or_default();
         let _ = writeln!(self.out, "Contract \"{name}\"");
@@ -360,12 +575,13 @@ impl Shell {
         let _ = writeln!(self.out, "Access:    {}", cell(2));
         let _ = writeln!(self.out, "Owner:     {}", cell(3));
         let _ = writeln!(self.out, "Source:\n{}", cell(4));
+        true
     }
 
-    fn describe(&mut self, name: &str) {
+    fn describe(&mut self, name: &str) -> bool {
         let name = name.trim_matches('"');
         if let Some(system) = name.strip_prefix("chain.") {
-            self.query_and_print(
+            return self.query_and_print(
                 &format!(
                     "SELECT column_name AS \"Column\", data_type AS \"Type\", is_nullable AS \"Nullable\" \
                      FROM information_schema.columns WHERE table_schema = 'chain' AND table_name = {} \
@@ -374,7 +590,6 @@ impl Shell {
                 ),
                 Some(&format!("System table \"chain.{system}\"")),
             );
-            return;
         }
         let name = name.strip_prefix("public.").unwrap_or(name);
         let sql = format!(
@@ -386,11 +601,14 @@ impl Shell {
         );
         let result = match self.runtime.block_on(self.session.query(&sql)) {
             Ok(result) => result,
-            Err(error) => return self.print_error(&error),
+            Err(error) => {
+                self.print_error(&error);
+                return false;
+            }
         };
         if result.row_count() == 0 {
             let _ = writeln!(self.err, "Did not find any relation named \"{name}\".");
-            return;
+            return false;
         }
         let mut key: Vec<(i32, String)> = Vec::new();
         for batch in &result.batches {
@@ -427,6 +645,7 @@ impl Shell {
             key.into_iter().map(|(_, c)| c).collect::<Vec<_>>().join(", ")
         };
         let _ = writeln!(self.out, "Primary key: {key_text}");
+        true
     }
 }
 
@@ -465,4 +684,105 @@ pub fn receipt_text(receipt: &Receipt) -> String {
         receipt.block_height
     ));
     text
+}
+
+/// Listens for SIGINT on a thread of its own, with its own small runtime: the shell's runtime
+/// may be saturated by the very statement the signal is to cancel. Returns a counter of the
+/// signals received, once the handler is in place (`None` if it cannot be installed).
+fn listen_for_interrupts() -> Option<tokio::sync::watch::Receiver<u64>> {
+    #[cfg(unix)]
+    {
+        let (count, counted) = tokio::sync::watch::channel(0u64);
+        let (ready, installed) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("chainql-sigint".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    let _ = ready.send(false);
+                    return;
+                };
+                runtime.block_on(async move {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let Ok(mut interrupts) = signal(SignalKind::interrupt()) else {
+                        let _ = ready.send(false);
+                        return;
+                    };
+                    let _ = ready.send(true);
+                    while interrupts.recv().await.is_some() {
+                        count.send_modify(|n| *n += 1);
+                    }
+                });
+            });
+        if spawned.is_ok() && installed.recv().unwrap_or(false) {
+            return Some(counted);
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Whether `sql` only reads (so cancelling it leaves nothing behind).
+fn is_query(sql: &str) -> bool {
+    let first = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    matches!(
+        first.as_str(),
+        "SELECT" | "WITH" | "SHOW" | "EXPLAIN" | "VALUES" | "TABLE"
+    )
+}
+
+/// Reads a UTF-8 text file of at most `limit` bytes.
+fn read_bounded(path: &Path, limit: u64) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("larger than {} MiB", limit >> 20));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{Node, NodeConfig, init_data_dir};
+    use crate::session::Connection;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn completion_names_come_from_the_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = NodeConfig::new(dir.path());
+        config.block_interval_ms = 1;
+        init_data_dir(&config, "names", &[]).expect("init");
+        let node = Node::open(config).await.expect("open");
+        let key = chainql::Keypair::from_seed([3; 32]);
+        let mut session = Session::new(Connection::Embedded(node.clone()), key)
+            .await
+            .expect("session");
+        for sql in [
+            "CREATE TABLE wallets (owner TEXT PRIMARY KEY, funds BIGINT)",
+            "CREATE CONTRACT deposit(amount BIGINT) PUBLIC AS $$ \
+             INSERT INTO wallets VALUES (CALLER(), amount) $$",
+        ] {
+            session.run(sql).await.expect(sql);
+        }
+        let names = Shell::load_names(&session).await.expect("names");
+        assert!(names.tables.contains(&"wallets".to_string()), "{names:?}");
+        assert!(names.tables.contains(&"chain.blocks".to_string()), "{names:?}");
+        assert!(
+            names.columns.contains(&("wallets".into(), "funds".into())),
+            "{names:?}"
+        );
+        assert!(
+            names.columns.contains(&("chain.blocks".into(), "height".into())),
+            "{names:?}"
+        );
+        assert_eq!(names.contracts, ["deposit"]);
+        let (_, found) = crate::completion::complete(&names, "SELECT fu", 9);
+        assert_eq!(found, ["funds"]);
+        node.shutdown().await;
+    }
 }

@@ -97,9 +97,135 @@ fn a_piped_script_runs_statements_and_stops_at_the_first_error() {
     let (ok, out, err) = shell(&["--data-dir", data, "-c", "SELECT owner FROM accounts"], "");
     assert!(ok, "{err}");
     assert!(out.contains("carol"), "{out}");
-    let (ok, _, err) = shell(&["--data-dir", data, "-c", "\\nonsense"], "");
-    assert!(ok, "an unknown backslash command is reported, not fatal");
+    let (ok, out, err) = shell(&["--data-dir", data], "\\nonsense\nSELECT 'never reached';\n");
+    assert!(
+        !ok,
+        "in a script, an unknown backslash command is an error that stops it"
+    );
     assert!(err.contains("invalid command \\nonsense"), "{err}");
+    assert!(!out.contains("never reached"), "{out}");
+}
+
+#[test]
+fn include_and_output_files_and_their_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+    std::fs::write(
+        path("schema.sql"),
+        "CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT);\nINSERT INTO kv VALUES ('a', 1), ('b', 2);\n\\i "
+            .to_string()
+            + &path("more.sql")
+            + "\n",
+    )
+    .expect("write");
+    std::fs::write(path("more.sql"), "INSERT INTO kv VALUES ('c', 3)").expect("write");
+    std::fs::write(path("loop.sql"), format!("SELECT 1;\n\\i {}\n", path("loop.sql"))).expect("write");
+
+    // \i runs a file (which may include another); \o sends results to a file until `\o`.
+    let script = format!(
+        "\\i {schema}\n\\o {out}\nSELECT k, v FROM kv ORDER BY k;\n\\o\nSELECT 'on the terminal' AS t;\n",
+        schema = path("schema.sql"),
+        out = path("result.txt"),
+    );
+    let (ok, out, err) = shell(&["--data-dir", data], &script);
+    assert!(ok, "{err}");
+    let written = std::fs::read_to_string(path("result.txt")).expect("the \\o file");
+    assert_eq!(written, " k | v\n---+---\n a | 1\n b | 2\n c | 3\n(3 rows)\n");
+    assert!(!out.contains(" a | 1"), "results went to the file: {out}");
+    assert!(out.contains("on the terminal"), "{out}");
+
+    // A missing file, a file including itself forever, and `-f` of a missing file: errors that
+    // stop the script and leave the state as it was.
+    for (script, message) in [
+        (
+            format!("\\i {}\nSELECT 'never';\n", path("missing.sql")),
+            "No such file",
+        ),
+        (
+            format!("\\i {}\nSELECT 'never';\n", path("loop.sql")),
+            "more than 16 deep",
+        ),
+        ("\\i\nSELECT 'never';\n".to_string(), "missing required argument"),
+        (
+            format!("\\o {}\nSELECT 'never';\n", path("no/such/dir/out.txt")),
+            "No such file",
+        ),
+    ] {
+        let (ok, out, err) = shell(&["--data-dir", data], &script);
+        assert!(!ok, "{script}: {out}");
+        assert!(err.contains(message), "{script}: {err}");
+        assert!(!out.contains("never"), "{script}: {out}");
+    }
+    let (ok, _, err) = shell(&["--data-dir", data, "-f", &path("missing.sql")], "");
+    assert!(!ok && err.contains("No such file"), "{err}");
+    let (ok, out, err) = shell(&["--data-dir", data, "-f", &path("more.sql")], "");
+    assert!(!ok, "the key exists already: {out}");
+    assert!(err.contains("duplicate key"), "{err}");
+    let (ok, out, _) = shell(&["--data-dir", data, "-c", "SELECT count(*) AS n FROM kv"], "");
+    assert!(ok && out.contains(" n\n---\n 3\n"), "{out}");
+}
+
+/// Ctrl-C (SIGINT) cancels the running statement, not the shell: the statement fails with
+/// psql's message, and a script stops there with a failure status instead of dying by the
+/// signal.
+#[test]
+fn sigint_cancels_the_running_statement() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .args(["shell", "--data-dir"])
+        .arg(&data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shell");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(
+            b"SELECT 'started' AS s;\n\
+              SELECT count(*) FROM generate_series(1, 1000000000000) a;\n\
+              SELECT 'after' AS s;\n",
+        )
+        .expect("write");
+    drop(stdin);
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    while !seen.contains("started") {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).expect("read") > 0,
+            "the shell ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    // The shell listens for SIGINT from its start; the signal cancels the long statement
+    // whether it arrives just before it begins or while it runs.
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
+    let output = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an error exit, not death by signal: {err}"
+    );
+    assert!(
+        err.contains("ERROR:  canceling statement due to user request"),
+        "{err}"
+    );
+    assert!(
+        !rest.contains("after"),
+        "the script stopped at the cancelled statement: {rest}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
