@@ -33,6 +33,8 @@ pub enum Error {
     FutureBlock { height: u64, tip: u64 },
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("the query text is {size} bytes; at most {max} are accepted")]
+    QueryTooLarge { size: usize, max: usize },
     #[error("{0}")]
     Client(String),
     /// A committed transaction whose receipt reports failure.
@@ -73,6 +75,7 @@ impl Error {
             Error::ShuttingDown => ADMIN_SHUTDOWN,
             Error::Config(_) => CONFIGURATION_LIMIT_EXCEEDED,
             Error::FutureBlock { .. } => INVALID_PARAMETER_VALUE,
+            Error::QueryTooLarge { .. } => PROGRAM_LIMIT_EXCEEDED,
             Error::Client(_) => SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
             Error::TransactionFailed { receipt, .. } if !receipt.code.is_empty() => &receipt.code,
             Error::TransactionFailed { .. } => INTERNAL_ERROR,
@@ -100,6 +103,7 @@ impl From<Error> for tonic::Status {
             Error::Config(_) => Code::FailedPrecondition,
             Error::Client(_) => Code::InvalidArgument,
             Error::FutureBlock { .. } => Code::OutOfRange,
+            Error::QueryTooLarge { .. } => Code::ResourceExhausted,
             Error::TransactionFailed { .. } => Code::Aborted,
         };
         tonic::Status::new(code, error.to_string())

@@ -37,6 +37,9 @@ mod shell;
 
 pub use client::{Client, SubscribeOptions};
 pub use error::{Error, Result};
-pub use node::{Node, NodeConfig, NodeStatus, Recovery, init_data_dir, load_or_create_key};
+pub use node::{
+    Node, NodeConfig, NodeStatus, QUERY_BYTES_MAX, Recovery, check_query_size, init_data_dir,
+    load_or_create_key,
+};
 pub use session::{Connection, Outcome, Session};
 pub use shell::{Shell, receipt_text};

@@ -691,6 +691,7 @@ impl Node {
     }
 
     async fn answer(&self, sql: &str) -> Result<(QueryResult, u64)> {
+        check_query_size(sql)?;
         let (sql, as_of) = chainql::sql::split_as_of(sql)?;
         let state = match as_of {
             Some(height) => self.state_at(height).await?,
@@ -703,6 +704,7 @@ impl Node {
     /// Describes a statement against the latest committed state: its parameters' types and its
     /// answer's columns (see `Executor::describe`).
     pub async fn describe(&self, sql: &str) -> Result<chainql_executor::Description> {
+        check_query_size(sql)?;
         let (sql, as_of) = chainql::sql::split_as_of(sql)?;
         let state = match as_of {
             Some(height) => self.state_at(height).await?,
@@ -1406,6 +1408,21 @@ fn write_checkpoint(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "wrote checkpoint"
     );
+    Ok(())
+}
+
+/// The longest query text the node accepts (a transaction's statements have their own, smaller
+/// bound): PostgreSQL takes up to 1 GiB, but nothing useful needs more than this.
+pub const QUERY_BYTES_MAX: usize = 4 << 20;
+
+/// Refuses query text over [`QUERY_BYTES_MAX`] before anything parses it.
+pub fn check_query_size(sql: &str) -> Result<()> {
+    if sql.len() > QUERY_BYTES_MAX {
+        return Err(Error::QueryTooLarge {
+            size: sql.len(),
+            max: QUERY_BYTES_MAX,
+        });
+    }
     Ok(())
 }
 

@@ -616,6 +616,7 @@ impl SimpleQueryHandler for Backend {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        crate::node::check_query_size(query).map_err(into_pg)?;
         let connection = connection(client)?;
         let mut connection = connection.lock().await;
         let split = chainql::sql::split_statements(query);
@@ -693,6 +694,7 @@ impl QueryParser for StatementParser {
         {
             return Err(aborted());
         }
+        crate::node::check_query_size(sql).map_err(into_pg)?;
         prepare(&self.node, sql, types).await.map(Some)
     }
 

@@ -569,6 +569,30 @@ async fn broken_clients_do_not_disturb_the_node() {
     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     pending.abort();
 
+    // A query text over the node's bound (PostgreSQL's own is 1 GiB): a clear error with
+    // SQLSTATE 54000, in the simple and the extended protocol, and the connection goes on.
+    let client = served.connect("carol").await.expect("connect");
+    let long = format!("SELECT '{}'", "x".repeat(chainql_server::QUERY_BYTES_MAX));
+    let error = client.simple_query(&long).await.expect_err("too long");
+    assert_eq!(
+        code(&error),
+        &SqlState::PROGRAM_LIMIT_EXCEEDED,
+        "{}",
+        message(&error)
+    );
+    assert!(message(&error).contains("at most 4194304"), "{}", message(&error));
+    let error = client.prepare(&long).await.expect_err("too long to prepare");
+    assert_eq!(
+        code(&error),
+        &SqlState::PROGRAM_LIMIT_EXCEEDED,
+        "{}",
+        message(&error)
+    );
+    assert_eq!(
+        simple_rows(&client, "SELECT 2").await,
+        [vec![Some("2".to_string())]]
+    );
+
     // The node still serves everyone.
     let other = served.connect("bob").await.expect("connect");
     assert_eq!(
@@ -579,5 +603,53 @@ async fn broken_clients_do_not_disturb_the_node() {
         .batch_execute("CREATE TABLE u (id BIGINT PRIMARY KEY)")
         .await
         .expect("a write after the broken clients");
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_refuses_bad_requests_and_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let served = PgServed::start(true).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(chainql_server::metrics::serve_listener(
+        served.node.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let ask = |request: Vec<u8>| async move {
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        // The server may answer and close before it has read everything: ignore write errors.
+        let _ = socket.write_all(&request).await;
+        let _ = socket.shutdown().await;
+        let mut response = Vec::new();
+        let _ = socket.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).to_string()
+    };
+    let cases: [(Vec<u8>, &str); 4] = [
+        (
+            b"GET /secrets HTTP/1.1\r\n\r\n".to_vec(),
+            "HTTP/1.1 404 Not Found",
+        ),
+        (
+            b"POST /metrics HTTP/1.1\r\n\r\n".to_vec(),
+            "HTTP/1.1 404 Not Found",
+        ),
+        // A head that never ends, larger than any scrape's.
+        (
+            [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 1 << 20]].concat(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        // Not HTTP at all, cut off.
+        (vec![0xff; 100], "HTTP/1.1 400 Bad Request"),
+    ];
+    for (request, expected) in cases {
+        let response = ask(request).await;
+        assert!(response.starts_with(expected), "{response:?}");
+    }
+    let body = scrape(port).await;
+    assert!(body.contains("chainql_blocks_total"), "{body}");
     served.stop().await;
 }
