@@ -109,8 +109,6 @@ fn on_off(argument: Option<&str>, current: bool) -> std::result::Result<bool, St
 impl Shell {
     /// A shell writing to stdout and stderr. `describe_target` names the node in `\conninfo`.
     pub fn new(session: Session, runtime: tokio::runtime::Handle, describe_target: String) -> Shell {
-        // From here on SIGINT no longer ends the process: it cancels the running statement.
-        let interrupts = listen_for_interrupts();
         Shell {
             session,
             runtime,
@@ -120,7 +118,7 @@ impl Shell {
             err: Box::new(std::io::stderr()),
             console: None,
             describe_target,
-            interrupts,
+            interrupts: None,
             names: None,
             including: Vec::new(),
             interactive: false,
@@ -157,6 +155,13 @@ impl Shell {
         Ok(names)
     }
 
+    /// From here on SIGINT no longer ends the process: it cancels the running statement.
+    fn listen_for_interrupts(&mut self) {
+        if self.interrupts.is_none() {
+            self.interrupts = listen_for_interrupts();
+        }
+    }
+
     fn refresh_names(&mut self) {
         if let Some(names) = &self.names
             && let Ok(fresh) = self.runtime.block_on(Self::load_names(&self.session))
@@ -167,13 +172,13 @@ impl Shell {
 
     /// Runs an interactive session until `\q` or end of input.
     pub fn run_interactive(&mut self, history: &Path) -> Result<()> {
-        // With signals on, Ctrl-C is SIGINT also while the editor has the terminal, so it
-        // reaches the running statement whatever mode the terminal is left in.
-        let config = rustyline::Config::builder().enable_signals(true).build();
-        let mut editor =
-            rustyline::Editor::<ShellHelper, rustyline::history::FileHistory>::with_config(config)
-                .map_err(|e| Error::Client(format!("cannot start the line editor: {e}")))?;
+        // At the prompt the editor reads Ctrl-C as a key (it clears the line); while a statement
+        // runs, the terminal is back in its normal mode and Ctrl-C is SIGINT.
+        let mut editor = rustyline::Editor::<ShellHelper, rustyline::history::FileHistory>::new()
+            .map_err(|e| Error::Client(format!("cannot start the line editor: {e}")))?;
         self.interactive = true;
+        // After the editor, which sets its own SIGINT handler: ours is chained before it.
+        self.listen_for_interrupts();
         let helper = ShellHelper::default();
         self.names = Some(Arc::clone(&helper.names));
         editor.set_helper(Some(helper));
@@ -223,7 +228,11 @@ impl Shell {
                         remainder
                     };
                 }
-                Err(rustyline::error::ReadlineError::Interrupted) => buffer.clear(),
+                Err(
+                    rustyline::error::ReadlineError::Interrupted
+                    | rustyline::error::ReadlineError::Signal(rustyline::error::Signal::Interrupt),
+                ) => buffer.clear(),
+                Err(rustyline::error::ReadlineError::Signal(_)) => {}
                 Err(rustyline::error::ReadlineError::Eof) => break,
                 Err(e) => return Err(Error::Client(format!("reading input: {e}"))),
             }
@@ -235,12 +244,14 @@ impl Shell {
     /// Runs a script: statements and backslash commands, in order. Stops at the first error
     /// (psql's `ON_ERROR_STOP`) and returns whether everything succeeded.
     pub fn run_script(&mut self, text: &str) -> bool {
+        self.listen_for_interrupts();
         !matches!(self.script(text, None), Meta::Failed)
     }
 
     /// Runs a script file as `\\i` does (`chainql shell -f FILE`); returns whether it all
     /// succeeded.
     pub fn run_file(&mut self, path: &Path) -> bool {
+        self.listen_for_interrupts();
         !matches!(self.include(&path.to_string_lossy()), Meta::Failed)
     }
 

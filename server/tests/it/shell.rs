@@ -347,3 +347,42 @@ fn the_token_example_runs_and_a_second_account_spends_its_allowance() {
     assert!(ok, "{err}");
     assert!(out.contains("        40\n"), "{out}");
 }
+
+/// The interactive shell on a real terminal (a pseudo-terminal, driven by
+/// `server/tests/pty/shell_session.py` with Python's standard `pty` module): Tab completes a
+/// system table's name, Ctrl-C cancels the running statement and the shell goes on, and Ctrl-C
+/// at the prompt only drops the line being typed.
+#[test]
+fn on_a_terminal_tab_completes_and_ctrl_c_cancels_the_statement_not_the_shell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let python = std::env::var("CHAINQL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pty/shell_session.py");
+    let output = Command::new(python)
+        .arg(driver)
+        .arg(env!("CARGO_BIN_EXE_chainql"))
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("python3 drives the terminal");
+    let screen = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    assert!(
+        output.status.success(),
+        "{screen}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Tab completed `chain.bl` and the query ran.
+    assert!(
+        screen.contains("FROM chain.blocks;\n n\n---\n 0\n(1 row)\n"),
+        "{screen}"
+    );
+    // Ctrl-C cancelled the long statement; the shell answered the next one.
+    assert!(
+        screen.contains("a;\n^CERROR:  canceling statement due to user request\nchainql=> "),
+        "{screen}"
+    );
+    // Ctrl-C at the prompt dropped the unfinished line: the next statement ran on its own.
+    assert!(
+        screen.contains("chainql=> SELECT 'dropped\nchainql=> SELECT 'alive' AS s;\n"),
+        "{screen}"
+    );
+    assert!(screen.contains(" alive\n(1 row)\n"), "{screen}");
+}
