@@ -222,3 +222,48 @@ async fn kill_9_and_restart_recovers_the_committed_state() {
     assert_eq!(bumps, 1, "the one successful CALL bump(3) emitted the one event");
     drop(writer);
 }
+
+/// The node logs through `tracing`: one line per committed block at info, with its height,
+/// transaction count and state root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_logs_one_line_per_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("node");
+    chainql(&[
+        "init",
+        "--data-dir",
+        data_dir.to_str().expect("utf-8"),
+        "--chain-id",
+        "log-test",
+    ]);
+    let log_path = dir.path().join("node.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let node = NodeProcess::start_logging(&data_dir, log).await;
+    let key = Keypair::from_seed([9; 32]);
+    let writer = session(&node.url, &key).await;
+    for sql in [
+        "CREATE TABLE l (id BIGINT PRIMARY KEY)",
+        "INSERT INTO l VALUES (1)",
+        "INSERT INTO l VALUES (1)",
+    ] {
+        let _ = writer.execute(vec![sql.to_string()]).await;
+    }
+    let height = writer.connection().status().await.expect("status").height;
+    node.kill();
+    let log = std::fs::read_to_string(&log_path).expect("read the log");
+    let blocks: Vec<&str> = log.lines().filter(|l| l.contains("committed block")).collect();
+    assert_eq!(blocks.len() as u64, height, "{log}");
+    for (i, line) in blocks.iter().enumerate() {
+        assert!(line.contains(" INFO "), "{line}");
+        assert!(line.contains(&format!("height={}", i + 1)), "{line}");
+        assert!(
+            line.contains("transactions=1") && line.contains("state_root=0x"),
+            "{line}"
+        );
+    }
+    assert!(
+        blocks[2].contains("failed=1"),
+        "the duplicate insert failed: {}",
+        blocks[2]
+    );
+}

@@ -37,6 +37,11 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub async fn start(data_dir: &Path) -> NodeProcess {
+        NodeProcess::start_logging(data_dir, Stdio::null()).await
+    }
+
+    /// Starts a node whose log (stderr) goes to `log`.
+    pub async fn start_logging(data_dir: &Path, log: impl Into<Stdio>) -> NodeProcess {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_chainql"))
             .args(["node", "--data-dir"])
@@ -54,7 +59,7 @@ impl NodeProcess {
                 "--no-metrics",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start chainql node");
         let process = NodeProcess {
