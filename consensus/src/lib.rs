@@ -30,6 +30,7 @@
 mod block;
 mod genesis;
 mod store;
+pub mod tendermint;
 
 use std::io::Write;
 use std::path::Path;

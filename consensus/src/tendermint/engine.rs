@@ -1,0 +1,490 @@
+//! One validator's Tendermint engine: Malachite's core state machine, with ChainQL doing what the
+//! core asks of it. The engine is sans-IO: it takes inputs (messages, fired timeouts, the block
+//! to propose) and returns [`Output`]s (messages to broadcast, timeouts to schedule, decisions,
+//! write-ahead-log entries) for its host to carry out — the node over gRPC, or the simulation.
+//!
+//! Signatures are real: votes and proposals are signed with the validator's ed25519 key over
+//! domain-separated bytes that name the chain, and every signature and certificate received is
+//! checked against the validator set before the core counts it.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use chainql::{Hash, Keypair};
+use malachite_core_consensus::{
+    Effect, Error as CoreError, Input, LivenessMsg, LocallyProposedValue, Params, Resumable, Resume,
+    SignedConsensusMsg, State, ThresholdParams, ValuePayload, process,
+};
+use malachite_core_types::{
+    CertificateError, CommitCertificate, LinearTimeouts, NilOrVal, PolkaCertificate, Round, RoundCertificate,
+    RoundCertificateType, SignedProposal, SignedVote, ThresholdParam, Timeout, Timeouts, Validator as _,
+    ValidatorSet as _, VoteExtensionPolicy, VoteType,
+};
+use malachite_signing_ed25519::{PublicKey, Signature};
+
+use super::context::{
+    BlockId, ChainContext, Height, PROPOSAL_DOMAIN, Proposal, VOTE_DOMAIN, ValidatorAddress, ValidatorSet,
+    Vote,
+};
+
+/// What validators send each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Proposal(SignedProposal<ChainContext>),
+    Vote(SignedVote<ChainContext>),
+    /// More than 2/3 of prevotes for a block in a round (liveness gossip).
+    Polka(PolkaCertificate<ChainContext>),
+    /// Votes that let a lagging validator enter a later round (liveness gossip).
+    Round(RoundCertificate<ChainContext>),
+}
+
+impl Message {
+    pub fn height(&self) -> Height {
+        match self {
+            Message::Proposal(p) => p.message.height,
+            Message::Vote(v) => v.message.height,
+            Message::Polka(c) => c.height,
+            Message::Round(c) => c.height,
+        }
+    }
+}
+
+/// What the host must do for the engine.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Make this entry durable before acting on any later output (the engine's write-ahead
+    /// log: replaying it after a crash re-derives exactly the votes already sent).
+    Wal(Height, Input<ChainContext>),
+    /// Send to every other validator.
+    Broadcast(Message),
+    /// Call [`Engine::timeout`] with this timeout once `after` has passed, unless cancelled.
+    Schedule(Timeout, Duration),
+    Cancel(Timeout),
+    CancelAll,
+    /// This validator proposes at `height` and `round`: build a block and call
+    /// [`Engine::propose`] with its hash before the propose timeout.
+    Propose {
+        height: Height,
+        round: Round,
+    },
+    /// More than 2/3 of the stake precommitted `block` at `height`: commit it. The engine moves
+    /// on to the next height by itself.
+    Decided {
+        height: Height,
+        round: Round,
+        block: Hash,
+        certificate: CommitCertificate<ChainContext>,
+    },
+}
+
+/// Signs and checks consensus messages; collects the outputs of one step.
+struct Host {
+    ctx: ChainContext,
+    key: Keypair,
+    validators: ValidatorSet,
+    timeouts: LinearTimeouts,
+    outputs: Vec<Output>,
+    /// Inputs to feed once the current one is done (the core must not be re-entered).
+    next: Vec<Input<ChainContext>>,
+}
+
+impl Host {
+    fn sign_vote(&self, vote: &Vote) -> Signature {
+        Signature::from_bytes(self.key.sign(VOTE_DOMAIN, &self.ctx.vote_body(vote)))
+    }
+
+    fn sign_proposal(&self, proposal: &Proposal) -> Signature {
+        Signature::from_bytes(self.key.sign(PROPOSAL_DOMAIN, &self.ctx.proposal_body(proposal)))
+    }
+
+    fn vote_is_signed(&self, vote: &Vote, signature: &Signature, key: &PublicKey) -> bool {
+        let bytes = chainql::signing_bytes(VOTE_DOMAIN, &self.ctx.vote_body(vote));
+        key.verify(&bytes, signature).is_ok()
+    }
+
+    fn proposal_is_signed(&self, proposal: &Proposal, signature: &Signature, key: &PublicKey) -> bool {
+        let bytes = chainql::signing_bytes(PROPOSAL_DOMAIN, &self.ctx.proposal_body(proposal));
+        key.verify(&bytes, signature).is_ok()
+    }
+
+    /// Checks signed votes of a certificate: every signer a validator, none twice, every
+    /// signature good, and their power over `threshold` of the total.
+    fn check_votes<'a>(
+        &self,
+        set: &ValidatorSet,
+        votes: impl Iterator<Item = (Vote, &'a Signature)>,
+        threshold: ThresholdParam,
+        invalid: impl Fn(ValidatorAddress) -> CertificateError<ChainContext>,
+    ) -> Result<(), CertificateError<ChainContext>> {
+        let mut seen = BTreeSet::new();
+        let mut signed: u64 = 0;
+        for (vote, signature) in votes {
+            let address = vote.validator;
+            let validator = set
+                .get_by_address(&address)
+                .ok_or(CertificateError::UnknownValidator(address))?;
+            if !seen.insert(address) {
+                return Err(CertificateError::DuplicateVote(address));
+            }
+            if !self.vote_is_signed(&vote, signature, validator.public_key()) {
+                return Err(invalid(address));
+            }
+            signed = signed.saturating_add(validator.voting_power());
+        }
+        let total = set.total_voting_power();
+        if !threshold.is_met(signed, total) {
+            return Err(CertificateError::NotEnoughVotingPower {
+                signed,
+                total,
+                expected: threshold.min_expected(total),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_commit(
+        &self,
+        certificate: &CommitCertificate<ChainContext>,
+        set: &ValidatorSet,
+        thresholds: ThresholdParams,
+    ) -> Result<(), CertificateError<ChainContext>> {
+        let votes = certificate.commit_signatures.iter().map(|s| {
+            let vote = self.precommit(
+                certificate.height,
+                certificate.round,
+                certificate.value_id,
+                s.address,
+            );
+            (vote, &s.signature)
+        });
+        let by_address = |address| {
+            let signature = certificate
+                .commit_signatures
+                .iter()
+                .find(|s| s.address == address)
+                .map(|s| s.signature)
+                .unwrap_or_else(Signature::test);
+            CertificateError::InvalidCommitSignature(malachite_core_types::CommitSignature::new(
+                address, signature,
+            ))
+        };
+        self.check_votes(set, votes, thresholds.quorum, by_address)
+    }
+
+    fn precommit(&self, height: Height, round: Round, block: Hash, validator: ValidatorAddress) -> Vote {
+        Vote {
+            vote_type: VoteType::Precommit,
+            height,
+            round,
+            value: NilOrVal::Val(block),
+            validator,
+        }
+    }
+
+    fn handle(&mut self, effect: Effect<ChainContext>) -> Result<Resume<ChainContext>, String> {
+        use Effect::*;
+        let timeouts = self.timeouts;
+        let duration = |timeout: Timeout| Timeouts::<ChainContext>::duration_for(&timeouts, timeout);
+        Ok(match effect {
+            CancelAllTimeouts(r) => {
+                self.outputs.push(Output::CancelAll);
+                r.resume_with(())
+            }
+            CancelTimeout(timeout, r) => {
+                self.outputs.push(Output::Cancel(timeout));
+                r.resume_with(())
+            }
+            ScheduleTimeout(timeout, r) => {
+                self.outputs.push(Output::Schedule(timeout, duration(timeout)));
+                r.resume_with(())
+            }
+            StartRound(_, _, _, _, r) => r.resume_with(()),
+            PublishConsensusMsg(message, r) => {
+                self.outputs.push(Output::Broadcast(match message {
+                    SignedConsensusMsg::Vote(vote) => Message::Vote(vote),
+                    SignedConsensusMsg::Proposal(proposal) => Message::Proposal(proposal),
+                }));
+                r.resume_with(())
+            }
+            PublishLivenessMsg(message, r) => {
+                self.outputs.push(Output::Broadcast(match message {
+                    LivenessMsg::Vote(vote) => Message::Vote(vote),
+                    LivenessMsg::PolkaCertificate(certificate) => Message::Polka(certificate),
+                    LivenessMsg::SkipRoundCertificate(certificate) => Message::Round(certificate),
+                }));
+                r.resume_with(())
+            }
+            RepublishVote(vote, r) => {
+                self.outputs.push(Output::Broadcast(Message::Vote(vote)));
+                r.resume_with(())
+            }
+            RepublishRoundCertificate(certificate, r) => {
+                self.outputs.push(Output::Broadcast(Message::Round(certificate)));
+                r.resume_with(())
+            }
+            GetValue(height, round, _, r) => {
+                self.outputs.push(Output::Propose { height, round });
+                r.resume_with(())
+            }
+            // Blocks travel whole in their proposals: there are no parts to re-send.
+            RestreamProposal(.., r) => r.resume_with(()),
+            // Block sync is not driven through the core (the node fetches committed blocks with
+            // their certificates and checks them itself).
+            CertVerifiedSyncValue(.., r) | CertRejectedSyncValue(.., r) => r.resume_with(()),
+            Decide(certificate, _, r) => {
+                self.outputs.push(Output::Decided {
+                    height: certificate.height,
+                    round: certificate.round,
+                    block: certificate.value_id,
+                    certificate,
+                });
+                r.resume_with(())
+            }
+            Finalize(certificate, _, _, r) => {
+                self.next.push(Input::StartHeight(
+                    Height(certificate.height.0 + 1),
+                    self.validators.clone(),
+                    false,
+                    None,
+                    VoteExtensionPolicy::Disabled,
+                ));
+                r.resume_with(())
+            }
+            SignVote(vote, r) => {
+                let signature = self.sign_vote(&vote);
+                r.resume_with(SignedVote::new(vote, signature))
+            }
+            SignProposal(proposal, r) => {
+                let signature = self.sign_proposal(&proposal);
+                r.resume_with(SignedProposal::new(proposal, signature))
+            }
+            VerifySignature(signed, key, r) => {
+                let valid = match &signed.message {
+                    malachite_core_consensus::ConsensusMsg::Vote(vote) => {
+                        self.vote_is_signed(vote, &signed.signature, &key)
+                    }
+                    malachite_core_consensus::ConsensusMsg::Proposal(proposal) => {
+                        self.proposal_is_signed(proposal, &signed.signature, &key)
+                    }
+                };
+                r.resume_with(valid)
+            }
+            VerifyCommitCertificate(certificate, set, thresholds, r) => {
+                r.resume_with(self.check_commit(&certificate, &set, thresholds))
+            }
+            VerifyExtendedCommitCertificate(certificate, set, thresholds, _, r) => {
+                let votes = certificate.commit_signatures.iter().map(|s| {
+                    let vote = self.precommit(
+                        certificate.height,
+                        certificate.round,
+                        certificate.value_id,
+                        s.address,
+                    );
+                    (vote, &s.signature)
+                });
+                let result = self.check_votes(&set, votes, thresholds.quorum, |address| {
+                    CertificateError::InvalidVoteExtensionSignature(address)
+                });
+                r.resume_with(result)
+            }
+            VerifyPolkaCertificate(certificate, set, thresholds, r) => {
+                let votes = certificate.polka_signatures.iter().map(|s| {
+                    let vote = Vote {
+                        vote_type: VoteType::Prevote,
+                        height: certificate.height,
+                        round: certificate.round,
+                        value: NilOrVal::Val(certificate.value_id),
+                        validator: s.address,
+                    };
+                    (vote, &s.signature)
+                });
+                let signatures = certificate.polka_signatures.clone();
+                let result = self.check_votes(&set, votes, thresholds.quorum, |address| {
+                    let signature = signatures
+                        .iter()
+                        .find(|s| s.address == address)
+                        .map(|s| s.signature)
+                        .unwrap_or_else(Signature::test);
+                    CertificateError::InvalidPolkaSignature(malachite_core_types::PolkaSignature::new(
+                        address, signature,
+                    ))
+                });
+                r.resume_with(result)
+            }
+            VerifyRoundCertificate(certificate, set, thresholds, r) => {
+                let votes = certificate.round_signatures.iter().map(|s| {
+                    let vote = Vote {
+                        vote_type: s.vote_type,
+                        height: certificate.height,
+                        round: certificate.round,
+                        value: s.value_id,
+                        validator: s.address,
+                    };
+                    (vote, &s.signature)
+                });
+                // Precommits of a round need a quorum; a skip needs more than 1/3 in a later round.
+                let threshold = match certificate.cert_type {
+                    RoundCertificateType::Precommit => thresholds.quorum,
+                    RoundCertificateType::Skip => thresholds.honest,
+                };
+                let signatures = certificate.round_signatures.clone();
+                let result = self.check_votes(&set, votes, threshold, |address| {
+                    match signatures.iter().find(|s| s.address == address) {
+                        Some(s) => CertificateError::InvalidRoundSignature(s.clone()),
+                        None => CertificateError::UnknownValidator(address),
+                    }
+                });
+                r.resume_with(result)
+            }
+            WalAppend(height, input, r) => {
+                self.outputs.push(Output::Wal(height, input));
+                r.resume_with(())
+            }
+            ExtendVote(.., r) => r.resume_with(None),
+            VerifyVoteExtension(.., r) => r.resume_with(Ok(())),
+        })
+    }
+}
+
+/// One validator's consensus.
+pub struct Engine {
+    state: State<ChainContext>,
+    host: Host,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("address", &self.host.key.address())
+            .field("height", &self.state.height())
+            .field("round", &self.state.round())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors of the core; the engine reports them and goes on (a bad input changes nothing).
+pub type EngineError = CoreError<ChainContext>;
+
+impl Engine {
+    /// An engine for the validator holding `key`, at `height`, with `validators` (a key outside
+    /// the set makes a non-voting follower).
+    pub fn new(
+        ctx: ChainContext,
+        key: Keypair,
+        validators: ValidatorSet,
+        timeouts: LinearTimeouts,
+        height: Height,
+    ) -> Engine {
+        let address = ValidatorAddress(key.address());
+        let params = Params {
+            address,
+            threshold_params: ThresholdParams::default(),
+            value_payload: ValuePayload::ProposalOnly,
+            enabled: true,
+        };
+        let state = State::new(ctx.clone(), height, validators.clone(), params, 1000, 1000);
+        Engine {
+            state,
+            host: Host {
+                ctx,
+                key,
+                validators,
+                timeouts,
+                outputs: Vec::new(),
+                next: Vec::new(),
+            },
+        }
+    }
+
+    pub fn height(&self) -> Height {
+        self.state.height()
+    }
+
+    pub fn round(&self) -> Round {
+        self.state.round()
+    }
+
+    pub fn address(&self) -> ValidatorAddress {
+        ValidatorAddress(self.host.key.address())
+    }
+
+    /// Starts the engine's height.
+    pub fn start(&mut self) -> Vec<Output> {
+        let start = Input::StartHeight(
+            self.state.height(),
+            self.host.validators.clone(),
+            false,
+            None,
+            VoteExtensionPolicy::Disabled,
+        );
+        self.feed(start)
+    }
+
+    /// Replays write-ahead-log entries of the current height after a restart, as the core
+    /// requires: it re-derives the votes this validator already sent, and signs nothing new
+    /// that contradicts them. Outputs for the host (timeouts to schedule) come back; entries are
+    /// not logged again.
+    pub fn replay(&mut self, entries: Vec<Input<ChainContext>>) -> Vec<Output> {
+        let mut outputs = self.start();
+        self.state.index_wal_entries(entries.iter());
+        for entry in entries {
+            outputs.extend(self.feed(entry));
+        }
+        self.state.reset_entries_index();
+        outputs.retain(|o| !matches!(o, Output::Wal(..)));
+        outputs
+    }
+
+    /// Checks a commit certificate against this engine's validator set: what a validator that
+    /// fell behind does with each block it fetches.
+    pub fn check_commit(
+        &self,
+        certificate: &CommitCertificate<ChainContext>,
+    ) -> Result<(), CertificateError<ChainContext>> {
+        self.host
+            .check_commit(certificate, &self.host.validators, ThresholdParams::default())
+    }
+
+    /// A message from another validator.
+    pub fn receive(&mut self, message: Message) -> Vec<Output> {
+        let input = match message {
+            Message::Proposal(proposal) => Input::Proposal(proposal),
+            Message::Vote(vote) => Input::Vote(vote),
+            Message::Polka(certificate) => Input::PolkaCertificate(certificate),
+            Message::Round(certificate) => Input::RoundCertificate(certificate),
+        };
+        self.feed(input)
+    }
+
+    /// A timeout that [`Output::Schedule`] asked for has elapsed.
+    pub fn timeout(&mut self, timeout: Timeout) -> Vec<Output> {
+        self.feed(Input::TimeoutElapsed(timeout))
+    }
+
+    /// The block this validator proposes, after [`Output::Propose`].
+    pub fn propose(&mut self, height: Height, round: Round, block: Hash) -> Vec<Output> {
+        self.feed(Input::Propose(LocallyProposedValue::new(
+            height,
+            round,
+            BlockId(block),
+        )))
+    }
+
+    fn feed(&mut self, input: Input<ChainContext>) -> Vec<Output> {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let host = &mut self.host;
+            let result: Result<(), EngineError> = process!(
+                input: input,
+                state: &mut self.state,
+                metrics: &(),
+                with: effect => host.handle(effect)
+            );
+            if let Err(error) = result {
+                tracing::warn!(%error, "consensus input refused");
+            }
+            queue.extend(self.host.next.drain(..));
+        }
+        std::mem::take(&mut self.host.outputs)
+    }
+}

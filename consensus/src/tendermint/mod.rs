@@ -1,0 +1,11 @@
+//! Tendermint between validators, driven through Malachite's sans-IO core
+//! (`arc-malachitebft-core-consensus`): ChainQL supplies the types ([`context`]) and carries out
+//! what the core asks ([`engine`]); [`sim`] runs validators against a simulated network,
+//! deterministically from a seed.
+
+pub mod context;
+pub mod engine;
+pub mod sim;
+
+pub use context::{BlockId, ChainContext, Height, Validator, ValidatorAddress, ValidatorSet};
+pub use engine::{Engine, Message, Output};

@@ -1,0 +1,594 @@
+//! A deterministic simulation of a validator set: one thread, virtual time, and a network that
+//! delays, drops, duplicates and reorders messages and can be partitioned and healed, all drawn
+//! from one seed. Validators crash (losing everything but their write-ahead log and the blocks
+//! they committed) and restart from the log; one that fell behind catches up by fetching
+//! committed blocks with their commit certificates and checking them.
+//!
+//! The same configuration gives the same run, event for event: [`Report::trace`] is a hash of
+//! everything that happened, so two runs can be compared by it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chainql::{Hash, Keypair};
+use malachite_core_consensus::Input;
+use malachite_core_types::{CommitCertificate, LinearTimeouts, Round, Timeout};
+
+use super::context::{ChainContext, Height, Validator, ValidatorSet};
+use super::engine::{Engine, Message, Output};
+
+/// How the simulated network behaves.
+#[derive(Clone, Debug)]
+pub struct Network {
+    /// Each message takes between these many milliseconds (inclusive), drawn per message.
+    pub delay_ms: (u64, u64),
+    /// Chance in a thousand that a message is lost.
+    pub drop_per_mille: u64,
+    /// Chance in a thousand that a message arrives twice.
+    pub duplicate_per_mille: u64,
+}
+
+impl Default for Network {
+    fn default() -> Network {
+        Network {
+            delay_ms: (1, 40),
+            drop_per_mille: 0,
+            duplicate_per_mille: 0,
+        }
+    }
+}
+
+/// A cut of the network from `from_ms` to `until_ms`: messages between validators on different
+/// sides are lost.
+#[derive(Clone, Debug)]
+pub struct Partition {
+    pub from_ms: u64,
+    pub until_ms: u64,
+    /// The validators on one side (by index); the rest are on the other.
+    pub side: Vec<usize>,
+}
+
+/// A validator that stops at `at_ms` and restarts `down_ms` later from its write-ahead log.
+#[derive(Clone, Debug)]
+pub struct Crash {
+    pub validator: usize,
+    pub at_ms: u64,
+    pub down_ms: u64,
+}
+
+/// One simulated run.
+#[derive(Clone, Debug)]
+pub struct Simulation {
+    pub seed: u64,
+    /// Voting power of each validator.
+    pub powers: Vec<u64>,
+    /// Stop once every running validator has committed this many blocks.
+    pub heights: u64,
+    /// Give up at this virtual time.
+    pub time_limit_ms: u64,
+    pub network: Network,
+    pub partitions: Vec<Partition>,
+    pub crashes: Vec<Crash>,
+}
+
+impl Simulation {
+    /// `validators` validators of equal power on a network with the default delays.
+    pub fn new(seed: u64, validators: usize, heights: u64) -> Simulation {
+        Simulation {
+            seed,
+            powers: vec![10; validators],
+            heights,
+            time_limit_ms: 600_000,
+            network: Network::default(),
+            partitions: Vec::new(),
+            crashes: Vec::new(),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Per validator, the block it committed at each height.
+    pub committed: Vec<BTreeMap<u64, Hash>>,
+    /// Heights a validator took from others' certificates instead of deciding them itself.
+    pub synced: Vec<u64>,
+    /// The virtual time the run ended at.
+    pub time_ms: u64,
+    pub messages_delivered: u64,
+    /// A hash of every event and decision, in order.
+    pub trace: Hash,
+}
+
+impl Report {
+    /// Heights at which two validators committed different blocks (must be empty).
+    pub fn disagreements(&self) -> Vec<u64> {
+        let mut by_height: BTreeMap<u64, Hash> = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        for committed in &self.committed {
+            for (height, block) in committed {
+                match by_height.get(height) {
+                    Some(other) if other != block => conflicts.push(*height),
+                    Some(_) => {}
+                    None => {
+                        by_height.insert(*height, *block);
+                    }
+                }
+            }
+        }
+        conflicts.sort();
+        conflicts.dedup();
+        conflicts
+    }
+
+    /// The lowest height every validator committed up to.
+    pub fn common_height(&self) -> u64 {
+        self.committed
+            .iter()
+            .map(contiguous_height)
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+fn contiguous_height(committed: &BTreeMap<u64, Hash>) -> u64 {
+    let mut height = 0;
+    while committed.contains_key(&(height + 1)) {
+        height += 1;
+    }
+    height
+}
+
+/// splitmix64: a small, fast, seedable generator (the simulation's only source of chance).
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
+
+    fn per_mille(&mut self, chance: u64) -> bool {
+        self.next() % 1000 < chance
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        to: usize,
+        message: Message,
+    },
+    Timeout {
+        validator: usize,
+        timeout: Timeout,
+        id: u64,
+    },
+    Propose {
+        validator: usize,
+        height: Height,
+        round: Round,
+    },
+    Crash {
+        validator: usize,
+    },
+    Restart {
+        validator: usize,
+    },
+}
+
+struct Node {
+    engine: Engine,
+    key: Keypair,
+    up: bool,
+    /// The write-ahead log of the current height: it survives a crash.
+    wal_height: Height,
+    wal: Vec<Input<ChainContext>>,
+    /// Timeouts pending, by id.
+    timeouts: Vec<(u64, Timeout)>,
+    committed: BTreeMap<u64, (Hash, CommitCertificate<ChainContext>)>,
+}
+
+struct World {
+    ctx: ChainContext,
+    validators: ValidatorSet,
+    timeouts: LinearTimeouts,
+    nodes: Vec<Node>,
+    events: BTreeMap<(u64, u64), Event>,
+    now: u64,
+    sequence: u64,
+    next_timeout: u64,
+    rng: Rng,
+    sim: Simulation,
+    trace: Hash,
+    delivered: u64,
+    synced: Vec<u64>,
+}
+
+impl World {
+    fn schedule(&mut self, after_ms: u64, event: Event) {
+        self.sequence += 1;
+        self.events.insert((self.now + after_ms, self.sequence), event);
+    }
+
+    fn record(&mut self, text: &str) {
+        self.trace = Hash::tagged(
+            "chainql/sim-trace/v1",
+            &[&self.trace.0, &self.now.to_be_bytes(), text.as_bytes()],
+        );
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        !self.sim.partitions.iter().any(|p| {
+            (p.from_ms..p.until_ms).contains(&self.now) && p.side.contains(&a) != p.side.contains(&b)
+        })
+    }
+
+    fn broadcast(&mut self, from: usize, message: Message) {
+        for to in 0..self.nodes.len() {
+            if to == from || !self.connected(from, to) || self.rng.per_mille(self.sim.network.drop_per_mille)
+            {
+                continue;
+            }
+            let copies = if self.rng.per_mille(self.sim.network.duplicate_per_mille) {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let (low, high) = self.sim.network.delay_ms;
+                let delay = self.rng.between(low, high.max(low));
+                self.schedule(
+                    delay,
+                    Event::Deliver {
+                        to,
+                        message: message.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Carries out a validator's outputs.
+    fn apply(&mut self, validator: usize, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Wal(height, input) => {
+                    let node = &mut self.nodes[validator];
+                    if node.wal_height != height {
+                        node.wal_height = height;
+                        node.wal.clear();
+                    }
+                    node.wal.push(input);
+                }
+                Output::Broadcast(message) => self.broadcast(validator, message),
+                Output::Schedule(timeout, after) => {
+                    self.next_timeout += 1;
+                    let id = self.next_timeout;
+                    self.nodes[validator].timeouts.push((id, timeout));
+                    self.schedule(
+                        millis(after),
+                        Event::Timeout {
+                            validator,
+                            timeout,
+                            id,
+                        },
+                    );
+                }
+                Output::Cancel(timeout) => self.nodes[validator].timeouts.retain(|(_, t)| *t != timeout),
+                Output::CancelAll => self.nodes[validator].timeouts.clear(),
+                Output::Propose { height, round } => {
+                    self.schedule(
+                        1,
+                        Event::Propose {
+                            validator,
+                            height,
+                            round,
+                        },
+                    );
+                }
+                Output::Decided {
+                    height,
+                    block,
+                    certificate,
+                    ..
+                } => {
+                    self.record(&format!("{validator} decided {height} {block}"));
+                    self.nodes[validator]
+                        .committed
+                        .insert(height.0, (block, certificate));
+                }
+            }
+        }
+    }
+
+    /// A running validator more than a height behind takes the blocks it missed from one that
+    /// committed them, checking each certificate, and restarts its engine above them.
+    fn catch_up(&mut self, validator: usize) {
+        let mine = self.nodes[validator].engine.height().0;
+        let best = (0..self.nodes.len())
+            .filter(|&i| i != validator && self.nodes[i].up && self.connected(i, validator))
+            .max_by_key(|&i| (self.nodes[i].engine.height().0, std::cmp::Reverse(i)));
+        let Some(source) = best else { return };
+        if self.nodes[source].engine.height().0 <= mine {
+            return;
+        }
+        let mut height = mine;
+        while let Some((block, certificate)) = self.nodes[source].committed.get(&height).cloned() {
+            if self.nodes[validator].committed.contains_key(&height) {
+                height += 1;
+                continue;
+            }
+            if let Err(error) = self.nodes[validator].engine.check_commit(&certificate) {
+                self.record(&format!("{validator} refused certificate {height}: {error}"));
+                return;
+            }
+            self.record(&format!("{validator} synced {height} {block}"));
+            self.synced[validator] += 1;
+            self.nodes[validator]
+                .committed
+                .insert(height, (block, certificate));
+            height += 1;
+        }
+        let next = contiguous_height(
+            &self.nodes[validator]
+                .committed
+                .iter()
+                .map(|(h, (b, _))| (*h, *b))
+                .collect(),
+        ) + 1;
+        if next > mine {
+            self.restart_engine(validator, Height(next));
+        }
+    }
+
+    fn restart_engine(&mut self, validator: usize, height: Height) {
+        let node = &mut self.nodes[validator];
+        node.engine = Engine::new(
+            self.ctx.clone(),
+            node.key.clone(),
+            self.validators.clone(),
+            self.timeouts,
+            height,
+        );
+        node.timeouts.clear();
+        let outputs = if node.wal_height == height && !node.wal.is_empty() {
+            let entries = node.wal.clone();
+            node.engine.replay(entries)
+        } else {
+            node.engine.start()
+        };
+        self.apply(validator, outputs);
+    }
+
+    fn done(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| n.committed.range(1..=self.sim.heights).count() as u64 == self.sim.heights)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// The block a validator proposes at a height and round in the simulation.
+fn block_for(validator: usize, height: Height, round: Round) -> Hash {
+    Hash::tagged(
+        "chainql/sim-block/v1",
+        &[
+            &height.0.to_be_bytes(),
+            &round.as_i64().to_be_bytes(),
+            &(validator as u64).to_be_bytes(),
+        ],
+    )
+}
+
+/// Runs a simulation to its end: every validator committed `heights` blocks, or the time limit.
+pub fn run(sim: Simulation) -> Report {
+    let ctx = ChainContext::new("sim");
+    let keys: Vec<Keypair> = (0..sim.powers.len())
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            Keypair::from_seed(seed)
+        })
+        .collect();
+    let members = keys
+        .iter()
+        .zip(&sim.powers)
+        .map(|(key, power)| Validator::new(key.public_key().to_bytes(), *power).expect("a valid key"))
+        .collect();
+    let validators = ValidatorSet::new(members).expect("a valid validator set");
+    // Short timeouts: virtual time is free, but shorter timeouts make more rounds in a run.
+    let timeouts = LinearTimeouts {
+        propose: Duration::from_millis(300),
+        propose_delta: Duration::from_millis(100),
+        prevote: Duration::from_millis(100),
+        prevote_delta: Duration::from_millis(50),
+        precommit: Duration::from_millis(100),
+        precommit_delta: Duration::from_millis(50),
+        rebroadcast: Duration::from_millis(500),
+        max_timeout: Duration::from_secs(10),
+    };
+    let nodes = keys
+        .iter()
+        .map(|key| Node {
+            engine: Engine::new(ctx.clone(), key.clone(), validators.clone(), timeouts, Height(1)),
+            key: key.clone(),
+            up: true,
+            wal_height: Height(1),
+            wal: Vec::new(),
+            timeouts: Vec::new(),
+            committed: BTreeMap::new(),
+        })
+        .collect();
+    let count = sim.powers.len();
+    let mut world = World {
+        ctx,
+        validators,
+        timeouts,
+        nodes,
+        events: BTreeMap::new(),
+        now: 0,
+        sequence: 0,
+        next_timeout: 0,
+        rng: Rng(sim.seed),
+        sim,
+        trace: Hash::ZERO,
+        delivered: 0,
+        synced: vec![0; count],
+    };
+    for crash in world.sim.crashes.clone() {
+        world.now = crash.at_ms;
+        world.schedule(
+            0,
+            Event::Crash {
+                validator: crash.validator,
+            },
+        );
+        world.schedule(
+            crash.down_ms,
+            Event::Restart {
+                validator: crash.validator,
+            },
+        );
+    }
+    world.now = 0;
+    for validator in 0..count {
+        let outputs = world.nodes[validator].engine.start();
+        world.apply(validator, outputs);
+    }
+    while let Some(((time, _), event)) = world.events.pop_first() {
+        if time > world.sim.time_limit_ms || world.done() {
+            break;
+        }
+        world.now = time;
+        match event {
+            Event::Deliver { to, message } => {
+                if !world.nodes[to].up {
+                    continue;
+                }
+                world.delivered += 1;
+                // A message a height ahead is buffered by the core (the last precommits are
+                // usually on their way); two or more ahead, the validator fell behind.
+                let ahead = message.height().0 > world.nodes[to].engine.height().0 + 1;
+                world.record(&format!("deliver {to} {message:?}"));
+                let outputs = world.nodes[to].engine.receive(message);
+                world.apply(to, outputs);
+                if ahead {
+                    world.catch_up(to);
+                }
+            }
+            Event::Timeout {
+                validator,
+                timeout,
+                id,
+            } => {
+                let node = &mut world.nodes[validator];
+                let Some(at) = node.timeouts.iter().position(|(i, _)| *i == id) else {
+                    continue;
+                };
+                node.timeouts.remove(at);
+                world.record(&format!("timeout {validator} {timeout:?}"));
+                let outputs = world.nodes[validator].engine.timeout(timeout);
+                world.apply(validator, outputs);
+            }
+            Event::Propose {
+                validator,
+                height,
+                round,
+            } => {
+                if !world.nodes[validator].up {
+                    continue;
+                }
+                let block = block_for(validator, height, round);
+                let outputs = world.nodes[validator].engine.propose(height, round, block);
+                world.apply(validator, outputs);
+            }
+            Event::Crash { validator } => {
+                world.record(&format!("crash {validator}"));
+                let node = &mut world.nodes[validator];
+                node.up = false;
+                node.timeouts.clear();
+            }
+            Event::Restart { validator } => {
+                world.record(&format!("restart {validator}"));
+                world.nodes[validator].up = true;
+                let height = contiguous_height(
+                    &world.nodes[validator]
+                        .committed
+                        .iter()
+                        .map(|(h, (b, _))| (*h, *b))
+                        .collect(),
+                ) + 1;
+                world.restart_engine(validator, Height(height));
+                world.catch_up(validator);
+            }
+        }
+    }
+    Report {
+        committed: world
+            .nodes
+            .iter()
+            .map(|n| n.committed.iter().map(|(h, (b, _))| (*h, *b)).collect())
+            .collect(),
+        synced: world.synced.clone(),
+        time_ms: world.now,
+        messages_delivered: world.delivered,
+        trace: world.trace,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(report: &Report, heights: u64) {
+        assert!(
+            report.disagreements().is_empty(),
+            "safety: {:?}",
+            report.disagreements()
+        );
+        assert!(
+            report.common_height() >= heights,
+            "liveness: every validator should have committed {heights} blocks: {:?} at {} ms",
+            report.committed.iter().map(contiguous_height).collect::<Vec<_>>(),
+            report.time_ms
+        );
+    }
+
+    #[test]
+    fn one_validator_commits_alone() {
+        let report = run(Simulation::new(1, 1, 5));
+        check(&report, 5);
+    }
+
+    #[test]
+    fn four_validators_agree_on_a_calm_network() {
+        let report = run(Simulation::new(7, 4, 10));
+        check(&report, 10);
+        assert_eq!(report.synced, [0, 0, 0, 0], "nobody fell behind");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_run() {
+        let mut sim = Simulation::new(42, 4, 5);
+        sim.network.drop_per_mille = 100;
+        sim.network.duplicate_per_mille = 50;
+        let a = run(sim.clone());
+        let b = run(sim.clone());
+        assert_eq!(a.trace, b.trace);
+        assert_eq!(a.committed, b.committed);
+        sim.seed = 43;
+        assert_ne!(run(sim).trace, a.trace, "another seed, another run");
+    }
+}
