@@ -488,3 +488,133 @@ impl Engine {
         std::mem::take(&mut self.host.outputs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tendermint::context::Validator;
+
+    fn single(chain: &str, key: &Keypair) -> Engine {
+        let validator = Validator::new(key.public_key().to_bytes(), 10).expect("key");
+        let set = ValidatorSet::new(vec![validator]).expect("set");
+        Engine::new(
+            ChainContext::new(chain),
+            key.clone(),
+            set,
+            LinearTimeouts::default(),
+            Height(1),
+        )
+    }
+
+    /// One validator with all the stake decides alone: asked to propose, it proposes, votes and
+    /// decides, and its commit certificate checks out; a tampered one does not.
+    #[test]
+    fn a_single_validator_decides_and_certificates_are_checked() {
+        let key = Keypair::from_seed([5; 32]);
+        let mut engine = single("one", &key);
+        let outputs = engine.start();
+        let (height, round) = outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Propose { height, round } => Some((*height, *round)),
+                _ => None,
+            })
+            .expect("asked to propose");
+        let block = Hash([7; 32]);
+        let outputs = engine.propose(height, round, block);
+        let certificate = outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Decided {
+                    block: b,
+                    certificate,
+                    ..
+                } if *b == block => Some(certificate.clone()),
+                _ => None,
+            })
+            .expect("decided");
+        assert!(
+            outputs.iter().any(|o| matches!(o, Output::Wal(..))),
+            "votes are logged"
+        );
+        assert_eq!(engine.height(), Height(2), "on to the next height");
+        engine.check_commit(&certificate).expect("a good certificate");
+
+        let mut forged = certificate.clone();
+        let mut bytes = forged.commit_signatures[0].signature.to_bytes();
+        bytes[0] ^= 1;
+        forged.commit_signatures[0].signature = Signature::from_bytes(bytes);
+        assert!(engine.check_commit(&forged).is_err(), "a forged signature");
+
+        let mut other_block = certificate.clone();
+        other_block.value_id = Hash([8; 32]);
+        assert!(
+            engine.check_commit(&other_block).is_err(),
+            "signatures over another block"
+        );
+
+        let mut empty = certificate.clone();
+        empty.commit_signatures.clear();
+        assert!(matches!(
+            engine.check_commit(&empty),
+            Err(CertificateError::NotEnoughVotingPower { .. })
+        ));
+
+        // The same key and votes on another chain: the signatures do not carry over.
+        let elsewhere = single("two", &key);
+        assert!(
+            elsewhere.check_commit(&certificate).is_err(),
+            "another chain's certificate"
+        );
+        let stranger = single("one", &Keypair::from_seed([6; 32]));
+        assert!(matches!(
+            stranger.check_commit(&certificate),
+            Err(CertificateError::UnknownValidator(_))
+        ));
+    }
+
+    /// Messages that are not what they claim change nothing: a vote with a bad signature, a
+    /// vote from a non-validator, a vote for a far-future height.
+    #[test]
+    fn bad_votes_are_refused() {
+        let key = Keypair::from_seed([5; 32]);
+        let mut engine = single("one", &key);
+        let _ = engine.start();
+        let stranger = Keypair::from_seed([6; 32]);
+        let vote = Vote {
+            vote_type: VoteType::Prevote,
+            height: Height(1),
+            round: Round::new(0),
+            value: NilOrVal::Val(Hash([1; 32])),
+            validator: ValidatorAddress(stranger.address()),
+        };
+        let host = &engine.host;
+        let signature = Signature::from_bytes(stranger.sign(VOTE_DOMAIN, &host.ctx.vote_body(&vote)));
+        for message in [
+            Message::Vote(SignedVote::new(vote.clone(), signature)),
+            Message::Vote(SignedVote::new(
+                Vote {
+                    validator: ValidatorAddress(key.address()),
+                    ..vote.clone()
+                },
+                signature,
+            )),
+            Message::Vote(SignedVote::new(
+                Vote {
+                    height: Height(1_000_000),
+                    ..vote
+                },
+                signature,
+            )),
+        ] {
+            let outputs = engine.receive(message);
+            assert!(
+                !outputs
+                    .iter()
+                    .any(|o| matches!(o, Output::Decided { .. } | Output::Wal(..))),
+                "{outputs:?}"
+            );
+        }
+        assert_eq!((engine.height(), engine.round()), (Height(1), Round::new(0)));
+    }
+}

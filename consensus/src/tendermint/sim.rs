@@ -96,6 +96,13 @@ pub struct Report {
     /// The virtual time the run ended at.
     pub time_ms: u64,
     pub messages_delivered: u64,
+    /// When each height was first committed by some validator (virtual milliseconds).
+    pub first_commit_ms: BTreeMap<u64, u64>,
+    /// Times a validator signed two different votes of one kind for one height and round
+    /// (must be zero for honest validators, crashes and restarts included).
+    pub equivocations: u64,
+    /// Restarts that replayed a write-ahead log (the rest started their height afresh).
+    pub replays: u64,
     /// A hash of every event and decision, in order.
     pub trace: Hash,
 }
@@ -123,11 +130,7 @@ impl Report {
 
     /// The lowest height every validator committed up to.
     pub fn common_height(&self) -> u64 {
-        self.committed
-            .iter()
-            .map(contiguous_height)
-            .min()
-            .unwrap_or(0)
+        self.committed.iter().map(contiguous_height).min().unwrap_or(0)
     }
 }
 
@@ -183,7 +186,15 @@ enum Event {
     Restart {
         validator: usize,
     },
+    /// Validators tell their peers their height every second; one that learns it is behind
+    /// fetches what it missed.
+    Status {
+        validator: usize,
+    },
 }
+
+/// How often validators exchange their heights.
+const STATUS_EVERY_MS: u64 = 1_000;
 
 struct Node {
     engine: Engine,
@@ -211,6 +222,11 @@ struct World {
     trace: Hash,
     delivered: u64,
     synced: Vec<u64>,
+    first_commit_ms: BTreeMap<u64, u64>,
+    /// Every vote each validator sent: (validator, height, round, prevote?) → block or nil.
+    votes_sent: BTreeMap<(usize, u64, i64, bool), Option<Hash>>,
+    equivocations: u64,
+    replays: u64,
 }
 
 impl World {
@@ -233,6 +249,28 @@ impl World {
     }
 
     fn broadcast(&mut self, from: usize, message: Message) {
+        if let Message::Vote(vote) = &message
+            && vote.message.validator == self.nodes[from].engine.address()
+        {
+            let vote = &vote.message;
+            let key = (
+                from,
+                vote.height.0,
+                vote.round.as_i64(),
+                vote.vote_type == malachite_core_types::VoteType::Prevote,
+            );
+            let value = match vote.value {
+                malachite_core_types::NilOrVal::Nil => None,
+                malachite_core_types::NilOrVal::Val(block) => Some(block),
+            };
+            match self.votes_sent.get(&key) {
+                Some(sent) if *sent != value => self.equivocations += 1,
+                Some(_) => {}
+                None => {
+                    self.votes_sent.insert(key, value);
+                }
+            }
+        }
         for to in 0..self.nodes.len() {
             if to == from || !self.connected(from, to) || self.rng.per_mille(self.sim.network.drop_per_mille)
             {
@@ -302,6 +340,7 @@ impl World {
                     ..
                 } => {
                     self.record(&format!("{validator} decided {height} {block}"));
+                    self.first_commit_ms.entry(height.0).or_insert(self.now);
                     self.nodes[validator]
                         .committed
                         .insert(height.0, (block, certificate));
@@ -362,6 +401,7 @@ impl World {
         node.timeouts.clear();
         let outputs = if node.wal_height == height && !node.wal.is_empty() {
             let entries = node.wal.clone();
+            self.replays += 1;
             node.engine.replay(entries)
         } else {
             node.engine.start()
@@ -446,6 +486,10 @@ pub fn run(sim: Simulation) -> Report {
         trace: Hash::ZERO,
         delivered: 0,
         synced: vec![0; count],
+        first_commit_ms: BTreeMap::new(),
+        votes_sent: BTreeMap::new(),
+        equivocations: 0,
+        replays: 0,
     };
     for crash in world.sim.crashes.clone() {
         world.now = crash.at_ms;
@@ -466,6 +510,7 @@ pub fn run(sim: Simulation) -> Report {
     for validator in 0..count {
         let outputs = world.nodes[validator].engine.start();
         world.apply(validator, outputs);
+        world.schedule(STATUS_EVERY_MS, Event::Status { validator });
     }
     while let Some(((time, _), event)) = world.events.pop_first() {
         if time > world.sim.time_limit_ms || world.done() {
@@ -514,6 +559,12 @@ pub fn run(sim: Simulation) -> Report {
                 let outputs = world.nodes[validator].engine.propose(height, round, block);
                 world.apply(validator, outputs);
             }
+            Event::Status { validator } => {
+                if world.nodes[validator].up {
+                    world.catch_up(validator);
+                }
+                world.schedule(STATUS_EVERY_MS, Event::Status { validator });
+            }
             Event::Crash { validator } => {
                 world.record(&format!("crash {validator}"));
                 let node = &mut world.nodes[validator];
@@ -544,6 +595,9 @@ pub fn run(sim: Simulation) -> Report {
         synced: world.synced.clone(),
         time_ms: world.now,
         messages_delivered: world.delivered,
+        first_commit_ms: world.first_commit_ms.clone(),
+        equivocations: world.equivocations,
+        replays: world.replays,
         trace: world.trace,
     }
 }
@@ -552,11 +606,15 @@ pub fn run(sim: Simulation) -> Report {
 mod tests {
     use super::*;
 
-    fn check(report: &Report, heights: u64) {
+    pub(super) fn check(report: &Report, heights: u64) {
         assert!(
             report.disagreements().is_empty(),
             "safety: {:?}",
             report.disagreements()
+        );
+        assert_eq!(
+            report.equivocations, 0,
+            "an honest validator signed two different votes"
         );
         assert!(
             report.common_height() >= heights,
@@ -590,5 +648,96 @@ mod tests {
         assert_eq!(a.committed, b.committed);
         sim.seed = 43;
         assert_ne!(run(sim).trace, a.trace, "another seed, another run");
+    }
+}
+
+#[cfg(test)]
+mod faults {
+    use super::tests::check;
+    use super::*;
+
+    #[test]
+    fn a_lossy_reordering_network_over_many_seeds() {
+        for seed in 0..16 {
+            let mut sim = Simulation::new(seed, 4, 5);
+            sim.network = Network {
+                delay_ms: (1, 120),
+                drop_per_mille: 100,
+                duplicate_per_mille: 50,
+            };
+            check(&run(sim), 5);
+        }
+    }
+
+    #[test]
+    fn a_partitioned_minority_catches_up_after_the_heal() {
+        let mut sim = Simulation::new(3, 4, 12);
+        sim.partitions.push(Partition {
+            from_ms: 0,
+            until_ms: 4_000,
+            side: vec![3],
+        });
+        let report = run(sim);
+        check(&report, 12);
+        // The majority went on without it; the minority took those blocks from certificates.
+        assert!(report.synced[3] > 0, "{:?}", report.synced);
+        assert!(report.first_commit_ms[&1] < 4_000);
+    }
+
+    #[test]
+    fn an_even_split_commits_nothing_until_it_heals() {
+        let mut sim = Simulation::new(5, 4, 3);
+        sim.partitions.push(Partition {
+            from_ms: 0,
+            until_ms: 6_000,
+            side: vec![0, 1],
+        });
+        let report = run(sim);
+        check(&report, 3);
+        assert!(
+            report.first_commit_ms[&1] >= 6_000,
+            "{:?}",
+            report.first_commit_ms
+        );
+    }
+
+    #[test]
+    fn quorums_are_of_stake_not_of_head_count() {
+        // Three validators of four are up, but they hold only half the stake: nothing commits
+        // until the big one is back.
+        let mut sim = Simulation::new(9, 4, 3);
+        sim.powers = vec![50, 20, 20, 10];
+        sim.crashes.push(Crash {
+            validator: 0,
+            at_ms: 0,
+            down_ms: 5_000,
+        });
+        let report = run(sim);
+        check(&report, 3);
+        assert!(
+            report.first_commit_ms[&1] >= 5_000,
+            "{:?}",
+            report.first_commit_ms
+        );
+    }
+
+    #[test]
+    fn crashed_validators_restart_from_their_log_without_equivocating() {
+        let mut replays = 0;
+        for seed in 0..8 {
+            let mut sim = Simulation::new(100 + seed, 4, 10);
+            sim.network.drop_per_mille = 50;
+            for validator in 0..4 {
+                sim.crashes.push(Crash {
+                    validator,
+                    at_ms: 400 + 900 * validator as u64 + seed * 37,
+                    down_ms: 300 + 200 * validator as u64,
+                });
+            }
+            let report = run(sim);
+            check(&report, 10);
+            replays += report.replays;
+        }
+        assert!(replays > 0, "some crash came in the middle of a height");
     }
 }
