@@ -75,6 +75,14 @@ pub enum Output {
         block: Hash,
         certificate: CommitCertificate<ChainContext>,
     },
+    /// A validator signed two different votes of one kind for one height and round: both
+    /// signed votes, proof for anyone with the validator set (to be recorded in a later block
+    /// and slashed).
+    Equivocation {
+        height: Height,
+        offender: ValidatorAddress,
+        votes: Vec<(SignedVote<ChainContext>, SignedVote<ChainContext>)>,
+    },
 }
 
 /// Signs and checks consensus messages; collects the outputs of one step.
@@ -240,7 +248,16 @@ impl Host {
                 });
                 r.resume_with(())
             }
-            Finalize(certificate, _, _, r) => {
+            Finalize(certificate, _, evidence, r) => {
+                for validator in self.validators.validators() {
+                    if let Some(votes) = evidence.votes.get(&validator.address) {
+                        self.outputs.push(Output::Equivocation {
+                            height: certificate.height,
+                            offender: validator.address,
+                            votes: votes.clone(),
+                        });
+                    }
+                }
                 self.next.push(Input::StartHeight(
                     Height(certificate.height.0 + 1),
                     self.validators.clone(),

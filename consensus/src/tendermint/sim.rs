@@ -69,6 +69,9 @@ pub struct Simulation {
     pub network: Network,
     pub partitions: Vec<Partition>,
     pub crashes: Vec<Crash>,
+    /// Validators that equivocate: each vote they cast for a block goes to every peer, and a
+    /// conflicting vote, for another block, signed all the same, to half of them.
+    pub equivocators: Vec<usize>,
 }
 
 impl Simulation {
@@ -82,6 +85,7 @@ impl Simulation {
             network: Network::default(),
             partitions: Vec::new(),
             crashes: Vec::new(),
+            equivocators: Vec::new(),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Report {
     /// Times a validator signed two different votes of one kind for one height and round
     /// (must be zero for honest validators, crashes and restarts included).
     pub equivocations: u64,
+    /// Validators caught signing conflicting votes, by the heights they were caught at.
+    pub equivocators: BTreeMap<super::context::ValidatorAddress, Vec<u64>>,
     /// Restarts that replayed a write-ahead log (the rest started their height afresh).
     pub replays: u64,
     /// A hash of every event and decision, in order.
@@ -227,6 +233,7 @@ struct World {
     votes_sent: BTreeMap<(usize, u64, i64, bool), Option<Hash>>,
     equivocations: u64,
     replays: u64,
+    evidence: BTreeMap<(u64, super::context::ValidatorAddress), u64>,
 }
 
 impl World {
@@ -249,8 +256,30 @@ impl World {
     }
 
     fn broadcast(&mut self, from: usize, message: Message) {
+        // An equivocator's conflicting twin of this vote, for the odd-numbered peers.
+        let twin = match &message {
+            Message::Vote(vote)
+                if self.sim.equivocators.contains(&from)
+                    && matches!(vote.message.value, malachite_core_types::NilOrVal::Val(_)) =>
+            {
+                let mut evil = vote.message.clone();
+                evil.value = malachite_core_types::NilOrVal::Val(Hash::tagged(
+                    "chainql/sim-evil/v1",
+                    &[&evil.height.0.to_be_bytes(), &evil.round.as_i64().to_be_bytes()],
+                ));
+                let body = self.ctx.vote_body(&evil);
+                let signature = malachite_signing_ed25519::Signature::from_bytes(
+                    self.nodes[from].key.sign(super::context::VOTE_DOMAIN, &body),
+                );
+                Some(Message::Vote(malachite_core_types::SignedVote::new(
+                    evil, signature,
+                )))
+            }
+            _ => None,
+        };
         if let Message::Vote(vote) = &message
             && vote.message.validator == self.nodes[from].engine.address()
+            && !self.sim.equivocators.contains(&from)
         {
             let vote = &vote.message;
             let key = (
@@ -281,16 +310,25 @@ impl World {
             } else {
                 1
             };
-            for _ in 0..copies {
-                let (low, high) = self.sim.network.delay_ms;
-                let delay = self.rng.between(low, high.max(low));
-                self.schedule(
-                    delay,
-                    Event::Deliver {
-                        to,
-                        message: message.clone(),
-                    },
-                );
+            // Odd-numbered peers get the twin too, after the vote: they can prove the double vote.
+            let mut messages = vec![message.clone()];
+            if let Some(twin) = &twin
+                && to % 2 == 1
+            {
+                messages.push(twin.clone());
+            }
+            for message in messages {
+                for _ in 0..copies {
+                    let (low, high) = self.sim.network.delay_ms;
+                    let delay = self.rng.between(low, high.max(low));
+                    self.schedule(
+                        delay,
+                        Event::Deliver {
+                            to,
+                            message: message.clone(),
+                        },
+                    );
+                }
             }
         }
     }
@@ -332,6 +370,14 @@ impl World {
                             round,
                         },
                     );
+                }
+                Output::Equivocation {
+                    height,
+                    offender,
+                    votes,
+                } => {
+                    self.record(&format!("{validator} saw {offender} equivocate at {height}"));
+                    self.evidence.insert((height.0, offender), votes.len() as u64);
                 }
                 Output::Decided {
                     height,
@@ -409,10 +455,19 @@ impl World {
         self.apply(validator, outputs);
     }
 
+    /// Every running validator has committed the heights asked for, and none is still to
+    /// restart.
     fn done(&self) -> bool {
-        self.nodes
+        let restarting = self
+            .events
             .iter()
-            .all(|n| n.committed.range(1..=self.sim.heights).count() as u64 == self.sim.heights)
+            .any(|((t, _), e)| matches!(e, Event::Restart { .. }) && *t <= self.sim.time_limit_ms);
+        !restarting
+            && self
+                .nodes
+                .iter()
+                .filter(|n| n.up)
+                .all(|n| n.committed.range(1..=self.sim.heights).count() as u64 == self.sim.heights)
     }
 }
 
@@ -490,6 +545,7 @@ pub fn run(sim: Simulation) -> Report {
         votes_sent: BTreeMap::new(),
         equivocations: 0,
         replays: 0,
+        evidence: BTreeMap::new(),
     };
     for crash in world.sim.crashes.clone() {
         world.now = crash.at_ms;
@@ -512,10 +568,13 @@ pub fn run(sim: Simulation) -> Report {
         world.apply(validator, outputs);
         world.schedule(STATUS_EVERY_MS, Event::Status { validator });
     }
-    while let Some(((time, _), event)) = world.events.pop_first() {
+    while let Some((&(time, _), _)) = world.events.first_key_value() {
         if time > world.sim.time_limit_ms || world.done() {
             break;
         }
+        let Some((_, event)) = world.events.pop_first() else {
+            break;
+        };
         world.now = time;
         match event {
             Event::Deliver { to, message } => {
@@ -598,6 +657,13 @@ pub fn run(sim: Simulation) -> Report {
         first_commit_ms: world.first_commit_ms.clone(),
         equivocations: world.equivocations,
         replays: world.replays,
+        equivocators: world
+            .evidence
+            .keys()
+            .fold(BTreeMap::new(), |mut caught, (height, offender)| {
+                caught.entry(*offender).or_insert_with(Vec::new).push(*height);
+                caught
+            }),
         trace: world.trace,
     }
 }
@@ -739,5 +805,49 @@ mod faults {
             replays += report.replays;
         }
         assert!(replays > 0, "some crash came in the middle of a height");
+    }
+}
+
+#[cfg(test)]
+mod byzantine {
+    use super::*;
+
+    /// Safety and liveness while validators holding less than a third of the stake misbehave:
+    /// one equivocates on every vote, or one is silent from the start.
+    #[test]
+    fn less_than_a_third_byzantine_cannot_split_or_stop_the_chain() {
+        for seed in 0..8 {
+            let mut sim = Simulation::new(200 + seed, 4, 6);
+            sim.network.drop_per_mille = 30;
+            sim.equivocators = vec![(seed % 4) as usize];
+            let report = run(sim);
+            assert!(
+                report.disagreements().is_empty(),
+                "seed {seed}: {:?}",
+                report.disagreements()
+            );
+            assert_eq!(report.equivocations, 0, "honest validators stayed honest");
+            assert!(report.common_height() >= 6, "seed {seed}: {:?}", report.committed);
+            // The conflicting votes were caught, and only the equivocator's.
+            assert_eq!(
+                report.equivocators.len(),
+                1,
+                "seed {seed}: {:?}",
+                report.equivocators
+            );
+        }
+        let mut silent = Simulation::new(300, 4, 6);
+        silent.crashes.push(Crash {
+            validator: 2,
+            at_ms: 0,
+            down_ms: u64::MAX / 4,
+        });
+        let report = run(silent);
+        assert!(report.disagreements().is_empty());
+        let honest: Vec<u64> = [0, 1, 3]
+            .iter()
+            .map(|&i| contiguous_height(&report.committed[i]))
+            .collect();
+        assert!(honest.iter().all(|&h| h >= 6), "{honest:?}");
     }
 }
