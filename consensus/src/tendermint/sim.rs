@@ -72,6 +72,10 @@ pub struct Simulation {
     /// Validators that equivocate: each vote they cast for a block goes to every peer, and a
     /// conflicting vote, for another block, signed all the same, to half of them.
     pub equivocators: Vec<usize>,
+    /// Validators that propose invalid blocks (and vote for them): honest validators refuse
+    /// such a proposal before the core sees it, as a node refuses a block with a bad
+    /// transaction.
+    pub invalid_proposers: Vec<usize>,
 }
 
 impl Simulation {
@@ -86,6 +90,7 @@ impl Simulation {
             partitions: Vec::new(),
             crashes: Vec::new(),
             equivocators: Vec::new(),
+            invalid_proposers: Vec::new(),
         }
     }
 }
@@ -107,6 +112,10 @@ pub struct Report {
     pub equivocations: u64,
     /// Validators caught signing conflicting votes, by the heights they were caught at.
     pub equivocators: BTreeMap<super::context::ValidatorAddress, Vec<u64>>,
+    /// Commits of blocks honest validators judged invalid (must be zero).
+    pub invalid_committed: u64,
+    /// Proposals honest validators refused as invalid.
+    pub refused_proposals: u64,
     /// Restarts that replayed a write-ahead log (the rest started their height afresh).
     pub replays: u64,
     /// A hash of every event and decision, in order.
@@ -234,6 +243,9 @@ struct World {
     equivocations: u64,
     replays: u64,
     evidence: BTreeMap<(u64, super::context::ValidatorAddress), u64>,
+    /// Blocks honest validators judge invalid.
+    invalid: std::collections::BTreeSet<Hash>,
+    refused: u64,
 }
 
 impl World {
@@ -546,6 +558,8 @@ pub fn run(sim: Simulation) -> Report {
         equivocations: 0,
         replays: 0,
         evidence: BTreeMap::new(),
+        invalid: std::collections::BTreeSet::new(),
+        refused: 0,
     };
     for crash in world.sim.crashes.clone() {
         world.now = crash.at_ms;
@@ -582,6 +596,14 @@ pub fn run(sim: Simulation) -> Report {
                     continue;
                 }
                 world.delivered += 1;
+                if let Message::Proposal(proposal) = &message
+                    && world.invalid.contains(&proposal.message.value.0)
+                    && !world.sim.invalid_proposers.contains(&to)
+                {
+                    world.record(&format!("{to} refused an invalid block"));
+                    world.refused += 1;
+                    continue;
+                }
                 // A message a height ahead is buffered by the core (the last precommits are
                 // usually on their way); two or more ahead, the validator fell behind.
                 let ahead = message.height().0 > world.nodes[to].engine.height().0 + 1;
@@ -615,6 +637,9 @@ pub fn run(sim: Simulation) -> Report {
                     continue;
                 }
                 let block = block_for(validator, height, round);
+                if world.sim.invalid_proposers.contains(&validator) {
+                    world.invalid.insert(block);
+                }
                 let outputs = world.nodes[validator].engine.propose(height, round, block);
                 world.apply(validator, outputs);
             }
@@ -664,6 +689,13 @@ pub fn run(sim: Simulation) -> Report {
                 caught.entry(*offender).or_insert_with(Vec::new).push(*height);
                 caught
             }),
+        invalid_committed: world
+            .nodes
+            .iter()
+            .flat_map(|n| n.committed.values())
+            .filter(|(block, _)| world.invalid.contains(block))
+            .count() as u64,
+        refused_proposals: world.refused,
         trace: world.trace,
     }
 }
@@ -835,6 +867,16 @@ mod byzantine {
                 "seed {seed}: {:?}",
                 report.equivocators
             );
+        }
+        // A proposer of invalid blocks: its rounds time out and others propose.
+        for seed in 0..4 {
+            let mut sim = Simulation::new(250 + seed, 4, 6);
+            sim.invalid_proposers = vec![seed as usize];
+            let report = run(sim);
+            assert_eq!(report.invalid_committed, 0, "seed {seed}");
+            assert!(report.refused_proposals > 0, "seed {seed}: it did propose");
+            assert!(report.disagreements().is_empty(), "seed {seed}");
+            assert!(report.common_height() >= 6, "seed {seed}: {:?}", report.committed);
         }
         let mut silent = Simulation::new(300, 4, 6);
         silent.crashes.push(Crash {
