@@ -49,6 +49,42 @@ enum Command {
     Keys(KeysCommand),
     /// Measure end-to-end throughput on a fresh embedded node.
     Bench(BenchArgs),
+    /// Run Tendermint between simulated validators over many seeds, with network faults,
+    /// crashes and Byzantine validators, and check that they never disagree and keep
+    /// committing (deterministic: a seed replays exactly).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Seeds to run: the first, then one more each run.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Blocks every validator must commit in each run.
+    #[arg(long, default_value_t = 10)]
+    heights: u64,
+    /// Messages lost, per thousand.
+    #[arg(long, default_value_t = 100)]
+    drop_per_mille: u64,
+    /// Messages delivered twice, per thousand.
+    #[arg(long, default_value_t = 50)]
+    duplicate_per_mille: u64,
+    /// Longest message delay, in milliseconds of virtual time.
+    #[arg(long, default_value_t = 120)]
+    max_delay_ms: u64,
+    /// Crash and restart every validator once in each run, at a seed-dependent time.
+    #[arg(long)]
+    crashes: bool,
+    /// How many validators (the last ones) equivocate on every vote.
+    #[arg(long, default_value_t = 0)]
+    equivocators: usize,
+    /// How many validators (the first ones) propose invalid blocks.
+    #[arg(long, default_value_t = 0)]
+    invalid_proposers: usize,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +290,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init(args),
         Command::Keys(command) => keys(command),
         Command::Bench(args) => bench(args),
+        Command::Simulate(args) => simulate(args),
     };
     match result {
         Ok(code) => code,
@@ -466,6 +503,69 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
 
 /// The largest script the shell reads from standard input (as `\\i` reads from a file).
 const SCRIPT_BYTES_MAX: u64 = 256 << 20;
+
+fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    use chainql_consensus::tendermint::sim::{Crash, Network, Simulation, run};
+    if args.validators == 0 || args.equivocators + args.invalid_proposers > args.validators {
+        return Err(Error::Client(
+            "need at least one validator, and no more faulty ones than validators".into(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let mut failures = 0u64;
+    for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
+        let mut sim = Simulation::new(seed, args.validators, args.heights);
+        sim.network = Network {
+            delay_ms: (1, args.max_delay_ms.max(1)),
+            drop_per_mille: args.drop_per_mille.min(1000),
+            duplicate_per_mille: args.duplicate_per_mille.min(1000),
+        };
+        if args.crashes {
+            for validator in 0..args.validators {
+                sim.crashes.push(Crash {
+                    validator,
+                    at_ms: 300 + 700 * validator as u64 + seed % 500,
+                    down_ms: 200 + 150 * validator as u64,
+                });
+            }
+        }
+        sim.equivocators = (args.validators - args.equivocators..args.validators).collect();
+        sim.invalid_proposers = (0..args.invalid_proposers).collect();
+        let report = run(sim);
+        let disagreements = report.disagreements();
+        let ok = disagreements.is_empty()
+            && report.equivocations == 0
+            && report.invalid_committed == 0
+            && report.common_height() >= args.heights;
+        if !ok {
+            failures += 1;
+        }
+        println!(
+            "seed {seed}: {} — height {} at {} ms virtual, {} messages, {} synced, {} replays, \
+             disagreements {:?}, honest double votes {}, invalid commits {}, trace {}",
+            if ok { "ok" } else { "FAILED" },
+            report.common_height(),
+            report.time_ms,
+            report.messages_delivered,
+            report.synced.iter().sum::<u64>(),
+            report.replays,
+            disagreements,
+            report.equivocations,
+            report.invalid_committed,
+            report.trace,
+        );
+    }
+    println!(
+        "{} runs, {failures} failed, in {:.1} s",
+        args.seeds,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
 
 fn shell(args: ShellArgs) -> Result<ExitCode> {
     init_tracing("warn");

@@ -723,6 +723,30 @@ mod tests {
     }
 
     #[test]
+    fn the_checks_see_a_split_and_a_stall() {
+        let block = |b: u8| Hash([b; 32]);
+        let report = Report {
+            committed: vec![
+                BTreeMap::from([(1, block(1)), (2, block(2))]),
+                BTreeMap::from([(1, block(1)), (2, block(9))]),
+                BTreeMap::from([(1, block(1))]),
+            ],
+            synced: vec![0; 3],
+            time_ms: 0,
+            messages_delivered: 0,
+            first_commit_ms: BTreeMap::new(),
+            equivocations: 0,
+            equivocators: BTreeMap::new(),
+            invalid_committed: 0,
+            refused_proposals: 0,
+            replays: 0,
+            trace: Hash::ZERO,
+        };
+        assert_eq!(report.disagreements(), [2]);
+        assert_eq!(report.common_height(), 1);
+    }
+
+    #[test]
     fn one_validator_commits_alone() {
         let report = run(Simulation::new(1, 1, 5));
         check(&report, 5);

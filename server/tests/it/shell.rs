@@ -1,4 +1,5 @@
-//! The `chainql` binary as a user runs it: keys, and the shell on scripts, embedded and connected.
+//! The `chainql` binary as a user runs it: keys, the shell on scripts, embedded and connected
+//! and on a terminal, and the consensus simulation.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -385,4 +386,28 @@ fn on_a_terminal_tab_completes_and_ctrl_c_cancels_the_statement_not_the_shell() 
         "{screen}"
     );
     assert!(screen.contains(" alive\n(1 row)\n"), "{screen}");
+}
+
+/// `chainql simulate` runs the consensus simulation over seeds and reports each run; bad
+/// arguments are refused.
+#[test]
+fn simulate_runs_seeds_and_reports() {
+    let out = crate::support::chainql(&[
+        "simulate",
+        "--seeds",
+        "3",
+        "--heights",
+        "3",
+        "--crashes",
+        "--equivocators",
+        "1",
+    ]);
+    assert_eq!(out.matches(": ok — height ").count(), 3, "{out}");
+    assert!(out.contains("3 runs, 0 failed"), "{out}");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .args(["simulate", "--validators", "2", "--equivocators", "3"])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no more faulty ones"));
 }
