@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-use chainql::wire::{Receipt, ReceiptStatus, SignedTransaction};
+use chainql::wire::{Receipt, SignedTransaction};
 use chainql::{Address, Hash, TransactionBuilder};
 use chainql_executor::QueryResult;
 use futures::{Stream, StreamExt};
@@ -108,13 +108,7 @@ impl Client {
         let nonce = self.next_nonce(&signer.key.address()).await?;
         let (_, receipt) = self.submit(signer.build(nonce, statements), true).await?;
         let receipt = receipt.ok_or_else(|| Error::Client("the node returned no receipt".into()))?;
-        if receipt.status != ReceiptStatus::Success as i32 {
-            return Err(Error::TransactionFailed {
-                message: receipt.error.clone(),
-                receipt: Box::new(receipt),
-            });
-        }
-        Ok(receipt)
+        crate::error::succeeded(receipt)
     }
 
     /// Runs a read-only query on the latest committed state (or `AS OF n`).

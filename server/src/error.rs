@@ -60,6 +60,17 @@ impl Error {
     }
 }
 
+/// A receipt that reports success, or the failure as an error carrying the receipt.
+pub fn succeeded(receipt: chainql::wire::Receipt) -> Result<chainql::wire::Receipt> {
+    if receipt.status == chainql::wire::ReceiptStatus::Success as i32 {
+        return Ok(receipt);
+    }
+    Err(Error::TransactionFailed {
+        message: receipt.error.clone(),
+        receipt: Box::new(receipt),
+    })
+}
+
 impl Error {
     /// The SQLSTATE a PostgreSQL client sees for this error.
     pub fn sqlstate(&self) -> &str {

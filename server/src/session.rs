@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chainql::contract::{ChainStatement, call_target, parse_chain_statement};
 use chainql::sql::StatementKind;
-use chainql::wire::{Receipt, ReceiptStatus, SignedTransaction};
+use chainql::wire::{Receipt, SignedTransaction};
 use chainql::{Address, Keypair, TransactionBuilder};
 use chainql_executor::QueryResult;
 use datafusion::arrow::array::AsArray;
@@ -89,13 +89,7 @@ impl Session {
                 self.connection.submit_and_wait(signed).await?
             }
         };
-        if receipt.status != ReceiptStatus::Success as i32 {
-            return Err(Error::TransactionFailed {
-                message: receipt.error.clone(),
-                receipt: Box::new(receipt),
-            });
-        }
-        Ok(receipt)
+        crate::error::succeeded(receipt)
     }
 
     /// Runs a query.

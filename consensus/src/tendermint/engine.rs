@@ -122,7 +122,7 @@ impl Host {
         set: &ValidatorSet,
         votes: impl Iterator<Item = (Vote, &'a Signature)>,
         threshold: ThresholdParam,
-        invalid: impl Fn(ValidatorAddress) -> CertificateError<ChainContext>,
+        invalid: impl Fn(&Vote, Signature) -> CertificateError<ChainContext>,
     ) -> Result<(), CertificateError<ChainContext>> {
         let mut seen = BTreeSet::new();
         let mut signed: u64 = 0;
@@ -135,7 +135,7 @@ impl Host {
                 return Err(CertificateError::DuplicateVote(address));
             }
             if !self.vote_is_signed(&vote, signature, validator.public_key()) {
-                return Err(invalid(address));
+                return Err(invalid(&vote, *signature));
             }
             signed = signed.saturating_add(validator.voting_power());
         }
@@ -165,18 +165,13 @@ impl Host {
             );
             (vote, &s.signature)
         });
-        let by_address = |address| {
-            let signature = certificate
-                .commit_signatures
-                .iter()
-                .find(|s| s.address == address)
-                .map(|s| s.signature)
-                .unwrap_or_else(Signature::test);
+        let invalid = |vote: &Vote, signature| {
             CertificateError::InvalidCommitSignature(malachite_core_types::CommitSignature::new(
-                address, signature,
+                vote.validator,
+                signature,
             ))
         };
-        self.check_votes(set, votes, thresholds.quorum, by_address)
+        self.check_votes(set, votes, thresholds.quorum, invalid)
     }
 
     fn precommit(&self, height: Height, round: Round, block: Hash, validator: ValidatorAddress) -> Vote {
@@ -299,8 +294,8 @@ impl Host {
                     );
                     (vote, &s.signature)
                 });
-                let result = self.check_votes(&set, votes, thresholds.quorum, |address| {
-                    CertificateError::InvalidVoteExtensionSignature(address)
+                let result = self.check_votes(&set, votes, thresholds.quorum, |vote, _| {
+                    CertificateError::InvalidVoteExtensionSignature(vote.validator)
                 });
                 r.resume_with(result)
             }
@@ -315,15 +310,10 @@ impl Host {
                     };
                     (vote, &s.signature)
                 });
-                let signatures = certificate.polka_signatures.clone();
-                let result = self.check_votes(&set, votes, thresholds.quorum, |address| {
-                    let signature = signatures
-                        .iter()
-                        .find(|s| s.address == address)
-                        .map(|s| s.signature)
-                        .unwrap_or_else(Signature::test);
+                let result = self.check_votes(&set, votes, thresholds.quorum, |vote, signature| {
                     CertificateError::InvalidPolkaSignature(malachite_core_types::PolkaSignature::new(
-                        address, signature,
+                        vote.validator,
+                        signature,
                     ))
                 });
                 r.resume_with(result)
@@ -344,12 +334,13 @@ impl Host {
                     RoundCertificateType::Precommit => thresholds.quorum,
                     RoundCertificateType::Skip => thresholds.honest,
                 };
-                let signatures = certificate.round_signatures.clone();
-                let result = self.check_votes(&set, votes, threshold, |address| {
-                    match signatures.iter().find(|s| s.address == address) {
-                        Some(s) => CertificateError::InvalidRoundSignature(s.clone()),
-                        None => CertificateError::UnknownValidator(address),
-                    }
+                let result = self.check_votes(&set, votes, threshold, |vote, signature| {
+                    CertificateError::InvalidRoundSignature(malachite_core_types::RoundSignature::new(
+                        vote.vote_type,
+                        vote.value,
+                        vote.validator,
+                        signature,
+                    ))
                 });
                 r.resume_with(result)
             }

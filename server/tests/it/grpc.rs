@@ -8,6 +8,9 @@ use chainql::{Keypair, TransactionBuilder};
 use chainql_server::grpc::{from_ipc, proto, serve_listener};
 use chainql_server::{Client, Connection, Node, NodeConfig, Session, init_data_dir};
 use tonic::Code;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 struct Served {
     node: Node,
@@ -559,13 +562,8 @@ async fn subscribe_streams_blocks_receipts_and_events_and_resumes_by_height() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_describe_the_documented_api() {
-    use prost::Message;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let served = serve().await;
     let channel = tonic::transport::Endpoint::from_shared(served.url.clone())
@@ -605,23 +603,8 @@ async fn health_and_reflection_describe_the_documented_api() {
 
     // Reflection: what the services are, and the files that define them.
     let mut reflection = ServerReflectionClient::new(channel);
-    let ask = |request: MessageRequest| {
-        futures::stream::iter([ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(request),
-        }])
-    };
-    let mut answers = reflection
-        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
-        .await
-        .expect("list")
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = answers
-        .message()
-        .await
-        .expect("ok")
-        .expect("answer")
-        .message_response
+    let MessageResponse::ListServicesResponse(list) =
+        reflect(&mut reflection, MessageRequest::ListServices(String::new())).await
     else {
         panic!("not a service list")
     };
@@ -629,28 +612,8 @@ async fn health_and_reflection_describe_the_documented_api() {
     names.sort();
     assert!(names.contains(&"chainql.node.v1.Node".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
-
-    let mut answers = reflection
-        .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
-            "chainql.node.v1.Node".into(),
-        )))
-        .await
-        .expect("symbol")
-        .into_inner();
-    let Some(MessageResponse::FileDescriptorResponse(files)) = answers
-        .message()
-        .await
-        .expect("ok")
-        .expect("answer")
-        .message_response
-    else {
-        panic!("not a file descriptor")
-    };
-    let mut files: Vec<prost_types::FileDescriptorProto> = files
-        .file_descriptor_proto
-        .iter()
-        .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).expect("descriptor"))
-        .collect();
+    let symbol = MessageRequest::FileContainingSymbol("chainql.node.v1.Node".into());
+    let mut files = descriptors(reflect(&mut reflection, symbol).await);
     let node = files
         .iter()
         .find(|f| f.name() == "node.proto")
@@ -658,26 +621,8 @@ async fn health_and_reflection_describe_the_documented_api() {
         .clone();
     assert_eq!(node.dependency, ["chainql.proto"]);
     // A tool then asks for the imports by name.
-    let mut answers = reflection
-        .server_reflection_info(ask(MessageRequest::FileByFilename("chainql.proto".into())))
-        .await
-        .expect("file")
-        .into_inner();
-    let Some(MessageResponse::FileDescriptorResponse(imported)) = answers
-        .message()
-        .await
-        .expect("ok")
-        .expect("answer")
-        .message_response
-    else {
-        panic!("not a file descriptor")
-    };
-    files.extend(
-        imported
-            .file_descriptor_proto
-            .iter()
-            .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).expect("descriptor")),
-    );
+    let import = MessageRequest::FileByFilename("chainql.proto".into());
+    files.extend(descriptors(reflect(&mut reflection, import).await));
     let names: Vec<_> = files.iter().map(|f| f.name().to_string()).collect();
     assert!(names.contains(&"chainql.proto".to_string()), "{names:?}");
     let methods: Vec<_> = node.service[0]
@@ -710,4 +655,40 @@ async fn health_and_reflection_describe_the_documented_api() {
         .expect("the server stopped with a watch open")
         .expect("join")
         .expect("clean stop");
+}
+
+/// Asks the server's reflection service one question.
+async fn reflect(
+    client: &mut ServerReflectionClient<tonic::transport::Channel>,
+    request: MessageRequest,
+) -> MessageResponse {
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    answers
+        .message()
+        .await
+        .expect("ok")
+        .expect("an answer")
+        .message_response
+        .expect("a response")
+}
+
+/// The file descriptors of a reflection answer.
+fn descriptors(answer: MessageResponse) -> Vec<prost_types::FileDescriptorProto> {
+    use prost::Message;
+    let MessageResponse::FileDescriptorResponse(files) = answer else {
+        panic!("not a file descriptor: {answer:?}")
+    };
+    files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).expect("descriptor"))
+        .collect()
 }

@@ -399,6 +399,18 @@ async fn a_connection_is_one_account_and_unknown_users_are_refused() {
     served.stop().await;
 }
 
+/// Serves the node's `/metrics` on a free port, until the test ends; returns the port.
+async fn serve_metrics(served: &PgServed) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(chainql_server::metrics::serve_listener(
+        served.node.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    port
+}
+
 /// `GET /metrics` over a plain TCP connection: the response body.
 async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -427,13 +439,7 @@ fn metric(body: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_the_node_does() {
     let served = PgServed::start(true).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    tokio::spawn(chainql_server::metrics::serve_listener(
-        served.node.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let port = serve_metrics(&served).await;
     let alice = served.connect("alice").await.expect("connect");
     alice
         .batch_execute("CREATE TABLE m (id BIGINT PRIMARY KEY)")
@@ -610,13 +616,7 @@ async fn broken_clients_do_not_disturb_the_node() {
 async fn the_metrics_endpoint_refuses_bad_requests_and_keeps_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let served = PgServed::start(true).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    tokio::spawn(chainql_server::metrics::serve_listener(
-        served.node.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let port = serve_metrics(&served).await;
     let ask = |request: Vec<u8>| async move {
         let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
