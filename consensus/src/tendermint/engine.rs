@@ -156,15 +156,16 @@ impl Host {
         set: &ValidatorSet,
         thresholds: ThresholdParams,
     ) -> Result<(), CertificateError<ChainContext>> {
-        let votes = certificate.commit_signatures.iter().map(|s| {
-            let vote = self.precommit(
-                certificate.height,
-                certificate.round,
-                certificate.value_id,
-                s.address,
-            );
-            (vote, &s.signature)
-        });
+        let signers = certificate
+            .commit_signatures
+            .iter()
+            .map(|s| (s.address, &s.signature));
+        let votes = self.precommits(
+            certificate.height,
+            certificate.round,
+            certificate.value_id,
+            signers,
+        );
         let invalid = |vote: &Vote, signature| {
             CertificateError::InvalidCommitSignature(malachite_core_types::CommitSignature::new(
                 vote.validator,
@@ -174,14 +175,24 @@ impl Host {
         self.check_votes(set, votes, thresholds.quorum, invalid)
     }
 
-    fn precommit(&self, height: Height, round: Round, block: Hash, validator: ValidatorAddress) -> Vote {
-        Vote {
-            vote_type: VoteType::Precommit,
-            height,
-            round,
-            value: NilOrVal::Val(block),
-            validator,
-        }
+    /// The precommits a commit certificate's signers made, with their signatures.
+    fn precommits<'a>(
+        &self,
+        height: Height,
+        round: Round,
+        block: Hash,
+        signers: impl Iterator<Item = (ValidatorAddress, &'a Signature)>,
+    ) -> impl Iterator<Item = (Vote, &'a Signature)> {
+        signers.map(move |(validator, signature)| {
+            let vote = Vote {
+                vote_type: VoteType::Precommit,
+                height,
+                round,
+                value: NilOrVal::Val(block),
+                validator,
+            };
+            (vote, signature)
+        })
     }
 
     fn handle(&mut self, effect: Effect<ChainContext>) -> Result<Resume<ChainContext>, String> {
@@ -285,15 +296,16 @@ impl Host {
                 r.resume_with(self.check_commit(&certificate, &set, thresholds))
             }
             VerifyExtendedCommitCertificate(certificate, set, thresholds, _, r) => {
-                let votes = certificate.commit_signatures.iter().map(|s| {
-                    let vote = self.precommit(
-                        certificate.height,
-                        certificate.round,
-                        certificate.value_id,
-                        s.address,
-                    );
-                    (vote, &s.signature)
-                });
+                let signers = certificate
+                    .commit_signatures
+                    .iter()
+                    .map(|s| (s.address, &s.signature));
+                let votes = self.precommits(
+                    certificate.height,
+                    certificate.round,
+                    certificate.value_id,
+                    signers,
+                );
                 let result = self.check_votes(&set, votes, thresholds.quorum, |vote, _| {
                     CertificateError::InvalidVoteExtensionSignature(vote.validator)
                 });

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{NodeProcess, chainql};
+use crate::support::NodeProcess;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_example_signs_submits_and_reads_back() {
@@ -38,14 +38,7 @@ async fn the_python_example_signs_submits_and_reads_back() {
     );
 
     let data_dir = dir.path().join("node");
-    chainql(&[
-        "init",
-        "--data-dir",
-        data_dir.to_str().expect("utf-8"),
-        "--chain-id",
-        "python-test",
-    ]);
-    let node = NodeProcess::start(&data_dir).await;
+    let node = NodeProcess::init_and_start(&data_dir, "python-test").await;
     let address = node.url.trim_start_matches("http://").to_string();
     let run = tokio::task::spawn_blocking(move || {
         Command::new(&python)

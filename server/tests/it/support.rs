@@ -40,6 +40,18 @@ impl NodeProcess {
         NodeProcess::start_logging(data_dir, Stdio::null()).await
     }
 
+    /// Creates a chain in `data_dir` (`chainql init`) and starts a node on it.
+    pub async fn init_and_start(data_dir: &Path, chain_id: &str) -> NodeProcess {
+        chainql(&[
+            "init",
+            "--data-dir",
+            data_dir.to_str().expect("a UTF-8 path"),
+            "--chain-id",
+            chain_id,
+        ]);
+        NodeProcess::start(data_dir).await
+    }
+
     /// Starts a node whose log (stderr) goes to `log`.
     pub async fn start_logging(data_dir: &Path, log: impl Into<Stdio>) -> NodeProcess {
         let port = free_port();
