@@ -2,7 +2,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["proto/chainql.proto"], ["proto"])?;
+    let descriptors = protox::compile(["proto/chainql.proto", "proto/consensus.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)

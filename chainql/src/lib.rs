@@ -30,6 +30,12 @@ mod transaction;
 pub mod wire {
     #![allow(missing_debug_implementations)]
     include!(concat!(env!("OUT_DIR"), "/chainql.v1.rs"));
+
+    /// What validators send each other and log (`proto/consensus.proto`).
+    pub mod consensus {
+        #![allow(missing_debug_implementations)]
+        include!(concat!(env!("OUT_DIR"), "/chainql.consensus.v1.rs"));
+    }
 }
 
 pub use crypto::{

@@ -536,6 +536,7 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
         let ok = disagreements.is_empty()
             && report.equivocations == 0
             && report.invalid_committed == 0
+            && report.log_errors == 0
             && report.common_height() >= args.heights;
         if !ok {
             failures += 1;

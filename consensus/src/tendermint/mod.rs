@@ -3,9 +3,11 @@
 //! what the core asks ([`engine`]); [`sim`] runs validators against a simulated network,
 //! deterministically from a seed.
 
+pub mod codec;
 pub mod context;
 pub mod engine;
 pub mod sim;
+pub mod wal;
 
 pub use context::{BlockId, ChainContext, Height, Validator, ValidatorAddress, ValidatorSet};
 pub use engine::{Engine, Message, Output};

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chainql::{Hash, Keypair};
-use malachite_core_consensus::Input;
 use malachite_core_types::{CommitCertificate, LinearTimeouts, Round, Timeout};
 
 use super::context::{ChainContext, Height, Validator, ValidatorSet};
@@ -116,6 +115,8 @@ pub struct Report {
     pub invalid_committed: u64,
     /// Proposals honest validators refused as invalid.
     pub refused_proposals: u64,
+    /// Log entries that could not be encoded or decoded again (must be zero).
+    pub log_errors: u64,
     /// Restarts that replayed a write-ahead log (the rest started their height afresh).
     pub replays: u64,
     /// A hash of every event and decision, in order.
@@ -217,7 +218,8 @@ struct Node {
     up: bool,
     /// The write-ahead log of the current height: it survives a crash.
     wal_height: Height,
-    wal: Vec<Input<ChainContext>>,
+    /// Entries in their logged form (`codec::encode_wal_entry`), as a node's log file holds them.
+    wal: Vec<Vec<u8>>,
     /// Timeouts pending, by id.
     timeouts: Vec<(u64, Timeout)>,
     committed: BTreeMap<u64, (Hash, CommitCertificate<ChainContext>)>,
@@ -243,6 +245,7 @@ struct World {
     equivocations: u64,
     replays: u64,
     evidence: BTreeMap<(u64, super::context::ValidatorAddress), u64>,
+    log_errors: u64,
     /// Blocks honest validators judge invalid.
     invalid: std::collections::BTreeSet<Hash>,
     refused: u64,
@@ -355,7 +358,13 @@ impl World {
                         node.wal_height = height;
                         node.wal.clear();
                     }
-                    node.wal.push(input);
+                    match super::codec::encode_wal_entry(&input) {
+                        Ok(bytes) => node.wal.push(bytes),
+                        Err(error) => {
+                            self.log_errors += 1;
+                            self.record(&format!("{validator} cannot log {input:?}: {error}"));
+                        }
+                    }
                 }
                 Output::Broadcast(message) => self.broadcast(validator, message),
                 Output::Schedule(timeout, after) => {
@@ -458,7 +467,12 @@ impl World {
         );
         node.timeouts.clear();
         let outputs = if node.wal_height == height && !node.wal.is_empty() {
-            let entries = node.wal.clone();
+            let entries: Vec<_> = node
+                .wal
+                .iter()
+                .filter_map(|bytes| super::codec::decode_wal_entry(bytes).ok())
+                .collect();
+            self.log_errors += (node.wal.len() - entries.len()) as u64;
             self.replays += 1;
             node.engine.replay(entries)
         } else {
@@ -558,6 +572,7 @@ pub fn run(sim: Simulation) -> Report {
         equivocations: 0,
         replays: 0,
         evidence: BTreeMap::new(),
+        log_errors: 0,
         invalid: std::collections::BTreeSet::new(),
         refused: 0,
     };
@@ -682,6 +697,7 @@ pub fn run(sim: Simulation) -> Report {
         first_commit_ms: world.first_commit_ms.clone(),
         equivocations: world.equivocations,
         replays: world.replays,
+        log_errors: world.log_errors,
         equivocators: world
             .evidence
             .keys()
@@ -714,6 +730,7 @@ mod tests {
             report.equivocations, 0,
             "an honest validator signed two different votes"
         );
+        assert_eq!(report.log_errors, 0, "every log entry encodes and decodes");
         assert!(
             report.common_height() >= heights,
             "liveness: every validator should have committed {heights} blocks: {:?} at {} ms",
@@ -740,6 +757,7 @@ mod tests {
             invalid_committed: 0,
             refused_proposals: 0,
             replays: 0,
+            log_errors: 0,
             trace: Hash::ZERO,
         };
         assert_eq!(report.disagreements(), [2]);
