@@ -17,6 +17,10 @@ use prost::Message as _;
 use super::context::{BlockId, ChainContext, Height, Proposal, ValidatorAddress, Vote};
 use super::engine::Message;
 
+/// The highest round accepted: far beyond any real run (each round lasts longer than the one
+/// before), and far from where the core's round arithmetic would overflow.
+pub const ROUND_MAX: u32 = 1_000_000;
+
 /// The most signatures one certificate may carry (far above any validator set ChainQL runs).
 pub const CERTIFICATE_SIGNATURES_MAX: usize = 10_000;
 /// The largest consensus message or log entry decoded.
@@ -111,9 +115,17 @@ fn vote_type_code(vote_type: VoteType) -> i32 {
 fn optional_round(round: i64, what: &'static str) -> Result<Round> {
     match round {
         -1 => Ok(Round::Nil),
-        0..=0xffff_ffff => Ok(Round::new(round as u32)),
+        0..=0xffff_ffff => self::round(round as u32, what),
         _ => Err(CodecError::Unknown(what)),
     }
+}
+
+/// A round of the wire, at most [`ROUND_MAX`].
+fn round(round: u32, what: &'static str) -> Result<Round> {
+    if round > ROUND_MAX {
+        return Err(CodecError::Unknown(what));
+    }
+    Ok(Round::new(round))
 }
 
 fn round_number(round: Round, what: &'static str) -> Result<u32> {
@@ -151,7 +163,7 @@ fn vote_from_wire(vote: &pb::SignedVote) -> Result<SignedVote<ChainContext>> {
         Vote {
             vote_type: vote_type(v.r#type)?,
             height: Height(v.height),
-            round: Round::new(v.round),
+            round: round(v.round, "vote round")?,
             value: nil_or_block(&v.block, "vote block")?,
             validator: address(&v.validator, "vote validator")?,
         },
@@ -181,7 +193,7 @@ fn proposal_from_wire(proposal: &pb::SignedProposal) -> Result<SignedProposal<Ch
     Ok(SignedProposal::new(
         Proposal {
             height: Height(p.height),
-            round: Round::new(p.round),
+            round: round(p.round, "proposal round")?,
             value: BlockId(hash(&p.block, "proposal block")?),
             pol_round: optional_round(p.pol_round, "proposal POL round")?,
             proposer: address(&p.proposer, "proposer")?,
@@ -212,7 +224,7 @@ fn polka_from_wire(certificate: &pb::PolkaCertificate) -> Result<PolkaCertificat
     count_ok(certificate.signatures.len(), "polka certificate")?;
     Ok(PolkaCertificate {
         height: Height(certificate.height),
-        round: Round::new(certificate.round),
+        round: round(certificate.round, "polka round")?,
         value_id: hash(&certificate.block, "polka block")?,
         polka_signatures: certificate
             .signatures
@@ -249,7 +261,7 @@ fn round_from_wire(certificate: &pb::RoundCertificate) -> Result<RoundCertificat
     count_ok(certificate.signatures.len(), "round certificate")?;
     Ok(RoundCertificate {
         height: Height(certificate.height),
-        round: Round::new(certificate.round),
+        round: round(certificate.round, "round certificate round")?,
         cert_type: if certificate.skip {
             RoundCertificateType::Skip
         } else {
@@ -295,7 +307,7 @@ pub fn commit_from_wire(certificate: &pb::CommitCertificate) -> Result<CommitCer
     count_ok(certificate.signatures.len(), "commit certificate")?;
     Ok(CommitCertificate {
         height: Height(certificate.height),
-        round: Round::new(certificate.round),
+        round: round(certificate.round, "commit round")?,
         value_id: hash(&certificate.block, "commit block")?,
         commit_signatures: certificate
             .signatures
@@ -390,7 +402,7 @@ pub fn decode_wal_entry(bytes: &[u8]) -> Result<Input<ChainContext>> {
         E::ProposedValue(value) => Input::ProposedValue(
             ProposedValue {
                 height: Height(value.height),
-                round: Round::new(value.round),
+                round: round(value.round, "proposed value round")?,
                 valid_round: optional_round(value.valid_round, "valid round")?,
                 proposer: address(&value.proposer, "proposed value proposer")?,
                 value: BlockId(hash(&value.block, "proposed value block")?),
@@ -403,7 +415,7 @@ pub fn decode_wal_entry(bytes: &[u8]) -> Result<Input<ChainContext>> {
             },
         ),
         E::Timeout(timeout) => {
-            let round = Round::new(timeout.round);
+            let round = round(timeout.round, "timeout round")?;
             Input::TimeoutElapsed(match pb::TimeoutKind::try_from(timeout.kind) {
                 Ok(pb::TimeoutKind::Propose) => Timeout::propose(round),
                 Ok(pb::TimeoutKind::Prevote) => Timeout::prevote(round),
@@ -552,5 +564,19 @@ mod tests {
             })),
         };
         assert!(decode_wal_entry(&bad_round.encode_to_vec()).is_err());
+        let far_round = pb::ConsensusMessage {
+            message: Some(pb::consensus_message::Message::Vote(pb::SignedVote {
+                vote: Some(pb::Vote {
+                    r#type: pb::VoteType::Prevote as i32,
+                    height: 1,
+                    round: u32::MAX,
+                    block: vec![],
+                    validator: vec![2; 20],
+                }),
+                signature: vec![3; 64],
+            })),
+        };
+        let error = decode_message(&far_round.encode_to_vec()).expect_err("round past the bound");
+        assert!(error.to_string().contains("vote round"), "{error}");
     }
 }

@@ -85,6 +85,17 @@ pub enum Output {
     },
 }
 
+/// Why a commit certificate does not prove a block.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitCheckError {
+    #[error("the certificate is for height {found}, not {expected}")]
+    Height { expected: u64, found: u64 },
+    #[error("the certificate commits block {found}, not {expected}")]
+    Block { expected: Hash, found: Hash },
+    #[error("{0}")]
+    Signatures(CertificateError<ChainContext>),
+}
+
 /// Signs and checks consensus messages; collects the outputs of one step.
 struct Host {
     ctx: ChainContext,
@@ -455,14 +466,29 @@ impl Engine {
         outputs
     }
 
-    /// Checks a commit certificate against this engine's validator set: what a validator that
-    /// fell behind does with each block it fetches.
+    /// Checks that `certificate` commits `block` at `height` under this engine's validator set:
+    /// what a validator that fell behind does with each block it fetches.
     pub fn check_commit(
         &self,
+        height: Height,
+        block: Hash,
         certificate: &CommitCertificate<ChainContext>,
-    ) -> Result<(), CertificateError<ChainContext>> {
+    ) -> Result<(), CommitCheckError> {
+        if certificate.height != height {
+            return Err(CommitCheckError::Height {
+                expected: height.0,
+                found: certificate.height.0,
+            });
+        }
+        if certificate.value_id != block {
+            return Err(CommitCheckError::Block {
+                expected: block,
+                found: certificate.value_id,
+            });
+        }
         self.host
             .check_commit(certificate, &self.host.validators, ThresholdParams::default())
+            .map_err(CommitCheckError::Signatures)
     }
 
     /// A message from another validator.
@@ -558,38 +584,60 @@ mod tests {
             "votes are logged"
         );
         assert_eq!(engine.height(), Height(2), "on to the next height");
-        engine.check_commit(&certificate).expect("a good certificate");
+        engine
+            .check_commit(Height(1), block, &certificate)
+            .expect("a good certificate");
+        assert!(matches!(
+            engine.check_commit(Height(2), block, &certificate),
+            Err(CommitCheckError::Height {
+                expected: 2,
+                found: 1
+            })
+        ));
+        assert!(matches!(
+            engine.check_commit(Height(1), Hash([9; 32]), &certificate),
+            Err(CommitCheckError::Block { .. })
+        ));
 
         let mut forged = certificate.clone();
         let mut bytes = forged.commit_signatures[0].signature.to_bytes();
         bytes[0] ^= 1;
         forged.commit_signatures[0].signature = Signature::from_bytes(bytes);
-        assert!(engine.check_commit(&forged).is_err(), "a forged signature");
+        assert!(
+            engine.check_commit(Height(1), block, &forged).is_err(),
+            "a forged signature"
+        );
 
         let mut other_block = certificate.clone();
         other_block.value_id = Hash([8; 32]);
         assert!(
-            engine.check_commit(&other_block).is_err(),
+            engine
+                .check_commit(Height(1), Hash([8; 32]), &other_block)
+                .is_err(),
             "signatures over another block"
         );
 
         let mut empty = certificate.clone();
         empty.commit_signatures.clear();
         assert!(matches!(
-            engine.check_commit(&empty),
-            Err(CertificateError::NotEnoughVotingPower { .. })
+            engine.check_commit(Height(1), block, &empty),
+            Err(CommitCheckError::Signatures(
+                CertificateError::NotEnoughVotingPower { .. }
+            ))
         ));
 
         // The same key and votes on another chain: the signatures do not carry over.
         let elsewhere = single("two", &key);
         assert!(
-            elsewhere.check_commit(&certificate).is_err(),
+            elsewhere.check_commit(Height(1), block, &certificate).is_err(),
             "another chain's certificate"
         );
         let stranger = single("one", &Keypair::from_seed([6; 32]));
         assert!(matches!(
-            stranger.check_commit(&certificate),
-            Err(CertificateError::UnknownValidator(_))
+            stranger.check_commit(Height(1), block, &certificate),
+            Err(CommitCheckError::Signatures(CertificateError::UnknownValidator(
+                _
+            )))
         ));
     }
 

@@ -433,7 +433,10 @@ impl World {
                 height += 1;
                 continue;
             }
-            if let Err(error) = self.nodes[validator].engine.check_commit(&certificate) {
+            if let Err(error) = self.nodes[validator]
+                .engine
+                .check_commit(Height(height), block, &certificate)
+            {
                 self.record(&format!("{validator} refused certificate {height}: {error}"));
                 return;
             }

@@ -59,6 +59,8 @@ pub struct Wal {
     file: File,
     height: Height,
     entries: usize,
+    /// The file's length after the last whole record.
+    length: u64,
 }
 
 impl Wal {
@@ -108,17 +110,23 @@ impl Wal {
             if rest.len() < RECORD_HEADER_BYTES {
                 break; // a torn record header at the end
             }
+            if rest.iter().all(|b| *b == 0) {
+                break; // space the file system gave the file but the write never filled
+            }
             let length = u32::from_be_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
             let crc = u32::from_be_bytes(rest[4..8].try_into().unwrap_or_default());
-            if length > ENCODED_BYTES_MAX {
-                if offset + RECORD_HEADER_BYTES + length >= bytes.len() {
-                    break; // a torn length at the end
-                }
+            if length == 0 || length > ENCODED_BYTES_MAX {
+                // A torn append leaves a prefix of a good record, never a bad length.
                 return Err(damaged(torn("an impossible record length")));
             }
             let end = offset + RECORD_HEADER_BYTES + length;
             if end > bytes.len() {
-                break; // the last record was cut short
+                // The last record was cut short, unless the length itself is damaged and good
+                // records follow: cutting those would forget votes already sent.
+                if later_record(&bytes, offset + 1) {
+                    return Err(damaged(torn("a record length that runs past good records")));
+                }
+                break;
             }
             let payload = &bytes[offset + RECORD_HEADER_BYTES..end];
             if crc32c::crc32c(payload) != crc {
@@ -150,9 +158,18 @@ impl Wal {
             file,
             height: stored,
             entries: entries.len(),
+            length: offset as u64,
         };
-        if stored != height {
-            // The log is of another height: its entries are of no use to this one.
+        if stored > height {
+            // Votes of a height the node has not reached: its committed blocks were lost, and
+            // starting afresh could sign against what it already sent.
+            return Err(damaged(format!(
+                "the log is for height {}, above the height {} to resume; the block store is behind it",
+                stored.0, height.0
+            )));
+        }
+        if stored < height {
+            // The log's height is decided: its entries are of no use to the next.
             wal.reset(height)?;
             entries.clear();
         }
@@ -178,6 +195,7 @@ impl Wal {
             file,
             height,
             entries: 0,
+            length: HEADER_BYTES as u64,
         })
     }
 
@@ -208,10 +226,16 @@ impl Wal {
         record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         record.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
         record.extend_from_slice(&payload);
-        self.file.write_all(&record).map_err(|source| WalError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        if let Err(source) = self.file.write_all(&record) {
+            // Leave no partial record for later ones to land behind.
+            let _ = self.file.set_len(self.length);
+            let _ = self.file.seek(SeekFrom::Start(self.length));
+            return Err(WalError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.length += record.len() as u64;
         self.entries += 1;
         Ok(())
     }
@@ -223,6 +247,19 @@ impl Wal {
             source,
         })
     }
+}
+
+/// Whether a whole record with a good checksum starts anywhere from `from` on.
+fn later_record(bytes: &[u8], from: usize) -> bool {
+    (from..bytes.len().saturating_sub(RECORD_HEADER_BYTES)).any(|at| {
+        let length = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap_or_default());
+        let end = at + RECORD_HEADER_BYTES + length;
+        length > 0
+            && length <= ENCODED_BYTES_MAX
+            && end <= bytes.len()
+            && crc32c::crc32c(&bytes[at + RECORD_HEADER_BYTES..end]) == crc
+    })
 }
 
 fn header(height: Height) -> [u8; HEADER_BYTES] {
@@ -360,6 +397,41 @@ mod tests {
         }
         std::fs::write(&path, b"short").expect("write");
         assert!(Wal::open(&path, Height(1)).is_err());
+
+        // A damaged length in the first record: one pointing past the end, and zero. Good
+        // records follow, so neither may be taken for a torn tail.
+        for length in [u32::MAX / 2, full.len() as u32, 0] {
+            let mut bad = full.clone();
+            bad[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(&length.to_be_bytes());
+            std::fs::write(&path, &bad).expect("write");
+            let error = Wal::open(&path, Height(1)).expect_err("a damaged length");
+            assert!(
+                error.to_string().contains(&format!("offset {HEADER_BYTES}")),
+                "{error}"
+            );
+        }
+
+        // Zeros the file system left after the last record (its size grew, its data did not
+        // land): cut, keeping every record.
+        let mut zeros = full.clone();
+        zeros.extend_from_slice(&[0; 700]);
+        std::fs::write(&path, &zeros).expect("write");
+        let (_, found) = Wal::open(&path, Height(1)).expect("a zero tail is cut");
+        assert_eq!(found, entries);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len() as usize, full.len());
+    }
+
+    /// A log of a height above the one to resume means the block store lost blocks the
+    /// validator voted on: refused, never started afresh.
+    #[test]
+    fn a_log_ahead_of_the_chain_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("consensus.wal");
+        let (_, _) = Wal::open(&path, Height(5)).expect("create");
+        let error = Wal::open(&path, Height(4)).expect_err("behind the log");
+        assert!(error.to_string().contains("above the height 4"), "{error}");
+        let (wal, _) = Wal::open(&path, Height(5)).expect("the same height");
+        assert_eq!(wal.height(), Height(5));
     }
 
     #[test]
