@@ -289,6 +289,8 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
     let (batch_verify_per_second, single_verify_per_second) = verification_rates(&work, &chain_id)?;
 
     let start_height = node.state().height();
+    // Read before any client starts, so the progress count covers exactly the bench's work.
+    let committed_before = committed_count(&node);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(work.len());
     let batch = bench.batch.max(1);
@@ -322,17 +324,24 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
             Ok::<(), Error>(())
         }));
     }
-    // Progress: transactions committed since the clock started, read from the node's counters.
+    // Progress: transactions committed since the clock started, read from the node's counters
+    // until the clients are done.
     let counted = node.clone();
-    let committed_before = committed_count(&node);
+    let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
     let watcher = tokio::spawn(async move {
         let mut progress = Progress::new("bench", total as u64, "transactions");
         let mut shown = 0;
-        while shown < total as u64 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            let stop = tokio::select! {
+                _ = &mut finished => true,
+                () = tokio::time::sleep(Duration::from_millis(50)) => false,
+            };
             let now = committed_count(&counted).saturating_sub(committed_before);
             progress.inc(now.saturating_sub(shown));
             shown = shown.max(now);
+            if stop {
+                break;
+            }
         }
         progress.finish();
     });
@@ -346,11 +355,9 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
             outcome = result;
         }
     }
-    if outcome.is_err() {
-        watcher.abort();
-    }
-    outcome?;
+    let _ = done.send(());
     let _ = watcher.await;
+    outcome?;
     let elapsed = started.elapsed();
     let state = node.state();
     let blocks = state.height() - start_height;

@@ -317,10 +317,14 @@ impl NodeApi for Api {
             loop {
                 let tip = *published.borrow_and_update();
                 while next <= tip {
-                    let message = match node.committed_block(next) {
-                        Ok(Some(parts)) => Ok(committed_block(parts, &request)),
-                        Ok(None) => Err(Status::internal(format!("block {next} is not published"))),
-                        Err(error) => Err(Status::from(error)),
+                    // Reading a block is file IO: off the async workers.
+                    let reader = node.clone();
+                    let read = tokio::task::spawn_blocking(move || reader.committed_block(next)).await;
+                    let message = match read {
+                        Ok(Ok(Some(parts))) => Ok(committed_block(parts, &request)),
+                        Ok(Ok(None)) => Err(Status::internal(format!("block {next} is not published"))),
+                        Ok(Err(error)) => Err(Status::from(error)),
+                        Err(error) => Err(Status::internal(format!("reading block {next}: {error}"))),
                     };
                     let failed = message.is_err();
                     if sender.send(message).await.is_err() || failed {

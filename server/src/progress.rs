@@ -40,6 +40,17 @@ impl Progress {
         }
     }
 
+    /// Like [`Progress::new`], for work that prints results to stdout as it goes (a `\i` file):
+    /// a bar redrawn on the same terminal would be split by that output, so when stdout is a
+    /// terminal too, progress comes as plain lines.
+    pub fn beside_output(label: impl Into<String>, total: u64, unit: &'static str) -> Progress {
+        let mut progress = Progress::new(label, total, unit);
+        if std::io::stdout().is_terminal() {
+            progress.terminal = false;
+        }
+        progress
+    }
+
     /// Counts `n` more units done.
     pub fn inc(&mut self, n: u64) {
         self.done = self.done.saturating_add(n);

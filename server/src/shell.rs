@@ -68,8 +68,6 @@ pub struct Shell {
     names: Option<Arc<Mutex<Names>>>,
     /// `\i` files being run, innermost last.
     including: Vec<String>,
-    /// At a prompt, Ctrl-C only clears the line: interrupts before a statement are forgotten.
-    interactive: bool,
 }
 
 impl std::fmt::Debug for Shell {
@@ -121,7 +119,6 @@ impl Shell {
             interrupts: None,
             names: None,
             including: Vec::new(),
-            interactive: false,
         }
     }
 
@@ -176,7 +173,6 @@ impl Shell {
         // runs, the terminal is back in its normal mode and Ctrl-C is SIGINT.
         let mut editor = rustyline::Editor::<ShellHelper, rustyline::history::FileHistory>::new()
             .map_err(|e| Error::Client(format!("cannot start the line editor: {e}")))?;
-        self.interactive = true;
         // After the editor, which sets its own SIGINT handler: ours is chained before it.
         self.listen_for_interrupts();
         let helper = ShellHelper::default();
@@ -205,6 +201,12 @@ impl Shell {
             };
             match editor.readline(prompt) {
                 Ok(line) => {
+                    // Ctrl-C at the prompt only cleared the line: interrupts from before the
+                    // line was entered are forgotten. Later ones stop what it runs, a `\i`
+                    // file's remaining statements included.
+                    if let Some(interrupts) = &mut self.interrupts {
+                        interrupts.borrow_and_update();
+                    }
                     if !line.trim().is_empty() {
                         let _ = editor.add_history_entry(line.as_str());
                     }
@@ -305,7 +307,7 @@ impl Shell {
             }
         };
         let total = split_statements(&text).statements.len() as u64;
-        let mut progress = Progress::new(format!("\\i {path}"), total, "statements");
+        let mut progress = Progress::beside_output(format!("\\i {path}"), total, "statements");
         self.including.push(path.to_string());
         let outcome = self.script(&text, Some(&mut progress));
         self.including.pop();
@@ -346,11 +348,6 @@ impl Shell {
         let started = Instant::now();
         let session = &mut self.session;
         let interrupts = &mut self.interrupts;
-        if self.interactive
-            && let Some(interrupts) = interrupts
-        {
-            interrupts.borrow_and_update();
-        }
         let outcome = self.runtime.block_on(async {
             if let Some(interrupts) = interrupts {
                 // An interrupt not yet seen (even one that came between statements) cancels.

@@ -280,7 +280,9 @@ impl mc::Vote<ChainContext> for Vote {
     }
 }
 
-/// Blocks travel whole in their proposal (`ValuePayload::ProposalOnly`): there are no parts.
+/// The core sees no parts (`ValuePayload::ProposalOnly`): a proposal names its block by hash,
+/// and the host carries the block beside the proposal and checks it before the engine sees the
+/// proposal, because the core takes every proposal it is given as valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NoParts {}
 

@@ -251,7 +251,8 @@ impl Host {
                 self.outputs.push(Output::Propose { height, round });
                 r.resume_with(())
             }
-            // Blocks travel whole in their proposals: there are no parts to re-send.
+            // The core streams no parts (`ProposalOnly`): the host sends a proposal's block
+            // beside it, so there is nothing to re-send here.
             RestreamProposal(.., r) => r.resume_with(()),
             // Block sync is not driven through the core (the node fetches committed blocks with
             // their certificates and checks them itself).

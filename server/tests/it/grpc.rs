@@ -547,12 +547,19 @@ async fn subscribe_streams_blocks_receipts_and_events_and_resumes_by_height() {
 
     // Streams end when the server stops, so stopping does not wait for subscribers.
     let _ = served.stop.send(());
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         use futures::StreamExt;
-        while let Some(Ok(_)) = resumed.next().await {}
+        loop {
+            match resumed.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
     })
-    .await;
-    assert!(ended.is_ok(), "the stream ended at shutdown");
+    .await
+    .expect("the stream ended at shutdown");
+    // A clean end of stream, not the connection dropped after the grace period.
+    assert!(end.is_none(), "{end:?}");
     tokio::time::timeout(std::time::Duration::from_secs(10), served.server)
         .await
         .expect("the server stopped with subscribers connected")
