@@ -421,6 +421,31 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).expect("meta").len() as usize, full.len());
     }
 
+    /// A crash can stop a write at any byte: for every prefix of a log, opening it gives
+    /// exactly the records wholly inside the prefix, in order, and never an error.
+    #[test]
+    fn every_prefix_of_a_log_opens_to_its_whole_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("consensus.wal");
+        let key = Keypair::from_seed([3; 32]);
+        let (entries, _) = decide_height_one(&key);
+        let (mut wal, _) = Wal::open(&path, Height(1)).expect("create");
+        let mut ends = vec![HEADER_BYTES];
+        for entry in &entries {
+            wal.append(entry).expect("append");
+            wal.sync().expect("sync");
+            ends.push(std::fs::metadata(&path).expect("meta").len() as usize);
+        }
+        drop(wal);
+        let full = std::fs::read(&path).expect("read");
+        for cut in HEADER_BYTES..=full.len() {
+            std::fs::write(&path, &full[..cut]).expect("write");
+            let (_, found) = Wal::open(&path, Height(1)).expect("every prefix opens");
+            let whole = ends.iter().filter(|end| **end <= cut).count() - 1;
+            assert_eq!(found, entries[..whole], "cut at {cut}");
+        }
+    }
+
     /// A log of a height above the one to resume means the block store lost blocks the
     /// validator voted on: refused, never started afresh.
     #[test]
