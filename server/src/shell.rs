@@ -161,7 +161,11 @@ impl Shell {
 
     fn refresh_names(&mut self) {
         if let Some(names) = &self.names
-            && let Ok(fresh) = self.runtime.block_on(Self::load_names(&self.session))
+            && let Ok(fresh) = interruptible(
+                &self.runtime,
+                &mut self.interrupts,
+                Self::load_names(&self.session),
+            )
         {
             *names.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
         }
@@ -183,7 +187,11 @@ impl Shell {
             let _ = std::fs::create_dir_all(parent);
         }
         let _ = editor.load_history(history);
-        let status = self.runtime.block_on(self.session.connection().status())?;
+        let status = interruptible(
+            &self.runtime,
+            &mut self.interrupts,
+            self.session.connection().status(),
+        )?;
         let _ = writeln!(
             self.out,
             "chainql {} — chain {} at height {}, signing as {}\nType \\? for help, \\q to quit.",
@@ -427,7 +435,7 @@ impl Shell {
     }
 
     fn query_and_print(&mut self, sql: &str, title: Option<&str>) -> bool {
-        match self.runtime.block_on(self.session.query(sql)) {
+        match interruptible(&self.runtime, &mut self.interrupts, self.session.query(sql)) {
             Ok(result) => {
                 if let Some(title) = title {
                     let _ = writeln!(self.out, "{title}");
@@ -510,7 +518,11 @@ impl Shell {
                 Some(name) => self.describe(name).into(),
             },
             "\\conninfo" => {
-                let status = self.runtime.block_on(self.session.connection().status());
+                let status = interruptible(
+                    &self.runtime,
+                    &mut self.interrupts,
+                    self.session.connection().status(),
+                );
                 match status {
                     Ok(status) => {
                         let _ = writeln!(
@@ -562,7 +574,7 @@ impl Shell {
              owner, source FROM chain.contracts WHERE contract_name = {}",
             quote_literal(&name)
         );
-        let result = match self.runtime.block_on(self.session.query(&sql)) {
+        let result = match interruptible(&self.runtime, &mut self.interrupts, self.session.query(&sql)) {
             Ok(result) => result,
             Err(error) => {
                 self.print_error(&error);
@@ -607,7 +619,7 @@ impl Shell {
              FROM chain.columns WHERE table_name = {} ORDER BY ordinal",
             quote_literal(name)
         );
-        let result = match self.runtime.block_on(self.session.query(&sql)) {
+        let result = match interruptible(&self.runtime, &mut self.interrupts, self.session.query(&sql)) {
             Ok(result) => result,
             Err(error) => {
                 self.print_error(&error);
@@ -694,6 +706,27 @@ pub fn receipt_text(receipt: &Receipt) -> String {
     text
 }
 
+/// Runs `work` to its end, or until an interrupt (Ctrl-C) comes, which makes it an error saying
+/// so: backslash commands and the shell's own queries stop on Ctrl-C like statements do.
+fn interruptible<T>(
+    runtime: &tokio::runtime::Handle,
+    interrupts: &mut Option<tokio::sync::watch::Receiver<u64>>,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    runtime.block_on(async {
+        match interrupts {
+            Some(interrupts) => tokio::select! {
+                biased;
+                _ = interrupts.changed() => {
+                    Err(Error::Client("canceling statement due to user request".into()))
+                }
+                done = work => done,
+            },
+            None => work.await,
+        }
+    })
+}
+
 /// Listens for SIGINT on a thread of its own, with its own small runtime: the shell's runtime
 /// may be saturated by the very statement the signal is to cancel. Returns a counter of the
 /// signals received, once the handler is in place (`None` if it cannot be installed).
@@ -758,6 +791,31 @@ mod tests {
     use super::*;
     use crate::node::{Node, NodeConfig, init_data_dir};
     use crate::session::Connection;
+
+    /// Backslash commands and the shell's own queries stop on an interrupt, even when the node
+    /// never answers.
+    #[test]
+    fn work_that_never_ends_stops_on_an_interrupt() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (count, counted) = tokio::sync::watch::channel(0u64);
+        let mut interrupts = Some(counted);
+        let done = interruptible(runtime.handle(), &mut interrupts, async { Ok(7) });
+        assert_eq!(done.expect("no interrupt yet"), 7);
+        count.send_modify(|n| *n += 1);
+        let stopped = interruptible(
+            runtime.handle(),
+            &mut interrupts,
+            std::future::pending::<Result<()>>(),
+        );
+        let error = stopped.expect_err("interrupted");
+        assert_eq!(error.to_string(), "canceling statement due to user request");
+        // The interrupt was used up: the next piece of work runs.
+        let next = interruptible(runtime.handle(), &mut interrupts, async { Ok(8) });
+        assert_eq!(next.expect("runs"), 8);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn completion_names_come_from_the_chain() {
