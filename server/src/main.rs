@@ -79,6 +79,10 @@ struct SimulateArgs {
     /// Crash and restart every validator once in each run, at a seed-dependent time.
     #[arg(long)]
     crashes: bool,
+    /// Cut one validator (a seed-dependent one) off the others for two seconds in each run,
+    /// then heal the network.
+    #[arg(long)]
+    partitions: bool,
     /// How many validators (the last ones) equivocate on every vote.
     #[arg(long, default_value_t = 0)]
     equivocators: usize,
@@ -505,7 +509,7 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
 const SCRIPT_BYTES_MAX: u64 = 256 << 20;
 
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {
-    use chainql_consensus::tendermint::sim::{Crash, Network, Simulation, run};
+    use chainql_consensus::tendermint::sim::{Crash, Network, Partition, Simulation, run};
     if args.validators == 0 || args.equivocators + args.invalid_proposers > args.validators {
         return Err(Error::Client(
             "need at least one validator, and no more faulty ones than validators".into(),
@@ -528,6 +532,14 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
                     down_ms: 200 + 150 * validator as u64,
                 });
             }
+        }
+        if args.partitions {
+            let from_ms = 500 + seed % 1000;
+            sim.partitions.push(Partition {
+                from_ms,
+                until_ms: from_ms + 2_000,
+                side: vec![(seed % args.validators as u64) as usize],
+            });
         }
         sim.equivocators = (args.validators - args.equivocators..args.validators).collect();
         sim.invalid_proposers = (0..args.invalid_proposers).collect();

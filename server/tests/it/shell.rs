@@ -399,6 +399,7 @@ fn simulate_runs_seeds_and_reports() {
         "--heights",
         "3",
         "--crashes",
+        "--partitions",
         "--equivocators",
         "1",
     ]);
