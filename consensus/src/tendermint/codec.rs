@@ -143,6 +143,38 @@ fn count_ok(found: usize, what: &'static str) -> Result<()> {
     Ok(())
 }
 
+/// The signers of a polka or commit certificate in their wire form.
+fn signatures_to_wire<'a>(
+    signers: impl Iterator<Item = (&'a ValidatorAddress, &'a Signature)>,
+) -> Vec<pb::CertificateSignature> {
+    signers
+        .map(|(address, signature)| pb::CertificateSignature {
+            validator: address.0.0.to_vec(),
+            signature: signature.to_bytes().to_vec(),
+            r#type: 0,
+            block: Vec::new(),
+        })
+        .collect()
+}
+
+/// The signers of a polka or commit certificate, checked: at most
+/// [`CERTIFICATE_SIGNATURES_MAX`], each address and signature of the right length.
+fn signatures_from_wire(
+    signatures: &[pb::CertificateSignature],
+    what: &'static str,
+) -> Result<Vec<(ValidatorAddress, Signature)>> {
+    count_ok(signatures.len(), what)?;
+    signatures
+        .iter()
+        .map(|s| {
+            Ok((
+                address(&s.validator, "certificate signer")?,
+                signature(&s.signature, "certificate signature")?,
+            ))
+        })
+        .collect()
+}
+
 fn vote_to_wire(vote: &SignedVote<ChainContext>) -> Result<pb::SignedVote> {
     let v = &vote.message;
     Ok(pb::SignedVote {
@@ -207,35 +239,24 @@ fn polka_to_wire(certificate: &PolkaCertificate<ChainContext>) -> Result<pb::Pol
         height: certificate.height.0,
         round: round_number(certificate.round, "polka round")?,
         block: certificate.value_id.0.to_vec(),
-        signatures: certificate
-            .polka_signatures
-            .iter()
-            .map(|s| pb::CertificateSignature {
-                validator: s.address.0.0.to_vec(),
-                signature: s.signature.to_bytes().to_vec(),
-                r#type: 0,
-                block: Vec::new(),
-            })
-            .collect(),
+        signatures: signatures_to_wire(
+            certificate
+                .polka_signatures
+                .iter()
+                .map(|s| (&s.address, &s.signature)),
+        ),
     })
 }
 
 fn polka_from_wire(certificate: &pb::PolkaCertificate) -> Result<PolkaCertificate<ChainContext>> {
-    count_ok(certificate.signatures.len(), "polka certificate")?;
     Ok(PolkaCertificate {
         height: Height(certificate.height),
         round: round(certificate.round, "polka round")?,
         value_id: hash(&certificate.block, "polka block")?,
-        polka_signatures: certificate
-            .signatures
-            .iter()
-            .map(|s| {
-                Ok(PolkaSignature::new(
-                    address(&s.validator, "polka signer")?,
-                    signature(&s.signature, "polka signature")?,
-                ))
-            })
-            .collect::<Result<_>>()?,
+        polka_signatures: signatures_from_wire(&certificate.signatures, "polka certificate")?
+            .into_iter()
+            .map(|(address, signature)| PolkaSignature::new(address, signature))
+            .collect(),
     })
 }
 
@@ -288,37 +309,26 @@ pub fn commit_to_wire(certificate: &CommitCertificate<ChainContext>) -> Result<p
         height: certificate.height.0,
         round: round_number(certificate.round, "commit round")?,
         block: certificate.value_id.0.to_vec(),
-        signatures: certificate
-            .commit_signatures
-            .iter()
-            .map(|s| pb::CertificateSignature {
-                validator: s.address.0.0.to_vec(),
-                signature: s.signature.to_bytes().to_vec(),
-                r#type: 0,
-                block: Vec::new(),
-            })
-            .collect(),
+        signatures: signatures_to_wire(
+            certificate
+                .commit_signatures
+                .iter()
+                .map(|s| (&s.address, &s.signature)),
+        ),
     })
 }
 
 /// A commit certificate from its wire form; its signatures are still to be checked
 /// (`Engine::check_commit`).
 pub fn commit_from_wire(certificate: &pb::CommitCertificate) -> Result<CommitCertificate<ChainContext>> {
-    count_ok(certificate.signatures.len(), "commit certificate")?;
     Ok(CommitCertificate {
         height: Height(certificate.height),
         round: round(certificate.round, "commit round")?,
         value_id: hash(&certificate.block, "commit block")?,
-        commit_signatures: certificate
-            .signatures
-            .iter()
-            .map(|s| {
-                Ok(CommitSignature::new(
-                    address(&s.validator, "commit signer")?,
-                    signature(&s.signature, "commit signature")?,
-                ))
-            })
-            .collect::<Result<_>>()?,
+        commit_signatures: signatures_from_wire(&certificate.signatures, "commit certificate")?
+            .into_iter()
+            .map(|(address, signature)| CommitSignature::new(address, signature))
+            .collect(),
     })
 }
 
@@ -485,6 +495,19 @@ mod tests {
             let bytes = encode_message(&message).expect("encode");
             assert_eq!(decode_message(&bytes).expect("decode"), message);
         }
+        let commit = CommitCertificate {
+            height: Height(9),
+            round: Round::new(2),
+            value_id: Hash([1; 32]),
+            commit_signatures: vec![CommitSignature::new(
+                ValidatorAddress(Address([2; 20])),
+                Signature::from_bytes([4; 64]),
+            )],
+        };
+        let wire = commit_to_wire(&commit).expect("encode");
+        let bytes = wire.encode_to_vec();
+        let decoded = pb::CommitCertificate::decode(&bytes[..]).expect("protobuf");
+        assert_eq!(commit_from_wire(&decoded).expect("decode"), commit);
         for input in [
             Input::Vote(signed_vote(NilOrVal::Nil)),
             Input::Proposal(proposal),

@@ -249,6 +249,14 @@ async fn the_node_logs_one_line_per_block() {
         let _ = writer.execute(vec![sql.to_string()]).await;
     }
     let height = writer.connection().status().await.expect("status").height;
+    // A block's line is written just after its receipts are published: wait for the last one.
+    let lines = |log: &str| log.lines().filter(|l| l.contains("committed block")).count() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lines(&std::fs::read_to_string(&log_path).unwrap_or_default()) < height
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     node.kill();
     let log = std::fs::read_to_string(&log_path).expect("read the log");
     let blocks: Vec<&str> = log.lines().filter(|l| l.contains("committed block")).collect();
