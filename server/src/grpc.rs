@@ -430,15 +430,10 @@ impl NodeApi for Api {
         request: Request<proto::GetBlockRequest>,
     ) -> Result<Response<proto::GetBlockResponse>, Status> {
         let height = request.into_inner().height;
-        let block = self
+        let (block, hash) = self
             .node
-            .block(height)?
+            .block_and_hash(height)?
             .ok_or_else(|| Status::not_found(format!("no block at height {height}")))?;
-        let hash = block
-            .header
-            .as_ref()
-            .map(chainql_consensus::header_hash)
-            .unwrap_or_default();
         Ok(Response::new(proto::GetBlockResponse {
             block: Some(block),
             block_hash: hash.0.to_vec(),

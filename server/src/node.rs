@@ -734,6 +734,19 @@ impl Node {
         Ok(blocks.get(height)?)
     }
 
+    /// A committed block and the hash of its header; height 0 means the latest.
+    pub fn block_and_hash(&self, height: u64) -> Result<Option<(Block, Hash)>> {
+        let Some(block) = self.block(height)? else {
+            return Ok(None);
+        };
+        let hash = block
+            .header
+            .as_ref()
+            .map(chainql_consensus::header_hash)
+            .ok_or_else(|| Error::Corrupt(format!("block {height} has no header")))?;
+        Ok(Some((block, hash)))
+    }
+
     /// A receiver of the height up to which blocks, states and receipts are all visible.
     pub fn published(&self) -> watch::Receiver<u64> {
         self.inner.published.subscribe()
@@ -745,14 +758,9 @@ impl Node {
         if height == 0 || height > *self.inner.published.borrow() {
             return Ok(None);
         }
-        let block = self
-            .block(height)?
+        let (block, hash) = self
+            .block_and_hash(height)?
             .ok_or_else(|| Error::Corrupt(format!("published block {height} is missing")))?;
-        let hash = block
-            .header
-            .as_ref()
-            .map(chainql_consensus::header_hash)
-            .ok_or_else(|| Error::Corrupt(format!("block {height} has no header")))?;
         let known = lock(&self.inner.receipts);
         let receipts = block
             .transactions

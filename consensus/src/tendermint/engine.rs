@@ -167,16 +167,16 @@ impl Host {
         set: &ValidatorSet,
         thresholds: ThresholdParams,
     ) -> Result<(), CertificateError<ChainContext>> {
-        let signers = certificate
-            .commit_signatures
-            .iter()
-            .map(|s| (s.address, &s.signature));
-        let votes = self.precommits(
-            certificate.height,
-            certificate.round,
-            certificate.value_id,
-            signers,
-        );
+        let votes = certificate.commit_signatures.iter().map(|s| {
+            let vote = Vote {
+                vote_type: VoteType::Precommit,
+                height: certificate.height,
+                round: certificate.round,
+                value: NilOrVal::Val(certificate.value_id),
+                validator: s.address,
+            };
+            (vote, &s.signature)
+        });
         let invalid = |vote: &Vote, signature| {
             CertificateError::InvalidCommitSignature(malachite_core_types::CommitSignature::new(
                 vote.validator,
@@ -184,26 +184,6 @@ impl Host {
             ))
         };
         self.check_votes(set, votes, thresholds.quorum, invalid)
-    }
-
-    /// The precommits a commit certificate's signers made, with their signatures.
-    fn precommits<'a>(
-        &self,
-        height: Height,
-        round: Round,
-        block: Hash,
-        signers: impl Iterator<Item = (ValidatorAddress, &'a Signature)>,
-    ) -> impl Iterator<Item = (Vote, &'a Signature)> {
-        signers.map(move |(validator, signature)| {
-            let vote = Vote {
-                vote_type: VoteType::Precommit,
-                height,
-                round,
-                value: NilOrVal::Val(block),
-                validator,
-            };
-            (vote, signature)
-        })
     }
 
     fn handle(&mut self, effect: Effect<ChainContext>) -> Result<Resume<ChainContext>, String> {
@@ -308,20 +288,18 @@ impl Host {
                 r.resume_with(self.check_commit(&certificate, &set, thresholds))
             }
             VerifyExtendedCommitCertificate(certificate, set, thresholds, _, r) => {
-                let signers = certificate
-                    .commit_signatures
-                    .iter()
-                    .map(|s| (s.address, &s.signature));
-                let votes = self.precommits(
-                    certificate.height,
-                    certificate.round,
-                    certificate.value_id,
-                    signers,
-                );
-                let result = self.check_votes(&set, votes, thresholds.quorum, |vote, _| {
-                    CertificateError::InvalidVoteExtensionSignature(vote.validator)
-                });
-                r.resume_with(result)
+                // Vote extensions are disabled: the certificate is its commit signatures.
+                let commit = CommitCertificate {
+                    height: certificate.height,
+                    round: certificate.round,
+                    value_id: certificate.value_id,
+                    commit_signatures: certificate
+                        .commit_signatures
+                        .iter()
+                        .map(|s| malachite_core_types::CommitSignature::new(s.address, s.signature))
+                        .collect(),
+                };
+                r.resume_with(self.check_commit(&commit, &set, thresholds))
             }
             VerifyPolkaCertificate(certificate, set, thresholds, r) => {
                 let votes = certificate.polka_signatures.iter().map(|s| {

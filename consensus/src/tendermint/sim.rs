@@ -150,7 +150,8 @@ impl Report {
     }
 }
 
-fn contiguous_height(committed: &BTreeMap<u64, Hash>) -> u64 {
+/// The height up to which `committed` holds every block.
+fn contiguous_height<V>(committed: &BTreeMap<u64, V>) -> u64 {
     let mut height = 0;
     while committed.contains_key(&(height + 1)) {
         height += 1;
@@ -447,13 +448,7 @@ impl World {
                 .insert(height, (block, certificate));
             height += 1;
         }
-        let next = contiguous_height(
-            &self.nodes[validator]
-                .committed
-                .iter()
-                .map(|(h, (b, _))| (*h, *b))
-                .collect(),
-        ) + 1;
+        let next = contiguous_height(&self.nodes[validator].committed) + 1;
         if next > mine {
             self.restart_engine(validator, Height(next));
         }
@@ -676,13 +671,7 @@ pub fn run(sim: Simulation) -> Report {
             Event::Restart { validator } => {
                 world.record(&format!("restart {validator}"));
                 world.nodes[validator].up = true;
-                let height = contiguous_height(
-                    &world.nodes[validator]
-                        .committed
-                        .iter()
-                        .map(|(h, (b, _))| (*h, *b))
-                        .collect(),
-                ) + 1;
+                let height = contiguous_height(&world.nodes[validator].committed) + 1;
                 world.restart_engine(validator, Height(height));
                 world.catch_up(validator);
             }
