@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .extern_path(".chainql.v1", "::chainql::wire")
+        .extern_path(".chainql.consensus.v1", "::chainql::wire::consensus")
         .compile_fds(descriptors)?;
     Ok(())
 }

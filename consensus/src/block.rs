@@ -4,6 +4,7 @@ use chainql::wire::{Block, BlockHeader, LogRange, SignedTransaction};
 use chainql::{BLOCK_HEADER_DOMAIN, Hash, Keypair, PublicKey, merkle_root, transaction_hash};
 use prost::Message;
 
+use crate::tendermint::{ChainContext, Height, ValidatorSet, codec, verify_commit};
 use crate::{Error, Result};
 
 const BLOCK_HASH_DOMAIN: &str = "chainql/block-hash/v1";
@@ -54,6 +55,7 @@ impl BlockProposal {
             header: Some(header),
             proposer_signature: signature.to_vec(),
             transactions: self.transactions,
+            commit: None,
         }
     }
 }
@@ -117,6 +119,117 @@ pub fn verify_block(
         )
         .map_err(|_| Error::InvalidBlock(format!("block {}: bad proposer signature", header.height)))?;
     Ok(header_hash(header))
+}
+
+/// What checking a committed block found: its hash, and who committed it.
+#[derive(Debug, Clone)]
+pub struct CommitProof {
+    pub hash: Hash,
+    /// The round the block was decided in.
+    pub round: u32,
+    /// The validators whose precommits the certificate carries, with their stake.
+    pub signers: Vec<(chainql::Address, u64)>,
+    pub signed_stake: u64,
+    pub total_stake: u64,
+}
+
+/// Checks a committed block on its own, as anyone holding the chain's validator set can: its
+/// chain, its link to its parent (`parent_hash`: the previous block's hash, or the genesis hash
+/// for block 1), its transaction count and root, its proposer's signature, and its commit
+/// certificate.
+pub fn verify_committed(
+    block: &Block,
+    parent_hash: Hash,
+    ctx: &ChainContext,
+    validators: &ValidatorSet,
+) -> Result<CommitProof> {
+    let header = block
+        .header
+        .as_ref()
+        .ok_or_else(|| Error::InvalidBlock("the block has no header".into()))?;
+    let invalid = |m: String| Error::InvalidBlock(format!("block {}: {m}", header.height));
+    if header.chain_id != ctx.chain_id {
+        return Err(invalid(format!(
+            "chain id {:?}, expected {:?}",
+            header.chain_id, ctx.chain_id
+        )));
+    }
+    if Hash::from_slice(&header.parent_hash) != Some(parent_hash) {
+        return Err(invalid("its parent hash is not the previous block's hash".into()));
+    }
+    if header.transaction_count as usize != block.transactions.len()
+        || Hash::from_slice(&header.transactions_root) != Some(transactions_root(&block.transactions))
+    {
+        return Err(invalid("its transactions do not match its header".into()));
+    }
+    let proposer = PublicKey::from_bytes(&header.proposer).map_err(|e| invalid(format!("proposer: {e}")))?;
+    if !validators
+        .validators()
+        .iter()
+        .any(|v| v.address.0 == proposer.address())
+    {
+        return Err(invalid(format!(
+            "its proposer {} is not a validator",
+            proposer.address()
+        )));
+    }
+    proposer
+        .verify(
+            BLOCK_HEADER_DOMAIN,
+            &header.encode_to_vec(),
+            &block.proposer_signature,
+        )
+        .map_err(|_| invalid("bad proposer signature".into()))?;
+    let hash = verify_certificate(block, ctx, validators)?;
+    let certificate = block
+        .commit
+        .as_ref()
+        .ok_or_else(|| invalid("it carries no commit certificate".into()))?;
+    let mut signers = Vec::new();
+    for signature in &certificate.signatures {
+        let address = chainql::Address(
+            signature
+                .validator
+                .as_slice()
+                .try_into()
+                .map_err(|_| invalid("a signer address is malformed".into()))?,
+        );
+        let stake = validators
+            .validators()
+            .iter()
+            .find(|v| v.address.0 == address)
+            .map_or(0, |v| v.power);
+        signers.push((address, stake));
+    }
+    let total_stake = validators.validators().iter().map(|v| v.power).sum();
+    Ok(CommitProof {
+        hash,
+        round: certificate.round,
+        signed_stake: signers.iter().map(|(_, s)| s).sum(),
+        signers,
+        total_stake,
+    })
+}
+
+/// Checks the commit certificate a committed block carries: precommits of more than 2/3 of
+/// `validators`' stake, on the chain of `ctx`, for this block's height and header hash.
+/// Returns the block's hash. What `chainql verify block` and a validator syncing blocks do.
+pub fn verify_certificate(block: &Block, ctx: &ChainContext, validators: &ValidatorSet) -> Result<Hash> {
+    let header = block
+        .header
+        .as_ref()
+        .ok_or_else(|| Error::InvalidBlock("the block has no header".into()))?;
+    let invalid = |m: String| Error::InvalidBlock(format!("block {}: {m}", header.height));
+    let wire = block
+        .commit
+        .as_ref()
+        .ok_or_else(|| invalid("it carries no commit certificate".into()))?;
+    let certificate =
+        codec::commit_from_wire(wire).map_err(|e| invalid(format!("commit certificate: {e}")))?;
+    let hash = header_hash(header);
+    verify_commit(ctx, validators, Height(header.height), hash, &certificate)
+        .map_err(|e| invalid(format!("commit certificate: {e}")))?;
+    Ok(hash)
 }
 
 #[cfg(test)]

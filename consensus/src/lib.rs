@@ -1,10 +1,7 @@
-//! ChainQL consensus: the validator set, the genesis, building and checking signed blocks, and the
-//! durable block store.
-//!
-//! In this version one validator holds all the stake and proposes every block: the proposer signs
-//! each header, and a block is committed once it is durably stored. The pieces here (genesis,
-//! validator set, block checks, block store) are the ones a multi-validator Tendermint round uses
-//! too; only the voting between proposing and storing is added.
+//! ChainQL consensus: the validator set, the genesis, building and checking signed blocks and
+//! their commit certificates, the durable block store, and Tendermint ([`tendermint`]) between
+//! validators. A block is committed once more than 2/3 of the stake precommitted its header hash
+//! and it is durably stored with that certificate.
 //!
 //! ```
 //! use chainql::{Hash, Keypair};
@@ -37,7 +34,10 @@ use std::path::Path;
 
 use chainql::{Address, PublicKey};
 
-pub use block::{BlockProposal, Parent, header_hash, transactions_root, verify_block};
+pub use block::{
+    BlockProposal, CommitProof, Parent, header_hash, transactions_root, verify_block, verify_certificate,
+    verify_committed,
+};
 pub use genesis::{GENESIS_BYTES_MAX, Genesis, GenesisAccount, GenesisValidator, Validator};
 pub use store::{BLOCK_BYTES_MAX, BlockStore};
 
@@ -100,6 +100,23 @@ impl ValidatorSet {
 
     pub fn total_stake(&self) -> u64 {
         self.validators.iter().map(|v| v.stake).sum()
+    }
+
+    /// The set as Tendermint weighs it: each validator's stake is its voting power.
+    pub fn consensus_set(&self) -> Result<tendermint::ValidatorSet> {
+        let members = self
+            .validators
+            .iter()
+            .map(|v| {
+                tendermint::Validator::new(v.public_key.to_bytes(), v.stake)
+                    .ok_or_else(|| Error::InvalidGenesis(format!("validator {} has no valid key", v.address)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tendermint::ValidatorSet::new(members).ok_or_else(|| {
+            Error::InvalidGenesis(
+                "the validator set is empty, has a zero stake or a duplicate, or too much stake".into(),
+            )
+        })
     }
 
     /// The proposer of `height`: stake-weighted round robin, deterministic on every node. With

@@ -37,9 +37,28 @@ pub struct BlockStore {
     end: u64,
     /// Bytes cut off a torn tail when the store was opened.
     truncated_bytes: u64,
+    /// Opened beside a writer: never written or cut.
+    read_only: bool,
 }
 
 impl BlockStore {
+    /// Opens the store in `dir` to read it beside a node that may be writing it: nothing is
+    /// created or cut (a torn or half-written last block is left out).
+    pub fn open_read_only(dir: &Path) -> Result<BlockStore> {
+        let path = dir.join("blocks.dat");
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut store = BlockStore {
+            path,
+            file,
+            offsets: Vec::new(),
+            end: HEADER_BYTES,
+            truncated_bytes: 0,
+            read_only: true,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<BlockStore> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -69,6 +88,7 @@ impl BlockStore {
             offsets: Vec::new(),
             end: HEADER_BYTES,
             truncated_bytes: 0,
+            read_only: false,
         };
         store.recover()?;
         Ok(store)
@@ -112,6 +132,7 @@ impl BlockStore {
                     self.offsets.push(offset);
                     offset = next;
                 }
+                None if self.read_only => break,
                 None => {
                     // Only the last record can be torn: it is the only one that was being
                     // written when the node stopped.
@@ -186,6 +207,9 @@ impl BlockStore {
 
     /// Appends block `height() + 1` and makes it durable before returning.
     pub fn append(&mut self, block: &Block) -> Result<()> {
+        if self.read_only {
+            return Err(Error::InvalidBlock("the block store was opened read-only".into()));
+        }
         let height = self.height() + 1;
         let found = block.header.as_ref().map(|h| h.height);
         assert_eq!(found, Some(height), "blocks are stored in height order");

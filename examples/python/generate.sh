@@ -7,4 +7,4 @@ out="${1:-$here/generated}"
 python="${PYTHON:-python3}"
 mkdir -p "$out"
 "$python" -m grpc_tools.protoc -I "$here/../../chainql/proto" \
-  --python_out="$out" --grpc_python_out="$out" chainql.proto node.proto
+  --python_out="$out" --grpc_python_out="$out" consensus.proto chainql.proto node.proto

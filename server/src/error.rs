@@ -21,6 +21,8 @@ pub enum Error {
     Log(#[from] chainql_sequencer::Error),
     #[error(transparent)]
     Consensus(#[from] chainql_consensus::Error),
+    #[error("consensus write-ahead log: {0}")]
+    Wal(#[from] chainql_consensus::tendermint::wal::WalError),
     #[error(transparent)]
     Execution(#[from] chainql_executor::Error),
     #[error("configuration: {0}")]
@@ -81,7 +83,9 @@ impl Error {
             Error::InsufficientFunds { .. } => CHECK_VIOLATION,
             Error::Execution(error) => error.sqlstate(),
             Error::Log(chainql_sequencer::Error::InvalidPosition(_)) => INVALID_PARAMETER_VALUE,
-            Error::Log(_) | Error::Consensus(_) | Error::Corrupt(_) | Error::Io { .. } => INTERNAL_ERROR,
+            Error::Log(_) | Error::Consensus(_) | Error::Wal(_) | Error::Corrupt(_) | Error::Io { .. } => {
+                INTERNAL_ERROR
+            }
             Error::Halted(_) => OPERATOR_INTERVENTION,
             Error::ShuttingDown => ADMIN_SHUTDOWN,
             Error::Config(_) => CONFIGURATION_LIMIT_EXCEEDED,
@@ -110,7 +114,7 @@ impl From<Error> for tonic::Status {
                 | chainql_sequencer::Error::NoSuchPartition { .. },
             ) => Code::InvalidArgument,
             Error::Log(_) | Error::Halted(_) | Error::ShuttingDown => Code::Unavailable,
-            Error::Consensus(_) | Error::Corrupt(_) | Error::Io { .. } => Code::Internal,
+            Error::Consensus(_) | Error::Wal(_) | Error::Corrupt(_) | Error::Io { .. } => Code::Internal,
             Error::Config(_) => Code::FailedPrecondition,
             Error::Client(_) => Code::InvalidArgument,
             Error::FutureBlock { .. } => Code::OutOfRange,

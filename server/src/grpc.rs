@@ -495,7 +495,7 @@ mod tests {
         let set = prost_types::FileDescriptorSet::decode(super::proto::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptors decode");
         let names: Vec<_> = set.file.iter().map(|f| f.name().to_string()).collect();
-        assert_eq!(names, ["chainql.proto", "node.proto"]);
+        assert_eq!(names, ["consensus.proto", "chainql.proto", "node.proto"]);
         for file in &set.file {
             let missing = super::undocumented(file);
             assert!(missing.is_empty(), "{}: {missing:#?}", file.name());
@@ -506,7 +506,12 @@ mod tests {
     fn an_undocumented_field_is_found() {
         let set = prost_types::FileDescriptorSet::decode(super::proto::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptors decode");
-        let mut file = set.file[0].clone();
+        let mut file = set
+            .file
+            .iter()
+            .find(|f| f.name() == "chainql.proto")
+            .expect("chainql.proto")
+            .clone();
         let info = file.source_code_info.as_mut().expect("source info");
         // Forget the comment of the first field of the first message.
         info.location.retain(|l| l.path != [4, 0, 2, 0]);

@@ -53,6 +53,34 @@ enum Command {
     /// crashes and Byzantine validators, and check that they never disagree and keep
     /// committing (deterministic: a seed replays exactly).
     Simulate(SimulateArgs),
+    /// Check committed data on its own, with only the chain's genesis.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+}
+
+#[derive(Subcommand)]
+enum VerifyCommand {
+    /// Check block N: its link to block N-1, its transactions against its header, its
+    /// proposer's signature, and its commit certificate (precommits of more than 2/3 of the
+    /// stake). Prints who signed it; exits with failure if anything does not hold.
+    Block(VerifyBlockArgs),
+}
+
+#[derive(Args)]
+struct VerifyBlockArgs {
+    /// The height of the block.
+    height: u64,
+    /// Read the blocks from a running node (e.g. http://127.0.0.1:50051) instead of a data
+    /// directory.
+    #[arg(long)]
+    connect: Option<String>,
+    /// The data directory whose block store to read (read-only; the node may be running).
+    #[arg(long, default_value = DEFAULT_DATA_DIR, env = "CHAINQL_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The chain's genesis file, whose validators must have committed the block
+    /// [default: DATA_DIR/genesis.json].
+    #[arg(long)]
+    genesis: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -295,6 +323,7 @@ fn main() -> ExitCode {
         Command::Keys(command) => keys(command),
         Command::Bench(args) => bench(args),
         Command::Simulate(args) => simulate(args),
+        Command::Verify(VerifyCommand::Block(args)) => verify_block(args),
     };
     match result {
         Ok(code) => code,
@@ -507,6 +536,80 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
 
 /// The largest script the shell reads from standard input (as `\\i` reads from a file).
 const SCRIPT_BYTES_MAX: u64 = 256 << 20;
+
+fn verify_block(args: VerifyBlockArgs) -> Result<ExitCode> {
+    use chainql_consensus::tendermint::ChainContext;
+    use chainql_consensus::{BlockStore, Genesis, ValidatorSet, header_hash, verify_committed};
+    let genesis_path = args.genesis.unwrap_or_else(|| args.data_dir.join("genesis.json"));
+    let genesis = Genesis::read(&genesis_path)?;
+    let validators = ValidatorSet::from_genesis(&genesis)?.consensus_set()?;
+    if args.height == 0 {
+        return Err(Error::Client("block 0 is the genesis; blocks start at 1".into()));
+    }
+    // The block and the hash of its parent.
+    let (block, parent_hash) = match &args.connect {
+        Some(url) => runtime()?.block_on(async {
+            let client = chainql_server::Client::connect(url).await?;
+            let (block, _) = client
+                .block(args.height)
+                .await?
+                .ok_or_else(|| Error::Client(format!("{url} has no block {}", args.height)))?;
+            let parent_hash = match args.height {
+                1 => genesis.hash(),
+                h => client
+                    .block(h - 1)
+                    .await?
+                    .map(|(_, hash)| hash)
+                    .ok_or_else(|| Error::Client(format!("{url} has no block {}", h - 1)))?,
+            };
+            Ok::<_, Error>((block, parent_hash))
+        })?,
+        None => {
+            let mut store = BlockStore::open_read_only(&args.data_dir.join("blocks"))?;
+            let held = store.height();
+            let missing = |h: u64| {
+                Error::Client(format!(
+                    "{} has no block {h} (it holds {held})",
+                    args.data_dir.display()
+                ))
+            };
+            let block = store.get(args.height)?.ok_or_else(|| missing(args.height))?;
+            let parent_hash = match args.height {
+                1 => genesis.hash(),
+                h => store
+                    .get(h - 1)?
+                    .and_then(|b| b.header.as_ref().map(header_hash))
+                    .ok_or_else(|| missing(h - 1))?,
+            };
+            (block, parent_hash)
+        }
+    };
+    match verify_committed(
+        &block,
+        parent_hash,
+        &ChainContext::new(&genesis.chain_id),
+        &validators,
+    ) {
+        Ok(proof) => {
+            println!("block {} {} is committed", args.height, proof.hash);
+            println!(
+                "  decided in round {}: precommits of {} of {} stake ({:.1}%, more than 2/3 needed)",
+                proof.round,
+                proof.signed_stake,
+                proof.total_stake,
+                proof.signed_stake as f64 * 100.0 / proof.total_stake.max(1) as f64
+            );
+            for (address, stake) in &proof.signers {
+                println!("  signed by {address} (stake {stake})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!("block {} does not verify: {error}", args.height);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
 
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     use chainql_consensus::tendermint::sim::{Crash, Network, Partition, Simulation, run};

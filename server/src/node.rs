@@ -1,10 +1,10 @@
 //! The node: admission, the log, block production, execution and the committed state.
 //!
 //! ```text
-//! submit ─▶ admission ─▶ log (group commit) ─▶ block producer ─▶ block store (fsync) ─▶ executor ─▶ committed state
-//!           decode, size,                       cuts a block when      signed header              receipts, waiters
-//!           chain id, signature,                entries wait (at most
-//!           SQL checks, nonce                   every N ms, M txs)
+//! submit ─▶ admission ─▶ log (group commit) ─▶ consensus ─▶ block store (fsync) ─▶ executor ─▶ committed state
+//!           decode, size,                       Tendermint     block + commit             receipts, waiters
+//!           chain id, signature,                (consensus.rs) certificate
+//!           SQL checks, nonce
 //! ```
 //!
 //! Durability points: a transaction is acknowledged once its log entry is fsynced; a block is
@@ -19,11 +19,14 @@ use std::time::{Duration, Instant};
 
 use chainql::wire::{Block, LogRange, Receipt, SignedTransaction, Transaction};
 use chainql::{Address, DecodedTransaction, Hash, Keypair, PublicKey, TransactionLimits};
+use chainql_consensus::tendermint::codec::PROPOSED_BLOCK_BYTES_MAX;
 use chainql_consensus::{BlockProposal, BlockStore, Genesis, Parent, ValidatorSet, verify_block};
 use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, QueryResult, State};
 use chainql_sequencer::{FsStorage, Log, LogConfig, PartitionId, Position, Subscription, partition_of};
 use prost::Message;
 use tokio::sync::{Notify, oneshot, watch};
+
+mod consensus;
 
 use crate::checkpoints::{Checkpoints, StoredReceipts};
 use crate::error::{Error, Result};
@@ -143,6 +146,9 @@ pub fn init_data_dir(config: &NodeConfig, chain_id: &str, accounts: &[(Address, 
     genesis.write(&genesis_path)?;
     Ok(genesis)
 }
+
+/// Room left in a proposed block for its header, signature and certificate.
+const BLOCK_ENVELOPE_BYTES: usize = 64 << 10;
 
 /// Runs blocking file I/O without stalling the runtime's other tasks where the runtime allows it.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
@@ -352,7 +358,9 @@ impl Node {
         });
         let recovery = inner.replay().await?;
         inner.recover_pending().await?;
-        let producer = tokio::spawn(Arc::clone(&inner).produce_blocks());
+        let validators = inner.validators.consensus_set()?;
+        let (consensus, outputs) = consensus::Consensus::open(Arc::clone(&inner), validators)?;
+        let producer = tokio::spawn(consensus.run(outputs));
         Ok(Node {
             inner,
             recovery,
@@ -926,32 +934,20 @@ impl Inner {
             let block = lock(&self.blocks)
                 .get(h)?
                 .ok_or_else(|| Error::Corrupt(format!("block {h} is missing")))?;
-            let header = block
-                .header
-                .as_ref()
-                .ok_or_else(|| Error::Corrupt(format!("block {h} has no header")))?;
-            for range in &header.log_ranges {
-                let slot = next_seqnos.get_mut(range.partition as usize).ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "block {h} names log partition {}, which does not exist",
-                        range.partition
-                    ))
-                })?;
-                if range.first_seqno != *slot {
-                    return Err(Error::Corrupt(format!(
-                        "block {h} orders partition {} from seqno {}, expected {}",
-                        range.partition, range.first_seqno, slot
-                    )));
-                }
-                *slot = range.first_seqno + range.count;
-            }
-            if h <= start {
+            next_seqnos = self.ordered_by(&block, next_seqnos)?;
+            if h < start {
                 // In the checkpoint: only the log's snapshot markers are needed.
+                self.mark_snapshot(h, &next_seqnos)?;
+                continue;
+            }
+            if h == start {
+                self.skip_settled(&state, &mut next_seqnos)?;
                 self.mark_snapshot(h, &next_seqnos)?;
                 continue;
             }
             transactions += block.transactions.len() as u64;
             let (next, receipts) = self.apply_block(&state, &block).await?;
+            self.skip_settled(&next, &mut next_seqnos)?;
             self.mark_snapshot(h, &next_seqnos)?;
             let next = Arc::new(next);
             self.publish(Arc::clone(&next), receipts);
@@ -975,7 +971,7 @@ impl Inner {
             let last = self.log.last_seqno(PartitionId(p as u32))?;
             if last + 1 < *next {
                 return Err(Error::Corrupt(format!(
-                    "log partition {p} ends at entry {last} but block {height} orders entries up to {}",
+                    "log partition {p} ends at entry {last} but this validator's blocks order entries up to {}",
                     next - 1
                 )));
             }
@@ -1232,51 +1228,12 @@ impl Inner {
         })
     }
 
-    /// The block producer: cuts a block whenever log entries are waiting, at most every
-    /// `block_interval_ms` and with at most `block_transactions_max` transactions.
-    async fn produce_blocks(self: Arc<Self>) {
-        let interval = Duration::from_millis(self.config.block_interval_ms);
-        let mut changes: Vec<watch::Receiver<u64>> = (0..self.log.partitions())
-            .filter_map(|p| self.log.changes(PartitionId(p)).ok())
-            .collect();
-        let mut last_block = Instant::now() - interval;
-        loop {
-            // Wait until entries are waiting, or the node stops.
-            loop {
-                if self.stopping.load(Ordering::Acquire) {
-                    return;
-                }
-                for receiver in &mut changes {
-                    receiver.borrow_and_update();
-                }
-                if self.entries_waiting() {
-                    break;
-                }
-                let any_change =
-                    futures::future::select_all(changes.iter_mut().map(|r| Box::pin(r.changed())));
-                tokio::select! {
-                    (changed, _, _) = any_change => if changed.is_err() { return },
-                    () = self.stop.notified() => {}
-                }
-            }
-            let due = last_block + interval;
-            if Instant::now() < due {
-                tokio::time::sleep_until(due.into()).await;
-            }
-            last_block = Instant::now();
-            if let Err(error) = self.produce_block().await {
-                let message = error.to_string();
-                tracing::error!(error = %message, "block production stopped");
-                *lock(&self.halted) = Some(message);
-                return;
-            }
-        }
-    }
-
-    /// Takes waiting entries from every partition, at most `block_transactions_max` in all
-    /// (each partition gets an equal share first, then the rest), orders them partition by
-    /// partition, and commits them as the next block.
-    async fn produce_block(&self) -> Result<()> {
+    /// The block this validator proposes for the height after the committed one: waiting log
+    /// entries from every partition, at most `block_transactions_max` in all (each partition
+    /// gets an equal share first, then the rest) and at most `PROPOSED_BLOCK_BYTES_MAX` bytes,
+    /// ordered partition by partition. Entries an earlier block already committed (another
+    /// validator proposed them from its own log) are skipped.
+    fn build_block(&self) -> Result<Block> {
         let partitions = self.log.partitions() as usize;
         let firsts: Vec<u64> = self
             .next_seqnos
@@ -1298,8 +1255,10 @@ impl Inner {
             *count += more;
             budget -= more;
         }
+        let state = self.state();
         let mut transactions = Vec::new();
         let mut log_ranges = Vec::new();
+        let mut bytes = 0usize;
         for p in 0..partitions {
             if counts[p] == 0 {
                 continue;
@@ -1315,20 +1274,31 @@ impl Inner {
                     counts[p]
                 )));
             }
+            let mut taken = 0u64;
             for entry in &entries {
-                transactions.push(SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
+                if bytes + entry.payload.len() > PROPOSED_BLOCK_BYTES_MAX - BLOCK_ENVELOPE_BYTES {
+                    break;
+                }
+                taken += 1;
+                let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
                     Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
-                })?);
+                })?;
+                let (transaction, sender) = executable(&signed)?;
+                if transaction.nonce < state.account(&sender).nonce {
+                    continue; // committed already, from another validator's log
+                }
+                bytes += entry.payload.len() + 8;
+                transactions.push(signed);
             }
-            log_ranges.push(LogRange {
-                partition: p as u32,
-                first_seqno: firsts[p],
-                count: counts[p],
-            });
+            if taken > 0 {
+                log_ranges.push(LogRange {
+                    partition: p as u32,
+                    first_seqno: firsts[p],
+                    count: taken,
+                });
+            }
         }
-        let count = transactions.len();
-        let state = self.state();
-        let block = BlockProposal {
+        Ok(BlockProposal {
             chain_id: self.genesis.chain_id.clone(),
             height: state.height() + 1,
             parent_hash: state.block_hash(),
@@ -1337,11 +1307,18 @@ impl Inner {
             log_ranges,
             transactions,
         }
-        .sign(&self.validator);
+        .sign(&self.validator))
+    }
+
+    /// Commits a decided block that carries its certificate: stores it durably, executes it,
+    /// moves the log cursors past what it ordered and publishes the new state.
+    async fn commit_block(&self, block: Block) -> Result<()> {
         let started = Instant::now();
+        let state = self.state();
         blocking(|| lock(&self.blocks).append(&block))?;
         let stored = started.elapsed();
         let (next, receipts) = self.apply_block(&state, &block).await?;
+        let count = block.transactions.len();
         let failed = receipts.iter().filter(|r| !r.error.is_empty()).count();
         let senders: Vec<Address> = block
             .transactions
@@ -1350,7 +1327,8 @@ impl Inner {
             .collect();
         let height = next.height();
         let root = next.root();
-        let next_seqnos: Vec<u64> = firsts.iter().zip(&counts).map(|(f, c)| f + c).collect();
+        let mut next_seqnos = self.ordered_by(&block, self.current_seqnos())?;
+        self.skip_settled(&next, &mut next_seqnos)?;
         for (slot, next) in self.next_seqnos.iter().zip(&next_seqnos) {
             slot.store(*next, Ordering::Release);
         }
@@ -1379,6 +1357,68 @@ impl Inner {
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "committed block"
         );
+        Ok(())
+    }
+
+    fn current_seqnos(&self) -> Vec<u64> {
+        self.next_seqnos
+            .iter()
+            .map(|n| n.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The log cursors after `block`: a block this validator proposed names ranges of its own
+    /// log, and the cursors move past them; another validator's ranges name that validator's
+    /// log and leave them where they are. Checks that own ranges follow the cursors.
+    fn ordered_by(&self, block: &Block, mut next_seqnos: Vec<u64>) -> Result<Vec<u64>> {
+        let header = block
+            .header
+            .as_ref()
+            .ok_or_else(|| Error::Corrupt("a block has no header".into()))?;
+        if header.proposer != self.validator.public_key().to_bytes() {
+            return Ok(next_seqnos);
+        }
+        for range in &header.log_ranges {
+            let slot = next_seqnos.get_mut(range.partition as usize).ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "block {} names log partition {}, which does not exist",
+                    header.height, range.partition
+                ))
+            })?;
+            if range.first_seqno < *slot {
+                return Err(Error::Corrupt(format!(
+                    "block {} orders partition {} from seqno {}, before the first entry not yet ordered ({})",
+                    header.height, range.partition, range.first_seqno, slot
+                )));
+            }
+            *slot = range.first_seqno + range.count;
+        }
+        Ok(next_seqnos)
+    }
+
+    /// Moves each log cursor past entries that `state` has settled: transactions committed by
+    /// another validator's block, whose nonce the sender has used. (A validator's log holds the
+    /// transactions it admitted and those gossiped to it, so a block proposed elsewhere orders
+    /// entries of this log at positions of its own.)
+    fn skip_settled(&self, state: &State, next_seqnos: &mut [u64]) -> Result<()> {
+        for (p, next) in next_seqnos.iter_mut().enumerate() {
+            'partition: loop {
+                let entries = self.log.read(PartitionId(p as u32), *next, 256)?;
+                if entries.is_empty() {
+                    break;
+                }
+                for entry in &entries {
+                    let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
+                        Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
+                    })?;
+                    let (transaction, sender) = executable(&signed)?;
+                    if transaction.nonce >= state.account(&sender).nonce {
+                        break 'partition;
+                    }
+                    *next = entry.seqno + 1;
+                }
+            }
+        }
         Ok(())
     }
 

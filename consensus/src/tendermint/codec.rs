@@ -23,8 +23,42 @@ pub const ROUND_MAX: u32 = 1_000_000;
 
 /// The most signatures one certificate may carry (far above any validator set ChainQL runs).
 pub const CERTIFICATE_SIGNATURES_MAX: usize = 10_000;
-/// The largest consensus message or log entry decoded.
+/// The largest consensus message or log entry decoded (a block in the log excepted).
 pub const ENCODED_BYTES_MAX: usize = 4 << 20;
+/// The largest block a proposer builds, a validator accepts beside a proposal, and the
+/// write-ahead log keeps.
+pub const PROPOSED_BLOCK_BYTES_MAX: usize = 64 << 20;
+
+/// One record of the write-ahead log: an input of the core, or a block a proposal names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WalRecord {
+    Input(Input<ChainContext>),
+    Block(Vec<u8>),
+}
+
+/// Encodes an encoded block as a write-ahead-log record.
+pub fn encode_wal_block(block: &[u8]) -> Result<Vec<u8>> {
+    if block.len() > PROPOSED_BLOCK_BYTES_MAX {
+        return Err(CodecError::TooLarge(block.len()));
+    }
+    Ok(pb::WalEntry {
+        entry: Some(pb::wal_entry::Entry::Block(block.to_vec())),
+    }
+    .encode_to_vec())
+}
+
+/// Decodes a write-ahead-log record of either kind.
+pub fn decode_wal_record(bytes: &[u8]) -> Result<WalRecord> {
+    if bytes.len() > PROPOSED_BLOCK_BYTES_MAX + 64 {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    let decoded = pb::WalEntry::decode(bytes).map_err(|e| CodecError::Protobuf(e.to_string()))?;
+    match decoded.entry.ok_or(CodecError::Missing("entry"))? {
+        pb::wal_entry::Entry::Block(block) => Ok(WalRecord::Block(block)),
+        entry if bytes.len() <= ENCODED_BYTES_MAX => input_from_wire(entry).map(WalRecord::Input),
+        _ => Err(CodecError::TooLarge(bytes.len())),
+    }
+}
 
 /// Why bytes are not a valid consensus message or log entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -399,16 +433,21 @@ pub fn encode_wal_entry(input: &Input<ChainContext>) -> Result<Vec<u8>> {
 
 /// Decodes a write-ahead-log entry.
 pub fn decode_wal_entry(bytes: &[u8]) -> Result<Input<ChainContext>> {
-    use pb::wal_entry::Entry as E;
     if bytes.len() > ENCODED_BYTES_MAX {
         return Err(CodecError::TooLarge(bytes.len()));
     }
     let decoded = pb::WalEntry::decode(bytes).map_err(|e| CodecError::Protobuf(e.to_string()))?;
-    Ok(match decoded.entry.ok_or(CodecError::Missing("entry"))? {
+    input_from_wire(decoded.entry.ok_or(CodecError::Missing("entry"))?)
+}
+
+fn input_from_wire(entry: pb::wal_entry::Entry) -> Result<Input<ChainContext>> {
+    use pb::wal_entry::Entry as E;
+    Ok(match entry {
         E::Vote(vote) => Input::Vote(vote_from_wire(&vote)?),
         E::Proposal(proposal) => Input::Proposal(proposal_from_wire(&proposal)?),
         E::Polka(certificate) => Input::PolkaCertificate(polka_from_wire(&certificate)?),
         E::RoundCertificate(certificate) => Input::RoundCertificate(round_from_wire(&certificate)?),
+        E::Block(_) => return Err(CodecError::NotLogged("a block as an input")),
         E::ProposedValue(value) => Input::ProposedValue(
             ProposedValue {
                 height: Height(value.height),

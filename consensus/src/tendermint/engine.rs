@@ -7,7 +7,7 @@
 //! domain-separated bytes that name the chain, and every signature and certificate received is
 //! checked against the validator set before the core counts it.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chainql::{Hash, Keypair};
@@ -96,6 +96,97 @@ pub enum CommitCheckError {
     Signatures(CertificateError<ChainContext>),
 }
 
+fn vote_is_signed(ctx: &ChainContext, vote: &Vote, signature: &Signature, key: &PublicKey) -> bool {
+    let bytes = chainql::signing_bytes(VOTE_DOMAIN, &ctx.vote_body(vote));
+    key.verify(&bytes, signature).is_ok()
+}
+
+/// Checks signed votes of a certificate: every signer a validator, none twice, every signature
+/// good, and their power over `threshold` of the total.
+fn check_votes<'a>(
+    ctx: &ChainContext,
+    set: &ValidatorSet,
+    votes: impl Iterator<Item = (Vote, &'a Signature)>,
+    threshold: ThresholdParam,
+    invalid: impl Fn(&Vote, Signature) -> CertificateError<ChainContext>,
+) -> Result<(), CertificateError<ChainContext>> {
+    let mut seen = BTreeSet::new();
+    let mut signed: u64 = 0;
+    for (vote, signature) in votes {
+        let address = vote.validator;
+        let validator = set
+            .get_by_address(&address)
+            .ok_or(CertificateError::UnknownValidator(address))?;
+        if !seen.insert(address) {
+            return Err(CertificateError::DuplicateVote(address));
+        }
+        if !vote_is_signed(ctx, &vote, signature, validator.public_key()) {
+            return Err(invalid(&vote, *signature));
+        }
+        signed = signed.saturating_add(validator.voting_power());
+    }
+    let total = set.total_voting_power();
+    if !threshold.is_met(signed, total) {
+        return Err(CertificateError::NotEnoughVotingPower {
+            signed,
+            total,
+            expected: threshold.min_expected(total),
+        });
+    }
+    Ok(())
+}
+
+fn check_commit_signatures(
+    ctx: &ChainContext,
+    certificate: &CommitCertificate<ChainContext>,
+    set: &ValidatorSet,
+    thresholds: ThresholdParams,
+) -> Result<(), CertificateError<ChainContext>> {
+    let votes = certificate.commit_signatures.iter().map(|s| {
+        let vote = Vote {
+            vote_type: VoteType::Precommit,
+            height: certificate.height,
+            round: certificate.round,
+            value: NilOrVal::Val(certificate.value_id),
+            validator: s.address,
+        };
+        (vote, &s.signature)
+    });
+    let invalid = |vote: &Vote, signature| {
+        CertificateError::InvalidCommitSignature(malachite_core_types::CommitSignature::new(
+            vote.validator,
+            signature,
+        ))
+    };
+    check_votes(ctx, set, votes, thresholds.quorum, invalid)
+}
+
+/// Checks that `certificate` commits `block` at `height` on the chain of `ctx` under
+/// `validators`: precommits of more than 2/3 of the stake, each signed by a distinct member.
+/// What anyone holding the validator set does to check a committed block.
+pub fn verify_commit(
+    ctx: &ChainContext,
+    validators: &ValidatorSet,
+    height: Height,
+    block: Hash,
+    certificate: &CommitCertificate<ChainContext>,
+) -> Result<(), CommitCheckError> {
+    if certificate.height != height {
+        return Err(CommitCheckError::Height {
+            expected: height.0,
+            found: certificate.height.0,
+        });
+    }
+    if certificate.value_id != block {
+        return Err(CommitCheckError::Block {
+            expected: block,
+            found: certificate.value_id,
+        });
+    }
+    check_commit_signatures(ctx, certificate, validators, ThresholdParams::default())
+        .map_err(CommitCheckError::Signatures)
+}
+
 /// Signs and checks consensus messages; collects the outputs of one step.
 struct Host {
     ctx: ChainContext,
@@ -103,8 +194,6 @@ struct Host {
     validators: ValidatorSet,
     timeouts: LinearTimeouts,
     outputs: Vec<Output>,
-    /// Inputs to feed once the current one is done (the core must not be re-entered).
-    next: Vec<Input<ChainContext>>,
 }
 
 impl Host {
@@ -116,74 +205,9 @@ impl Host {
         Signature::from_bytes(self.key.sign(PROPOSAL_DOMAIN, &self.ctx.proposal_body(proposal)))
     }
 
-    fn vote_is_signed(&self, vote: &Vote, signature: &Signature, key: &PublicKey) -> bool {
-        let bytes = chainql::signing_bytes(VOTE_DOMAIN, &self.ctx.vote_body(vote));
-        key.verify(&bytes, signature).is_ok()
-    }
-
     fn proposal_is_signed(&self, proposal: &Proposal, signature: &Signature, key: &PublicKey) -> bool {
         let bytes = chainql::signing_bytes(PROPOSAL_DOMAIN, &self.ctx.proposal_body(proposal));
         key.verify(&bytes, signature).is_ok()
-    }
-
-    /// Checks signed votes of a certificate: every signer a validator, none twice, every
-    /// signature good, and their power over `threshold` of the total.
-    fn check_votes<'a>(
-        &self,
-        set: &ValidatorSet,
-        votes: impl Iterator<Item = (Vote, &'a Signature)>,
-        threshold: ThresholdParam,
-        invalid: impl Fn(&Vote, Signature) -> CertificateError<ChainContext>,
-    ) -> Result<(), CertificateError<ChainContext>> {
-        let mut seen = BTreeSet::new();
-        let mut signed: u64 = 0;
-        for (vote, signature) in votes {
-            let address = vote.validator;
-            let validator = set
-                .get_by_address(&address)
-                .ok_or(CertificateError::UnknownValidator(address))?;
-            if !seen.insert(address) {
-                return Err(CertificateError::DuplicateVote(address));
-            }
-            if !self.vote_is_signed(&vote, signature, validator.public_key()) {
-                return Err(invalid(&vote, *signature));
-            }
-            signed = signed.saturating_add(validator.voting_power());
-        }
-        let total = set.total_voting_power();
-        if !threshold.is_met(signed, total) {
-            return Err(CertificateError::NotEnoughVotingPower {
-                signed,
-                total,
-                expected: threshold.min_expected(total),
-            });
-        }
-        Ok(())
-    }
-
-    fn check_commit(
-        &self,
-        certificate: &CommitCertificate<ChainContext>,
-        set: &ValidatorSet,
-        thresholds: ThresholdParams,
-    ) -> Result<(), CertificateError<ChainContext>> {
-        let votes = certificate.commit_signatures.iter().map(|s| {
-            let vote = Vote {
-                vote_type: VoteType::Precommit,
-                height: certificate.height,
-                round: certificate.round,
-                value: NilOrVal::Val(certificate.value_id),
-                validator: s.address,
-            };
-            (vote, &s.signature)
-        });
-        let invalid = |vote: &Vote, signature| {
-            CertificateError::InvalidCommitSignature(malachite_core_types::CommitSignature::new(
-                vote.validator,
-                signature,
-            ))
-        };
-        self.check_votes(set, votes, thresholds.quorum, invalid)
     }
 
     fn handle(&mut self, effect: Effect<ChainContext>) -> Result<Resume<ChainContext>, String> {
@@ -256,13 +280,6 @@ impl Host {
                         });
                     }
                 }
-                self.next.push(Input::StartHeight(
-                    Height(certificate.height.0 + 1),
-                    self.validators.clone(),
-                    false,
-                    None,
-                    VoteExtensionPolicy::Disabled,
-                ));
                 r.resume_with(())
             }
             SignVote(vote, r) => {
@@ -276,7 +293,7 @@ impl Host {
             VerifySignature(signed, key, r) => {
                 let valid = match &signed.message {
                     malachite_core_consensus::ConsensusMsg::Vote(vote) => {
-                        self.vote_is_signed(vote, &signed.signature, &key)
+                        vote_is_signed(&self.ctx, vote, &signed.signature, &key)
                     }
                     malachite_core_consensus::ConsensusMsg::Proposal(proposal) => {
                         self.proposal_is_signed(proposal, &signed.signature, &key)
@@ -285,7 +302,7 @@ impl Host {
                 r.resume_with(valid)
             }
             VerifyCommitCertificate(certificate, set, thresholds, r) => {
-                r.resume_with(self.check_commit(&certificate, &set, thresholds))
+                r.resume_with(check_commit_signatures(&self.ctx, &certificate, &set, thresholds))
             }
             VerifyExtendedCommitCertificate(certificate, set, thresholds, _, r) => {
                 // Vote extensions are disabled: the certificate is its commit signatures.
@@ -299,7 +316,7 @@ impl Host {
                         .map(|s| malachite_core_types::CommitSignature::new(s.address, s.signature))
                         .collect(),
                 };
-                r.resume_with(self.check_commit(&commit, &set, thresholds))
+                r.resume_with(check_commit_signatures(&self.ctx, &commit, &set, thresholds))
             }
             VerifyPolkaCertificate(certificate, set, thresholds, r) => {
                 let votes = certificate.polka_signatures.iter().map(|s| {
@@ -312,7 +329,7 @@ impl Host {
                     };
                     (vote, &s.signature)
                 });
-                let result = self.check_votes(&set, votes, thresholds.quorum, |vote, signature| {
+                let result = check_votes(&self.ctx, &set, votes, thresholds.quorum, |vote, signature| {
                     CertificateError::InvalidPolkaSignature(malachite_core_types::PolkaSignature::new(
                         vote.validator,
                         signature,
@@ -336,7 +353,7 @@ impl Host {
                     RoundCertificateType::Precommit => thresholds.quorum,
                     RoundCertificateType::Skip => thresholds.honest,
                 };
-                let result = self.check_votes(&set, votes, threshold, |vote, signature| {
+                let result = check_votes(&self.ctx, &set, votes, threshold, |vote, signature| {
                     CertificateError::InvalidRoundSignature(malachite_core_types::RoundSignature::new(
                         vote.vote_type,
                         vote.value,
@@ -401,7 +418,6 @@ impl Engine {
                 validators,
                 timeouts,
                 outputs: Vec::new(),
-                next: Vec::new(),
             },
         }
     }
@@ -420,14 +436,21 @@ impl Engine {
 
     /// Starts the engine's height.
     pub fn start(&mut self) -> Vec<Output> {
-        let start = Input::StartHeight(
-            self.state.height(),
+        self.start_height(self.state.height())
+    }
+
+    /// Starts `height`, the one after the height just decided. The engine does not move on by
+    /// itself after a decision: its host starts the next height when it has a reason to (blocks
+    /// are cut only when transactions wait, or when another validator has started the height).
+    /// Messages for `height` that arrived in between were buffered and are processed now.
+    pub fn start_height(&mut self, height: Height) -> Vec<Output> {
+        self.feed(Input::StartHeight(
+            height,
             self.host.validators.clone(),
             false,
             None,
             VoteExtensionPolicy::Disabled,
-        );
-        self.feed(start)
+        ))
     }
 
     /// Replays write-ahead-log entries of the current height after a restart, as the core
@@ -453,21 +476,7 @@ impl Engine {
         block: Hash,
         certificate: &CommitCertificate<ChainContext>,
     ) -> Result<(), CommitCheckError> {
-        if certificate.height != height {
-            return Err(CommitCheckError::Height {
-                expected: height.0,
-                found: certificate.height.0,
-            });
-        }
-        if certificate.value_id != block {
-            return Err(CommitCheckError::Block {
-                expected: block,
-                found: certificate.value_id,
-            });
-        }
-        self.host
-            .check_commit(certificate, &self.host.validators, ThresholdParams::default())
-            .map_err(CommitCheckError::Signatures)
+        verify_commit(&self.host.ctx, &self.host.validators, height, block, certificate)
     }
 
     /// A message from another validator.
@@ -496,19 +505,15 @@ impl Engine {
     }
 
     fn feed(&mut self, input: Input<ChainContext>) -> Vec<Output> {
-        let mut queue = VecDeque::from([input]);
-        while let Some(input) = queue.pop_front() {
-            let host = &mut self.host;
-            let result: Result<(), EngineError> = process!(
-                input: input,
-                state: &mut self.state,
-                metrics: &(),
-                with: effect => host.handle(effect)
-            );
-            if let Err(error) = result {
-                tracing::warn!(%error, "consensus input refused");
-            }
-            queue.extend(self.host.next.drain(..));
+        let host = &mut self.host;
+        let result: Result<(), EngineError> = process!(
+            input: input,
+            state: &mut self.state,
+            metrics: &(),
+            with: effect => host.handle(effect)
+        );
+        if let Err(error) = result {
+            tracing::warn!(%error, "consensus input refused");
         }
         std::mem::take(&mut self.host.outputs)
     }
@@ -562,7 +567,9 @@ mod tests {
             outputs.iter().any(|o| matches!(o, Output::Wal(..))),
             "votes are logged"
         );
-        assert_eq!(engine.height(), Height(2), "on to the next height");
+        assert_eq!(engine.height(), Height(1), "the host starts the next height");
+        let _ = engine.start_height(Height(2));
+        assert_eq!(engine.height(), Height(2));
         engine
             .check_commit(Height(1), block, &certificate)
             .expect("a good certificate");

@@ -10,4 +10,5 @@ pub mod sim;
 pub mod wal;
 
 pub use context::{BlockId, ChainContext, Height, Validator, ValidatorAddress, ValidatorSet};
-pub use engine::{Engine, Message, Output};
+pub use engine::{CommitCheckError, Engine, Message, Output, verify_commit};
+pub use malachite_core_types::{LinearTimeouts, Round, Timeout, TimeoutKind};

@@ -351,6 +351,7 @@ impl World {
 
     /// Carries out a validator's outputs.
     fn apply(&mut self, validator: usize, outputs: Vec<Output>) {
+        let mut decided = None;
         for output in outputs {
             match output {
                 Output::Wal(height, input) => {
@@ -408,12 +409,20 @@ impl World {
                     ..
                 } => {
                     self.record(&format!("{validator} decided {height} {block}"));
+                    decided = Some(height);
                     self.first_commit_ms.entry(height.0).or_insert(self.now);
                     self.nodes[validator]
                         .committed
                         .insert(height.0, (block, certificate));
                 }
             }
+        }
+        // Simulated validators always have a block to propose: each moves on at once.
+        if let Some(height) = decided
+            && self.nodes[validator].engine.height() == height
+        {
+            let outputs = self.nodes[validator].engine.start_height(Height(height.0 + 1));
+            self.apply(validator, outputs);
         }
     }
 

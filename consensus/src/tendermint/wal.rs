@@ -9,10 +9,13 @@
 //! record: length u32 | crc32c(payload) u32 | payload (a `WalEntry`, consensus.proto)
 //! ```
 //!
-//! Appends are written and then made durable together by [`Wal::sync`] (the host calls it once
-//! per engine step, before acting on the step's other outputs). A new height replaces the
-//! file atomically (write aside, fsync, rename, fsync the directory). On open, a torn last
-//! record is cut off; damage before the last record is refused with the offset named.
+//! Appends are written and then made durable together by [`Wal::sync`], which the host calls
+//! before a message leaves the node: an entry only has to be durable once someone else may have
+//! seen what it led to. A new height replaces the file atomically (write aside, rename); its
+//! header becomes durable with the first sync, so a validator that never sends anything (one
+//! alone on its chain) never waits for this log. A file too short to hold a header, or all
+//! zeros, was never synced and starts afresh. On open, a torn last record is cut off; damage
+//! before the last record is refused with the offset named.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -20,13 +23,15 @@ use std::path::{Path, PathBuf};
 
 use malachite_core_consensus::Input;
 
-use super::codec::{self, CodecError, ENCODED_BYTES_MAX};
+use super::codec::{self, CodecError, PROPOSED_BLOCK_BYTES_MAX, WalRecord};
 use super::context::{ChainContext, Height};
 
 const MAGIC: &[u8; 8] = b"CQLWAL\0\0";
 const VERSION: u32 = 1;
 const HEADER_BYTES: usize = 24;
 const RECORD_HEADER_BYTES: usize = 8;
+/// The longest record: a block beside its proposal, with room for its envelope.
+const RECORD_BYTES_MAX: usize = PROPOSED_BLOCK_BYTES_MAX + 64;
 
 /// Why the log cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,12 +66,14 @@ pub struct Wal {
     entries: usize,
     /// The file's length after the last whole record.
     length: u64,
+    /// Created since the last sync: the next sync makes its header and name durable too.
+    fresh: bool,
 }
 
 impl Wal {
     /// Opens the log at `path`, creating it for `height` if it does not exist. Returns the log
-    /// and the entries it holds for its height (to replay when that is the height to resume).
-    pub fn open(path: &Path, height: Height) -> Result<(Wal, Vec<Input<ChainContext>>)> {
+    /// and the records it holds for its height (to replay when that is the height to resume).
+    pub fn open(path: &Path, height: Height) -> Result<(Wal, Vec<WalRecord>)> {
         if !path.exists() {
             let wal = Wal::create(path, height)?;
             return Ok((wal, Vec::new()));
@@ -82,11 +89,11 @@ impl Wal {
         let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
-        if bytes.len() < HEADER_BYTES {
-            return Err(damaged(format!(
-                "{} bytes is shorter than the header",
-                bytes.len()
-            )));
+        if bytes.len() < HEADER_BYTES || bytes.iter().all(|b| *b == 0) {
+            // The header is written with the first sync: nothing in this file was ever synced,
+            // so nothing it led to left the node.
+            tracing::warn!(path = %path.display(), bytes = bytes.len(), "starting a never-synced consensus log afresh");
+            return Ok((Wal::create(path, height)?, Vec::new()));
         }
         if &bytes[0..8] != MAGIC {
             return Err(damaged("not a consensus write-ahead log".into()));
@@ -115,7 +122,7 @@ impl Wal {
             }
             let length = u32::from_be_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
             let crc = u32::from_be_bytes(rest[4..8].try_into().unwrap_or_default());
-            if length == 0 || length > ENCODED_BYTES_MAX {
+            if length == 0 || length > RECORD_BYTES_MAX {
                 // A torn append leaves a prefix of a good record, never a bad length.
                 return Err(damaged(torn("an impossible record length")));
             }
@@ -135,7 +142,7 @@ impl Wal {
                 }
                 return Err(damaged(torn("a record whose checksum does not match")));
             }
-            let entry = codec::decode_wal_entry(payload).map_err(|source| WalError::Entry {
+            let entry = codec::decode_wal_record(payload).map_err(|source| WalError::Entry {
                 path: path.to_path_buf(),
                 offset: offset as u64,
                 source,
@@ -159,6 +166,7 @@ impl Wal {
             height: stored,
             entries: entries.len(),
             length: offset as u64,
+            fresh: false,
         };
         if stored > height {
             // Votes of a height the node has not reached: its committed blocks were lost, and
@@ -184,11 +192,7 @@ impl Wal {
         let aside = path.with_extension("new");
         let mut file = File::create(&aside).map_err(io)?;
         file.write_all(&header(height)).map_err(io)?;
-        file.sync_all().map_err(io)?;
         std::fs::rename(&aside, path).map_err(io)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
         let file = OpenOptions::new().append(true).open(path).map_err(io)?;
         Ok(Wal {
             path: path.to_path_buf(),
@@ -196,6 +200,7 @@ impl Wal {
             height,
             entries: 0,
             length: HEADER_BYTES as u64,
+            fresh: true,
         })
     }
 
@@ -221,11 +226,19 @@ impl Wal {
 
     /// Writes an entry; it is durable after the next [`Wal::sync`].
     pub fn append(&mut self, input: &Input<ChainContext>) -> Result<()> {
-        let payload = codec::encode_wal_entry(input)?;
+        self.write_record(&codec::encode_wal_entry(input)?)
+    }
+
+    /// Writes an encoded block (see [`WalRecord::Block`]); durable after the next sync.
+    pub fn append_block(&mut self, block: &[u8]) -> Result<()> {
+        self.write_record(&codec::encode_wal_block(block)?)
+    }
+
+    fn write_record(&mut self, payload: &[u8]) -> Result<()> {
         let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
         record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         record.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
-        record.extend_from_slice(&payload);
+        record.extend_from_slice(payload);
         if let Err(source) = self.file.write_all(&record) {
             // Leave no partial record for later ones to land behind.
             let _ = self.file.set_len(self.length);
@@ -240,12 +253,22 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes every entry written so far durable.
+    /// Makes every entry written so far durable (with the file's header and name, the first
+    /// time after the file was created).
     pub fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(|source| WalError::Io {
+        let io = |source| WalError::Io {
             path: self.path.clone(),
             source,
-        })
+        };
+        if self.fresh {
+            self.file.sync_all().map_err(io)?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            }
+            self.fresh = false;
+            return Ok(());
+        }
+        self.file.sync_data().map_err(io)
     }
 }
 
@@ -256,7 +279,7 @@ fn later_record(bytes: &[u8], from: usize) -> bool {
         let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap_or_default());
         let end = at + RECORD_HEADER_BYTES + length;
         length > 0
-            && length <= ENCODED_BYTES_MAX
+            && length <= RECORD_BYTES_MAX
             && end <= bytes.len()
             && crc32c::crc32c(&bytes[at + RECORD_HEADER_BYTES..end]) == crc
     })
@@ -279,6 +302,16 @@ mod tests {
     use crate::tendermint::engine::{Engine, Output};
     use chainql::{Hash, Keypair};
     use malachite_core_types::LinearTimeouts;
+
+    fn inputs(records: Vec<WalRecord>) -> Vec<Input<ChainContext>> {
+        records
+            .into_iter()
+            .map(|r| match r {
+                WalRecord::Input(input) => input,
+                WalRecord::Block(_) => panic!("no blocks were logged"),
+            })
+            .collect()
+    }
 
     fn engine(key: &Keypair) -> Engine {
         let validator = Validator::new(key.public_key().to_bytes(), 10).expect("key");
@@ -324,6 +357,7 @@ mod tests {
         drop(wal);
 
         let (wal, found) = Wal::open(&path, Height(1)).expect("reopen");
+        let found = inputs(found);
         assert_eq!(found, entries);
         assert_eq!(wal.len(), entries.len());
 
@@ -369,7 +403,7 @@ mod tests {
         for cut in [1, 5, full.len() - last_start - 1] {
             std::fs::write(&path, &full[..full.len() - cut]).expect("write");
             let (_, found) = Wal::open(&path, Height(1)).expect("a torn tail is cut");
-            assert_eq!(found, entries[..entries.len() - 1], "cut {cut}");
+            assert_eq!(inputs(found), entries[..entries.len() - 1], "cut {cut}");
             assert_eq!(std::fs::metadata(&path).expect("meta").len() as usize, last_start);
         }
 
@@ -395,8 +429,13 @@ mod tests {
             let error = Wal::open(&path, Height(1)).expect_err("bad header");
             assert!(error.to_string().contains(what), "{error}");
         }
-        std::fs::write(&path, b"short").expect("write");
-        assert!(Wal::open(&path, Height(1)).is_err());
+        // A header never synced: the file is short, or all zeros. Nothing was sent from it.
+        for never_synced in [&b"short"[..], &[0u8; 40][..], &[][..]] {
+            std::fs::write(&path, never_synced).expect("write");
+            let (wal, found) = Wal::open(&path, Height(3)).expect("starts afresh");
+            assert!(found.is_empty());
+            assert_eq!(wal.height(), Height(3));
+        }
 
         // A damaged length in the first record: one pointing past the end, and zero. Good
         // records follow, so neither may be taken for a torn tail.
@@ -417,7 +456,7 @@ mod tests {
         zeros.extend_from_slice(&[0; 700]);
         std::fs::write(&path, &zeros).expect("write");
         let (_, found) = Wal::open(&path, Height(1)).expect("a zero tail is cut");
-        assert_eq!(found, entries);
+        assert_eq!(inputs(found), entries);
         assert_eq!(std::fs::metadata(&path).expect("meta").len() as usize, full.len());
     }
 
@@ -429,20 +468,25 @@ mod tests {
         let path = dir.path().join("consensus.wal");
         let key = Keypair::from_seed([3; 32]);
         let (entries, _) = decide_height_one(&key);
+        let mut records: Vec<WalRecord> = entries.into_iter().map(WalRecord::Input).collect();
+        records.insert(0, WalRecord::Block(b"an encoded block".repeat(20)));
         let (mut wal, _) = Wal::open(&path, Height(1)).expect("create");
         let mut ends = vec![HEADER_BYTES];
-        for entry in &entries {
-            wal.append(entry).expect("append");
+        for record in &records {
+            match record {
+                WalRecord::Input(input) => wal.append(input).expect("append"),
+                WalRecord::Block(block) => wal.append_block(block).expect("append a block"),
+            }
             wal.sync().expect("sync");
             ends.push(std::fs::metadata(&path).expect("meta").len() as usize);
         }
         drop(wal);
         let full = std::fs::read(&path).expect("read");
-        for cut in HEADER_BYTES..=full.len() {
+        for cut in 0..=full.len() {
             std::fs::write(&path, &full[..cut]).expect("write");
             let (_, found) = Wal::open(&path, Height(1)).expect("every prefix opens");
-            let whole = ends.iter().filter(|end| **end <= cut).count() - 1;
-            assert_eq!(found, entries[..whole], "cut at {cut}");
+            let whole = ends.iter().filter(|end| **end <= cut).count().saturating_sub(1);
+            assert_eq!(found, records[..whole], "cut at {cut}");
         }
     }
 

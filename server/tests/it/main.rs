@@ -4,6 +4,7 @@
 mod admission;
 mod bench;
 mod blocks;
+mod certificates;
 mod config;
 mod grpc;
 mod history;
