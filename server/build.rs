@@ -6,7 +6,7 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../chainql/proto");
-    let descriptors = protox::compile(["node.proto"], ["../chainql/proto"])?;
+    let descriptors = protox::compile(["node.proto", "validator.proto"], ["../chainql/proto"])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("chainql_descriptor.bin"),

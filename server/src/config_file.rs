@@ -7,6 +7,7 @@
 //! block-interval-ms = 20
 //! grpc-listen = "127.0.0.1:50051"
 //! pg-listen = "127.0.0.1:5433"
+//! peer = ["http://127.0.0.1:50052", "http://127.0.0.1:50053"]
 //! ```
 
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ pub struct NodeFile {
     pub checkpoint_interval: Option<u64>,
     pub checkpoints_kept: Option<usize>,
     pub log_retention: Option<bool>,
+    pub peer: Option<Vec<String>>,
     pub grpc_listen: Option<SocketAddr>,
     pub init_chain_id: Option<String>,
     pub pg_listen: Option<SocketAddr>,

@@ -18,7 +18,8 @@ pub mod proto {
     #![allow(missing_debug_implementations, clippy::all)]
     tonic::include_proto!("chainql.node.v1");
 
-    /// The compiled `node.proto` and `chainql.proto`, comments included, as served by reflection.
+    /// The compiled `node.proto` and `validator.proto` with the files they import, comments
+    /// included, as served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chainql_descriptor");
 }
 
@@ -70,6 +71,7 @@ pub async fn serve_listener(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| Error::Client(format!("gRPC reflection: {e}")))?;
+    let validator_node = node.clone();
     let service = NodeServer::new(Api {
         node,
         closed: closed.clone(),
@@ -89,6 +91,7 @@ pub async fn serve_listener(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(crate::validator::ValidatorService::server(validator_node))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown);
     // A graceful stop waits for open calls; a client watching health never ends its call, so
@@ -495,7 +498,7 @@ mod tests {
         let set = prost_types::FileDescriptorSet::decode(super::proto::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptors decode");
         let names: Vec<_> = set.file.iter().map(|f| f.name().to_string()).collect();
-        assert_eq!(names, ["consensus.proto", "chainql.proto", "node.proto"]);
+        assert_eq!(names, ["consensus.proto", "chainql.proto", "node.proto", "validator.proto"]);
         for file in &set.file {
             let missing = super::undocumented(file);
             assert!(missing.is_empty(), "{}: {missing:#?}", file.name());

@@ -25,6 +25,7 @@ mod checkpoints;
 pub mod client;
 mod completion;
 pub mod config_file;
+pub mod devnet;
 mod error;
 pub mod format;
 pub mod grpc;
@@ -34,6 +35,7 @@ pub mod pg;
 pub mod progress;
 mod session;
 mod shell;
+pub mod validator;
 
 pub use client::{Client, SubscribeOptions};
 pub use error::{Error, Result};

@@ -56,6 +56,27 @@ enum Command {
     /// Check committed data on its own, with only the chain's genesis.
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Run a local network of validators, one `chainql node` process each, on loopback ports.
+    Devnet(DevnetArgs),
+}
+
+#[derive(Args)]
+struct DevnetArgs {
+    /// Validators, each with an equal stake.
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Where the validators' data directories, genesis and logs go (created on first run,
+    /// reused after).
+    #[arg(long, default_value = "chainql-devnet")]
+    dir: PathBuf,
+    /// Validator i serves gRPC on BASE+i, PostgreSQL on BASE+100+i and metrics on BASE+200+i.
+    #[arg(long, default_value_t = 26_650)]
+    base_port: u16,
+    #[arg(long, default_value = "devnet")]
+    chain_id: String,
+    /// Write the keys, genesis and node.toml files, and start nothing.
+    #[arg(long)]
+    write_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +193,11 @@ struct NodeOptions {
     /// start no earlier than the checkpoint).
     #[arg(long)]
     log_retention: bool,
+    /// The gRPC address of another validator of the chain, e.g. http://127.0.0.1:50052
+    /// (repeatable): consensus messages and admitted transactions go to each, and blocks this
+    /// node missed come from them.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
 }
 
 impl NodeOptions {
@@ -187,6 +213,7 @@ impl NodeOptions {
         config.checkpoint_interval = self.checkpoint_interval;
         config.checkpoints_kept = self.checkpoints_kept;
         config.log_retention = self.log_retention;
+        config.peers = self.peers.clone();
         config
     }
 }
@@ -324,6 +351,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Simulate(args) => simulate(args),
         Command::Verify(VerifyCommand::Block(args)) => verify_block(args),
+        Command::Devnet(args) => devnet(args),
     };
     match result {
         Ok(code) => code,
@@ -450,6 +478,7 @@ fn with_config_file(mut args: NodeArgs, flags: &clap::ArgMatches) -> Result<Node
         file.log_retention,
         &mut options.log_retention,
     );
+    config_file::apply(flags, "peers", file.peer, &mut options.peers);
     config_file::apply(flags, "grpc_listen", file.grpc_listen, &mut args.grpc_listen);
     config_file::apply(
         flags,
@@ -494,7 +523,7 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            interrupted_or_terminated().await;
             tracing::info!("shutting down");
             let _ = stop.send(true);
         });
@@ -536,6 +565,105 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
 
 /// The largest script the shell reads from standard input (as `\\i` reads from a file).
 const SCRIPT_BYTES_MAX: u64 = 256 << 20;
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (what service managers send).
+async fn interrupted_or_terminated() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+fn devnet(args: DevnetArgs) -> Result<ExitCode> {
+    use chainql_server::devnet::{Devnet, write};
+    let devnet: Devnet = write(&args.dir, args.validators, args.base_port, &args.chain_id)?;
+    if args.write_only {
+        for (i, validator) in devnet.validators.iter().enumerate() {
+            println!(
+                "validator {i}: {} ({})",
+                validator.config.display(),
+                validator.grpc_url
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the chainql binary", e))?;
+    let mut children = Vec::new();
+    for validator in &devnet.validators {
+        let log = std::fs::File::create(&validator.log)
+            .map_err(|e| Error::io(format!("creating {}", validator.log.display()), e))?;
+        let child = std::process::Command::new(&exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&validator.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Error::io("starting a validator", e))?;
+        children.push(child);
+    }
+    println!(
+        "a devnet of {} validators is running (chain {}):",
+        devnet.validators.len(),
+        args.chain_id
+    );
+    for (i, validator) in devnet.validators.iter().enumerate() {
+        println!(
+            "  validator {i}: gRPC {}  PostgreSQL {}  log {}",
+            validator.grpc_url,
+            validator.pg_address,
+            validator.log.display()
+        );
+    }
+    let first = &devnet.validators[0];
+    println!();
+    println!("connect the shell to any of them:");
+    println!("  chainql shell --connect {}", first.grpc_url);
+    println!("check a committed block against the genesis:");
+    println!(
+        "  chainql verify block 1 --connect {} --genesis {}",
+        first.grpc_url,
+        devnet.genesis.display()
+    );
+    println!("Ctrl-C stops them all.");
+    let interrupted = runtime()?.block_on(async {
+        let interrupt = async {
+            let _ = tokio::signal::ctrl_c().await;
+            true
+        };
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => signal.recv().await,
+                Err(_) => std::future::pending().await,
+            };
+            false
+        };
+        tokio::select! {
+            interrupted = interrupt => interrupted,
+            interrupted = terminate => interrupted,
+        }
+    });
+    // On Ctrl-C the validators got the terminal's interrupt too: give them time to stop
+    // cleanly. Otherwise they are killed; everything they acknowledged is on disk.
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(if interrupted { 10 } else { 0 });
+    for child in &mut children {
+        while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 fn verify_block(args: VerifyBlockArgs) -> Result<ExitCode> {
     use chainql_consensus::tendermint::ChainContext;

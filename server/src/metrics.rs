@@ -69,6 +69,10 @@ impl Histogram {
 pub struct Metrics {
     pub blocks: AtomicU64,
     pub transactions_admitted: AtomicU64,
+    /// Transactions other validators passed on that entered this node's log.
+    pub transactions_gossiped: AtomicU64,
+    /// Messages from other validators that were refused or dropped.
+    pub peer_messages_refused: AtomicU64,
     pub transactions_committed: AtomicU64,
     pub transactions_failed: AtomicU64,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
@@ -121,6 +125,18 @@ impl Metrics {
             "chainql_transactions_admitted_total",
             "Transactions admitted to the log.",
             load(&self.transactions_admitted),
+        );
+        counter(
+            &mut out,
+            "chainql_transactions_gossiped_total",
+            "Transactions other validators passed on that entered the log.",
+            load(&self.transactions_gossiped),
+        );
+        counter(
+            &mut out,
+            "chainql_peer_messages_refused_total",
+            "Messages from other validators refused (malformed, not from a validator, invalid) or dropped (queue full).",
+            load(&self.peer_messages_refused),
         );
         counter(
             &mut out,

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// Delete log segments wholly below the newest checkpoint once it is written. Off by
     /// default: the log then keeps every entry for `SubscribeLog` readers starting early.
     pub log_retention: bool,
+    /// The gRPC addresses of the other validators (e.g. `http://127.0.0.1:50052`): consensus
+    /// messages and admitted transactions go to them, and missed blocks come from them.
+    pub peers: Vec<String>,
 }
 
 impl NodeConfig {
@@ -86,6 +89,7 @@ impl NodeConfig {
             checkpoint_interval: 1_000,
             checkpoints_kept: 2,
             log_retention: false,
+            peers: Vec::new(),
         }
     }
 
@@ -121,6 +125,16 @@ impl NodeConfig {
                 "log_group_commit_wait_ms must be at most 1,000".into(),
             ));
         }
+        if self.peers.len() > PEERS_MAX {
+            return Err(Error::Config(format!("at most {PEERS_MAX} peers")));
+        }
+        for peer in &self.peers {
+            if !(peer.starts_with("http://") || peer.starts_with("https://")) {
+                return Err(Error::Config(format!(
+                    "peer {peer:?}: expected a URL such as http://127.0.0.1:50051"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -146,6 +160,13 @@ pub fn init_data_dir(config: &NodeConfig, chain_id: &str, accounts: &[(Address, 
     genesis.write(&genesis_path)?;
     Ok(genesis)
 }
+
+/// The most peers a validator connects to.
+const PEERS_MAX: usize = 256;
+/// The most transactions one gossip message may carry.
+const GOSSIP_TRANSACTIONS_MAX: usize = 10_000;
+/// How far ahead of this node's clock a proposed block's timestamp may be.
+const CLOCK_DRIFT_MAX_MS: u64 = 5_000;
 
 /// Room left in a proposed block for its header, signature and certificate.
 const BLOCK_ENVELOPE_BYTES: usize = 64 << 10;
@@ -236,6 +257,10 @@ struct Inner {
     /// Set when the block producer stopped on an error; the node then refuses new work.
     halted: Mutex<Option<String>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The other validators.
+    peers: crate::validator::Peers,
+    /// Messages from the other validators, for the consensus task.
+    inbox: tokio::sync::mpsc::Sender<consensus::Inbound>,
 }
 
 /// A running node. Cheap to clone; the last clone to be dropped does not stop it: call
@@ -329,6 +354,8 @@ impl Node {
         let genesis_state = Arc::new(genesis_state);
         let (committed, _) = watch::channel(Arc::clone(&genesis_state));
         let checkpoints = Checkpoints::new(config.data_dir.join("checkpoints"), config.checkpoints_kept);
+        let peers = config.peers.clone();
+        let (inbox, received) = tokio::sync::mpsc::channel(consensus::INBOX);
         let inner = Arc::new(Inner {
             config,
             genesis,
@@ -355,11 +382,13 @@ impl Node {
             stop: Notify::new(),
             halted: Mutex::new(None),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            peers: crate::validator::Peers::start(&peers),
+            inbox,
         });
         let recovery = inner.replay().await?;
         inner.recover_pending().await?;
         let validators = inner.validators.consensus_set()?;
-        let (consensus, outputs) = consensus::Consensus::open(Arc::clone(&inner), validators)?;
+        let (consensus, outputs) = consensus::Consensus::open(Arc::clone(&inner), validators, received)?;
         let producer = tokio::spawn(consensus.run(outputs));
         Ok(Node {
             inner,
@@ -449,8 +478,12 @@ impl Node {
     /// Admits a transaction: checks it, appends it to the log, and returns its hash once the log
     /// entry is durable. Nothing refused reaches the log.
     pub async fn submit(&self, signed: SignedTransaction) -> Result<Hash> {
+        let copy = (!self.inner.peers.is_empty()).then(|| signed.clone());
         let result = self.admit(signed).await;
         self.count_admission(&result);
+        if let (Ok(_), Some(copy)) = (&result, copy) {
+            self.inner.peers.gossip(vec![copy]);
+        }
         result
     }
 
@@ -500,11 +533,60 @@ impl Node {
     /// thread, and each partition's transactions enter the log in one request. Returns one result
     /// per transaction, in order; a refused transaction does not hold back the others.
     pub async fn submit_many(&self, transactions: Vec<SignedTransaction>) -> Vec<Result<Hash>> {
+        let copies = (!self.inner.peers.is_empty()).then(|| transactions.clone());
         let results = self.admit_many(transactions).await;
         for result in &results {
             self.count_admission(result);
         }
+        if let Some(copies) = copies {
+            let admitted = copies
+                .into_iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(t, _)| t)
+                .collect();
+            self.inner.peers.gossip(admitted);
+        }
         results
+    }
+
+    /// Acts on a message from another validator: transactions go through admission into this
+    /// node's log (refusals are expected: a transaction may already be here or committed);
+    /// consensus messages go to the consensus task, dropped when its queue is full. An error
+    /// says why the message was refused.
+    pub async fn receive_from_peer(
+        &self,
+        message: crate::validator::proto::PeerMessage,
+    ) -> std::result::Result<(), String> {
+        use crate::validator::Received;
+        match crate::validator::decode(message)? {
+            Received::Transactions(transactions) => {
+                if transactions.len() > GOSSIP_TRANSACTIONS_MAX {
+                    return Err(format!(
+                        "{} transactions in one message; at most {GOSSIP_TRANSACTIONS_MAX}",
+                        transactions.len()
+                    ));
+                }
+                let results = self.admit_many(transactions).await;
+                let admitted = results.iter().filter(|r| r.is_ok()).count();
+                self.inner
+                    .metrics
+                    .transactions_gossiped
+                    .fetch_add(admitted as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Received::Consensus(message) => self.to_consensus(consensus::Inbound::Message(message)),
+            Received::Proposal(proposal, block) => {
+                self.to_consensus(consensus::Inbound::Proposal(proposal, Box::new(block)))
+            }
+        }
+    }
+
+    fn to_consensus(&self, inbound: consensus::Inbound) -> std::result::Result<(), String> {
+        self.inner.inbox.try_send(inbound).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => "the consensus queue is full".to_string(),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => "consensus has stopped".to_string(),
+        })
     }
 
     async fn admit_many(&self, transactions: Vec<SignedTransaction>) -> Vec<Result<Hash>> {
@@ -1226,6 +1308,85 @@ impl Inner {
             let last = self.log.last_seqno(PartitionId(p)).unwrap_or(0);
             last >= self.next_seqnos[p as usize].load(Ordering::Acquire)
         })
+    }
+
+    /// Checks a block another validator proposed for the height after the committed one, before
+    /// this validator votes for it: its link to the committed block, its header, the proposer's
+    /// signature, the state root, a timestamp not ahead of this node's clock, and every
+    /// transaction: decodes within limits, for this chain, correctly signed (checked as a
+    /// batch), statements that parse, and each sender's nonces in sequence from its committed
+    /// nonce.
+    async fn check_proposal(&self, block: &Block) -> Result<()> {
+        let state = self.state();
+        let parent = Parent {
+            chain_id: self.genesis.chain_id.clone(),
+            height: state.height(),
+            hash: state.block_hash(),
+            timestamp_ms: state.timestamp_ms(),
+        };
+        verify_block(block, &parent, |key| self.validators.contains(key))?;
+        let header = block
+            .header
+            .as_ref()
+            .ok_or_else(|| Error::Client("the block has no header".into()))?;
+        let invalid = |m: String| Error::Consensus(chainql_consensus::Error::InvalidBlock(m));
+        if Hash::from_slice(&header.state_root) != Some(state.root()) {
+            return Err(invalid(format!(
+                "block {} carries state root {}, but the committed state's root is {}",
+                header.height,
+                hex::encode(&header.state_root),
+                state.root()
+            )));
+        }
+        if header.timestamp_ms > now_ms() + CLOCK_DRIFT_MAX_MS {
+            return Err(invalid(format!(
+                "block {} is timestamped {} ms ahead of this node's clock",
+                header.height,
+                header.timestamp_ms - now_ms()
+            )));
+        }
+        if block.transactions.len() > self.config.block_transactions_max {
+            return Err(invalid(format!(
+                "block {} holds {} transactions; at most {}",
+                header.height,
+                block.transactions.len(),
+                self.config.block_transactions_max
+            )));
+        }
+        let limits = self.config.transaction_limits;
+        let decoded = block
+            .transactions
+            .iter()
+            .map(|signed| DecodedTransaction::from_signed(signed.clone(), &limits, &self.genesis.chain_id))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let decoded = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&DecodedTransaction> = decoded.iter().collect();
+            for verdict in chainql::verify_transactions(&refs) {
+                verdict?;
+            }
+            for transaction in &decoded {
+                for statement in &transaction.body.statements {
+                    chainql::sql::parse_transaction_statement(statement)?;
+                }
+            }
+            Ok::<_, chainql::Error>(decoded)
+        })
+        .await
+        .map_err(|e| Error::Client(format!("checking a proposal: {e}")))??;
+        let mut next: HashMap<Address, u64> = HashMap::new();
+        for (index, transaction) in decoded.iter().enumerate() {
+            let expected = next
+                .entry(transaction.address)
+                .or_insert_with(|| state.account(&transaction.address).nonce);
+            if transaction.body.nonce != *expected {
+                return Err(invalid(format!(
+                    "block {}: transaction {index} has nonce {}, its sender's next is {}",
+                    header.height, transaction.body.nonce, expected
+                )));
+            }
+            *expected += 1;
+        }
+        Ok(())
     }
 
     /// The block this validator proposes for the height after the committed one: waiting log

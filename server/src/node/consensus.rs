@@ -13,10 +13,22 @@
 //! The write-ahead log (`wal/consensus.wal`) holds the engine's inputs of the current height and
 //! the blocks its proposals name. It is synced before a message leaves the node; after a crash
 //! the engine replays it and signs nothing that contradicts what it sent.
+//!
+//! Messages from the other validators arrive through a bounded queue. A proposal's block is
+//! checked ([`Inner::check_proposal`]) before the engine sees the proposal; a block that fails is
+//! refused, and this validator prevotes nil when the round times out. Messages of an older
+//! height are dropped; of the next height, a proposal is kept until that height starts (votes
+//! are buffered by the engine); further ahead, this validator has fallen behind. Then, and when
+//! the engine decided a block this validator never received, or when a peer is ahead and the
+//! height has not moved for a while, block sync asks the peers for their height and fetches the
+//! missing blocks through their public API, checks each one's certificate, commits them and
+//! restarts the engine above them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use chainql::Hash;
 use chainql::wire::Block;
@@ -31,7 +43,32 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Inner, lock};
+use crate::client::Client;
 use crate::error::{Error, Result};
+
+/// Messages from other validators queued for the consensus task before new ones are dropped.
+pub(crate) const INBOX: usize = 8_192;
+/// A message more heights ahead than this is refused as implausible (a validator this far
+/// behind learns the heights from block sync, not from votes).
+const FAR_AHEAD: u64 = 1_000;
+/// Proposals of the next height kept until it starts.
+const EARLY_PROPOSALS_MAX: usize = 16;
+/// How often the peers are asked for their height.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// A peer ahead by one height is caught up with only after the height has not moved for this
+/// long (normally the engine decides it a moment later by itself).
+const STALLED: Duration = Duration::from_secs(3);
+/// The most blocks fetched in one round of block sync.
+const SYNC_BLOCKS_MAX: u64 = 512;
+/// How long a peer has to answer one request of block sync.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A message from another validator, decoded.
+pub(crate) enum Inbound {
+    Message(Message),
+    /// A proposal, with the block it names.
+    Proposal(Message, Box<Block>),
+}
 
 /// Round timeouts of validators on one network: short enough that a round whose proposer is
 /// down costs about a second, growing with each round as Tendermint requires.
@@ -56,8 +93,21 @@ pub(crate) fn wal_path(data_dir: &std::path::Path) -> std::path::PathBuf {
 /// The consensus task of a validator.
 pub(super) struct Consensus {
     inner: Arc<Inner>,
+    ctx: ChainContext,
+    validators: ValidatorSet,
     engine: Engine,
     wal: Wal,
+    inbox: mpsc::Receiver<Inbound>,
+    /// Proposals of the height after the one being decided, with their blocks.
+    early: Vec<(Message, Block)>,
+    /// A decided height whose block this validator does not hold (block sync fetches it).
+    missing: Option<Height>,
+    /// Set when a message showed that the other validators are ahead.
+    behind: bool,
+    /// When the committed height last moved.
+    last_progress: Instant,
+    /// Clients of the peers' public APIs, for block sync.
+    clients: HashMap<String, Client>,
     /// Blocks of the height being decided, by header hash: this validator's proposals and the
     /// checked blocks of other validators' proposals.
     candidates: HashMap<Hash, Block>,
@@ -71,24 +121,37 @@ pub(super) struct Consensus {
 impl Consensus {
     /// Opens the write-ahead log for the height after the committed one and, when it holds
     /// entries of that height, replays them (the node stopped in the middle of the height).
-    pub(super) fn open(inner: Arc<Inner>, validators: ValidatorSet) -> Result<(Consensus, Vec<Output>)> {
+    pub(super) fn open(
+        inner: Arc<Inner>,
+        validators: ValidatorSet,
+        inbox: mpsc::Receiver<Inbound>,
+    ) -> Result<(Consensus, Vec<Output>)> {
         let height = Height(inner.state().height() + 1);
         let path = wal_path(&inner.config.data_dir);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
         }
         let (wal, records) = Wal::open(&path, height)?;
+        let ctx = ChainContext::new(inner.genesis.chain_id.clone());
         let engine = Engine::new(
-            ChainContext::new(inner.genesis.chain_id.clone()),
+            ctx.clone(),
             inner.validator.clone(),
-            validators,
+            validators.clone(),
             timeouts(),
             height,
         );
         let mut consensus = Consensus {
             inner,
+            ctx,
+            validators,
             engine,
             wal,
+            inbox,
+            early: Vec::new(),
+            missing: None,
+            behind: false,
+            last_progress: Instant::now(),
+            clients: HashMap::new(),
             candidates: HashMap::new(),
             timers: Vec::new(),
             started: false,
@@ -146,9 +209,15 @@ impl Consensus {
         let mut changes: Vec<watch::Receiver<u64>> = (0..inner.log.partitions())
             .filter_map(|p| inner.log.changes(chainql_sequencer::PartitionId(p)).ok())
             .collect();
+        let mut sync_tick = tokio::time::interval(SYNC_EVERY);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let has_peers = !inner.peers.is_empty();
         loop {
             if inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
                 return Ok(());
+            }
+            if has_peers && (self.behind || self.missing.is_some()) {
+                self.sync().await?;
             }
             if !self.started {
                 for receiver in &mut changes {
@@ -162,6 +231,7 @@ impl Consensus {
                     }
                     tokio::select! {
                         () = tokio::time::sleep_until(due) => {}
+                        Some(inbound) = self.inbox.recv() => self.receive(inbound).await?,
                         () = inner.stop.notified() => {}
                     }
                     continue;
@@ -185,7 +255,195 @@ impl Consensus {
                         self.act(outputs).await?;
                     }
                 }
+                Some(inbound) = self.inbox.recv() => self.receive(inbound).await?,
+                _ = sync_tick.tick(), if has_peers => self.sync().await?,
                 () = inner.stop.notified() => {}
+            }
+        }
+    }
+
+    /// Acts on a message from another validator.
+    async fn receive(&mut self, inbound: Inbound) -> Result<()> {
+        let (message, block) = match inbound {
+            Inbound::Message(message) => (message, None),
+            Inbound::Proposal(message, block) => (message, Some(*block)),
+        };
+        let signer = match &message {
+            Message::Vote(vote) => Some(vote.message.validator),
+            Message::Proposal(proposal) => Some(proposal.message.proposer),
+            // Certificates are checked signature by signature against the set by the engine.
+            Message::Polka(_) | Message::Round(_) => None,
+        };
+        if let Some(signer) = signer
+            && !self.validators.validators().iter().any(|v| v.address == signer)
+        {
+            return Ok(self.refuse(format!(
+                "a consensus message signed by {signer}, who is not a validator"
+            )));
+        }
+        let height = message.height();
+        let current = self.height();
+        if height < current {
+            return Ok(()); // a height already committed: late, and harmless
+        }
+        if height.0 > current.0 + FAR_AHEAD {
+            return Ok(self.refuse(format!(
+                "a consensus message for height {height}, far ahead of height {current}"
+            )));
+        }
+        if height > current {
+            if height.0 == current.0 + 1 {
+                if let Some(block) = block {
+                    if self.early.len() < EARLY_PROPOSALS_MAX {
+                        self.early.push((message, block));
+                    }
+                } else if self.started {
+                    // The engine keeps votes of the next height until it gets there.
+                    let outputs = self.engine.receive(message);
+                    self.act(outputs).await?;
+                }
+            } else {
+                self.behind = true;
+            }
+            return Ok(());
+        }
+        if !self.started {
+            self.start().await?;
+        }
+        if let Some(block) = block {
+            let Message::Proposal(proposal) = &message else {
+                return Ok(());
+            };
+            let Some(header) = block.header.as_ref() else {
+                return Ok(self.refuse("a proposed block without a header".into()));
+            };
+            let hash = header_hash(header);
+            if hash != proposal.message.value.0 {
+                return Ok(self.refuse(format!(
+                    "a proposal names block {}, but carries block {hash}",
+                    proposal.message.value.0
+                )));
+            }
+            let proposer = chainql::PublicKey::from_bytes(&header.proposer).map(|key| key.address());
+            if proposer.ok() != Some(proposal.message.proposer.0) {
+                return Ok(self.refuse(format!(
+                    "the block of {}'s proposal was signed by another proposer",
+                    proposal.message.proposer
+                )));
+            }
+            if !self.candidates.contains_key(&hash) {
+                if let Err(error) = self.inner.check_proposal(&block).await {
+                    return Ok(self.refuse(format!(
+                        "an invalid block proposed by {} at height {height}: {error}",
+                        proposal.message.proposer
+                    )));
+                }
+                self.wal.append_block(&block.encode_to_vec())?;
+                self.candidates.insert(hash, block);
+            }
+        }
+        let outputs = self.engine.receive(message);
+        self.act(outputs).await
+    }
+
+    /// Logs why a message from a peer was refused, and counts it.
+    fn refuse(&self, reason: String) {
+        self.inner
+            .metrics
+            .peer_messages_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%reason, "refused a consensus message");
+    }
+
+    /// Block sync: asks the peers for their height; when one is ahead (two heights or more,
+    /// or one height while this validator is stalled or misses a decided block), fetches the
+    /// blocks this validator lacks from it, checks each one's commit certificate, commits them
+    /// and restarts the engine above them.
+    async fn sync(&mut self) -> Result<()> {
+        self.behind = false;
+        let committed = self.inner.state().height();
+        let mut best: Option<(u64, String)> = None;
+        let urls: Vec<String> = self.inner.peers.urls().map(str::to_string).collect();
+        for url in urls {
+            if let Some(height) = self.peer_height(&url).await
+                && best.as_ref().is_none_or(|(h, _)| height > *h)
+            {
+                best = Some((height, url));
+            }
+        }
+        let Some((best, url)) = best else { return Ok(()) };
+        let stalled = self.last_progress.elapsed() >= STALLED || self.missing.is_some();
+        if best < committed + 2 && !(best > committed && stalled) {
+            return Ok(());
+        }
+        let Some(client) = self.clients.get(&url) else {
+            return Ok(());
+        };
+        let mut synced = 0;
+        for height in committed + 1..=best.min(committed + SYNC_BLOCKS_MAX) {
+            let fetched = tokio::time::timeout(PEER_TIMEOUT, client.block(height)).await;
+            let block = match fetched {
+                Ok(Ok(Some((block, _)))) => block,
+                Ok(Ok(None)) => break,
+                Ok(Err(error)) => {
+                    tracing::info!(peer = %url, height, %error, "block sync: fetching a block failed");
+                    self.clients.remove(&url);
+                    break;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %url, height, "block sync: the peer did not answer in time");
+                    self.clients.remove(&url);
+                    break;
+                }
+            };
+            let parent = self.inner.state().block_hash();
+            if let Err(error) =
+                chainql_consensus::verify_committed(&block, parent, &self.ctx, &self.validators)
+            {
+                self.refuse(format!("block sync: block {height} from {url}: {error}"));
+                break;
+            }
+            self.inner.commit_block(block).await?;
+            synced += 1;
+        }
+        if synced > 0 {
+            let height = Height(self.inner.state().height() + 1);
+            tracing::info!(peer = %url, blocks = synced, next = height.0, "caught up by block sync");
+            self.engine = Engine::new(
+                self.ctx.clone(),
+                self.inner.validator.clone(),
+                self.validators.clone(),
+                timeouts(),
+                height,
+            );
+            self.timers.clear();
+            self.candidates.clear();
+            self.early.clear();
+            self.started = false;
+            self.missing = None;
+            self.last_progress = Instant::now();
+            self.wal.reset(height)?;
+            // Still behind: go on at the next turn of the loop.
+            self.behind = best >= height.0;
+        }
+        Ok(())
+    }
+
+    /// A peer's committed height, or `None` when it does not answer.
+    async fn peer_height(&mut self, url: &str) -> Option<u64> {
+        if !self.clients.contains_key(url) {
+            let client = tokio::time::timeout(PEER_TIMEOUT, Client::connect(url))
+                .await
+                .ok()?
+                .ok()?;
+            self.clients.insert(url.to_string(), client);
+        }
+        let client = self.clients.get(url)?;
+        match tokio::time::timeout(PEER_TIMEOUT, client.status()).await {
+            Ok(Ok(status)) => Some(status.height),
+            _ => {
+                self.clients.remove(url);
+                None
             }
         }
     }
@@ -239,9 +497,13 @@ impl Consensus {
                         continue;
                     }
                     let Some(mut decided) = self.candidates.remove(&block) else {
-                        return Err(Error::Corrupt(format!(
-                            "height {height} decided block {block}, which this validator does not hold"
-                        )));
+                        tracing::info!(
+                            height = height.0,
+                            %block,
+                            "decided a block this validator did not receive: fetching it"
+                        );
+                        self.missing = Some(height);
+                        continue;
                     };
                     decided.commit = Some(codec::commit_to_wire(&certificate).map_err(|e| {
                         Error::Corrupt(format!("the commit certificate of height {height}: {e}"))
@@ -250,7 +512,15 @@ impl Consensus {
                     self.candidates.clear();
                     self.started = false;
                     self.last_decision = Instant::now();
-                    self.wal.reset(Height(height.0 + 1))?;
+                    self.last_progress = self.last_decision;
+                    let next = Height(height.0 + 1);
+                    self.wal.reset(next)?;
+                    // Proposals of the new height that came early: the height starts with them.
+                    for (message, block) in std::mem::take(&mut self.early) {
+                        if message.height() == next {
+                            Box::pin(self.receive(Inbound::Proposal(message, Box::new(block)))).await?;
+                        }
+                    }
                 }
                 Output::Equivocation {
                     height,
@@ -272,11 +542,15 @@ impl Consensus {
     /// Sends a message to the other validators, once the log entries it follows from are
     /// durable. A validator alone on its chain has no one to send to.
     fn broadcast(&mut self, message: Message) -> Result<()> {
-        if self.inner.validators.validators().len() == 1 {
+        if self.inner.peers.is_empty() {
             return Ok(());
         }
         self.wal.sync()?;
-        tracing::debug!(?message, "consensus message for the other validators");
+        let block = match &message {
+            Message::Proposal(proposal) => self.candidates.get(&proposal.message.value.0),
+            _ => None,
+        };
+        self.inner.peers.broadcast(&message, block);
         Ok(())
     }
 }

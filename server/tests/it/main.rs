@@ -6,6 +6,7 @@ mod bench;
 mod blocks;
 mod certificates;
 mod config;
+mod devnet;
 mod grpc;
 mod history;
 mod pg;

@@ -82,6 +82,24 @@ impl NodeProcess {
         process
     }
 
+    /// Starts `chainql node --config CONFIG` (a devnet validator's settings) serving gRPC at
+    /// `url`, without its PostgreSQL and metrics listeners, logging to `log`.
+    pub async fn start_with_config(config: &Path, url: &str, log: impl Into<Stdio>) -> NodeProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_chainql"))
+            .args(["node", "--no-pg", "--no-metrics", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start chainql node");
+        let process = NodeProcess {
+            child,
+            url: url.to_string(),
+        };
+        process.wait_ready().await;
+        process
+    }
+
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -1,0 +1,252 @@
+//! Four validators as four `chainql node` processes on loopback, written by `chainql devnet`:
+//! they commit transactions sent to any of them; one killed with SIGKILL does not stop the
+//! others, and after a restart it catches up to the same height and state root; with two
+//! stopped there is no quorum and nothing commits until one returns. No committed transaction
+//! is lost at any point.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chainql::{Hash, Keypair, TransactionBuilder};
+use chainql_server::Client;
+
+use crate::support::{NodeProcess, chainql, free_port};
+
+const VALIDATORS: usize = 4;
+
+/// A base port with the next `VALIDATORS` ports free a moment ago.
+fn free_base_port() -> u16 {
+    loop {
+        let base = free_port();
+        if base as usize + VALIDATORS < u16::MAX as usize
+            && (0..VALIDATORS as u16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+struct Devnet {
+    dir: PathBuf,
+    base: u16,
+    nodes: Vec<Option<NodeProcess>>,
+}
+
+impl Devnet {
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.base + i as u16)
+    }
+
+    async fn start(&mut self, i: usize) {
+        let data_dir = self.dir.join(format!("validator-{i}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("node.log"))
+            .expect("log file");
+        let url = self.url(i);
+        self.nodes[i] = Some(NodeProcess::start_with_config(&data_dir.join("node.toml"), &url, log).await);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.kill();
+        }
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        Client::connect(&self.url(i)).await.expect("connect")
+    }
+
+    /// What each running validator reports: (height, state root).
+    async fn statuses(&self, running: &[usize]) -> Vec<(u64, Hash)> {
+        let mut statuses = Vec::new();
+        for &i in running {
+            let status = self.client(i).await.status().await.expect("status");
+            statuses.push((status.height, status.state_root));
+        }
+        statuses
+    }
+
+    /// Waits until every running validator is at the same height with the same state root.
+    async fn wait_agreed(&self, running: &[usize]) -> (u64, Hash) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let statuses = self.statuses(running).await;
+            if statuses.windows(2).all(|w| w[0] == w[1]) {
+                return statuses[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "validators {running:?} did not agree: {statuses:?} (logs in {})",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Checks that every row whose transaction committed is on every running validator.
+    async fn check_rows(&self, running: &[usize], committed: &[(usize, u64)]) {
+        for &i in running {
+            let client = self.client(i).await;
+            for writer in 0..VALIDATORS {
+                let expected: Vec<u64> = committed
+                    .iter()
+                    .filter(|(w, _)| *w == writer)
+                    .map(|(_, id)| *id)
+                    .collect();
+                let result = client
+                    .query(&format!("SELECT id FROM w{writer} ORDER BY id"))
+                    .await
+                    .expect("query");
+                let mut found = Vec::new();
+                for batch in &result.batches {
+                    for row in 0..batch.num_rows() {
+                        let text = chainql_server::format::cell_text(batch.column(0), row).expect("a value");
+                        found.push(text.parse::<u64>().expect("an id"));
+                    }
+                }
+                assert_eq!(found, expected, "validator {i}, table w{writer}");
+            }
+        }
+    }
+}
+
+fn writer(i: usize) -> TransactionBuilder {
+    TransactionBuilder::new("devnet", Keypair::from_seed([i as u8 + 1; 32]))
+}
+
+/// Inserts row `id` of writer `w` through validator `via` and waits for its receipt.
+async fn insert(devnet: &Devnet, via: usize, w: usize, id: u64, committed: &mut Vec<(usize, u64)>) {
+    devnet
+        .client(via)
+        .await
+        .execute(&writer(w), vec![format!("INSERT INTO w{w} VALUES ({id})")])
+        .await
+        .unwrap_or_else(|e| panic!("insert {id} of writer {w} through validator {via}: {e}"));
+    committed.push((w, id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_four_validator_devnet_survives_a_kill_catches_up_and_stops_without_a_quorum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_base_port();
+    let root = dir.path().join("devnet");
+    let written = chainql(&[
+        "devnet",
+        "--validators",
+        "4",
+        "--dir",
+        root.to_str().expect("UTF-8"),
+        "--base-port",
+        &base.to_string(),
+        "--write-only",
+    ]);
+    assert_eq!(written.lines().count(), VALIDATORS, "{written}");
+    let mut devnet = Devnet {
+        dir: root.canonicalize().expect("dir"),
+        base,
+        nodes: (0..VALIDATORS).map(|_| None).collect(),
+    };
+    for i in 0..VALIDATORS {
+        devnet.start(i).await;
+    }
+    let all: Vec<usize> = (0..VALIDATORS).collect();
+    let mut committed = Vec::new();
+
+    // Each writer works through its own validator: every validator's transactions commit.
+    for w in 0..VALIDATORS {
+        devnet
+            .client(w)
+            .await
+            .execute(
+                &writer(w),
+                vec![format!("CREATE TABLE w{w} (id BIGINT PRIMARY KEY)")],
+            )
+            .await
+            .expect("create");
+    }
+    for id in 1..=3 {
+        for w in 0..VALIDATORS {
+            insert(&devnet, w, w, id, &mut committed).await;
+        }
+    }
+    let (height, _) = devnet.wait_agreed(&all).await;
+    devnet.check_rows(&all, &committed).await;
+    verify_blocks(&devnet.dir, &devnet.url(1), height);
+
+    // kill -9 one validator: the other three hold 3/4 of the stake and go on.
+    devnet.kill(3);
+    let three = [0, 1, 2];
+    for id in 4..=6 {
+        for w in 0..VALIDATORS {
+            insert(&devnet, w % 3, w, id, &mut committed).await;
+        }
+    }
+    let (height_without, _) = devnet.wait_agreed(&three).await;
+    assert!(
+        height_without > height,
+        "blocks were committed without validator 3"
+    );
+
+    // Restarted, it catches up to the same height and state root, with every row.
+    devnet.start(3).await;
+    let (caught_up, _) = devnet.wait_agreed(&all).await;
+    assert!(caught_up >= height_without);
+    devnet.check_rows(&all, &committed).await;
+
+    // Two of four stopped: half the stake is not a quorum, and nothing commits.
+    devnet.kill(2);
+    devnet.kill(3);
+    let client = devnet.client(0).await;
+    let nonce = client.next_nonce(&writer(0).key.address()).await.expect("nonce");
+    let (hash, _) = client
+        .submit(
+            writer(0).build(nonce, vec!["INSERT INTO w0 VALUES (7)".into()]),
+            false,
+        )
+        .await
+        .expect("admitted: the log still takes transactions");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let statuses = devnet.statuses(&[0, 1]).await;
+    assert!(
+        statuses.iter().all(|(h, _)| *h == caught_up),
+        "no block without a quorum: {statuses:?}, was {caught_up}"
+    );
+    assert!(client.transaction(&hash).await.expect("lookup").is_none());
+
+    // One returns: a quorum again, and the waiting transaction commits.
+    devnet.start(2).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.transaction(&hash).await.expect("lookup").is_none() {
+        assert!(Instant::now() < deadline, "the transaction never committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    committed.push((0, 7));
+    let running = [0, 1, 2];
+    let (last, _) = devnet.wait_agreed(&running).await;
+    assert!(last > caught_up);
+    devnet.check_rows(&running, &committed).await;
+    verify_blocks(&devnet.dir, &devnet.url(2), last);
+}
+
+/// Every block up to `height` verifies against the devnet's genesis: certificates signed by
+/// more than 2/3 of the four validators' stake.
+fn verify_blocks(dir: &Path, url: &str, height: u64) {
+    let genesis = dir.join("genesis.json");
+    for h in 1..=height {
+        let out = chainql(&[
+            "verify",
+            "block",
+            &h.to_string(),
+            "--connect",
+            url,
+            "--genesis",
+            genesis.to_str().expect("UTF-8"),
+        ]);
+        assert!(out.contains("is committed"), "{out}");
+        let signers = out.lines().filter(|l| l.contains("signed by")).count();
+        assert!(signers >= 3, "block {h}: {out}");
+    }
+}
