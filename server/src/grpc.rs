@@ -498,7 +498,15 @@ mod tests {
         let set = prost_types::FileDescriptorSet::decode(super::proto::FILE_DESCRIPTOR_SET)
             .expect("the compiled descriptors decode");
         let names: Vec<_> = set.file.iter().map(|f| f.name().to_string()).collect();
-        assert_eq!(names, ["consensus.proto", "chainql.proto", "node.proto", "validator.proto"]);
+        assert_eq!(
+            names,
+            [
+                "consensus.proto",
+                "chainql.proto",
+                "node.proto",
+                "validator.proto"
+            ]
+        );
         for file in &set.file {
             let missing = super::undocumented(file);
             assert!(missing.is_empty(), "{}: {missing:#?}", file.name());

@@ -161,6 +161,41 @@ fn check_commit_signatures(
     check_votes(ctx, set, votes, thresholds.quorum, invalid)
 }
 
+/// Checks who signed a vote or a proposal: a member of `validators`, with a good signature over
+/// the message on the chain of `ctx` (a vote signed for another chain fails here). What a node
+/// checks on arrival, to refuse with a reason before the engine sees the message; certificates
+/// are checked by the engine, signature by signature.
+pub fn check_signed(ctx: &ChainContext, validators: &ValidatorSet, message: &Message) -> Result<(), String> {
+    let (signer, signed) = match message {
+        Message::Vote(vote) => {
+            let signer = vote.message.validator;
+            let key = validators.get_by_address(&signer).map(|v| *v.public_key());
+            (
+                signer,
+                key.map(|key| vote_is_signed(ctx, &vote.message, &vote.signature, &key)),
+            )
+        }
+        Message::Proposal(proposal) => {
+            let signer = proposal.message.proposer;
+            let key = validators.get_by_address(&signer).map(|v| *v.public_key());
+            let signed = key.map(|key| {
+                let bytes = chainql::signing_bytes(PROPOSAL_DOMAIN, &ctx.proposal_body(&proposal.message));
+                key.verify(&bytes, &proposal.signature).is_ok()
+            });
+            (signer, signed)
+        }
+        Message::Polka(_) | Message::Round(_) => return Ok(()),
+    };
+    match signed {
+        None => Err(format!("signed by {signer}, who is not a validator")),
+        Some(false) => Err(format!(
+            "{signer}'s signature does not hold on chain {:?} (forged, or signed for another chain)",
+            ctx.chain_id
+        )),
+        Some(true) => Ok(()),
+    }
+}
+
 /// Checks that `certificate` commits `block` at `height` on the chain of `ctx` under
 /// `validators`: precommits of more than 2/3 of the stake, each signed by a distinct member.
 /// What anyone holding the validator set does to check a committed block.

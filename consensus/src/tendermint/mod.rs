@@ -10,5 +10,8 @@ pub mod sim;
 pub mod wal;
 
 pub use context::{BlockId, ChainContext, Height, Validator, ValidatorAddress, ValidatorSet};
-pub use engine::{CommitCheckError, Engine, Message, Output, verify_commit};
-pub use malachite_core_types::{LinearTimeouts, Round, Timeout, TimeoutKind};
+pub use engine::{CommitCheckError, Engine, Message, Output, check_signed, verify_commit};
+pub use malachite_core_types::{
+    LinearTimeouts, NilOrVal, Round, SignedProposal, SignedVote, Timeout, TimeoutKind, VoteType,
+};
+pub use malachite_signing_ed25519::Signature;

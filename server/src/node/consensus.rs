@@ -36,7 +36,7 @@ use chainql_consensus::header_hash;
 use chainql_consensus::tendermint::codec::{self, WalRecord};
 use chainql_consensus::tendermint::wal::Wal;
 use chainql_consensus::tendermint::{
-    ChainContext, Engine, Height, LinearTimeouts, Message, Output, Timeout, ValidatorSet,
+    ChainContext, Engine, Height, LinearTimeouts, Message, Output, Timeout, ValidatorSet, check_signed,
 };
 use prost::Message as _;
 use tokio::sync::watch;
@@ -268,20 +268,10 @@ impl Consensus {
             Inbound::Message(message) => (message, None),
             Inbound::Proposal(message, block) => (message, Some(*block)),
         };
-        let signer = match &message {
-            Message::Vote(vote) => Some(vote.message.validator),
-            Message::Proposal(proposal) => Some(proposal.message.proposer),
-            // Certificates are checked signature by signature against the set by the engine.
-            Message::Polka(_) | Message::Round(_) => None,
-        };
-        if let Some(signer) = signer
-            && !self.validators.validators().iter().any(|v| v.address == signer)
-        {
-            return Ok(self.refuse(format!(
-                "a consensus message signed by {signer}, who is not a validator"
-            )));
-        }
         let height = message.height();
+        if let Err(reason) = check_signed(&self.ctx, &self.validators, &message) {
+            return Ok(self.refuse(format!("a consensus message for height {height}: {reason}")));
+        }
         let current = self.height();
         if height < current {
             return Ok(()); // a height already committed: late, and harmless
@@ -307,10 +297,7 @@ impl Consensus {
             }
             return Ok(());
         }
-        if !self.started {
-            self.start().await?;
-        }
-        if let Some(block) = block {
+        if let Some(block) = &block {
             let Message::Proposal(proposal) = &message else {
                 return Ok(());
             };
@@ -339,8 +326,12 @@ impl Consensus {
                     )));
                 }
                 self.wal.append_block(&block.encode_to_vec())?;
-                self.candidates.insert(hash, block);
+                self.candidates.insert(hash, block.clone());
             }
+        }
+        // Another validator is at this height: so is this one.
+        if !self.started {
+            self.start().await?;
         }
         let outputs = self.engine.receive(message);
         self.act(outputs).await

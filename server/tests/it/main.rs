@@ -16,3 +16,4 @@ mod r2;
 mod restart;
 mod shell;
 mod support;
+mod validator_input;

@@ -1,0 +1,183 @@
+//! Bad input on the validator service: every malformed, unsigned, foreign, far-future or invalid
+//! message is refused and counted, an oversized one ends only its own stream, and the node goes
+//! on committing. Good transaction gossip enters the log and commits.
+
+use std::time::{Duration, Instant};
+
+use chainql::wire::{Block, SignedTransaction};
+use chainql::{Hash, Keypair, TransactionBuilder};
+use chainql_consensus::BlockProposal;
+use chainql_consensus::tendermint::codec::encode_message;
+use chainql_consensus::tendermint::context::{PROPOSAL_DOMAIN, Proposal, VOTE_DOMAIN, Vote};
+use chainql_consensus::tendermint::{
+    BlockId, ChainContext, Height, Message, NilOrVal, Round, Signature, SignedProposal, SignedVote,
+    ValidatorAddress, VoteType,
+};
+use chainql_server::validator::proto::peer_message::Body;
+use chainql_server::validator::proto::validator_client::ValidatorClient;
+use chainql_server::validator::proto::{PeerMessage, ProposalMessage, TransactionGossip};
+use chainql_server::{Node, NodeConfig, init_data_dir};
+use prost::Message as _;
+
+fn vote(ctx: &ChainContext, key: &Keypair, height: u64) -> Message {
+    let vote = Vote {
+        vote_type: VoteType::Prevote,
+        height: Height(height),
+        round: Round::new(0),
+        value: NilOrVal::Nil,
+        validator: ValidatorAddress(key.address()),
+    };
+    let signature = Signature::from_bytes(key.sign(VOTE_DOMAIN, &ctx.vote_body(&vote)));
+    Message::Vote(SignedVote::new(vote, signature))
+}
+
+fn proposal(ctx: &ChainContext, key: &Keypair, height: u64, block: Hash) -> Message {
+    let proposal = Proposal {
+        height: Height(height),
+        round: Round::new(0),
+        value: BlockId(block),
+        pol_round: Round::Nil,
+        proposer: ValidatorAddress(key.address()),
+    };
+    let signature = Signature::from_bytes(key.sign(PROPOSAL_DOMAIN, &ctx.proposal_body(&proposal)));
+    Message::Proposal(SignedProposal::new(proposal, signature))
+}
+
+fn consensus(message: &Message) -> PeerMessage {
+    PeerMessage {
+        body: Some(Body::Consensus(encode_message(message).expect("encode"))),
+    }
+}
+
+fn with_block(message: &Message, block: &Block) -> PeerMessage {
+    PeerMessage {
+        body: Some(Body::Proposal(ProposalMessage {
+            proposal: encode_message(message).expect("encode"),
+            block: block.encode_to_vec(),
+        })),
+    }
+}
+
+fn refused(node: &Node) -> u64 {
+    node.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("chainql_peer_messages_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the counter is exported")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = NodeConfig::new(dir.path());
+    init_data_dir(&config, "guarded", &[]).expect("init");
+    let validator = Keypair::read_file(&config.validator_key_path()).expect("validator key");
+    let node = Node::open(config).await.expect("open");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(chainql_server::grpc::serve_listener(
+        node.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = ValidatorClient::connect(url.clone())
+        .await
+        .expect("connect")
+        .max_encoding_message_size(usize::MAX);
+
+    let ctx = ChainContext::new("guarded");
+    let stranger = Keypair::from_seed([66; 32]);
+    let height = node.status().height + 1;
+    let state = node.state();
+    // A block the validator itself signed, holding a transaction whose signature is broken.
+    let user = TransactionBuilder::new("guarded", Keypair::from_seed([5; 32]));
+    let mut forged = user.build(0, vec!["CREATE TABLE t (id INT PRIMARY KEY)".into()]);
+    forged.signature[0] ^= 1;
+    let invalid_block = BlockProposal {
+        chain_id: "guarded".into(),
+        height,
+        parent_hash: state.block_hash(),
+        timestamp_ms: state.timestamp_ms() + 1,
+        state_root: state.root(),
+        log_ranges: vec![],
+        transactions: vec![forged],
+    }
+    .sign(&validator);
+    let invalid_hash = chainql_consensus::header_hash(invalid_block.header.as_ref().expect("header"));
+    let too_many = TransactionGossip {
+        transactions: vec![SignedTransaction::default(); 10_001],
+    };
+
+    let bad = vec![
+        PeerMessage { body: None },
+        PeerMessage {
+            body: Some(Body::Consensus(b"not a consensus message".to_vec())),
+        },
+        // A vote from a key outside the validator set.
+        consensus(&vote(&ctx, &stranger, height)),
+        // The validator's own key, signing for another chain.
+        consensus(&vote(&ChainContext::new("other"), &validator, height)),
+        // Far beyond any height a validator could be behind by.
+        consensus(&vote(&ctx, &validator, height + 1_000_000)),
+        // A proposal without its block, and one whose block is another.
+        consensus(&proposal(&ctx, &validator, height, invalid_hash)),
+        with_block(&proposal(&ctx, &validator, height, Hash([7; 32])), &invalid_block),
+        // A correctly signed proposal of a block with an invalid transaction.
+        with_block(&proposal(&ctx, &validator, height, invalid_hash), &invalid_block),
+        PeerMessage {
+            body: Some(Body::Transactions(too_many)),
+        },
+    ];
+    let sent = bad.len() as u64;
+    let response = client
+        .deliver(tokio_stream::iter(bad))
+        .await
+        .expect("the stream is served to its end")
+        .into_inner();
+    assert_eq!(response.received, sent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused(&node) < sent {
+        assert!(Instant::now() < deadline, "refused {} of {sent}", refused(&node));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused(&node), sent, "each bad message is refused once");
+    assert_eq!(node.status().height, height - 1, "nothing was committed");
+
+    // A message over the size bound ends its stream, and nothing else.
+    let huge = PeerMessage {
+        body: Some(Body::Consensus(vec![
+            0;
+            chainql_server::validator::PEER_MESSAGE_BYTES_MAX
+                + 1
+        ])),
+    };
+    let _ = client.deliver(tokio_stream::iter(vec![huge])).await;
+
+    // Good gossip: a transaction another validator admitted enters this node's log and commits.
+    let good = user.build(0, vec!["CREATE TABLE t (id INT PRIMARY KEY)".into()]);
+    let hash = chainql::transaction_hash(&good.transaction);
+    let gossip = PeerMessage {
+        body: Some(Body::Transactions(TransactionGossip {
+            transactions: vec![good],
+        })),
+    };
+    client
+        .deliver(tokio_stream::iter(vec![gossip]))
+        .await
+        .expect("delivered");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.transaction(&hash).expect("lookup").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the gossiped transaction never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused(&node), sent);
+    let _ = stop.send(());
+    let _ = server.await;
+    node.shutdown().await;
+}
