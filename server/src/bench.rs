@@ -183,7 +183,91 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-fn client_key(i: usize) -> Keypair {
+/// The owner's set-up transaction of a workload: its tables, rows and contract.
+pub(crate) fn setup_statements(bench: &BenchConfig, clients: &[Keypair]) -> Vec<String> {
+    match bench.workload {
+        Workload::Update => vec![
+            "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
+            format!(
+                "INSERT INTO accounts SELECT value, 0 FROM generate_series(1, {})",
+                bench.rows
+            ),
+        ],
+        Workload::Transfer => {
+            let holders: Vec<String> = clients
+                .iter()
+                .map(|k| format!("('{}', {TOKENS_EACH})", k.address()))
+                .collect();
+            vec![
+                "CREATE TABLE tokens (owner TEXT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
+                format!("INSERT INTO tokens VALUES {}", holders.join(", ")),
+                format!(
+                    "INSERT INTO tokens SELECT {HOLDER_ADDRESS_SQL}, 0 FROM generate_series(1, {})",
+                    bench.rows
+                ),
+                TRANSFER_CONTRACT.into(),
+            ]
+        }
+    }
+}
+
+/// The grants that let each client update the `update` workload's table, a transaction's worth
+/// of statements at a time.
+pub(crate) fn grant_batches(clients: &[Keypair]) -> Vec<Vec<String>> {
+    let limit = TransactionLimits::default().statements_max;
+    clients
+        .chunks(limit)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|k| format!("GRANT UPDATE ON accounts TO '{}'", k.address()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Every client's transactions, signed, in nonce order.
+pub(crate) fn sign_work(bench: &BenchConfig, clients: &[Keypair], chain_id: &str) -> Vec<Vec<SignedTransaction>> {
+    let per_client = bench.transactions / bench.clients;
+    let mut work: Vec<Vec<SignedTransaction>> = Vec::with_capacity(bench.clients);
+    for (c, key) in clients.iter().enumerate() {
+        let builder = TransactionBuilder::new(chain_id.to_string(), key.clone());
+        let mut signed = Vec::with_capacity(per_client);
+        // xorshift64*, seeded per client: the same recipients in every run.
+        let mut draw = 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+        for n in 0..per_client {
+            let statement = match bench.workload {
+                Workload::Update => {
+                    let id = (c * per_client + n) % bench.rows + 1;
+                    format!("UPDATE accounts SET balance = balance + 1 WHERE id = {id}")
+                }
+                Workload::Transfer => {
+                    draw ^= draw >> 12;
+                    draw ^= draw << 25;
+                    draw ^= draw >> 27;
+                    let holder = draw.wrapping_mul(0x2545_f491_4f6c_dd1d) % bench.rows.max(1) as u64 + 1;
+                    format!("CALL transfer('{}', 1)", holder_address(holder))
+                }
+            };
+            signed.push(builder.build(n as u64, vec![statement]));
+        }
+        work.push(signed);
+    }
+    work
+}
+
+/// The query that checks a workload's result, and the value it must give.
+pub(crate) fn check_query(bench: &BenchConfig, total: usize) -> (&'static str, u64) {
+    match bench.workload {
+        Workload::Update => ("SELECT sum(balance) FROM accounts", total as u64),
+        Workload::Transfer => (
+            "SELECT sum(balance) + (SELECT count(*) FROM chain.events) FROM tokens",
+            bench.clients as u64 * TOKENS_EACH + total as u64,
+        ),
+    }
+}
+
+pub(crate) fn client_key(i: usize) -> Keypair {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
     seed[8] = 0xbe;
@@ -214,42 +298,14 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
 
     let mut setup = TransactionBuilder::new(chain_id.clone(), owner);
     setup.gas_limit = TransactionLimits::default().gas_limit_max;
-    let setup_statements = match bench.workload {
-        Workload::Update => vec![
-            "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
-            format!(
-                "INSERT INTO accounts SELECT value, 0 FROM generate_series(1, {})",
-                bench.rows
-            ),
-        ],
-        Workload::Transfer => {
-            let holders: Vec<String> = clients
-                .iter()
-                .map(|k| format!("('{}', {TOKENS_EACH})", k.address()))
-                .collect();
-            vec![
-                "CREATE TABLE tokens (owner TEXT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
-                format!("INSERT INTO tokens VALUES {}", holders.join(", ")),
-                format!(
-                    "INSERT INTO tokens SELECT {HOLDER_ADDRESS_SQL}, 0 FROM generate_series(1, {})",
-                    bench.rows
-                ),
-                TRANSFER_CONTRACT.into(),
-            ]
-        }
-    };
+    let setup_statements = setup_statements(bench, &clients);
     let receipt = node.submit_and_wait(setup.build(0, setup_statements)).await?;
     if !receipt.error.is_empty() {
         return Err(Error::Client(format!("bench setup failed: {}", receipt.error)));
     }
     if bench.workload == Workload::Update {
         // The table is the owner's: the clients update it by grant.
-        let limit = TransactionLimits::default().statements_max;
-        for (n, chunk) in clients.chunks(limit).enumerate() {
-            let grants = chunk
-                .iter()
-                .map(|k| format!("GRANT UPDATE ON accounts TO '{}'", k.address()))
-                .collect();
+        for (n, grants) in grant_batches(&clients).into_iter().enumerate() {
             let receipt = node.submit_and_wait(setup.build(n as u64 + 1, grants)).await?;
             if !receipt.error.is_empty() {
                 return Err(Error::Client(format!("bench setup failed: {}", receipt.error)));
@@ -260,30 +316,7 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
     // Sign every transaction up front.
     let per_client = bench.transactions / bench.clients;
     let signing_started = Instant::now();
-    let mut work: Vec<Vec<SignedTransaction>> = Vec::with_capacity(bench.clients);
-    for (c, key) in clients.iter().enumerate() {
-        let builder = TransactionBuilder::new(chain_id.clone(), key.clone());
-        let mut signed = Vec::with_capacity(per_client);
-        // xorshift64*, seeded per client: the same recipients in every run.
-        let mut draw = 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
-        for n in 0..per_client {
-            let statement = match bench.workload {
-                Workload::Update => {
-                    let id = (c * per_client + n) % bench.rows + 1;
-                    format!("UPDATE accounts SET balance = balance + 1 WHERE id = {id}")
-                }
-                Workload::Transfer => {
-                    draw ^= draw >> 12;
-                    draw ^= draw << 25;
-                    draw ^= draw >> 27;
-                    let holder = draw.wrapping_mul(0x2545_f491_4f6c_dd1d) % bench.rows.max(1) as u64 + 1;
-                    format!("CALL transfer('{}', 1)", holder_address(holder))
-                }
-            };
-            signed.push(builder.build(n as u64, vec![statement]));
-        }
-        work.push(signed);
-    }
+    let work = sign_work(bench, &clients, &chain_id);
     let total = per_client * bench.clients;
     let signing_per_second = total as f64 / signing_started.elapsed().as_secs_f64();
     let (batch_verify_per_second, single_verify_per_second) = verification_rates(&work, &chain_id)?;
@@ -369,13 +402,7 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
         .unwrap_or(u64::MAX);
     // Check the work was done: every update counted, every token conserved and every
     // transfer's event recorded.
-    let (check, expected) = match bench.workload {
-        Workload::Update => ("SELECT sum(balance) FROM accounts", total as u64),
-        Workload::Transfer => (
-            "SELECT sum(balance) + (SELECT count(*) FROM chain.events) FROM tokens",
-            bench.clients as u64 * TOKENS_EACH + total as u64,
-        ),
-    };
+    let (check, expected) = check_query(bench, total);
     let (sum, _) = node.query(check).await?;
     let sum: u64 = crate::format::cell_text(sum.batches[0].column(0), 0)
         .and_then(|t| t.parse().ok())

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod bench;
+pub mod bench_network;
 mod checkpoints;
 pub mod client;
 mod completion;

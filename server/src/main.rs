@@ -314,6 +314,11 @@ struct BenchArgs {
     /// Where the bench node keeps its data [default: a new temporary directory].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Run a network of this many validator processes on this machine and send the
+    /// transactions over gRPC, measuring submit-to-commit latency too (the chain then has 4
+    /// log partitions, and `--batch` does not apply).
+    #[arg(long)]
+    validators: Option<usize>,
 }
 
 fn init_tracing(default_level: &str) {
@@ -903,6 +908,23 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
         batch: args.batch,
         log_partitions: args.log_partitions,
     };
+    if let Some(validators) = args.validators {
+        if validators == 0 || validators > chainql_server::devnet::DEVNET_VALIDATORS_MAX {
+            return Err(Error::Config(format!(
+                "--validators: 1 to {}",
+                chainql_server::devnet::DEVNET_VALIDATORS_MAX
+            )));
+        }
+        let exe = std::env::current_exe().map_err(|e| Error::io("finding the chainql binary", e))?;
+        let report = runtime.block_on(chainql_server::bench_network::run_network_bench(
+            &data_dir, &config, validators, &exe,
+        ));
+        if args.data_dir.is_none() && report.is_ok() {
+            let _ = std::fs::remove_dir_all(&data_dir);
+        }
+        println!("{}", report?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = runtime.block_on(run_bench(&data_dir, &config));
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&data_dir);
