@@ -227,7 +227,11 @@ pub(crate) fn grant_batches(clients: &[Keypair]) -> Vec<Vec<String>> {
 }
 
 /// Every client's transactions, signed, in nonce order.
-pub(crate) fn sign_work(bench: &BenchConfig, clients: &[Keypair], chain_id: &str) -> Vec<Vec<SignedTransaction>> {
+pub(crate) fn sign_work(
+    bench: &BenchConfig,
+    clients: &[Keypair],
+    chain_id: &str,
+) -> Vec<Vec<SignedTransaction>> {
     let per_client = bench.transactions / bench.clients;
     let mut work: Vec<Vec<SignedTransaction>> = Vec::with_capacity(bench.clients);
     for (c, key) in clients.iter().enumerate() {

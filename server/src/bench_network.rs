@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use chainql::{Hash, Keypair, TransactionBuilder, TransactionLimits};
 use futures::StreamExt;
 
-use crate::bench::{BenchConfig, Workload, check_query, client_key, grant_batches, setup_statements, sign_work};
+use crate::bench::{
+    BenchConfig, Workload, check_query, client_key, grant_batches, setup_statements, sign_work,
+};
 use crate::client::{Client, SubscribeOptions};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -278,7 +280,9 @@ pub async fn run_network_bench(
             break statuses[0];
         }
         if Instant::now() > deadline {
-            return Err(Error::Client(format!("the validators did not agree: {statuses:?}")));
+            return Err(Error::Client(format!(
+                "the validators did not agree: {statuses:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

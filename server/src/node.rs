@@ -577,7 +577,7 @@ impl Node {
             }
             Received::Consensus(message) => self.to_consensus(consensus::Inbound::Message(message)),
             Received::Proposal(proposal, block) => {
-                self.to_consensus(consensus::Inbound::Proposal(proposal, Box::new(block)))
+                self.to_consensus(consensus::Inbound::Proposal(proposal, block))
             }
         }
     }

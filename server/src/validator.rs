@@ -213,7 +213,7 @@ impl Validator for ValidatorService {
 /// A peer message, decoded: what the node acts on.
 pub(crate) enum Received {
     Consensus(Message),
-    Proposal(Message, Block),
+    Proposal(Message, Box<Block>),
     Transactions(Vec<SignedTransaction>),
 }
 
@@ -236,7 +236,7 @@ pub(crate) fn decode(message: PeerMessage) -> Result<Received, String> {
                 return Err(format!("a proposed block of {} bytes", block.len()));
             }
             let block = Block::decode(block.as_slice()).map_err(|e| format!("proposed block: {e}"))?;
-            Ok(Received::Proposal(proposal, block))
+            Ok(Received::Proposal(proposal, Box::new(block)))
         }
         Body::Transactions(TransactionGossip { transactions }) => Ok(Received::Transactions(transactions)),
     }

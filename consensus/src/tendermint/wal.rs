@@ -237,7 +237,7 @@ impl Wal {
     fn write_record(&mut self, payload: &[u8]) -> Result<()> {
         let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
         record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        record.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+        record.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
         record.extend_from_slice(payload);
         if let Err(source) = self.file.write_all(&record) {
             // Leave no partial record for later ones to land behind.

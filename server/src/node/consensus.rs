@@ -270,16 +270,16 @@ impl Consensus {
         };
         let height = message.height();
         if let Err(reason) = check_signed(&self.ctx, &self.validators, &message) {
-            return Ok(self.refuse(format!("a consensus message for height {height}: {reason}")));
+            return self.refuse(format!("a consensus message for height {height}: {reason}"));
         }
         let current = self.height();
         if height < current {
             return Ok(()); // a height already committed: late, and harmless
         }
         if height.0 > current.0 + FAR_AHEAD {
-            return Ok(self.refuse(format!(
+            return self.refuse(format!(
                 "a consensus message for height {height}, far ahead of height {current}"
-            )));
+            ));
         }
         if height > current {
             if height.0 == current.0 + 1 {
@@ -302,28 +302,28 @@ impl Consensus {
                 return Ok(());
             };
             let Some(header) = block.header.as_ref() else {
-                return Ok(self.refuse("a proposed block without a header".into()));
+                return self.refuse("a proposed block without a header".into());
             };
             let hash = header_hash(header);
             if hash != proposal.message.value.0 {
-                return Ok(self.refuse(format!(
+                return self.refuse(format!(
                     "a proposal names block {}, but carries block {hash}",
                     proposal.message.value.0
-                )));
+                ));
             }
             let proposer = chainql::PublicKey::from_bytes(&header.proposer).map(|key| key.address());
             if proposer.ok() != Some(proposal.message.proposer.0) {
-                return Ok(self.refuse(format!(
+                return self.refuse(format!(
                     "the block of {}'s proposal was signed by another proposer",
                     proposal.message.proposer
-                )));
+                ));
             }
             if !self.candidates.contains_key(&hash) {
-                if let Err(error) = self.inner.check_proposal(&block).await {
-                    return Ok(self.refuse(format!(
+                if let Err(error) = self.inner.check_proposal(block).await {
+                    return self.refuse(format!(
                         "an invalid block proposed by {} at height {height}: {error}",
                         proposal.message.proposer
-                    )));
+                    ));
                 }
                 self.wal.append_block(&block.encode_to_vec())?;
                 self.candidates.insert(hash, block.clone());
@@ -337,13 +337,15 @@ impl Consensus {
         self.act(outputs).await
     }
 
-    /// Logs why a message from a peer was refused, and counts it.
-    fn refuse(&self, reason: String) {
+    /// Logs why a message from a peer was refused, and counts it. (A refusal is not an error
+    /// of this validator: it goes on.)
+    fn refuse(&self, reason: String) -> Result<()> {
         self.inner
             .metrics
             .peer_messages_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(%reason, "refused a consensus message");
+        Ok(())
     }
 
     /// Block sync: asks the peers for their height; when one is ahead (two heights or more,
@@ -391,7 +393,7 @@ impl Consensus {
             if let Err(error) =
                 chainql_consensus::verify_committed(&block, parent, &self.ctx, &self.validators)
             {
-                self.refuse(format!("block sync: block {height} from {url}: {error}"));
+                self.refuse(format!("block sync: block {height} from {url}: {error}"))?;
                 break;
             }
             self.inner.commit_block(block).await?;

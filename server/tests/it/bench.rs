@@ -52,7 +52,10 @@ async fn a_small_network_bench_commits_everything_on_every_validator() {
     )
     .await
     .expect("network bench");
-    assert_eq!((report.transactions, report.failed, report.validators), (40, 0, 2));
+    assert_eq!(
+        (report.transactions, report.failed, report.validators),
+        (40, 0, 2)
+    );
     assert!(report.blocks >= 1);
     assert!(report.latency(0.5) <= report.latency(0.99));
     assert!(report.latency(1.0) > std::time::Duration::ZERO);
