@@ -257,6 +257,10 @@ struct Inner {
     /// Set when the block producer stopped on an error; the node then refuses new work.
     halted: Mutex<Option<String>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Transactions this node admitted (signature and statements checked) and has not seen
+    /// committed, by hash, with their signatures: a proposal holding one with the same
+    /// signature need not check it again (the hash does not cover the signature).
+    checked: Mutex<HashMap<Hash, Vec<u8>>>,
     /// The other validators.
     peers: crate::validator::Peers,
     /// Messages from the other validators, for the consensus task.
@@ -382,6 +386,7 @@ impl Node {
             stop: Notify::new(),
             halted: Mutex::new(None),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            checked: Mutex::new(HashMap::new()),
             peers: crate::validator::Peers::start(&peers),
             inbox,
         });
@@ -525,6 +530,9 @@ impl Node {
             pending
         };
         pending.durable().await?;
+        if !self.inner.peers.is_empty() {
+            lock(&self.inner.checked).insert(decoded.hash, decoded.signed.signature);
+        }
         Ok(decoded.hash)
     }
 
@@ -679,7 +687,7 @@ impl Node {
                 }
                 reserved.push((decoded.address, expected + 1));
                 entries.push((partition, decoded.signed.encode_to_vec()));
-                indices.push((i, decoded.hash));
+                indices.push((i, decoded.hash, decoded.signed.signature.clone()));
             }
             match self.inner.log.enqueue(entries).await {
                 Ok(queued) => {
@@ -690,7 +698,7 @@ impl Node {
                 }
                 Err(error) => {
                     let message = error.to_string();
-                    for (i, _) in indices {
+                    for (i, _, _) in indices {
                         results[i] = Some(Err(Error::Halted(message.clone())));
                     }
                 }
@@ -699,13 +707,17 @@ impl Node {
         for (queued, indices) in pending {
             match queued.durable().await {
                 Ok(_) => {
-                    for (i, hash) in indices {
+                    let mut checked = (!self.inner.peers.is_empty()).then(|| lock(&self.inner.checked));
+                    for (i, hash, signature) in indices {
+                        if let Some(checked) = checked.as_mut() {
+                            checked.insert(hash, signature);
+                        }
                         results[i] = Some(Ok(hash));
                     }
                 }
                 Err(error) => {
                     let message = error.to_string();
-                    for (i, _) in indices {
+                    for (i, _, _) in indices {
                         results[i] = Some(Err(Error::Halted(message.clone())));
                     }
                 }
@@ -1359,12 +1371,25 @@ impl Inner {
             .iter()
             .map(|signed| DecodedTransaction::from_signed(signed.clone(), &limits, &self.genesis.chain_id))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        // Transactions this node admitted itself were checked then; the others are checked now.
+        let unchecked: Vec<bool> = {
+            let checked = lock(&self.checked);
+            decoded
+                .iter()
+                .map(|d| checked.get(&d.hash) != Some(&d.signed.signature))
+                .collect()
+        };
         let decoded = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&DecodedTransaction> = decoded.iter().collect();
+            let refs: Vec<&DecodedTransaction> = decoded
+                .iter()
+                .zip(&unchecked)
+                .filter(|(_, u)| **u)
+                .map(|(d, _)| d)
+                .collect();
             for verdict in chainql::verify_transactions(&refs) {
                 verdict?;
             }
-            for transaction in &decoded {
+            for transaction in refs {
                 for statement in &transaction.body.statements {
                     chainql::sql::parse_transaction_statement(statement)?;
                 }
@@ -1486,6 +1511,14 @@ impl Inner {
             .iter()
             .filter_map(|signed| executable(signed).ok().map(|(_, sender)| sender))
             .collect();
+        if !self.peers.is_empty() {
+            let mut checked = lock(&self.checked);
+            for receipt in &receipts {
+                if let Some(hash) = Hash::from_slice(&receipt.transaction_hash) {
+                    checked.remove(&hash);
+                }
+            }
+        }
         let height = next.height();
         let root = next.root();
         let mut next_seqnos = self.ordered_by(&block, self.current_seqnos())?;
