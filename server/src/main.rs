@@ -510,7 +510,8 @@ fn with_config_file(mut args: NodeArgs, flags: &clap::ArgMatches) -> Result<Node
 }
 
 fn node(args: NodeArgs) -> Result<ExitCode> {
-    init_tracing("info");
+    // The consensus core narrates every vote at `info`; the node logs one line per block.
+    init_tracing("info,arc_malachitebft_core_consensus=warn");
     let config = args.node.config();
     if let Some(chain_id) = &args.init_chain_id {
         init_data_dir(&config, chain_id, &[])?;

@@ -165,6 +165,8 @@ pub fn init_data_dir(config: &NodeConfig, chain_id: &str, accounts: &[(Address, 
 const PEERS_MAX: usize = 256;
 /// The most transactions one gossip message may carry.
 const GOSSIP_TRANSACTIONS_MAX: usize = 10_000;
+/// Gossip messages waiting for admission before new ones are refused.
+const GOSSIP_QUEUE: usize = 256;
 /// How far ahead of this node's clock a proposed block's timestamp may be.
 const CLOCK_DRIFT_MAX_MS: u64 = 5_000;
 
@@ -265,6 +267,8 @@ struct Inner {
     peers: crate::validator::Peers,
     /// Messages from the other validators, for the consensus task.
     inbox: tokio::sync::mpsc::Sender<consensus::Inbound>,
+    /// Transactions other validators gossiped, for the admission worker.
+    gossiped: tokio::sync::mpsc::Sender<Vec<SignedTransaction>>,
 }
 
 /// A running node. Cheap to clone; the last clone to be dropped does not stop it: call
@@ -360,6 +364,7 @@ impl Node {
         let checkpoints = Checkpoints::new(config.data_dir.join("checkpoints"), config.checkpoints_kept);
         let peers = config.peers.clone();
         let (inbox, received) = tokio::sync::mpsc::channel(consensus::INBOX);
+        let (gossiped, to_admit) = tokio::sync::mpsc::channel(GOSSIP_QUEUE);
         let inner = Arc::new(Inner {
             config,
             genesis,
@@ -389,17 +394,20 @@ impl Node {
             checked: Mutex::new(HashMap::new()),
             peers: crate::validator::Peers::start(&peers),
             inbox,
+            gossiped,
         });
         let recovery = inner.replay().await?;
         inner.recover_pending().await?;
         let validators = inner.validators.consensus_set()?;
         let (consensus, outputs) = consensus::Consensus::open(Arc::clone(&inner), validators, received)?;
         let producer = tokio::spawn(consensus.run(outputs));
-        Ok(Node {
+        let node = Node {
             inner,
             recovery,
             producer: Arc::new(Mutex::new(Some(producer))),
-        })
+        };
+        tokio::spawn(node.clone().admit_gossip(to_admit));
+        Ok(node)
     }
 
     pub fn chain_id(&self) -> &str {
@@ -575,18 +583,39 @@ impl Node {
                         transactions.len()
                     ));
                 }
-                let results = self.admit_many(transactions).await;
-                let admitted = results.iter().filter(|r| r.is_ok()).count();
-                self.inner
-                    .metrics
-                    .transactions_gossiped
-                    .fetch_add(admitted as u64, Ordering::Relaxed);
-                Ok(())
+                // Admitted by a worker, so that the peer's stream goes on to its consensus
+                // messages meanwhile.
+                self.inner.gossiped.try_send(transactions).map_err(|e| match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => "the gossip queue is full".to_string(),
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => "the node is stopping".to_string(),
+                })
             }
             Received::Consensus(message) => self.to_consensus(consensus::Inbound::Message(message)),
             Received::Proposal(proposal, block) => {
                 self.to_consensus(consensus::Inbound::Proposal(proposal, block))
             }
+        }
+    }
+
+    /// The gossip admission worker: admits what other validators passed on, as batches, until
+    /// the node stops.
+    async fn admit_gossip(self, mut to_admit: tokio::sync::mpsc::Receiver<Vec<SignedTransaction>>) {
+        while let Some(mut transactions) = to_admit.recv().await {
+            if self.inner.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            while transactions.len() < GOSSIP_TRANSACTIONS_MAX {
+                match to_admit.try_recv() {
+                    Ok(more) => transactions.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let results = self.admit_many(transactions).await;
+            let admitted = results.iter().filter(|r| r.is_ok()).count();
+            self.inner
+                .metrics
+                .transactions_gossiped
+                .fetch_add(admitted as u64, Ordering::Relaxed);
         }
     }
 

@@ -36,10 +36,17 @@ const PEER_QUEUE: usize = 4_096;
 /// The longest wait between attempts to reach a peer.
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
-/// The outgoing side: one bounded queue and one stream per peer.
+/// Transactions gossiped in one message at most.
+const GOSSIP_BATCH_MAX: usize = 2_000;
+/// Admissions waiting to be gossiped before new ones are dropped.
+const GOSSIP_QUEUE: usize = 16_384;
+
+/// The outgoing side: one bounded queue and one stream per peer, and a task that gathers
+/// admitted transactions into gossip messages of up to `GOSSIP_BATCH_MAX`.
 #[derive(Debug)]
 pub struct Peers {
     links: Vec<Link>,
+    gossip: Option<mpsc::Sender<SignedTransaction>>,
 }
 
 #[derive(Debug)]
@@ -62,8 +69,14 @@ impl Peers {
                     queue,
                 }
             })
-            .collect();
-        Peers { links }
+            .collect::<Vec<_>>();
+        let queues: Vec<mpsc::Sender<PeerMessage>> = links.iter().map(|l| l.queue.clone()).collect();
+        let gossip = (!queues.is_empty()).then(|| {
+            let (gossip, admitted) = mpsc::channel(GOSSIP_QUEUE);
+            tokio::spawn(gather_gossip(admitted, queues));
+            gossip
+        });
+        Peers { links, gossip }
     }
 
     pub fn urls(&self) -> impl Iterator<Item = &str> {
@@ -102,14 +115,40 @@ impl Peers {
         self.send(PeerMessage { body: Some(body) });
     }
 
-    /// Passes transactions this node admitted on to every peer's log.
+    /// Passes transactions this node admitted on to every peer's log (gathered with others
+    /// admitted at the same time into one message).
     pub fn gossip(&self, transactions: Vec<SignedTransaction>) {
-        if transactions.is_empty() || self.links.is_empty() {
-            return;
+        let Some(gossip) = &self.gossip else { return };
+        for transaction in transactions {
+            if gossip.try_send(transaction).is_err() {
+                tracing::debug!("gossip queue full: a transaction was not passed on");
+            }
         }
-        self.send(PeerMessage {
+    }
+}
+
+/// Gathers admitted transactions into gossip messages: whatever is waiting when the previous
+/// message went out, up to `GOSSIP_BATCH_MAX`, in admission order.
+async fn gather_gossip(
+    mut admitted: mpsc::Receiver<SignedTransaction>,
+    queues: Vec<mpsc::Sender<PeerMessage>>,
+) {
+    while let Some(first) = admitted.recv().await {
+        let mut transactions = vec![first];
+        while transactions.len() < GOSSIP_BATCH_MAX {
+            match admitted.try_recv() {
+                Ok(next) => transactions.push(next),
+                Err(_) => break,
+            }
+        }
+        let message = PeerMessage {
             body: Some(Body::Transactions(TransactionGossip { transactions })),
-        });
+        };
+        for queue in &queues {
+            if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send(message.clone()) {
+                tracing::debug!("peer queue full: gossip was dropped");
+            }
+        }
     }
 }
 

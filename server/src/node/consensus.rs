@@ -108,6 +108,8 @@ pub(super) struct Consensus {
     last_progress: Instant,
     /// Clients of the peers' public APIs, for block sync.
     clients: HashMap<String, Client>,
+    /// The highest committed height a peer reported, and that peer (kept by [`poll_peers`]).
+    best_peer: watch::Receiver<Option<(u64, String)>>,
     /// Blocks of the height being decided, by header hash: this validator's proposals and the
     /// checked blocks of other validators' proposals.
     candidates: HashMap<Hash, Block>,
@@ -152,6 +154,7 @@ impl Consensus {
             behind: false,
             last_progress: Instant::now(),
             clients: HashMap::new(),
+            best_peer: watch::channel(None).1,
             candidates: HashMap::new(),
             timers: Vec::new(),
             started: false,
@@ -212,6 +215,12 @@ impl Consensus {
         let mut sync_tick = tokio::time::interval(SYNC_EVERY);
         sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let has_peers = !inner.peers.is_empty();
+        if has_peers {
+            let (best, best_peer) = watch::channel(None);
+            self.best_peer = best_peer;
+            let urls: Vec<String> = inner.peers.urls().map(str::to_string).collect();
+            tokio::spawn(poll_peers(urls, best));
+        }
         loop {
             if inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
                 return Ok(());
@@ -355,19 +364,19 @@ impl Consensus {
     async fn sync(&mut self) -> Result<()> {
         self.behind = false;
         let committed = self.inner.state().height();
-        let mut best: Option<(u64, String)> = None;
-        let urls: Vec<String> = self.inner.peers.urls().map(str::to_string).collect();
-        for url in urls {
-            if let Some(height) = self.peer_height(&url).await
-                && best.as_ref().is_none_or(|(h, _)| height > *h)
-            {
-                best = Some((height, url));
-            }
-        }
+        let best = self.best_peer.borrow_and_update().clone();
         let Some((best, url)) = best else { return Ok(()) };
         let stalled = self.last_progress.elapsed() >= STALLED || self.missing.is_some();
         if best < committed + 2 && !(best > committed && stalled) {
             return Ok(());
+        }
+        if !self.clients.contains_key(&url) {
+            match tokio::time::timeout(PEER_TIMEOUT, Client::connect(&url)).await {
+                Ok(Ok(client)) => {
+                    self.clients.insert(url.clone(), client);
+                }
+                _ => return Ok(()),
+            }
         }
         let Some(client) = self.clients.get(&url) else {
             return Ok(());
@@ -420,25 +429,6 @@ impl Consensus {
             self.behind = best >= height.0;
         }
         Ok(())
-    }
-
-    /// A peer's committed height, or `None` when it does not answer.
-    async fn peer_height(&mut self, url: &str) -> Option<u64> {
-        if !self.clients.contains_key(url) {
-            let client = tokio::time::timeout(PEER_TIMEOUT, Client::connect(url))
-                .await
-                .ok()?
-                .ok()?;
-            self.clients.insert(url.to_string(), client);
-        }
-        let client = self.clients.get(url)?;
-        match tokio::time::timeout(PEER_TIMEOUT, client.status()).await {
-            Ok(Ok(status)) => Some(status.height),
-            _ => {
-                self.clients.remove(url);
-                None
-            }
-        }
     }
 
     /// Starts the height after the committed one.
@@ -545,6 +535,44 @@ impl Consensus {
         };
         self.inner.peers.broadcast(&message, block);
         Ok(())
+    }
+}
+
+/// Asks the peers for their committed height every `SYNC_EVERY`, and keeps the highest (with
+/// the peer that reported it) in `best`, off the consensus task: a busy peer's slow answer
+/// never holds up this validator's votes.
+async fn poll_peers(urls: Vec<String>, best: watch::Sender<Option<(u64, String)>>) {
+    let mut clients: HashMap<String, Client> = HashMap::new();
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if best.is_closed() {
+            return;
+        }
+        let mut highest: Option<(u64, String)> = None;
+        for url in &urls {
+            if !clients.contains_key(url) {
+                match tokio::time::timeout(PEER_TIMEOUT, Client::connect(url)).await {
+                    Ok(Ok(client)) => {
+                        clients.insert(url.clone(), client);
+                    }
+                    _ => continue,
+                }
+            }
+            let Some(client) = clients.get(url) else { continue };
+            match tokio::time::timeout(PEER_TIMEOUT, client.status()).await {
+                Ok(Ok(status)) => {
+                    if highest.as_ref().is_none_or(|(h, _)| status.height > *h) {
+                        highest = Some((status.height, url.clone()));
+                    }
+                }
+                _ => {
+                    clients.remove(url);
+                }
+            }
+        }
+        best.send_replace(highest);
     }
 }
 
