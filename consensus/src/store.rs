@@ -47,13 +47,18 @@ impl BlockStore {
     pub fn open_read_only(dir: &Path) -> Result<BlockStore> {
         let path = dir.join("blocks.dat");
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        BlockStore::recovered(path, file, true)
+    }
+
+    /// The store over an open file, scanned (and, unless read-only, its torn tail cut).
+    fn recovered(path: PathBuf, file: File, read_only: bool) -> Result<BlockStore> {
         let mut store = BlockStore {
             path,
             file,
             offsets: Vec::new(),
             end: HEADER_BYTES,
             truncated_bytes: 0,
-            read_only: true,
+            read_only,
         };
         store.recover()?;
         Ok(store)
@@ -82,16 +87,7 @@ impl BlockStore {
                 .map_err(|e| Error::io(&path, e))?;
             crate::sync_dir(dir)?;
         }
-        let mut store = BlockStore {
-            path,
-            file,
-            offsets: Vec::new(),
-            end: HEADER_BYTES,
-            truncated_bytes: 0,
-            read_only: false,
-        };
-        store.recover()?;
-        Ok(store)
+        BlockStore::recovered(path, file, false)
     }
 
     fn corrupt(&self, offset: u64, reason: impl Into<String>) -> Error {

@@ -139,13 +139,7 @@ impl std::fmt::Display for BenchReport {
             "submission           {} per request, {} log partitions",
             self.batch, self.log_partitions
         )?;
-        writeln!(
-            f,
-            "blocks               {} ({:.0} transactions per block)",
-            self.blocks,
-            self.transactions as f64 / self.blocks.max(1) as f64
-        )?;
-        writeln!(f, "elapsed              {:.3} s", self.elapsed.as_secs_f64())?;
+        blocks_and_elapsed(f, self.transactions, self.blocks, self.elapsed)?;
         writeln!(
             f,
             "end-to-end           {:.0} tx/s (signed, admitted, logged, committed, applied)",
@@ -269,6 +263,21 @@ pub(crate) fn check_query(bench: &BenchConfig, total: usize) -> (&'static str, u
             bench.clients as u64 * TOKENS_EACH + total as u64,
         ),
     }
+}
+
+/// The report lines of the blocks a run took and its elapsed time.
+pub(crate) fn blocks_and_elapsed(
+    f: &mut std::fmt::Formatter<'_>,
+    transactions: usize,
+    blocks: u64,
+    elapsed: Duration,
+) -> std::fmt::Result {
+    writeln!(
+        f,
+        "blocks               {blocks} ({:.0} transactions per block)",
+        transactions as f64 / blocks.max(1) as f64
+    )?;
+    writeln!(f, "elapsed              {:.3} s", elapsed.as_secs_f64())
 }
 
 pub(crate) fn client_key(i: usize) -> Keypair {

@@ -74,13 +74,7 @@ impl std::fmt::Display for NetworkBenchReport {
             "transactions         {} from {} clients over gRPC ({} failed)",
             self.transactions, self.clients, self.failed
         )?;
-        writeln!(
-            f,
-            "blocks               {} ({:.0} transactions per block)",
-            self.blocks,
-            self.transactions as f64 / self.blocks.max(1) as f64
-        )?;
-        writeln!(f, "elapsed              {:.3} s", self.elapsed.as_secs_f64())?;
+        crate::bench::blocks_and_elapsed(f, self.transactions, self.blocks, self.elapsed)?;
         writeln!(
             f,
             "committed            {:.0} tx/s (first submission to last commit)",

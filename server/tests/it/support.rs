@@ -74,10 +74,12 @@ impl NodeProcess {
             .stderr(log)
             .spawn()
             .expect("start chainql node");
-        let process = NodeProcess {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
+        NodeProcess::ready(child, format!("http://127.0.0.1:{port}")).await
+    }
+
+    /// A started node process, once its gRPC API at `url` answers.
+    async fn ready(child: Child, url: String) -> NodeProcess {
+        let process = NodeProcess { child, url };
         process.wait_ready().await;
         process
     }
@@ -92,12 +94,7 @@ impl NodeProcess {
             .stderr(log)
             .spawn()
             .expect("start chainql node");
-        let process = NodeProcess {
-            child,
-            url: url.to_string(),
-        };
-        process.wait_ready().await;
-        process
+        NodeProcess::ready(child, url.to_string()).await
     }
 
     async fn wait_ready(&self) {
