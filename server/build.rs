@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .extern_path(".chainql.v1", "::chainql::wire")
         .extern_path(".chainql.consensus.v1", "::chainql::wire::consensus")
+        // A proposal's block goes to every peer: shared bytes, not a copy per peer.
+        .bytes(".chainql.validator.v1")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -77,39 +77,49 @@ pub fn verify_block(
     parent: &Parent,
     proposer_allowed: impl Fn(&PublicKey) -> bool,
 ) -> Result<Hash> {
+    let header = check_block(block, &parent.chain_id, parent.hash, proposer_allowed)?;
+    let invalid = |m: &str| Err(Error::InvalidBlock(format!("block {}: {m}", header.height)));
+    if header.height != parent.height + 1 {
+        return invalid(&format!("height follows {}", parent.height));
+    }
+    if header.timestamp_ms <= parent.timestamp_ms {
+        return invalid("timestamp is not after the parent's");
+    }
+    if header.state_root.len() != 32 {
+        return invalid("state root is not 32 bytes");
+    }
+    Ok(header_hash(header))
+}
+
+/// The checks a block needs on its own and against its parent's hash: header present, chain
+/// id, parent hash, transaction count and root, a proposer `proposer_allowed` admits, and its
+/// signature.
+fn check_block<'a>(
+    block: &'a Block,
+    chain_id: &str,
+    parent_hash: Hash,
+    proposer_allowed: impl Fn(&PublicKey) -> bool,
+) -> Result<&'a BlockHeader> {
     let header = block
         .header
         .as_ref()
         .ok_or_else(|| Error::InvalidBlock("the block has no header".into()))?;
     let invalid = |m: String| Err(Error::InvalidBlock(format!("block {}: {m}", header.height)));
-    if header.chain_id != parent.chain_id {
-        return invalid(format!(
-            "chain id {:?}, expected {:?}",
-            header.chain_id, parent.chain_id
-        ));
+    if header.chain_id != chain_id {
+        return invalid(format!("chain id {:?}, expected {chain_id:?}", header.chain_id));
     }
-    if header.height != parent.height + 1 {
-        return invalid(format!("height follows {}", parent.height));
+    if Hash::from_slice(&header.parent_hash) != Some(parent_hash) {
+        return invalid("its parent hash is not the previous block's hash".into());
     }
-    if Hash::from_slice(&header.parent_hash) != Some(parent.hash) {
-        return invalid("parent hash does not match the previous block".into());
-    }
-    if header.timestamp_ms <= parent.timestamp_ms {
-        return invalid("timestamp is not after the parent's".into());
-    }
-    if header.transaction_count as usize != block.transactions.len() {
-        return invalid("transaction count does not match the transactions".into());
-    }
-    if Hash::from_slice(&header.transactions_root) != Some(transactions_root(&block.transactions)) {
-        return invalid("transactions root does not match the transactions".into());
-    }
-    if header.state_root.len() != 32 {
-        return invalid("state root is not 32 bytes".into());
+    if header.transaction_count as usize != block.transactions.len()
+        || Hash::from_slice(&header.transactions_root) != Some(transactions_root(&block.transactions))
+    {
+        return invalid("its transactions do not match its header".into());
     }
     let proposer = PublicKey::from_bytes(&header.proposer)
         .map_err(|e| Error::InvalidBlock(format!("block {}: proposer: {e}", header.height)))?;
     if !proposer_allowed(&proposer) {
-        return invalid(format!("{} may not propose it", proposer.address()));
+        return invalid(format!("its proposer {} is not a validator", proposer.address()));
     }
     proposer
         .verify(
@@ -118,7 +128,7 @@ pub fn verify_block(
             &block.proposer_signature,
         )
         .map_err(|_| Error::InvalidBlock(format!("block {}: bad proposer signature", header.height)))?;
-    Ok(header_hash(header))
+    Ok(header)
 }
 
 /// What checking a committed block found: its hash, and who committed it.
@@ -136,89 +146,21 @@ pub struct CommitProof {
 /// Checks a committed block on its own, as anyone holding the chain's validator set can: its
 /// chain, its link to its parent (`parent_hash`: the previous block's hash, or the genesis hash
 /// for block 1), its transaction count and root, its proposer's signature, and its commit
-/// certificate.
+/// certificate (precommits of more than 2/3 of `validators`' stake, on the chain of `ctx`, for
+/// this block's height and header hash). What `chainql verify block` and block sync do.
 pub fn verify_committed(
     block: &Block,
     parent_hash: Hash,
     ctx: &ChainContext,
     validators: &ValidatorSet,
 ) -> Result<CommitProof> {
-    let header = block
-        .header
-        .as_ref()
-        .ok_or_else(|| Error::InvalidBlock("the block has no header".into()))?;
-    let invalid = |m: String| Error::InvalidBlock(format!("block {}: {m}", header.height));
-    if header.chain_id != ctx.chain_id {
-        return Err(invalid(format!(
-            "chain id {:?}, expected {:?}",
-            header.chain_id, ctx.chain_id
-        )));
-    }
-    if Hash::from_slice(&header.parent_hash) != Some(parent_hash) {
-        return Err(invalid("its parent hash is not the previous block's hash".into()));
-    }
-    if header.transaction_count as usize != block.transactions.len()
-        || Hash::from_slice(&header.transactions_root) != Some(transactions_root(&block.transactions))
-    {
-        return Err(invalid("its transactions do not match its header".into()));
-    }
-    let proposer = PublicKey::from_bytes(&header.proposer).map_err(|e| invalid(format!("proposer: {e}")))?;
-    if !validators
-        .validators()
-        .iter()
-        .any(|v| v.address.0 == proposer.address())
-    {
-        return Err(invalid(format!(
-            "its proposer {} is not a validator",
-            proposer.address()
-        )));
-    }
-    proposer
-        .verify(
-            BLOCK_HEADER_DOMAIN,
-            &header.encode_to_vec(),
-            &block.proposer_signature,
-        )
-        .map_err(|_| invalid("bad proposer signature".into()))?;
-    let hash = verify_certificate(block, ctx, validators)?;
-    let certificate = block
-        .commit
-        .as_ref()
-        .ok_or_else(|| invalid("it carries no commit certificate".into()))?;
-    let mut signers = Vec::new();
-    for signature in &certificate.signatures {
-        let address = chainql::Address(
-            signature
-                .validator
-                .as_slice()
-                .try_into()
-                .map_err(|_| invalid("a signer address is malformed".into()))?,
-        );
-        let stake = validators
+    let is_validator = |key: &PublicKey| {
+        validators
             .validators()
             .iter()
-            .find(|v| v.address.0 == address)
-            .map_or(0, |v| v.power);
-        signers.push((address, stake));
-    }
-    let total_stake = validators.validators().iter().map(|v| v.power).sum();
-    Ok(CommitProof {
-        hash,
-        round: certificate.round,
-        signed_stake: signers.iter().map(|(_, s)| s).sum(),
-        signers,
-        total_stake,
-    })
-}
-
-/// Checks the commit certificate a committed block carries: precommits of more than 2/3 of
-/// `validators`' stake, on the chain of `ctx`, for this block's height and header hash.
-/// Returns the block's hash. What `chainql verify block` and a validator syncing blocks do.
-pub fn verify_certificate(block: &Block, ctx: &ChainContext, validators: &ValidatorSet) -> Result<Hash> {
-    let header = block
-        .header
-        .as_ref()
-        .ok_or_else(|| Error::InvalidBlock("the block has no header".into()))?;
+            .any(|v| v.address.0 == key.address())
+    };
+    let header = check_block(block, &ctx.chain_id, parent_hash, is_validator)?;
     let invalid = |m: String| Error::InvalidBlock(format!("block {}: {m}", header.height));
     let wire = block
         .commit
@@ -229,7 +171,25 @@ pub fn verify_certificate(block: &Block, ctx: &ChainContext, validators: &Valida
     let hash = header_hash(header);
     verify_commit(ctx, validators, Height(header.height), hash, &certificate)
         .map_err(|e| invalid(format!("commit certificate: {e}")))?;
-    Ok(hash)
+    let stake_of = |address: chainql::Address| {
+        validators
+            .validators()
+            .iter()
+            .find(|v| v.address.0 == address)
+            .map_or(0, |v| v.power)
+    };
+    let signers: Vec<(chainql::Address, u64)> = certificate
+        .commit_signatures
+        .iter()
+        .map(|s| (s.address.0, stake_of(s.address.0)))
+        .collect();
+    Ok(CommitProof {
+        hash,
+        round: wire.round,
+        signed_stake: signers.iter().map(|(_, s)| s).sum(),
+        signers,
+        total_stake: validators.validators().iter().map(|v| v.power).sum(),
+    })
 }
 
 #[cfg(test)]

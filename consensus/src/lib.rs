@@ -35,8 +35,7 @@ use std::path::Path;
 use chainql::{Address, PublicKey};
 
 pub use block::{
-    BlockProposal, CommitProof, Parent, header_hash, transactions_root, verify_block, verify_certificate,
-    verify_committed,
+    BlockProposal, CommitProof, Parent, header_hash, transactions_root, verify_block, verify_committed,
 };
 pub use genesis::{GENESIS_BYTES_MAX, Genesis, GenesisAccount, GenesisValidator, Validator};
 pub use store::{BLOCK_BYTES_MAX, BlockStore};
@@ -117,20 +116,6 @@ impl ValidatorSet {
                 "the validator set is empty, has a zero stake or a duplicate, or too much stake".into(),
             )
         })
-    }
-
-    /// The proposer of `height`: stake-weighted round robin, deterministic on every node. With
-    /// one validator it is always that validator.
-    pub fn proposer(&self, height: u64) -> &Validator {
-        let total = self.total_stake();
-        let mut ticket = height % total.max(1);
-        for validator in &self.validators {
-            if ticket < validator.stake {
-                return validator;
-            }
-            ticket -= validator.stake;
-        }
-        &self.validators[0]
     }
 }
 

@@ -103,22 +103,6 @@ impl Drop for Processes {
     }
 }
 
-/// A base port with the next `count` ports free a moment ago.
-fn free_base_port(count: usize) -> Result<u16> {
-    for _ in 0..100 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::io("finding a free port", e))?
-            .port();
-        if (base as usize) + 200 + count < u16::MAX as usize
-            && (0..count as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return Ok(base);
-        }
-    }
-    Err(Error::Client("no free range of ports for the validators".into()))
-}
-
 async fn wait_ready(url: &str) -> Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -146,7 +130,7 @@ pub async fn run_network_bench(
             "bench needs clients ≥ 1, transactions ≥ clients and rows ≥ 1".into(),
         ));
     }
-    let base = free_base_port(validators)?;
+    let base = crate::devnet::free_base_port(validators)?;
     let devnet = crate::devnet::write(dir, validators, base, "chainql-bench")?;
     let mut processes = Processes(Vec::new());
     for validator in &devnet.validators {

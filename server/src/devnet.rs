@@ -41,6 +41,23 @@ pub struct Devnet {
     pub validators: Vec<DevnetValidator>,
 }
 
+/// A base port whose next `count` ports (a devnet's gRPC ports) were free a moment ago, with
+/// room above it for the PostgreSQL and metrics ports.
+pub fn free_base_port(count: usize) -> Result<u16> {
+    for _ in 0..100 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::io("finding a free port", e))?
+            .port();
+        if (base as usize) + 200 + count < u16::MAX as usize
+            && (0..count as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return Ok(base);
+        }
+    }
+    Err(Error::Client("no free range of ports for the validators".into()))
+}
+
 /// Writes (or finds) a devnet of `count` validators in `dir`: keys, a genesis naming them all,
 /// and each validator's `node.toml` with ports from `base_port` and the others as peers.
 pub fn write(dir: &Path, count: usize, base_port: u16, chain_id: &str) -> Result<Devnet> {

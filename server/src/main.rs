@@ -572,8 +572,8 @@ fn node(args: NodeArgs) -> Result<ExitCode> {
 /// The largest script the shell reads from standard input (as `\\i` reads from a file).
 const SCRIPT_BYTES_MAX: u64 = 256 << 20;
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM (what service managers send).
-async fn interrupted_or_terminated() {
+/// Completes on SIGINT (Ctrl-C: true) or SIGTERM (what service managers send: false).
+async fn interrupted_or_terminated() -> bool {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -583,8 +583,8 @@ async fn interrupted_or_terminated() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => true,
+        () = terminate => false,
     }
 }
 
@@ -640,23 +640,7 @@ fn devnet(args: DevnetArgs) -> Result<ExitCode> {
         devnet.genesis.display()
     );
     println!("Ctrl-C stops them all.");
-    let interrupted = runtime()?.block_on(async {
-        let interrupt = async {
-            let _ = tokio::signal::ctrl_c().await;
-            true
-        };
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => signal.recv().await,
-                Err(_) => std::future::pending().await,
-            };
-            false
-        };
-        tokio::select! {
-            interrupted = interrupt => interrupted,
-            interrupted = terminate => interrupted,
-        }
-    });
+    let interrupted = runtime()?.block_on(interrupted_or_terminated());
     // On Ctrl-C the validators got the terminal's interrupt too: give them time to stop
     // cleanly. Otherwise they are killed; everything they acknowledged is on disk.
     let deadline =

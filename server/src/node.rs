@@ -170,6 +170,9 @@ const GOSSIP_QUEUE: usize = 256;
 /// How far ahead of this node's clock a proposed block's timestamp may be.
 const CLOCK_DRIFT_MAX_MS: u64 = 5_000;
 
+/// Log entries read at a time while looking for the first one a new block did not settle.
+const SETTLED_READ: usize = 32;
+
 /// Room left in a proposed block for its header, signature and certificate.
 const BLOCK_ENVELOPE_BYTES: usize = 64 << 10;
 
@@ -1471,6 +1474,7 @@ impl Inner {
             budget -= more;
         }
         let state = self.state();
+        let gossiping = !self.peers.is_empty();
         let mut transactions = Vec::new();
         let mut log_ranges = Vec::new();
         let mut bytes = 0usize;
@@ -1498,9 +1502,13 @@ impl Inner {
                 let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
                     Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
                 })?;
-                let (transaction, sender) = executable(&signed)?;
-                if transaction.nonce < state.account(&sender).nonce {
-                    continue; // committed already, from another validator's log
+                // Only gossip puts entries in this log that another validator's block can order;
+                // without peers every waiting entry is unordered.
+                if gossiping {
+                    let (transaction, sender) = executable(&signed)?;
+                    if transaction.nonce < state.account(&sender).nonce {
+                        continue; // committed already, from another validator's log
+                    }
                 }
                 bytes += entry.payload.len() + 8;
                 transactions.push(signed);
@@ -1626,7 +1634,8 @@ impl Inner {
     fn skip_settled(&self, state: &State, next_seqnos: &mut [u64]) -> Result<()> {
         for (p, next) in next_seqnos.iter_mut().enumerate() {
             'partition: loop {
-                let entries = self.log.read(PartitionId(p as u32), *next, 256)?;
+                // Usually the first entry is already unsettled: read a few at a time.
+                let entries = self.log.read(PartitionId(p as u32), *next, SETTLED_READ)?;
                 if entries.is_empty() {
                     break;
                 }

@@ -106,11 +106,11 @@ impl Peers {
         };
         let body = match (message, block) {
             (Message::Proposal(_), Some(block)) => Body::Proposal(ProposalMessage {
-                proposal: encoded,
-                block: block.encode_to_vec(),
+                proposal: encoded.into(),
+                block: block.encode_to_vec().into(),
             }),
             (Message::Proposal(_), None) => return,
-            _ => Body::Consensus(encoded),
+            _ => Body::Consensus(encoded.into()),
         };
         self.send(PeerMessage { body: Some(body) });
     }
@@ -274,7 +274,7 @@ pub(crate) fn decode(message: PeerMessage) -> Result<Received, String> {
             if block.len() > PROPOSED_BLOCK_BYTES_MAX {
                 return Err(format!("a proposed block of {} bytes", block.len()));
             }
-            let block = Block::decode(block.as_slice()).map_err(|e| format!("proposed block: {e}"))?;
+            let block = Block::decode(block).map_err(|e| format!("proposed block: {e}"))?;
             Ok(Received::Proposal(proposal, Box::new(block)))
         }
         Body::Transactions(TransactionGossip { transactions }) => Ok(Received::Transactions(transactions)),

@@ -4,28 +4,15 @@
 //! stopped there is no quorum and nothing commits until one returns. No committed transaction
 //! is lost at any point.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chainql::{Hash, Keypair, TransactionBuilder};
 use chainql_server::Client;
 
-use crate::support::{NodeProcess, chainql, free_port};
+use crate::support::{NodeProcess, chainql};
 
 const VALIDATORS: usize = 4;
-
-/// A base port with the next `VALIDATORS` ports free a moment ago.
-fn free_base_port() -> u16 {
-    loop {
-        let base = free_port();
-        if base as usize + VALIDATORS < u16::MAX as usize
-            && (0..VALIDATORS as u16).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-}
 
 struct Devnet {
     dir: PathBuf,
@@ -131,7 +118,7 @@ async fn insert(devnet: &Devnet, via: usize, w: usize, id: u64, committed: &mut 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_four_validator_devnet_survives_a_kill_catches_up_and_stops_without_a_quorum() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = free_base_port();
+    let base = chainql_server::devnet::free_base_port(VALIDATORS).expect("free ports");
     let root = dir.path().join("devnet");
     let written = chainql(&[
         "devnet",

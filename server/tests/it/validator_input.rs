@@ -45,15 +45,15 @@ fn proposal(ctx: &ChainContext, key: &Keypair, height: u64, block: Hash) -> Mess
 
 fn consensus(message: &Message) -> PeerMessage {
     PeerMessage {
-        body: Some(Body::Consensus(encode_message(message).expect("encode"))),
+        body: Some(Body::Consensus(encode_message(message).expect("encode").into())),
     }
 }
 
 fn with_block(message: &Message, block: &Block) -> PeerMessage {
     PeerMessage {
         body: Some(Body::Proposal(ProposalMessage {
-            proposal: encode_message(message).expect("encode"),
-            block: block.encode_to_vec(),
+            proposal: encode_message(message).expect("encode").into(),
+            block: block.encode_to_vec().into(),
         })),
     }
 }
@@ -114,7 +114,7 @@ async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
     let bad = vec![
         PeerMessage { body: None },
         PeerMessage {
-            body: Some(Body::Consensus(b"not a consensus message".to_vec())),
+            body: Some(Body::Consensus(b"not a consensus message".to_vec().into())),
         },
         // A vote from a key outside the validator set.
         consensus(&vote(&ctx, &stranger, height)),
@@ -148,11 +148,9 @@ async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
 
     // A message over the size bound ends its stream, and nothing else.
     let huge = PeerMessage {
-        body: Some(Body::Consensus(vec![
-            0;
-            chainql_server::validator::PEER_MESSAGE_BYTES_MAX
-                + 1
-        ])),
+        body: Some(Body::Consensus(
+            vec![0; chainql_server::validator::PEER_MESSAGE_BYTES_MAX + 1].into(),
+        )),
     };
     let _ = client.deliver(tokio_stream::iter(vec![huge])).await;
 
