@@ -104,8 +104,6 @@ pub(super) struct Consensus {
     missing: Option<Height>,
     /// Set when a message showed that the other validators are ahead.
     behind: bool,
-    /// When the committed height last moved.
-    last_progress: Instant,
     /// Clients of the peers' public APIs, for block sync.
     clients: HashMap<String, Client>,
     /// The highest committed height a peer reported, and that peer (kept by [`poll_peers`]).
@@ -117,7 +115,8 @@ pub(super) struct Consensus {
     timers: Vec<(Timeout, Instant)>,
     /// Whether the engine's height (the one after the committed one) has started.
     started: bool,
-    last_decision: Instant,
+    /// When the committed height last moved (by a decision or by block sync).
+    last_commit: Instant,
 }
 
 impl Consensus {
@@ -152,13 +151,12 @@ impl Consensus {
             early: Vec::new(),
             missing: None,
             behind: false,
-            last_progress: Instant::now(),
             clients: HashMap::new(),
             best_peer: watch::channel(None).1,
             candidates: HashMap::new(),
             timers: Vec::new(),
             started: false,
-            last_decision: Instant::now(),
+            last_commit: Instant::now(),
         };
         let mut inputs = Vec::new();
         for record in records {
@@ -233,7 +231,7 @@ impl Consensus {
                     receiver.borrow_and_update();
                 }
                 if inner.entries_waiting() {
-                    let due = self.last_decision + interval;
+                    let due = self.last_commit + interval;
                     if Instant::now() >= due {
                         self.start().await?;
                         continue;
@@ -366,7 +364,7 @@ impl Consensus {
         let committed = self.inner.state().height();
         let best = self.best_peer.borrow_and_update().clone();
         let Some((best, url)) = best else { return Ok(()) };
-        let stalled = self.last_progress.elapsed() >= STALLED || self.missing.is_some();
+        let stalled = self.last_commit.elapsed() >= STALLED || self.missing.is_some();
         if best < committed + 2 && !(best > committed && stalled) {
             return Ok(());
         }
@@ -423,7 +421,7 @@ impl Consensus {
             self.early.clear();
             self.started = false;
             self.missing = None;
-            self.last_progress = Instant::now();
+            self.last_commit = Instant::now();
             self.wal.reset(height)?;
             // Still behind: go on at the next turn of the loop.
             self.behind = best >= height.0;
@@ -494,8 +492,7 @@ impl Consensus {
                     self.inner.commit_block(decided).await?;
                     self.candidates.clear();
                     self.started = false;
-                    self.last_decision = Instant::now();
-                    self.last_progress = self.last_decision;
+                    self.last_commit = Instant::now();
                     let next = Height(height.0 + 1);
                     self.wal.reset(next)?;
                     // Proposals of the new height that came early: the height starts with them.
