@@ -82,3 +82,20 @@ fn a_bad_file_is_refused_with_its_name() {
     assert!(stderr.contains("node.toml"), "{stderr}");
     assert!(stderr.contains("block-intervall-ms"), "{stderr}");
 }
+
+/// A peer that is not a URL, or too many peers, is refused when the node opens, with a message
+/// naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = chainql_server::NodeConfig::new(dir.path());
+    chainql_server::init_data_dir(&config, "peers", &[]).expect("init");
+    config.peers = vec!["127.0.0.1:50051".into()];
+    let error = chainql_server::Node::open(config.clone())
+        .await
+        .expect_err("not a URL");
+    assert!(error.to_string().contains("expected a URL"), "{error}");
+    config.peers = vec!["http://127.0.0.1:1".into(); 257];
+    let error = chainql_server::Node::open(config).await.expect_err("too many");
+    assert!(error.to_string().contains("at most 256 peers"), "{error}");
+}
