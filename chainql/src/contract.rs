@@ -142,6 +142,13 @@ pub enum ChainStatement {
         name: String,
         if_exists: bool,
     },
+    /// `STAKE n`: bonds `n` of the sender's native balance as validator stake, with the
+    /// sender's key as the validator's key. It joins the voting power at the next epoch boundary.
+    Stake(u64),
+    /// `UNSTAKE n`: withdraws `n` of the sender's stake: stake not yet bonded returns at once,
+    /// bonded stake leaves the voting power at the next epoch boundary and returns to the
+    /// balance one epoch later.
+    Unstake(u64),
 }
 
 impl ChainStatement {
@@ -150,6 +157,8 @@ impl ChainStatement {
             ChainStatement::Sql(statement) => classify(statement),
             ChainStatement::CreateContract(_) => StatementKind::CreateContract,
             ChainStatement::DropContract { .. } => StatementKind::DropContract,
+            ChainStatement::Stake(_) => StatementKind::Stake,
+            ChainStatement::Unstake(_) => StatementKind::Unstake,
         }
     }
 }
@@ -214,6 +223,9 @@ pub fn parse_chain_statement(sql: &str) -> Result<ChainStatement> {
             if_exists,
         });
     }
+    if is_word(&first, "stake") || is_word(&first, "unstake") {
+        return parse_staking(&mut p);
+    }
     // Plain SQL: the tokens already read serve the statement parser too.
     let mut statements = p.parse_statements().map_err(sql_error)?;
     match statements.len() {
@@ -221,6 +233,34 @@ pub fn parse_chain_statement(sql: &str) -> Result<ChainStatement> {
         0 => Err(Error::Sql("empty statement".into())),
         n => Err(Error::Sql(format!("expected one statement, found {n}"))),
     }
+}
+
+/// `STAKE n` or `UNSTAKE n`, `n` a positive integer literal.
+fn parse_staking(p: &mut Parser<'_>) -> Result<ChainStatement> {
+    let verb = p.next_token().token;
+    let stake = is_word(&verb, "stake");
+    let name = if stake { "STAKE" } else { "UNSTAKE" };
+    let amount = match p.next_token().token {
+        Token::Number(digits, false) => digits.parse::<u64>().ok().filter(|n| *n > 0),
+        _ => None,
+    };
+    let Some(amount) = amount else {
+        return Err(Error::Sql(format!(
+            "{name} takes a positive whole amount of native units, as in {name} 100"
+        )));
+    };
+    let _ = p.consume_token(&Token::SemiColon);
+    if p.peek_token().token != Token::EOF {
+        return Err(Error::Sql(format!(
+            "unexpected {} after {name} {amount}",
+            p.peek_token().token
+        )));
+    }
+    Ok(if stake {
+        ChainStatement::Stake(amount)
+    } else {
+        ChainStatement::Unstake(amount)
+    })
 }
 
 fn parse_name_types(p: &mut Parser<'_>) -> Result<Vec<(String, DataType)>> {
@@ -563,6 +603,34 @@ mod tests {
                 if_exists: true
             }
         );
+    }
+
+    #[test]
+    fn staking_statements() {
+        assert_eq!(
+            parse_chain_statement("STAKE 100").expect("parses"),
+            ChainStatement::Stake(100)
+        );
+        assert_eq!(
+            parse_chain_statement("unstake 7 ;").expect("parses"),
+            ChainStatement::Unstake(7)
+        );
+        assert_eq!(
+            parse_chain_statement("STAKE 5").expect("parses").kind(),
+            StatementKind::Stake
+        );
+        for bad in [
+            "STAKE",
+            "STAKE 0",
+            "STAKE -5",
+            "STAKE 1.5",
+            "STAKE 'a'",
+            "STAKE 99999999999999999999",
+            "UNSTAKE 5 6",
+        ] {
+            let error = parse_chain_statement(bad).expect_err(bad).to_string();
+            assert!(error.contains("STAKE"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub enum StatementKind {
     DropContract,
     /// `CALL contract(...)`.
     Call,
+    /// `STAKE n`.
+    Stake,
+    /// `UNSTAKE n`.
+    Unstake,
     /// A read: answered from committed state, never part of a transaction.
     Query,
     /// `BEGIN`/`START TRANSACTION`.
@@ -92,6 +96,8 @@ impl StatementKind {
                 | StatementKind::CreateContract
                 | StatementKind::DropContract
                 | StatementKind::Call
+                | StatementKind::Stake
+                | StatementKind::Unstake
         )
     }
 
@@ -108,6 +114,8 @@ impl StatementKind {
             StatementKind::CreateContract => "CREATE CONTRACT",
             StatementKind::DropContract => "DROP CONTRACT",
             StatementKind::Call => "CALL",
+            StatementKind::Stake => "STAKE",
+            StatementKind::Unstake => "UNSTAKE",
             StatementKind::Query => "SELECT",
             StatementKind::Begin => "BEGIN",
             StatementKind::Commit => "COMMIT",

@@ -1,6 +1,6 @@
 //! Building, signing and checking blocks.
 
-use chainql::wire::{Block, BlockHeader, LogRange, SignedTransaction};
+use chainql::wire::{Block, BlockHeader, Evidence, LogRange, SignedTransaction, ValidatorPower};
 use chainql::{BLOCK_HEADER_DOMAIN, Hash, Keypair, PublicKey, merkle_root, transaction_hash};
 use prost::Message;
 
@@ -8,6 +8,8 @@ use crate::tendermint::{ChainContext, Height, ValidatorSet, codec, verify_commit
 use crate::{Error, Result};
 
 const BLOCK_HASH_DOMAIN: &str = "chainql/block-hash/v1";
+/// The most pieces of evidence one block carries.
+pub const EVIDENCE_PER_BLOCK_MAX: usize = 64;
 
 /// The hash of a block: a tagged digest of its canonically encoded header.
 pub fn header_hash(header: &BlockHeader) -> Hash {
@@ -23,6 +25,55 @@ pub fn transactions_root(transactions: &[SignedTransaction]) -> Hash {
     merkle_root(&hashes)
 }
 
+/// The Merkle root a header carries over the validator set its block announces (empty when it
+/// announces none).
+pub fn next_validators_hash(validators: &[ValidatorPower]) -> Vec<u8> {
+    if validators.is_empty() {
+        return Vec::new();
+    }
+    let leaves: Vec<Hash> = validators
+        .iter()
+        .map(|v| {
+            Hash::tagged(
+                "chainql/next-validator/v1",
+                &[&v.public_key, &v.power.to_le_bytes()],
+            )
+        })
+        .collect();
+    merkle_root(&leaves).0.to_vec()
+}
+
+/// The Merkle root a header carries over its block's evidence (empty when there is none).
+pub fn evidence_hash(evidence: &[Evidence]) -> Vec<u8> {
+    if evidence.is_empty() {
+        return Vec::new();
+    }
+    let leaves: Vec<Hash> = evidence
+        .iter()
+        .map(|e| Hash::tagged("chainql/evidence/v1", &[&e.encode_to_vec()]))
+        .collect();
+    merkle_root(&leaves).0.to_vec()
+}
+
+/// The validator set a block announces, as Tendermint weighs it.
+pub fn announced_set(validators: &[ValidatorPower]) -> Result<ValidatorSet> {
+    let members = validators
+        .iter()
+        .map(|v| {
+            let key: [u8; 32] = v
+                .public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::InvalidBlock("an announced validator key is not 32 bytes".into()))?;
+            crate::tendermint::Validator::new(key, v.power)
+                .ok_or_else(|| Error::InvalidBlock("an announced validator key is not a valid key".into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ValidatorSet::new(members).ok_or_else(|| {
+        Error::InvalidBlock("the announced validator set is empty, has no power or a duplicate".into())
+    })
+}
+
 /// Everything a proposer decides about a new block.
 #[derive(Debug, Clone)]
 pub struct BlockProposal {
@@ -33,6 +84,9 @@ pub struct BlockProposal {
     pub state_root: Hash,
     pub log_ranges: Vec<LogRange>,
     pub transactions: Vec<SignedTransaction>,
+    /// The validator set the block announces, if any.
+    pub next_validators: Vec<ValidatorPower>,
+    pub evidence: Vec<Evidence>,
 }
 
 impl BlockProposal {
@@ -49,6 +103,8 @@ impl BlockProposal {
             state_root: self.state_root.0.to_vec(),
             proposer: proposer.public_key().to_bytes().to_vec(),
             log_ranges: self.log_ranges,
+            next_validators_hash: next_validators_hash(&self.next_validators),
+            evidence_hash: evidence_hash(&self.evidence),
         };
         let signature = proposer.sign(BLOCK_HEADER_DOMAIN, &header.encode_to_vec());
         Block {
@@ -56,6 +112,8 @@ impl BlockProposal {
             proposer_signature: signature.to_vec(),
             transactions: self.transactions,
             commit: None,
+            next_validators: self.next_validators,
+            evidence: self.evidence,
         }
     }
 }
@@ -115,6 +173,18 @@ fn check_block<'a>(
         || Hash::from_slice(&header.transactions_root) != Some(transactions_root(&block.transactions))
     {
         return invalid("its transactions do not match its header".into());
+    }
+    if header.next_validators_hash != next_validators_hash(&block.next_validators) {
+        return invalid("its announced validator set does not match its header".into());
+    }
+    if header.evidence_hash != evidence_hash(&block.evidence) {
+        return invalid("its evidence does not match its header".into());
+    }
+    if block.evidence.len() > EVIDENCE_PER_BLOCK_MAX {
+        return invalid(format!(
+            "it carries {} pieces of evidence; at most {EVIDENCE_PER_BLOCK_MAX}",
+            block.evidence.len()
+        ));
     }
     let proposer = PublicKey::from_bytes(&header.proposer)
         .map_err(|e| Error::InvalidBlock(format!("block {}: proposer: {e}", header.height)))?;
@@ -216,6 +286,11 @@ mod tests {
                 builder.build(0, vec!["INSERT INTO t VALUES (1)".into()]),
                 builder.build(1, vec!["INSERT INTO t VALUES (2)".into()]),
             ],
+            next_validators: vec![ValidatorPower {
+                public_key: key.public_key().to_bytes().to_vec(),
+                power: 7,
+            }],
+            evidence: vec![],
         };
         (proposal, parent)
     }
@@ -248,6 +323,20 @@ mod tests {
         assert!(
             verify_block(&later, &parent, |p| *p == me).is_err(),
             "signature covers the header"
+        );
+
+        let mut other_set = block.clone();
+        other_set.next_validators[0].power = 8;
+        assert!(
+            verify_block(&other_set, &parent, |p| *p == me).is_err(),
+            "the announced set is committed"
+        );
+
+        let mut with_evidence = block.clone();
+        with_evidence.evidence.push(Evidence::default());
+        assert!(
+            verify_block(&with_evidence, &parent, |p| *p == me).is_err(),
+            "evidence is committed"
         );
 
         let wrong_parent = Parent { height: 5, ..parent };

@@ -48,11 +48,22 @@ pub struct Genesis {
     /// default) makes gas free, as on a development chain.
     #[serde(default)]
     pub gas_price: u64,
+    /// Blocks per staking epoch: stake bonds and unbonds, and the validator set changes, only at
+    /// the end of a block whose height is a multiple of it.
+    #[serde(default = "default_epoch_blocks")]
+    pub epoch_blocks: u64,
 }
 
 fn default_partitions() -> u32 {
     1
 }
+
+fn default_epoch_blocks() -> u64 {
+    DEFAULT_EPOCH_BLOCKS
+}
+
+/// The epoch length of a genesis that does not name one.
+pub const DEFAULT_EPOCH_BLOCKS: u64 = 100;
 
 /// A genesis validator, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +86,7 @@ impl Genesis {
             genesis_time_ms,
             log_partitions: 1,
             gas_price: 0,
+            epoch_blocks: DEFAULT_EPOCH_BLOCKS,
             validators: vec![GenesisValidator {
                 public_key: format!("0x{}", hex::encode(validator.to_bytes())),
                 stake: 100,
@@ -129,6 +141,9 @@ impl Genesis {
         }
         if self.log_partitions == 0 || self.log_partitions > 1024 {
             return invalid("log_partitions must be between 1 and 1024".into());
+        }
+        if self.epoch_blocks == 0 || self.epoch_blocks > 1_000_000 {
+            return invalid("epoch_blocks must be between 1 and 1000000".into());
         }
         if self.validators.is_empty() {
             return invalid("at least one validator is needed".into());

@@ -18,6 +18,8 @@
 //!     state_root: Hash::ZERO,
 //!     log_ranges: vec![],
 //!     transactions: vec![],
+//!     next_validators: vec![],
+//!     evidence: vec![],
 //! }
 //! .sign(&key);
 //! let parent = Parent { chain_id: "devnet".into(), height: 0, hash: genesis.hash(), timestamp_ms: 0 };
@@ -25,6 +27,7 @@
 //! ```
 
 mod block;
+mod evidence;
 mod genesis;
 mod store;
 pub mod tendermint;
@@ -35,9 +38,13 @@ use std::path::Path;
 use chainql::{Address, PublicKey};
 
 pub use block::{
-    BlockProposal, CommitProof, Parent, header_hash, transactions_root, verify_block, verify_committed,
+    BlockProposal, CommitProof, EVIDENCE_PER_BLOCK_MAX, Parent, announced_set, evidence_hash, header_hash,
+    next_validators_hash, transactions_root, verify_block, verify_committed,
 };
-pub use genesis::{GENESIS_BYTES_MAX, Genesis, GenesisAccount, GenesisValidator, Validator};
+pub use evidence::{Equivocation, check_evidence, evidence_to_wire};
+pub use genesis::{
+    DEFAULT_EPOCH_BLOCKS, GENESIS_BYTES_MAX, Genesis, GenesisAccount, GenesisValidator, Validator,
+};
 pub use store::{BLOCK_BYTES_MAX, BlockStore};
 
 /// Errors of the consensus layer.

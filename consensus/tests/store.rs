@@ -15,6 +15,8 @@ fn block(key: &Keypair, height: u64) -> chainql::wire::Block {
         state_root: Hash::ZERO,
         log_ranges: vec![],
         transactions: vec![builder.build(height, vec![format!("INSERT INTO t VALUES ({height})")])],
+        next_validators: vec![],
+        evidence: vec![],
     }
     .sign(key)
 }

@@ -48,6 +48,7 @@ fn block(state: &State, proposer: Address) -> BlockContext {
         transactions_root: Hash::ZERO,
         state_root: state.root(),
         proposer,
+        offences: Vec::new(),
     }
 }
 
@@ -71,6 +72,7 @@ fn setup(runtime: &tokio::runtime::Runtime, executor: &Executor) -> State {
     let setup = ExecutableTransaction {
         hash: Hash::tagged("bench-setup", &[]),
         sender: owner,
+        sender_key: None,
         nonce: 0,
         gas_limit: 1_000_000_000,
         statements: vec![
@@ -96,6 +98,7 @@ fn calls(count: u64, recipient: impl Fn(&mut Numbers) -> u64) -> Vec<ExecutableT
         .map(|n| ExecutableTransaction {
             hash: Hash::tagged("bench-call", &[&n.to_le_bytes()]),
             sender: holder(n),
+            sender_key: None,
             nonce: 0,
             gas_limit: 10_000_000,
             statements: vec![format!(

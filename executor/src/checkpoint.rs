@@ -13,7 +13,8 @@
 //! ```
 //!
 //! The manifest names every file with its size and blake3 digest, the tables' definitions,
-//! owners and grants, the contracts' sources, and the state root. Reading checks each file
+//! owners and grants, the contracts' sources, the stakes, validator sets and punished offences,
+//! and the state root. Reading checks each file
 //! against the manifest, rebuilds the state, recomputes its root and refuses a checkpoint whose
 //! root differs. A checkpoint is written into a temporary directory, every file fsynced, and
 //! renamed into place, so a crash leaves either the whole checkpoint or none.
@@ -35,13 +36,14 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::Contract;
+use crate::staking::{Stake, Staking, ValidatorPower};
 use crate::state::{Account, State};
 use crate::system::SystemTables;
 use crate::table::Table;
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"CQLCKPT\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const MANIFEST: &str = "MANIFEST";
 /// A manifest larger than this is refused before it is read.
 const MANIFEST_BYTES_MAX: u64 = 256 << 20;
@@ -58,6 +60,123 @@ struct Manifest {
     contracts: Vec<ContractEntry>,
     files: Vec<FileEntry>,
     attachments: Vec<String>,
+    staking: StakingEntry,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StakingEntry {
+    stakes: Vec<StakeEntry>,
+    sets: Vec<SetEntry>,
+    offences: Vec<OffenceEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StakeEntry {
+    address: String,
+    public_key: String,
+    bonded: u64,
+    bonding: u64,
+    unbonding: u64,
+    leaving: u64,
+    slashed: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SetEntry {
+    from_height: u64,
+    /// Each member's public key (hex) and power, in the set's order.
+    validators: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OffenceEntry {
+    validator: String,
+    height: u64,
+    round: u32,
+}
+
+impl StakingEntry {
+    fn of(staking: &Staking) -> StakingEntry {
+        let (sets, offences) = staking.parts();
+        StakingEntry {
+            stakes: staking
+                .stakes()
+                .map(|(address, s)| StakeEntry {
+                    address: address.to_hex(),
+                    public_key: hex::encode(s.public_key),
+                    bonded: s.bonded,
+                    bonding: s.bonding,
+                    unbonding: s.unbonding,
+                    leaving: s.leaving,
+                    slashed: s.slashed,
+                })
+                .collect(),
+            sets: sets
+                .iter()
+                .map(|(from_height, set)| SetEntry {
+                    from_height: *from_height,
+                    validators: set.iter().map(|v| (hex::encode(v.public_key), v.power)).collect(),
+                })
+                .collect(),
+            offences: offences
+                .into_iter()
+                .map(|(validator, height, round)| OffenceEntry {
+                    validator: validator.to_hex(),
+                    height,
+                    round,
+                })
+                .collect(),
+        }
+    }
+
+    fn restore(&self, dir: &Path) -> Result<Staking> {
+        let key = |text: &str| -> Result<[u8; 32]> {
+            let bytes = hex::decode(text).map_err(|_| corrupt(dir, format!("a validator key {text:?}")))?;
+            let key = chainql::PublicKey::from_bytes(&bytes).map_err(|e| corrupt(dir, e))?;
+            Ok(key.to_bytes())
+        };
+        let mut stakes = imbl::OrdMap::new();
+        for entry in &self.stakes {
+            let address = parse_address(dir, &entry.address)?;
+            let public_key = key(&entry.public_key)?;
+            if Address::of_public_key(&public_key) != address || entry.unbonding > entry.bonded {
+                return Err(corrupt(dir, format!("the stake of {address} is inconsistent")));
+            }
+            stakes.insert(
+                address,
+                Stake {
+                    public_key,
+                    bonded: entry.bonded,
+                    bonding: entry.bonding,
+                    unbonding: entry.unbonding,
+                    leaving: entry.leaving,
+                    slashed: entry.slashed,
+                },
+            );
+        }
+        let mut sets = Vec::with_capacity(self.sets.len());
+        for entry in &self.sets {
+            let set = entry
+                .validators
+                .iter()
+                .map(|(text, power)| {
+                    let public_key = key(text)?;
+                    Ok(ValidatorPower {
+                        public_key,
+                        address: Address::of_public_key(&public_key),
+                        power: *power,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            sets.push((entry.from_height, Arc::new(set)));
+        }
+        let offences = self
+            .offences
+            .iter()
+            .map(|o| Ok((parse_address(dir, &o.validator)?, o.height, o.round)))
+            .collect::<Result<Vec<_>>>()?;
+        Staking::restore(stakes, sets, offences).map_err(|e| corrupt(dir, e))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -280,6 +399,7 @@ impl State {
                 .collect(),
             files: std::mem::take(&mut files.written),
             attachments: attachment_names,
+            staking: StakingEntry::of(&self.staking),
         };
         let json = serde_json::to_vec(&manifest).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
         let mut bytes = Vec::with_capacity(20 + json.len());
@@ -434,7 +554,7 @@ impl State {
             }
         }
 
-        let empty = SystemTables::new(imbl::OrdMap::new());
+        let empty = SystemTables::new(imbl::OrdMap::new(), Staking::default(), 0);
         let mut history: [Vec<RecordBatch>; 3] = Default::default();
         for (slot, (name, schema, _)) in history.iter_mut().zip(empty.history()) {
             let file = format!("{name}.parquet");
@@ -469,14 +589,16 @@ impl State {
         }
 
         let expected_root = parse_hash(dir, &manifest.state_root)?;
+        let staking = manifest.staking.restore(dir)?;
         let mut state = State {
             height: manifest.height,
             block_hash: parse_hash(dir, &manifest.block_hash)?,
             timestamp_ms: manifest.timestamp_ms,
             tables,
             contracts,
-            system: SystemTables::restore(accounts.clone(), history)?,
+            system: SystemTables::restore(accounts.clone(), staking.clone(), manifest.height, history)?,
             accounts,
+            staking,
             root: Hash::ZERO,
         };
         state.root = state.compute_root()?;

@@ -669,6 +669,7 @@ impl Executor {
             transactions_root: Hash::ZERO,
             state_root: state.root(),
             proposer: Address([0; 20]),
+            offences: Vec::new(),
         };
         let scope = TransactionScope {
             block: &block,

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use chainql::contract::ChainStatement;
 use chainql::sql::StatementKind;
 use chainql::wire::{Receipt, ReceiptStatus, StatementResult};
-use chainql::{Address, Hash};
+use chainql::{Address, Hash, PublicKey};
 use chainql_planner::{
     ChainContext, DeletePlan, InsertPlan, Privileges, SessionTemplates, TableDefinition, UpdatePlan,
     WritePlan, plan_write, register_chain_functions,
@@ -52,6 +52,9 @@ pub const TABLES_MAX: usize = 10_000;
 pub struct ExecutableTransaction {
     pub hash: Hash,
     pub sender: Address,
+    /// The sender's public key (32 bytes, not yet decoded: only `STAKE` needs it, to make it a
+    /// validator key); `None` where the caller has only the address (then it cannot stake).
+    pub sender_key: Option<[u8; 32]>,
     pub nonce: u64,
     pub gas_limit: u64,
     pub statements: Vec<String>,
@@ -68,6 +71,18 @@ pub struct BlockContext {
     /// The state root the header carries (the state before this block).
     pub state_root: Hash,
     pub proposer: Address,
+    /// Validators the block proves signed conflicting votes, each punished once (consensus
+    /// checked the evidence).
+    pub offences: Vec<Offence>,
+}
+
+/// A validator's offence a block carries evidence of: two conflicting votes at `height` and
+/// `round`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offence {
+    pub validator: Address,
+    pub height: u64,
+    pub round: u32,
 }
 
 /// Rows and schema of a query's answer.
@@ -122,6 +137,8 @@ pub struct Executor {
     query_limits: QueryLimits,
     /// Native units per unit of gas (the genesis's `gas_price`).
     gas_price: u64,
+    /// Blocks per staking epoch (the genesis's `epoch_blocks`); 0: stake never moves.
+    epoch_blocks: u64,
     /// Run blocks through R2's stages (vectorized calls); off, every transaction runs alone in
     /// block order — the reference R2 must equal.
     r2: bool,
@@ -244,6 +261,7 @@ impl Executor {
             templates: SessionTemplates::new(query_partitions)?,
             query_limits,
             gas_price: 0,
+            epoch_blocks: 0,
             r2: true,
             row_split: Split {
                 threads,
@@ -257,6 +275,13 @@ impl Executor {
     /// the block's proposer and the rest refunded.
     pub fn with_gas_price(mut self, gas_price: u64) -> Executor {
         self.gas_price = gas_price;
+        self
+    }
+
+    /// Ends a staking epoch after every block whose height is a multiple of `epoch_blocks`
+    /// (see [`crate::Staking`]); 0 never does.
+    pub fn with_epoch_blocks(mut self, epoch_blocks: u64) -> Executor {
+        self.epoch_blocks = epoch_blocks;
         self
     }
 
@@ -291,6 +316,13 @@ impl Executor {
     ) -> Result<(State, Vec<Receipt>)> {
         assert_eq!(block.height, state.height + 1, "blocks execute in height order");
         let mut state = state.clone();
+        state.staking.begin_block(block.height);
+        for offence in &block.offences {
+            let burned = state
+                .staking
+                .slash(&offence.validator, offence.height, offence.round);
+            tracing::info!(validator = %offence.validator, height = offence.height, round = offence.round, burned, "slashed a validator for conflicting votes");
+        }
         let mut outcomes: Vec<Option<(Receipt, TransactionRecord)>> =
             (0..transactions.len()).map(|_| None).collect();
         if self.r2 {
@@ -311,12 +343,19 @@ impl Executor {
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .unzip();
+        if self.epoch_blocks > 0 && block.height.is_multiple_of(self.epoch_blocks) {
+            for (address, amount) in state.staking.end_epoch(block.height) {
+                state.adjust_balance(&address, amount as i128)?;
+            }
+        }
         state.height = block.height;
         state.block_hash = block.hash;
         state.timestamp_ms = block.timestamp_ms;
         state.root = state.compute_root()?;
         let accounts = state.accounts.clone();
         state.system.set_accounts(accounts);
+        let staking = state.staking.clone();
+        state.system.set_staking(staking, block.height);
         state.system.push_block(
             &BlockRecord {
                 height: block.height,
@@ -696,7 +735,10 @@ impl Executor {
         let mut results = Vec::with_capacity(transaction.statements.len());
         let mut outcome = Ok(());
         for sql in &transaction.statements {
-            match self.execute_statement(&mut working, &scope, sql).await {
+            match self
+                .execute_statement(&mut working, &scope, transaction.sender_key.as_ref(), sql)
+                .await
+            {
                 Ok(result) => results.push(result),
                 Err(error) => {
                     if let Error::Internal(message) = &error {
@@ -746,6 +788,7 @@ impl Executor {
         &self,
         working: &mut State,
         scope: &TransactionScope<'_>,
+        sender_key: Option<&[u8; 32]>,
         sql: &str,
     ) -> Result<StatementResult> {
         let (statement, kind) = chainql::sql::parse_transaction_statement(sql)?;
@@ -759,6 +802,20 @@ impl Executor {
             ChainStatement::DropContract { name, if_exists } => {
                 scope.gas.charge(GAS_PER_DDL)?;
                 self.drop_contract(working, scope, &name, if_exists)?;
+                0
+            }
+            ChainStatement::Stake(amount) => {
+                let key = sender_key
+                    .and_then(|bytes| PublicKey::from_bytes(bytes).ok())
+                    .filter(|key| key.address() == scope.caller)
+                    .ok_or_else(|| Error::Invalid("STAKE needs the sender's public key".into()))?;
+                working.adjust_balance(&scope.caller, -(amount as i128))?;
+                working.staking.bond(&key, amount)?;
+                0
+            }
+            ChainStatement::Unstake(amount) => {
+                let returned = working.staking.unbond(&scope.caller, amount)?;
+                working.adjust_balance(&scope.caller, returned as i128)?;
                 0
             }
             ChainStatement::Sql(statement) => match *statement {
@@ -1314,6 +1371,7 @@ mod tests {
             transactions_root: Hash::ZERO,
             state_root: state.root(),
             proposer: Address([9; 20]),
+            offences: Vec::new(),
         };
         let setup: Vec<ExecutableTransaction> = [
             "CREATE TABLE tokens (owner TEXT PRIMARY KEY, balance BIGINT NOT NULL)",
@@ -1328,6 +1386,7 @@ mod tests {
         .map(|(nonce, sql)| ExecutableTransaction {
             hash: Hash::ZERO,
             sender: owner,
+            sender_key: None,
             nonce: nonce as u64,
             gas_limit: 10_000_000,
             statements: vec![sql.to_string()],
@@ -1342,6 +1401,7 @@ mod tests {
             .map(|i| ExecutableTransaction {
                 hash: Hash::ZERO,
                 sender: Address([(i % 200) as u8; 20]),
+                sender_key: None,
                 nonce: i / 200,
                 gas_limit: 1_000_000,
                 statements: match i % 7 {

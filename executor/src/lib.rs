@@ -19,9 +19,10 @@
 //! let block = BlockContext {
 //!     height: 1, hash: Hash::ZERO, parent_hash: Hash::ZERO, timestamp_ms: 1,
 //!     transactions_root: Hash::ZERO, state_root: genesis.root(), proposer: alice,
+//!     offences: Vec::new(),
 //! };
 //! let transaction = ExecutableTransaction {
-//!     hash: Hash::ZERO, sender: alice, nonce: 0, gas_limit: 1_000_000,
+//!     hash: Hash::ZERO, sender: alice, sender_key: None, nonce: 0, gas_limit: 1_000_000,
 //!     statements: vec![
 //!         "CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT)".into(),
 //!         "INSERT INTO t VALUES (1, 'one'), (2, 'two')".into(),
@@ -46,6 +47,7 @@ mod parallel;
 mod pg_catalog;
 mod provider;
 mod r2;
+mod staking;
 mod state;
 mod system;
 mod table;
@@ -55,9 +57,10 @@ pub use contract::{CALL_DEPTH_MAX, Contract, EmittedEvent};
 pub use describe::{Description, PARAMETERS_MAX, parameter_count};
 pub use execute::{
     BlockContext, ExecutableTransaction, Executor, GAS_PER_DDL, GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT,
-    QueryLimits, QueryResult, TABLES_MAX, VIEW_GAS_LIMIT,
+    Offence, QueryLimits, QueryResult, TABLES_MAX, VIEW_GAS_LIMIT,
 };
 pub use gas::{FREE_ROWS_PER_PLAN, GAS_PER_ROW_PROCESSED, GAS_PER_ROW_READ, GasMeter};
+pub use staking::{SLASH_PERCENT, Stake, Staking, VALIDATORS_MAX, ValidatorPower, Validators, set_hash};
 pub use state::{Account, State};
 pub use system::SystemTables;
 pub use table::{CHUNK_ROWS, Table};

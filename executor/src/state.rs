@@ -7,11 +7,12 @@ use chainql::{Address, Hash, merkle_root};
 
 use crate::contract::Contract;
 use crate::provider::{CatalogList, Extras};
+use crate::staking::{Staking, Validators};
 use crate::system::SystemTables;
 use crate::table::Table;
 use crate::{Error, Result};
 
-const STATE_ROOT_DOMAIN: &str = "chainql/state/v1";
+const STATE_ROOT_DOMAIN: &str = "chainql/state/v2";
 
 /// An account's native balance and the nonce its next transaction must carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,13 +31,26 @@ pub struct State {
     pub(crate) tables: BTreeMap<String, Arc<Table>>,
     pub(crate) contracts: BTreeMap<String, Arc<Contract>>,
     pub(crate) accounts: imbl::OrdMap<Address, Account>,
+    pub(crate) staking: Staking,
     pub(crate) system: SystemTables,
     pub(crate) root: Hash,
 }
 
 impl State {
-    /// The state before the first block.
+    /// The state before the first block, of a chain without validators (as the executor's own
+    /// tests run it).
     pub fn genesis(genesis_hash: Hash, genesis_time_ms: u64, balances: &[(Address, u64)]) -> Result<State> {
+        State::genesis_with_validators(genesis_hash, genesis_time_ms, balances, &[])
+    }
+
+    /// The state before the first block, with the genesis validators' stake bonded.
+    pub fn genesis_with_validators(
+        genesis_hash: Hash,
+        genesis_time_ms: u64,
+        balances: &[(Address, u64)],
+        validators: &[(chainql::PublicKey, u64)],
+    ) -> Result<State> {
+        let staking = Staking::genesis(validators)?;
         let accounts: imbl::OrdMap<Address, Account> = balances
             .iter()
             .map(|(address, balance)| {
@@ -55,8 +69,9 @@ impl State {
             timestamp_ms: genesis_time_ms,
             tables: BTreeMap::new(),
             contracts: BTreeMap::new(),
-            system: SystemTables::new(accounts.clone()),
+            system: SystemTables::new(accounts.clone(), staking.clone(), 0),
             accounts,
+            staking,
             root: Hash::ZERO,
         };
         state.root = state.compute_root()?;
@@ -81,6 +96,23 @@ impl State {
     /// The state root: a blake3 Merkle commitment to every table and account.
     pub fn root(&self) -> Hash {
         self.root
+    }
+
+    /// Stake, validator sets and punished offences.
+    pub fn staking(&self) -> &Staking {
+        &self.staking
+    }
+
+    /// The validators that commit `height`, when this version knows them: from the heights of
+    /// its oldest kept set up to two past its own (see [`Staking`]).
+    pub fn validators_for(&self, height: u64) -> Option<&Validators> {
+        self.staking.validators_for(height)
+    }
+
+    /// The validator set that the next block must announce, when the epoch that ended with this
+    /// version's block changed it.
+    pub fn announced_validators(&self) -> Option<&Validators> {
+        self.staking.announced(self.height)
     }
 
     pub fn account(&self, address: &Address) -> Account {
@@ -142,7 +174,8 @@ impl State {
     }
 
     /// Compacts the tables changed since the last root and computes the new root:
-    /// `H(height, Merkle(tables by name), Merkle(accounts by address), Merkle(contracts by name))`.
+    /// `H(height, Merkle(tables by name), Merkle(accounts by address), Merkle(contracts by name),
+    /// staking)`.
     pub(crate) fn compute_root(&mut self) -> Result<Hash> {
         let mut table_leaves = Vec::with_capacity(self.tables.len());
         for (name, table) in self.tables.iter_mut() {
@@ -180,6 +213,7 @@ impl State {
                 merkle_root(&table_leaves).as_bytes(),
                 merkle_root(&account_leaves).as_bytes(),
                 merkle_root(&contract_leaves).as_bytes(),
+                self.staking.digest().as_bytes(),
             ],
         ))
     }

@@ -1,5 +1,5 @@
 //! The `chain` schema's system tables: `chain.blocks`, `chain.transactions`, `chain.events`,
-//! `chain.accounts`, and the descriptions of the catalog (`chain.tables`, `chain.columns`,
+//! `chain.accounts`, `chain.validators`, and the descriptions of the catalog (`chain.tables`, `chain.columns`,
 //! `chain.grants`, `chain.contracts`).
 //!
 //! Blocks and transactions are history: each executed block appends a batch, and the batches are
@@ -19,6 +19,7 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::contract::{Contract, EmittedEvent};
+use crate::staking::Staking;
 use crate::state::Account;
 use crate::table::{CHUNK_ROWS, Table};
 use crate::{Error, Result};
@@ -108,6 +109,9 @@ pub struct SystemTables {
     transactions: History,
     events: History,
     accounts: imbl::OrdMap<Address, Account>,
+    staking: Staking,
+    /// The height of the version, whose next height `chain.validators` shows the power of.
+    height: u64,
 }
 
 fn blocks_schema() -> SchemaRef {
@@ -179,6 +183,19 @@ fn accounts_schema() -> SchemaRef {
     ]))
 }
 
+fn validators_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("address", DataType::Utf8, false),
+        Field::new("public_key", DataType::Utf8, false),
+        Field::new("power", DataType::Int64, false),
+        Field::new("bonded", DataType::Int64, false),
+        Field::new("bonding", DataType::Int64, false),
+        Field::new("unbonding", DataType::Int64, false),
+        Field::new("leaving", DataType::Int64, false),
+        Field::new("slashed", DataType::Int64, false),
+    ]))
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -194,19 +211,27 @@ impl SystemTables {
         "grants",
         "tables",
         "transactions",
+        "validators",
     ];
 
-    pub fn new(accounts: imbl::OrdMap<Address, Account>) -> SystemTables {
+    pub fn new(accounts: imbl::OrdMap<Address, Account>, staking: Staking, height: u64) -> SystemTables {
         SystemTables {
             blocks: History::new(blocks_schema()),
             transactions: History::new(transactions_schema()),
             events: History::new(events_schema()),
             accounts,
+            staking,
+            height,
         }
     }
 
     pub(crate) fn set_accounts(&mut self, accounts: imbl::OrdMap<Address, Account>) {
         self.accounts = accounts;
+    }
+
+    pub(crate) fn set_staking(&mut self, staking: Staking, height: u64) {
+        self.staking = staking;
+        self.height = height;
     }
 
     /// The history tables (`blocks`, `transactions`, `events`) as a checkpoint stores them.
@@ -226,9 +251,11 @@ impl SystemTables {
     /// the order [`SystemTables::history`] names them.
     pub(crate) fn restore(
         accounts: imbl::OrdMap<Address, Account>,
+        staking: Staking,
+        height: u64,
         history: [Vec<RecordBatch>; 3],
     ) -> Result<SystemTables> {
-        let mut tables = SystemTables::new(accounts);
+        let mut tables = SystemTables::new(accounts, staking, height);
         let [blocks, transactions, events] = history;
         for (target, batches) in [
             (&mut tables.blocks, blocks),
@@ -349,6 +376,7 @@ impl SystemTables {
             "columns" => Some(describe_columns(tables)?),
             "blocks" => Some((self.blocks.schema.clone(), self.blocks.batches())),
             "transactions" => Some((self.transactions.schema.clone(), self.transactions.batches())),
+            "validators" => Some(self.describe_validators()?),
             "accounts" => {
                 let schema = accounts_schema();
                 let columns: Vec<ArrayRef> = vec![
@@ -367,6 +395,43 @@ impl SystemTables {
             }
             _ => None,
         })
+    }
+}
+
+impl SystemTables {
+    /// `chain.validators`: every account with stake, and its voting power at the next height
+    /// (0 outside the set).
+    fn describe_validators(&self) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let schema = validators_schema();
+        let set = self.staking.validators_for(self.height + 1);
+        let power = |address: &Address| {
+            set.and_then(|set| set.iter().find(|v| v.address == *address))
+                .map_or(0, |v| to_i64(v.power))
+        };
+        let stakes: Vec<_> = self.staking.stakes().collect();
+        let number = |f: fn(&crate::staking::Stake) -> u64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(
+                stakes.iter().map(|(_, s)| to_i64(f(s))),
+            ))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                stakes.iter().map(|(a, _)| a.to_hex()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                stakes
+                    .iter()
+                    .map(|(_, s)| format!("0x{}", hex::encode(s.public_key))),
+            )),
+            Arc::new(Int64Array::from_iter_values(stakes.iter().map(|(a, _)| power(a)))),
+            number(|s| s.bonded),
+            number(|s| s.bonding),
+            number(|s| s.unbonding),
+            number(|s| s.leaving),
+            number(|s| s.slashed),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok((schema, vec![batch]))
     }
 }
 

@@ -24,6 +24,7 @@ async fn run(executor: &Executor, state: &State, sender: Address, statements: &[
         transactions_root: Hash::ZERO,
         state_root: state.root(),
         proposer: account(9),
+        offences: Vec::new(),
     };
     let nonce = state.account(&sender).nonce;
     let transactions: Vec<ExecutableTransaction> = statements
@@ -32,6 +33,7 @@ async fn run(executor: &Executor, state: &State, sender: Address, statements: &[
         .map(|(i, sql)| ExecutableTransaction {
             hash: Hash::tagged("checkpoint-test-tx", &[&height.to_le_bytes(), &i.to_le_bytes()]),
             sender,
+            sender_key: None,
             nonce: nonce + i as u64,
             gas_limit: 1_000_000_000,
             statements: vec![sql.to_string()],

@@ -20,6 +20,7 @@ fn block(state: &State, height: u64) -> BlockContext {
         transactions_root: Hash::ZERO,
         state_root: state.root(),
         proposer: alice(),
+        offences: Vec::new(),
     }
 }
 
@@ -27,6 +28,7 @@ fn transaction(nonce: u64, statements: &[&str]) -> ExecutableTransaction {
     ExecutableTransaction {
         hash: Hash::tagged("test-tx", &[&nonce.to_le_bytes()]),
         sender: alice(),
+        sender_key: None,
         nonce,
         gas_limit: 10_000_000,
         statements: statements.iter().map(|s| s.to_string()).collect(),

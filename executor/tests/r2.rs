@@ -51,6 +51,7 @@ fn block(state: &State, proposer: Address) -> BlockContext {
         transactions_root: Hash::ZERO,
         state_root: state.root(),
         proposer,
+        offences: Vec::new(),
     }
 }
 
@@ -177,6 +178,7 @@ async fn equivalent_over_seed(seed: u64, size: usize, threads: usize) -> (usize,
         setup.push(ExecutableTransaction {
             hash: Hash::tagged("r2-setup", &[statement.as_bytes()]),
             sender: deployer,
+            sender_key: None,
             nonce: nonces[1],
             gas_limit: 10_000_000,
             statements: vec![statement],
@@ -222,6 +224,7 @@ async fn equivalent_over_seed(seed: u64, size: usize, threads: usize) -> (usize,
                     ],
                 ),
                 sender: account(sender as u8),
+                sender_key: None,
                 nonce,
                 gas_limit,
                 statements: vec![random_statement(&mut random)],

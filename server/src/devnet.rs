@@ -1,7 +1,8 @@
 //! `chainql devnet`: a local network of validators on loopback, one data directory each.
 //!
 //! ```text
-//! DIR/genesis.json               the chain: every validator with an equal stake
+//! DIR/genesis.json               the chain: every validator with an equal stake, and every
+//!                                node's account with a balance to stake
 //! DIR/validator-N/               validator N's data directory (keys/validator.key, its genesis copy)
 //! DIR/validator-N/node.toml      its settings: ports, and the other validators as peers
 //! DIR/validator-N/node.log       its log, while `chainql devnet` runs it
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use chainql::Keypair;
-use chainql_consensus::{Genesis, GenesisValidator};
+use chainql_consensus::{Genesis, GenesisAccount, GenesisValidator};
 
 use crate::error::{Error, Result};
 
@@ -21,6 +22,35 @@ use crate::error::{Error, Result};
 pub const DEVNET_VALIDATORS_MAX: usize = 64;
 /// Each validator's stake.
 const STAKE: u64 = 100;
+/// Each node's opening balance, for staking and fees.
+const BALANCE: u64 = 1_000_000;
+
+/// What a devnet is made of.
+#[derive(Debug, Clone)]
+pub struct DevnetSpec {
+    /// Nodes in all.
+    pub nodes: usize,
+    /// Of them, how many (the last ones) start outside the validator set: they follow the chain
+    /// and join the set by staking.
+    pub followers: usize,
+    pub base_port: u16,
+    pub chain_id: String,
+    /// The genesis's epoch length.
+    pub epoch_blocks: u64,
+}
+
+impl DevnetSpec {
+    /// `nodes` validators with equal stake, and the default epoch length.
+    pub fn validators(nodes: usize, base_port: u16, chain_id: &str) -> DevnetSpec {
+        DevnetSpec {
+            nodes,
+            followers: 0,
+            base_port,
+            chain_id: chain_id.to_string(),
+            epoch_blocks: chainql_consensus::DEFAULT_EPOCH_BLOCKS,
+        }
+    }
+}
 
 /// One validator of a devnet.
 #[derive(Debug, Clone)]
@@ -61,6 +91,17 @@ pub fn free_base_port(count: usize) -> Result<u16> {
 /// Writes (or finds) a devnet of `count` validators in `dir`: keys, a genesis naming them all,
 /// and each validator's `node.toml` with ports from `base_port` and the others as peers.
 pub fn write(dir: &Path, count: usize, base_port: u16, chain_id: &str) -> Result<Devnet> {
+    write_spec(dir, &DevnetSpec::validators(count, base_port, chain_id))
+}
+
+/// Writes (or finds) the devnet `spec` describes in `dir`.
+pub fn write_spec(dir: &Path, spec: &DevnetSpec) -> Result<Devnet> {
+    let (count, base_port, chain_id) = (spec.nodes, spec.base_port, spec.chain_id.as_str());
+    if spec.followers >= count {
+        return Err(Error::Config(
+            "a devnet needs at least one validator besides its followers".into(),
+        ));
+    }
     if count == 0 || count > DEVNET_VALIDATORS_MAX {
         return Err(Error::Config(format!(
             "a devnet has 1 to {DEVNET_VALIDATORS_MAX} validators"
@@ -101,8 +142,9 @@ pub fn write(dir: &Path, count: usize, base_port: u16, chain_id: &str) -> Result
     let genesis = if genesis_path.exists() {
         let genesis = Genesis::read(&genesis_path)?;
         let named = genesis.validators()?;
-        let all_there = named.len() == keys.len()
-            && keys
+        let validators = &keys[..count - spec.followers];
+        let all_there = named.len() == validators.len()
+            && validators
                 .iter()
                 .all(|k| named.iter().any(|v| v.public_key == k.public_key()));
         if !all_there {
@@ -121,15 +163,22 @@ pub fn write(dir: &Path, count: usize, base_port: u16, chain_id: &str) -> Result
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             log_partitions: 4,
-            validators: keys
+            validators: keys[..count - spec.followers]
                 .iter()
                 .map(|key| GenesisValidator {
                     public_key: format!("0x{}", hex::encode(key.public_key().to_bytes())),
                     stake: STAKE,
                 })
                 .collect(),
-            accounts: Vec::new(),
+            accounts: keys
+                .iter()
+                .map(|key| GenesisAccount {
+                    address: key.address().to_hex(),
+                    balance: BALANCE,
+                })
+                .collect(),
             gas_price: 0,
+            epoch_blocks: spec.epoch_blocks,
         };
         genesis.validate()?;
         genesis.write(&genesis_path)?;
@@ -199,5 +248,34 @@ mod tests {
         assert!(write(dir.path(), 4, 30_000, "dev").is_err());
         assert!(write(dir.path(), 0, 30_000, "dev").is_err());
         assert!(write(dir.path(), 3, 65_500, "dev").is_err());
+
+        // Followers have an account but no stake.
+        let other = tempfile::tempdir().expect("tempdir");
+        let spec = DevnetSpec {
+            followers: 1,
+            epoch_blocks: 5,
+            ..DevnetSpec::validators(3, 30_000, "dev")
+        };
+        let devnet = write_spec(other.path(), &spec).expect("write");
+        let genesis = Genesis::read(&devnet.genesis).expect("genesis");
+        assert_eq!(
+            (
+                genesis.validators.len(),
+                genesis.accounts.len(),
+                genesis.epoch_blocks
+            ),
+            (2, 3, 5)
+        );
+        assert!(
+            write_spec(
+                other.path(),
+                &DevnetSpec {
+                    followers: 0,
+                    ..spec.clone()
+                }
+            )
+            .is_err()
+        );
+        assert!(write_spec(other.path(), &DevnetSpec { followers: 3, ..spec }).is_err());
     }
 }

@@ -74,6 +74,13 @@ struct DevnetArgs {
     base_port: u16,
     #[arg(long, default_value = "devnet")]
     chain_id: String,
+    /// More nodes that start outside the validator set, with a balance: they follow the chain
+    /// and join the set with `STAKE n`.
+    #[arg(long, default_value_t = 0)]
+    followers: usize,
+    /// Blocks per staking epoch: stake and the validator set change only at its end.
+    #[arg(long, default_value_t = chainql_consensus::DEFAULT_EPOCH_BLOCKS)]
+    epoch_blocks: u64,
     /// Write the keys, genesis and node.toml files, and start nothing.
     #[arg(long)]
     write_only: bool,
@@ -280,6 +287,9 @@ struct InitArgs {
     /// Native units a transaction pays the proposer per unit of gas used (0: gas is free).
     #[arg(long, default_value_t = 0)]
     gas_price: u64,
+    /// Blocks per staking epoch: stake and the validator set change only at its end.
+    #[arg(long, default_value_t = chainql_consensus::DEFAULT_EPOCH_BLOCKS)]
+    epoch_blocks: u64,
     /// An opening balance, ADDRESS=AMOUNT (repeatable).
     #[arg(long = "account")]
     accounts: Vec<String>,
@@ -399,6 +409,7 @@ fn init(args: InitArgs) -> Result<ExitCode> {
     let mut config = NodeConfig::new(&args.data_dir);
     config.log_partitions = args.log_partitions;
     config.gas_price = args.gas_price;
+    config.epoch_blocks = args.epoch_blocks;
     if config.genesis_path().exists() {
         return Err(Error::Config(format!(
             "{} already exists",
@@ -589,8 +600,15 @@ async fn interrupted_or_terminated() -> bool {
 }
 
 fn devnet(args: DevnetArgs) -> Result<ExitCode> {
-    use chainql_server::devnet::{Devnet, write};
-    let devnet: Devnet = write(&args.dir, args.validators, args.base_port, &args.chain_id)?;
+    use chainql_server::devnet::{Devnet, DevnetSpec, write_spec};
+    let spec = DevnetSpec {
+        nodes: args.validators + args.followers,
+        followers: args.followers,
+        base_port: args.base_port,
+        chain_id: args.chain_id.clone(),
+        epoch_blocks: args.epoch_blocks,
+    };
+    let devnet: Devnet = write_spec(&args.dir, &spec)?;
     if args.write_only {
         for (i, validator) in devnet.validators.iter().enumerate() {
             println!(
@@ -617,13 +635,17 @@ fn devnet(args: DevnetArgs) -> Result<ExitCode> {
         children.push(child);
     }
     println!(
-        "a devnet of {} validators is running (chain {}):",
-        devnet.validators.len(),
-        args.chain_id
+        "a devnet of {} validators and {} followers is running (chain {}):",
+        args.validators, args.followers, args.chain_id
     );
     for (i, validator) in devnet.validators.iter().enumerate() {
+        let role = if i < args.validators {
+            "validator"
+        } else {
+            "follower"
+        };
         println!(
-            "  validator {i}: gRPC {}  PostgreSQL {}  log {}",
+            "  {role} {i}: gRPC {}  PostgreSQL {}  log {}",
             validator.grpc_url,
             validator.pg_address,
             validator.log.display()
@@ -657,57 +679,79 @@ fn devnet(args: DevnetArgs) -> Result<ExitCode> {
 
 fn verify_block(args: VerifyBlockArgs) -> Result<ExitCode> {
     use chainql_consensus::tendermint::ChainContext;
-    use chainql_consensus::{BlockStore, Genesis, ValidatorSet, header_hash, verify_committed};
+    use chainql_consensus::tendermint::ValidatorSet;
+    use chainql_consensus::{BlockStore, Genesis, announced_set, header_hash, verify_committed};
     let genesis_path = args.genesis.unwrap_or_else(|| args.data_dir.join("genesis.json"));
     let genesis = Genesis::read(&genesis_path)?;
-    let validators = ValidatorSet::from_genesis(&genesis)?.consensus_set()?;
     if args.height == 0 {
         return Err(Error::Client("block 0 is the genesis; blocks start at 1".into()));
     }
-    // The block and the hash of its parent.
-    let (block, parent_hash) = match &args.connect {
-        Some(url) => runtime()?.block_on(async {
-            let client = chainql_server::Client::connect(url).await?;
-            let (block, _) = client
-                .block(args.height)
-                .await?
-                .ok_or_else(|| Error::Client(format!("{url} has no block {}", args.height)))?;
-            let parent_hash = match args.height {
-                1 => genesis.hash(),
-                h => client
-                    .block(h - 1)
-                    .await?
-                    .map(|(_, hash)| hash)
-                    .ok_or_else(|| Error::Client(format!("{url} has no block {}", h - 1)))?,
-            };
-            Ok::<_, Error>((block, parent_hash))
-        })?,
-        None => {
-            let mut store = BlockStore::open_read_only(&args.data_dir.join("blocks"))?;
-            let held = store.height();
-            let missing = |h: u64| {
-                Error::Client(format!(
-                    "{} has no block {h} (it holds {held})",
-                    args.data_dir.display()
-                ))
-            };
-            let block = store.get(args.height)?.ok_or_else(|| missing(args.height))?;
-            let parent_hash = match args.height {
-                1 => genesis.hash(),
-                h => store
-                    .get(h - 1)?
-                    .and_then(|b| b.header.as_ref().map(header_hash))
-                    .ok_or_else(|| missing(h - 1))?,
-            };
-            (block, parent_hash)
+    let ctx = ChainContext::new(&genesis.chain_id);
+    // Where the blocks come from: a running node, or a block store.
+    let runtime = runtime()?;
+    let client = match &args.connect {
+        Some(url) => Some(runtime.block_on(chainql_server::Client::connect(url))?),
+        None => None,
+    };
+    let mut store = match &client {
+        Some(_) => None,
+        None => Some(BlockStore::open_read_only(&args.data_dir.join("blocks"))?),
+    };
+    let source = args
+        .connect
+        .clone()
+        .unwrap_or_else(|| args.data_dir.display().to_string());
+    let mut get = |height: u64| -> Result<(chainql::wire::Block, chainql::Hash)> {
+        let found = match (&client, &mut store) {
+            (Some(client), _) => runtime.block_on(client.block(height))?,
+            (None, Some(store)) => store.get(height)?.and_then(|block| {
+                let hash = block.header.as_ref().map(header_hash)?;
+                Some((block, hash))
+            }),
+            (None, None) => None,
+        };
+        found.ok_or_else(|| Error::Client(format!("{source} has no block {height}")))
+    };
+    let hash_of = |get: &mut dyn FnMut(u64) -> Result<(chainql::wire::Block, chainql::Hash)>, height: u64| {
+        if height == 0 {
+            Ok(genesis.hash())
+        } else {
+            get(height).map(|(_, hash)| hash)
         }
     };
-    match verify_committed(
-        &block,
-        parent_hash,
-        &ChainContext::new(&genesis.chain_id),
-        &validators,
-    ) {
+    let (block, _) = get(args.height)?;
+    // The validators of the block's height: the genesis set, then each set a block announced
+    // (one only after an epoch boundary `b`, in block `b + 1`, committing from `b + 2`), each
+    // announcing block checked against the set before it.
+    let mut validators: ValidatorSet =
+        chainql_consensus::ValidatorSet::from_genesis(&genesis)?.consensus_set()?;
+    let mut set_from = 0;
+    let mut boundary = genesis.epoch_blocks;
+    while boundary + 2 <= args.height {
+        let (announcing, _) = get(boundary + 1)?;
+        if !announcing.next_validators.is_empty() {
+            let parent_hash = hash_of(&mut get, boundary)?;
+            if let Err(error) = verify_committed(&announcing, parent_hash, &ctx, &validators) {
+                println!(
+                    "block {} does not verify: block {}, which announces its validators, does not: {error}",
+                    args.height,
+                    boundary + 1
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            validators = announced_set(&announcing.next_validators)?;
+            set_from = boundary + 1;
+        }
+        boundary += genesis.epoch_blocks;
+    }
+    let parent_hash = hash_of(&mut get, args.height - 1)?;
+    if set_from > 0 {
+        println!(
+            "validators of height {} as block {set_from} announced them",
+            args.height
+        );
+    }
+    match verify_committed(&block, parent_hash, &ctx, &validators) {
         Ok(proof) => {
             println!("block {} {} is committed", args.height, proof.hash);
             println!(

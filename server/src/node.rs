@@ -18,10 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chainql::wire::{Block, LogRange, Receipt, SignedTransaction, Transaction};
+use chainql::wire::{Evidence, ValidatorPower};
 use chainql::{Address, DecodedTransaction, Hash, Keypair, PublicKey, TransactionLimits};
 use chainql_consensus::tendermint::codec::PROPOSED_BLOCK_BYTES_MAX;
-use chainql_consensus::{BlockProposal, BlockStore, Genesis, Parent, ValidatorSet, verify_block};
-use chainql_executor::{BlockContext, ExecutableTransaction, Executor, QueryLimits, QueryResult, State};
+use chainql_consensus::tendermint::{ChainContext, ValidatorSet};
+use chainql_consensus::{
+    BlockProposal, BlockStore, Equivocation, Genesis, Parent, check_evidence, verify_block,
+};
+use chainql_executor::{
+    BlockContext, ExecutableTransaction, Executor, Offence, QueryLimits, QueryResult, State, Validators,
+};
 use chainql_sequencer::{FsStorage, Log, LogConfig, PartitionId, Position, Subscription, partition_of};
 use prost::Message;
 use tokio::sync::{Notify, oneshot, watch};
@@ -55,6 +61,9 @@ pub struct NodeConfig {
     /// The gas price of a chain this node creates (`init_data_dir`); an existing chain keeps its
     /// genesis's.
     pub gas_price: u64,
+    /// The staking epoch length of a chain this node creates (`init_data_dir`); an existing
+    /// chain keeps its genesis's.
+    pub epoch_blocks: u64,
     /// Committed versions kept in memory for `AS OF BLOCK` queries (the latest included); an
     /// older version is rebuilt from its lineage on demand.
     pub snapshots_kept: u64,
@@ -85,6 +94,7 @@ impl NodeConfig {
             log_tail_bytes_max: 64 << 20,
             log_partitions: 4,
             gas_price: 0,
+            epoch_blocks: chainql_consensus::DEFAULT_EPOCH_BLOCKS,
             snapshots_kept: 128,
             checkpoint_interval: 1_000,
             checkpoints_kept: 2,
@@ -156,6 +166,7 @@ pub fn init_data_dir(config: &NodeConfig, chain_id: &str, accounts: &[(Address, 
         Genesis::single_validator(chain_id, genesis_time_ms, &validator.public_key(), &balances);
     genesis.log_partitions = config.log_partitions;
     genesis.gas_price = config.gas_price;
+    genesis.epoch_blocks = config.epoch_blocks;
     genesis.validate()?;
     genesis.write(&genesis_path)?;
     Ok(genesis)
@@ -230,7 +241,8 @@ struct Inner {
     config: NodeConfig,
     genesis: Genesis,
     validator: Keypair,
-    validators: ValidatorSet,
+    /// Signatures of consensus messages name this chain.
+    ctx: ChainContext,
     log: Arc<Log>,
     executor: Executor,
     committed: watch::Sender<Arc<State>>,
@@ -272,6 +284,45 @@ struct Inner {
     inbox: tokio::sync::mpsc::Sender<consensus::Inbound>,
     /// Transactions other validators gossiped, for the admission worker.
     gossiped: tokio::sync::mpsc::Sender<Vec<SignedTransaction>>,
+    /// Conflicting votes this validator saw and no block has punished yet, for its next
+    /// proposals (at most [`EVIDENCE_KEPT`]).
+    evidence: Mutex<Vec<(Equivocation, Evidence)>>,
+}
+
+/// Pieces of evidence a validator keeps for its proposals.
+const EVIDENCE_KEPT: usize = 256;
+
+/// A validator set of the chain's state, as Tendermint weighs it.
+pub(crate) fn consensus_set(validators: &Validators) -> Result<ValidatorSet> {
+    let members = validators
+        .iter()
+        .map(|v| {
+            chainql_consensus::tendermint::Validator::new(v.public_key, v.power)
+                .ok_or_else(|| Error::Corrupt(format!("validator {} has an invalid key", v.address)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ValidatorSet::new(members)
+        .ok_or_else(|| Error::Corrupt("a validator set is empty, has no power, or a duplicate".into()))
+}
+
+/// A validator set of the chain's state, as a block announces it.
+fn announced(validators: Option<&Validators>) -> Vec<ValidatorPower> {
+    validators.map_or_else(Vec::new, |set| {
+        set.iter()
+            .map(|v| ValidatorPower {
+                public_key: v.public_key.to_vec(),
+                power: v.power,
+            })
+            .collect()
+    })
+}
+
+/// Whether `key` is a validator of `height`, as `state` (the version before it) knows.
+fn is_validator_at(state: &State, height: u64, key: &PublicKey) -> bool {
+    let address = key.address();
+    state
+        .validators_for(height)
+        .is_some_and(|set| set.iter().any(|v| v.address == address))
 }
 
 /// A running node. Cheap to clone; the last clone to be dropped does not stop it: call
@@ -303,18 +354,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn executable(signed: &SignedTransaction) -> Result<(ExecutableTransaction, Address)> {
     let body = Transaction::decode(signed.transaction.as_slice())
         .map_err(|e| Error::Corrupt(format!("a stored transaction does not decode: {e}")))?;
-    // Admission checked the key; committed bytes only need its address.
-    let sender: &[u8; 32] = body.sender.as_slice().try_into().map_err(|_| {
+    // Admission checked the key; committed bytes need its address (and `STAKE` the key).
+    let sender_key: [u8; 32] = body.sender.as_slice().try_into().map_err(|_| {
         Error::Corrupt(format!(
             "a stored transaction's sender is {} bytes",
             body.sender.len()
         ))
     })?;
-    let sender = Address::of_public_key(sender);
+    let sender = Address::of_public_key(&sender_key);
     Ok((
         ExecutableTransaction {
             hash: chainql::transaction_hash(&signed.transaction),
             sender,
+            sender_key: Some(sender_key),
             nonce: body.nonce,
             gas_limit: body.gas_limit,
             statements: body.statements,
@@ -335,10 +387,20 @@ impl Node {
             ))
         })?;
         let validator = Keypair::read_file(&config.validator_key_path())?;
-        let validators = ValidatorSet::from_genesis(&genesis)?;
-        if !validators.contains(&validator.public_key()) {
+        let genesis_validators: Vec<(PublicKey, u64)> = genesis
+            .validators()?
+            .into_iter()
+            .map(|v| (v.public_key, v.stake))
+            .collect();
+        // A node outside the genesis set follows the chain through its peers (and may join the
+        // set by staking); alone, it could never commit a block.
+        if config.peers.is_empty()
+            && !genesis_validators
+                .iter()
+                .any(|(key, _)| *key == validator.public_key())
+        {
             return Err(Error::Config(format!(
-                "the key in {} is not a validator of chain {}",
+                "the key in {} is not a validator of chain {}, and no peers are configured to follow",
                 config.validator_key_path().display(),
                 genesis.chain_id
             )));
@@ -359,9 +421,15 @@ impl Node {
         )?;
         let partitions = genesis.log_partitions as usize;
         let blocks = BlockStore::open(&config.data_dir.join("blocks"))?;
-        let executor =
-            Executor::new(config.query_partitions, config.query_limits)?.with_gas_price(genesis.gas_price);
-        let genesis_state = State::genesis(genesis.hash(), genesis.genesis_time_ms, &genesis.accounts()?)?;
+        let executor = Executor::new(config.query_partitions, config.query_limits)?
+            .with_gas_price(genesis.gas_price)
+            .with_epoch_blocks(genesis.epoch_blocks);
+        let genesis_state = State::genesis_with_validators(
+            genesis.hash(),
+            genesis.genesis_time_ms,
+            &genesis.accounts()?,
+            &genesis_validators,
+        )?;
         let genesis_state = Arc::new(genesis_state);
         let (committed, _) = watch::channel(Arc::clone(&genesis_state));
         let checkpoints = Checkpoints::new(config.data_dir.join("checkpoints"), config.checkpoints_kept);
@@ -370,9 +438,9 @@ impl Node {
         let (gossiped, to_admit) = tokio::sync::mpsc::channel(GOSSIP_QUEUE);
         let inner = Arc::new(Inner {
             config,
+            ctx: ChainContext::new(genesis.chain_id.clone()),
             genesis,
             validator,
-            validators,
             log: Arc::new(log),
             executor,
             committed,
@@ -398,11 +466,11 @@ impl Node {
             peers: crate::validator::Peers::start(&peers),
             inbox,
             gossiped,
+            evidence: Mutex::new(Vec::new()),
         });
         let recovery = inner.replay().await?;
         inner.recover_pending().await?;
-        let validators = inner.validators.consensus_set()?;
-        let (consensus, outputs) = consensus::Consensus::open(Arc::clone(&inner), validators, received)?;
+        let (consensus, outputs) = consensus::Consensus::open(Arc::clone(&inner), received)?;
         let producer = tokio::spawn(consensus.run(outputs));
         let node = Node {
             inner,
@@ -1243,11 +1311,20 @@ impl Inner {
             hash: state.block_hash(),
             timestamp_ms: state.timestamp_ms(),
         };
-        let hash = verify_block(block, &parent, |key| self.validators.contains(key))?;
+        let height = parent.height + 1;
+        let hash = verify_block(block, &parent, |key| is_validator_at(state, height, key))?;
         let header = block
             .header
             .as_ref()
             .ok_or_else(|| Error::Corrupt("a block has no header".into()))?;
+        if block.next_validators != announced(state.announced_validators()) {
+            return Err(Error::Corrupt(format!(
+                "block {height} does not announce the validator set the epoch before it decided"
+            )));
+        }
+        let offences = self
+            .offences(state, block)
+            .map_err(|reason| Error::Corrupt(format!("block {height}: {reason}")))?;
         if Hash::from_slice(&header.state_root) != Some(state.root()) {
             return Err(Error::Corrupt(format!(
                 "block {} carries state root {}, but the state before it has root {}",
@@ -1269,11 +1346,47 @@ impl Inner {
             transactions_root: Hash::from_slice(&header.transactions_root).unwrap_or_default(),
             state_root: state.root(),
             proposer: PublicKey::from_bytes(&header.proposer)?.address(),
+            offences,
         };
         Ok(self
             .executor
             .execute_block(state, &context, &transactions)
             .await?)
+    }
+
+    /// The offences a block's evidence proves, each checked against the validators of its
+    /// height as `state` (the version before the block) knows them.
+    fn offences(&self, state: &State, block: &Block) -> std::result::Result<Vec<Offence>, String> {
+        block
+            .evidence
+            .iter()
+            .map(|evidence| {
+                let proved = check_evidence(&self.ctx, evidence, |height| {
+                    state
+                        .validators_for(height)
+                        .and_then(|set| consensus_set(set).ok())
+                })?;
+                Ok(Offence {
+                    validator: proved.validator,
+                    height: proved.height,
+                    round: proved.round,
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps evidence of conflicting votes for this validator's next proposals.
+    pub(crate) fn keep_evidence(&self, proved: Equivocation, evidence: Evidence) {
+        let mut kept = lock(&self.evidence);
+        if kept.len() < EVIDENCE_KEPT && !kept.iter().any(|(p, _)| *p == proved) {
+            tracing::warn!(
+                validator = %proved.validator,
+                height = proved.height,
+                round = proved.round,
+                "a validator signed conflicting votes: the evidence goes into the next block this validator proposes"
+            );
+            kept.push((proved, evidence));
+        }
     }
 
     /// Re-executes the stored blocks up to `height` from the newest start at or below it: the
@@ -1368,12 +1481,31 @@ impl Inner {
             hash: state.block_hash(),
             timestamp_ms: state.timestamp_ms(),
         };
-        verify_block(block, &parent, |key| self.validators.contains(key))?;
+        let height = parent.height + 1;
+        verify_block(block, &parent, |key| is_validator_at(&state, height, key))?;
         let header = block
             .header
             .as_ref()
             .ok_or_else(|| Error::Client("the block has no header".into()))?;
         let invalid = |m: String| Error::Consensus(chainql_consensus::Error::InvalidBlock(m));
+        if block.next_validators != announced(state.announced_validators()) {
+            return Err(invalid(format!(
+                "block {height} does not announce the validator set the last epoch decided"
+            )));
+        }
+        let offences = self
+            .offences(&state, block)
+            .map_err(|reason| invalid(format!("block {height}: {reason}")))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for offence in &offences {
+            if !seen.insert((offence.validator, offence.height, offence.round)) {
+                return Err(invalid(format!("block {height} carries one offence twice")));
+            }
+            state
+                .staking()
+                .punishable(&offence.validator, offence.height, offence.round)
+                .map_err(|reason| invalid(format!("block {height}: {reason}")))?;
+        }
         if Hash::from_slice(&header.state_root) != Some(state.root()) {
             return Err(invalid(format!(
                 "block {} carries state root {}, but the committed state's root is {}",
@@ -1521,6 +1653,19 @@ impl Inner {
                 });
             }
         }
+        let evidence = {
+            let mut kept = lock(&self.evidence);
+            kept.retain(|(proved, _)| {
+                state
+                    .staking()
+                    .punishable(&proved.validator, proved.height, proved.round)
+                    .is_ok()
+            });
+            kept.iter()
+                .take(chainql_consensus::EVIDENCE_PER_BLOCK_MAX)
+                .map(|(_, evidence)| evidence.clone())
+                .collect()
+        };
         Ok(BlockProposal {
             chain_id: self.genesis.chain_id.clone(),
             height: state.height() + 1,
@@ -1529,6 +1674,8 @@ impl Inner {
             state_root: state.root(),
             log_ranges,
             transactions,
+            next_validators: announced(state.announced_validators()),
+            evidence,
         }
         .sign(&self.validator))
     }

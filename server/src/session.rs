@@ -122,9 +122,9 @@ impl Session {
         // Only the kind is needed here; the node parses and checks the statement itself.
         let statement = match parse_chain_statement(sql) {
             Ok(statement) => Some(statement),
-            // A contract definition that does not parse says why here; anything else the node
-            // parses again and explains.
-            Err(error) if is_contract_definition(sql) => return Err(error.into()),
+            // ChainQL's own statements (a contract definition, STAKE, UNSTAKE) that do not parse
+            // say why here; anything else the node parses again and explains.
+            Err(error) if is_chainql_statement(sql) => return Err(error.into()),
             Err(_) => None,
         };
         let mut kind = statement
@@ -171,11 +171,11 @@ impl Session {
 }
 
 /// True when `sql` begins `CREATE CONTRACT` or `DROP CONTRACT`.
-fn is_contract_definition(sql: &str) -> bool {
+fn is_chainql_statement(sql: &str) -> bool {
     let mut words = sql.split_whitespace().map(str::to_ascii_lowercase);
     matches!(
         (words.next().as_deref(), words.next().as_deref()),
-        (Some("create" | "drop"), Some("contract"))
+        (Some("create" | "drop"), Some("contract")) | (Some("stake" | "unstake"), _)
     )
 }
 

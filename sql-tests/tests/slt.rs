@@ -30,7 +30,8 @@ async fn run_file(path: &Path, complete: bool, mode: Mode) -> Result<(), String>
     let mut config = NodeConfig::new(dir.path());
     config.block_interval_ms = 1;
     config.query_partitions = 2;
-    // A suite may ask for a chain with a gas price: `# genesis: gas_price=N`.
+    // A suite may ask for a chain with a gas price, `# genesis: gas_price=N`, and a staking
+    // epoch length, `# genesis: epoch_blocks=N`.
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     for line in text.lines() {
         if let Some(price) = line.strip_prefix("# genesis: gas_price=") {
@@ -38,6 +39,12 @@ async fn run_file(path: &Path, complete: bool, mode: Mode) -> Result<(), String>
                 .trim()
                 .parse()
                 .map_err(|e| format!("{}: bad gas_price: {e}", path.display()))?;
+        }
+        if let Some(blocks) = line.strip_prefix("# genesis: epoch_blocks=") {
+            config.epoch_blocks = blocks
+                .trim()
+                .parse()
+                .map_err(|e| format!("{}: bad epoch_blocks: {e}", path.display()))?;
         }
     }
     let accounts: Vec<_> = (0..4).map(|n| (test_key(n).address(), TEST_BALANCE)).collect();

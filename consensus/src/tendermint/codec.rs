@@ -209,7 +209,7 @@ fn signatures_from_wire(
         .collect()
 }
 
-fn vote_to_wire(vote: &SignedVote<ChainContext>) -> Result<pb::SignedVote> {
+pub fn vote_to_wire(vote: &SignedVote<ChainContext>) -> Result<pb::SignedVote> {
     let v = &vote.message;
     Ok(pb::SignedVote {
         vote: Some(pb::Vote {
@@ -223,7 +223,7 @@ fn vote_to_wire(vote: &SignedVote<ChainContext>) -> Result<pb::SignedVote> {
     })
 }
 
-fn vote_from_wire(vote: &pb::SignedVote) -> Result<SignedVote<ChainContext>> {
+pub fn vote_from_wire(vote: &pb::SignedVote) -> Result<SignedVote<ChainContext>> {
     let v = vote.vote.as_ref().ok_or(CodecError::Missing("vote"))?;
     Ok(SignedVote::new(
         Vote {

@@ -469,6 +469,11 @@ impl Engine {
         ValidatorAddress(self.host.key.address())
     }
 
+    /// Sets the validators of the next height to start (a set changes only between heights).
+    pub fn set_validators(&mut self, validators: ValidatorSet) {
+        self.host.validators = validators;
+    }
+
     /// Starts the engine's height.
     pub fn start(&mut self) -> Vec<Output> {
         self.start_height(self.state.height())

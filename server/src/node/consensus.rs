@@ -42,9 +42,10 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Inner, lock};
+use super::{Inner, consensus_set, lock};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use chainql_executor::Validators;
 
 /// Messages from other validators queued for the consensus task before new ones are dropped.
 pub(crate) const INBOX: usize = 8_192;
@@ -94,7 +95,8 @@ pub(crate) fn wal_path(data_dir: &std::path::Path) -> std::path::PathBuf {
 pub(super) struct Consensus {
     inner: Arc<Inner>,
     ctx: ChainContext,
-    validators: ValidatorSet,
+    /// Validator sets of the chain's state already weighed for Tendermint, newest last.
+    sets: Vec<(Validators, ValidatorSet)>,
     engine: Engine,
     wal: Wal,
     inbox: mpsc::Receiver<Inbound>,
@@ -124,7 +126,6 @@ impl Consensus {
     /// entries of that height, replays them (the node stopped in the middle of the height).
     pub(super) fn open(
         inner: Arc<Inner>,
-        validators: ValidatorSet,
         inbox: mpsc::Receiver<Inbound>,
     ) -> Result<(Consensus, Vec<Output>)> {
         let height = Height(inner.state().height() + 1);
@@ -133,18 +134,20 @@ impl Consensus {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
         }
         let (wal, records) = Wal::open(&path, height)?;
-        let ctx = ChainContext::new(inner.genesis.chain_id.clone());
+        let ctx = inner.ctx.clone();
+        let mut sets = Vec::new();
+        let validators = validators_for(&inner, &mut sets, height)?;
         let engine = Engine::new(
             ctx.clone(),
             inner.validator.clone(),
-            validators.clone(),
+            validators,
             timeouts(),
             height,
         );
         let mut consensus = Consensus {
             inner,
             ctx,
-            validators,
+            sets,
             engine,
             wal,
             inbox,
@@ -191,6 +194,11 @@ impl Consensus {
     /// The height being decided: the one after the committed one.
     fn height(&self) -> Height {
         Height(self.inner.state().height() + 1)
+    }
+
+    /// The validators of `height`, which the committed state knows up to two heights ahead.
+    fn validators(&mut self, height: Height) -> Result<ValidatorSet> {
+        validators_for(&self.inner, &mut self.sets, height)
     }
 
     /// Runs until the node stops, or halts the node on an error it cannot go past (a block
@@ -276,10 +284,13 @@ impl Consensus {
             Inbound::Proposal(message, block) => (message, Some(*block)),
         };
         let height = message.height();
-        if let Err(reason) = check_signed(&self.ctx, &self.validators, &message) {
+        let current = self.height();
+        // Beyond what the committed state knows, the current set stands in: such a message only
+        // tells this validator that it is behind.
+        let validators = self.validators(height.min(Height(current.0 + 1)))?;
+        if let Err(reason) = check_signed(&self.ctx, &validators, &message) {
             return self.refuse(format!("a consensus message for height {height}: {reason}"));
         }
-        let current = self.height();
         if height < current {
             return Ok(()); // a height already committed: late, and harmless
         }
@@ -397,9 +408,8 @@ impl Consensus {
                 }
             };
             let parent = self.inner.state().block_hash();
-            if let Err(error) =
-                chainql_consensus::verify_committed(&block, parent, &self.ctx, &self.validators)
-            {
+            let validators = validators_for(&self.inner, &mut self.sets, Height(height))?;
+            if let Err(error) = chainql_consensus::verify_committed(&block, parent, &self.ctx, &validators) {
                 self.refuse(format!("block sync: block {height} from {url}: {error}"))?;
                 break;
             }
@@ -409,10 +419,11 @@ impl Consensus {
         if synced > 0 {
             let height = Height(self.inner.state().height() + 1);
             tracing::info!(peer = %url, blocks = synced, next = height.0, "caught up by block sync");
+            let validators = self.validators(height)?;
             self.engine = Engine::new(
                 self.ctx.clone(),
                 self.inner.validator.clone(),
-                self.validators.clone(),
+                validators,
                 timeouts(),
                 height,
             );
@@ -433,6 +444,8 @@ impl Consensus {
     async fn start(&mut self) -> Result<()> {
         self.started = true;
         let height = self.height();
+        let validators = self.validators(height)?;
+        self.engine.set_validators(validators);
         let outputs = self.engine.start_height(height);
         self.act(outputs).await
     }
@@ -502,17 +515,20 @@ impl Consensus {
                         }
                     }
                 }
-                Output::Equivocation {
-                    height,
-                    offender,
-                    votes,
-                } => {
-                    tracing::warn!(
-                        height = height.0,
-                        %offender,
-                        votes = votes.len(),
-                        "a validator signed conflicting votes"
-                    );
+                Output::Equivocation { votes, .. } => {
+                    for (first, second) in &votes {
+                        let height = first.message.height;
+                        let proved =
+                            chainql_consensus::evidence_to_wire(first, second).and_then(|evidence| {
+                                let validators = self.validators(height).map_err(|e| e.to_string())?;
+                                chainql_consensus::check_evidence(&self.ctx, &evidence, |_| Some(validators))
+                                    .map(|proved| (proved, evidence))
+                            });
+                        match proved {
+                            Ok((proved, evidence)) => self.inner.keep_evidence(proved, evidence),
+                            Err(reason) => tracing::warn!(%reason, "conflicting votes that prove nothing"),
+                        }
+                    }
                 }
             }
         }
@@ -533,6 +549,30 @@ impl Consensus {
         self.inner.peers.broadcast(&message, block);
         Ok(())
     }
+}
+
+/// The validators of `height` from the committed state, weighed for Tendermint once per set.
+fn validators_for(
+    inner: &Inner,
+    sets: &mut Vec<(Validators, ValidatorSet)>,
+    height: Height,
+) -> Result<ValidatorSet> {
+    let state = inner.state();
+    let Some(validators) = state.validators_for(height.0) else {
+        return Err(Error::Corrupt(format!(
+            "the state of height {} does not know the validators of height {height}",
+            state.height()
+        )));
+    };
+    if let Some((_, set)) = sets.iter().find(|(v, _)| Arc::ptr_eq(v, validators)) {
+        return Ok(set.clone());
+    }
+    let set = consensus_set(validators)?;
+    if sets.len() >= 4 {
+        sets.remove(0);
+    }
+    sets.push((Arc::clone(validators), set.clone()));
+    Ok(set)
 }
 
 /// Asks the peers for their committed height every `SYNC_EVERY`, and keeps the highest (with

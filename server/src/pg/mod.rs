@@ -734,7 +734,14 @@ async fn prepare(node: &Node, sql: &str, types: &[Option<Type>]) -> PgWireResult
             columns: Some(show_schema(name)),
         }),
         (Some(_), _, Some(_)) => None,
-        (_, StatementKind::CreateContract | StatementKind::DropContract, _) => None,
+        (
+            _,
+            StatementKind::CreateContract
+            | StatementKind::DropContract
+            | StatementKind::Stake
+            | StatementKind::Unstake,
+            _,
+        ) => None,
         (Some(_), _, _) => Some(node.describe(sql).await.map_err(into_pg)?),
         // ChainQL syntax the SQL parser does not read alone (`AS OF BLOCK n`, `EXPLAIN BLOCK n`):
         // the node describes it; if it cannot, the statement's error comes when it runs.

@@ -104,6 +104,8 @@ async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
         state_root: state.root(),
         log_ranges: vec![],
         transactions: vec![forged],
+        next_validators: vec![],
+        evidence: vec![],
     }
     .sign(&validator);
     let invalid_hash = chainql_consensus::header_hash(invalid_block.header.as_ref().expect("header"));

@@ -1,0 +1,198 @@
+//! Proof of stake between processes: a node outside the genesis set follows the chain, stakes,
+//! and once the epoch ends its stake is voting power. Quorums are counted in stake, not in
+//! validators: with the newcomer holding most of the stake, it and one other validator commit
+//! blocks while the three genesis validators together cannot. `chainql verify block` checks a
+//! block of the new set by following the sets the chain announced from the genesis.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chainql::{Keypair, TransactionBuilder};
+use chainql_server::Client;
+
+use crate::support::{NodeProcess, chainql};
+
+const NODES: usize = 4;
+const EPOCH: u64 = 4;
+
+struct Devnet {
+    dir: PathBuf,
+    base: u16,
+    nodes: Vec<Option<NodeProcess>>,
+}
+
+impl Devnet {
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.base + i as u16)
+    }
+
+    async fn start(&mut self, i: usize) {
+        let data_dir = self.dir.join(format!("validator-{i}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("node.log"))
+            .expect("log file");
+        let url = self.url(i);
+        self.nodes[i] = Some(NodeProcess::start_with_config(&data_dir.join("node.toml"), &url, log).await);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.kill();
+        }
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        Client::connect(&self.url(i)).await.expect("connect")
+    }
+
+    fn key(&self, i: usize) -> Keypair {
+        Keypair::read_file(&self.dir.join(format!("validator-{i}/keys/validator.key"))).expect("key")
+    }
+
+    /// Commits transactions through node `via` until it has committed block `height`.
+    async fn advance_to(&self, via: usize, height: u64, writer: &TransactionBuilder) {
+        let client = self.client(via).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while client.status().await.expect("status").height < height {
+            assert!(
+                Instant::now() < deadline,
+                "height {height} never came (logs in {})",
+                self.dir.display()
+            );
+            client
+                .execute(writer, vec!["INSERT INTO ticks VALUES (1)".into()])
+                .await
+                .expect("a tick commits");
+        }
+    }
+
+    /// The power a node reports for `address` at its next height.
+    async fn power(&self, via: usize, address: &chainql::Address) -> i64 {
+        let result = self
+            .client(via)
+            .await
+            .query(&format!(
+                "SELECT power FROM chain.validators WHERE address = '{}'",
+                address.to_hex()
+            ))
+            .await
+            .expect("query");
+        let batch = result
+            .batches
+            .first()
+            .filter(|b| b.num_rows() == 1)
+            .expect("one row");
+        chainql_server::format::cell_text(batch.column(0), 0)
+            .expect("a value")
+            .parse()
+            .expect("a number")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stakes_into_the_set_and_stake_not_head_count_makes_the_quorum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = chainql_server::devnet::free_base_port(NODES).expect("free ports");
+    let root = dir.path().join("devnet");
+    chainql(&[
+        "devnet",
+        "--validators",
+        "3",
+        "--followers",
+        "1",
+        "--epoch-blocks",
+        &EPOCH.to_string(),
+        "--dir",
+        root.to_str().expect("UTF-8"),
+        "--base-port",
+        &base.to_string(),
+        "--write-only",
+    ]);
+    let mut devnet = Devnet {
+        dir: root.canonicalize().expect("dir"),
+        base,
+        nodes: (0..NODES).map(|_| None).collect(),
+    };
+    for i in 0..NODES {
+        devnet.start(i).await;
+    }
+    let newcomer = TransactionBuilder::new("devnet", devnet.key(3));
+    let address = newcomer.key.address();
+    let writer = TransactionBuilder::new("devnet", devnet.key(0));
+    devnet
+        .client(0)
+        .await
+        .execute(&writer, vec!["CREATE TABLE ticks (n BIGINT)".into()])
+        .await
+        .expect("create");
+
+    // The follower stakes through its own node: its stake is bonding, with no power yet.
+    let receipt = devnet
+        .client(3)
+        .await
+        .execute(&newcomer, vec!["STAKE 500".into()])
+        .await
+        .expect("stake");
+    assert!(receipt.error.is_empty(), "{}", receipt.error);
+    assert_eq!(devnet.power(0, &address).await, 0);
+
+    // The epoch ends at the next multiple of EPOCH; the set it makes commits two heights later.
+    let boundary = receipt.block_height.div_ceil(EPOCH) * EPOCH;
+    devnet.advance_to(0, boundary + 1, &writer).await;
+    assert_eq!(devnet.power(0, &address).await, 500);
+    assert_eq!(devnet.power(3, &address).await, 500, "the follower agrees");
+
+    // 500 of 800: the newcomer and any one validator are more than 2/3 of the stake...
+    devnet.kill(1);
+    devnet.kill(2);
+    devnet.advance_to(0, boundary + 4, &writer).await;
+    let height = devnet.client(0).await.status().await.expect("status").height;
+    let genesis = devnet.dir.join("genesis.json");
+    let out = chainql(&[
+        "verify",
+        "block",
+        &height.to_string(),
+        "--connect",
+        &devnet.url(0),
+        "--genesis",
+        genesis.to_str().expect("UTF-8"),
+    ]);
+    assert!(out.contains("is committed"), "{out}");
+    assert!(out.contains(&format!("signed by {address}")), "{out}");
+    assert!(
+        out.contains(&format!("as block {} announced them", boundary + 1)),
+        "{out}"
+    );
+
+    // ...while the three genesis validators, 300 of 800, are not.
+    devnet.start(1).await;
+    devnet.start(2).await;
+    devnet.kill(3);
+    let client = devnet.client(0).await;
+    let before = client.status().await.expect("status").height;
+    let nonce = client.next_nonce(&writer.key.address()).await.expect("nonce");
+    let (hash, _) = client
+        .submit(
+            writer.build(nonce, vec!["INSERT INTO ticks VALUES (2)".into()]),
+            false,
+        )
+        .await
+        .expect("admitted");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        client.status().await.expect("status").height,
+        before,
+        "no quorum without the newcomer"
+    );
+    assert!(client.transaction(&hash).await.expect("lookup").is_none());
+
+    // The newcomer returns and the waiting transaction commits.
+    devnet.start(3).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.transaction(&hash).await.expect("lookup").is_none() {
+        assert!(Instant::now() < deadline, "the transaction never committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
