@@ -361,14 +361,17 @@ impl<'a> Analyzer<'a> {
     }
 
     /// The key sets of a transaction of one statement, already parsed, and its sender's account.
+    ///
+    /// Statements other than plain SQL change what no key set describes (contracts, stake), so
+    /// they run alone.
     pub fn single(&self, statement: &ChainStatement) -> KeySets {
         let mut sets = match statement {
             ChainStatement::Sql(statement) => match statement.as_ref() {
                 Statement::Call(function) => self.call(function),
                 statement => self.statement(statement, &[], 0).bind(&[], self.caller),
             },
-            _ => KeySets {
-                barrier: Some("it changes contracts".into()),
+            other => KeySets {
+                barrier: Some(barrier_of(other).into()),
                 ..KeySets::default()
             },
         };
@@ -382,7 +385,7 @@ impl<'a> Analyzer<'a> {
         for sql in statements {
             match chainql::contract::parse_chain_statement(sql) {
                 Ok(ChainStatement::Sql(statement)) => template.merge(self.statement(&statement, &[], 0)),
-                Ok(_) => template.barrier = Some("it changes contracts".into()),
+                Ok(other) => template.barrier = Some(barrier_of(&other).into()),
                 Err(_) => template.barrier = Some("a statement does not parse".into()),
             }
         }
@@ -1080,6 +1083,14 @@ impl std::hash::Hasher for FingerprintHasher {
     }
     fn write_u64(&mut self, value: u64) {
         self.0 = value;
+    }
+}
+
+/// Why a ChainQL statement that is not plain SQL runs alone in its stage.
+fn barrier_of(statement: &ChainStatement) -> &'static str {
+    match statement {
+        ChainStatement::Stake(_) | ChainStatement::Unstake(_) => "it changes stake",
+        _ => "it changes contracts",
     }
 }
 
