@@ -1,6 +1,6 @@
 //! Building, signing and checking blocks.
 
-use chainql::wire::{Block, BlockHeader, Evidence, LogRange, SignedTransaction, ValidatorPower};
+use chainql::wire::{Block, BlockHeader, BlockPart, Evidence, LogRange, SignedTransaction, ValidatorPower};
 use chainql::{BLOCK_HEADER_DOMAIN, Hash, Keypair, PublicKey, merkle_root, transaction_hash};
 use prost::Message;
 
@@ -55,6 +55,174 @@ pub fn evidence_hash(evidence: &[Evidence]) -> Vec<u8> {
     merkle_root(&leaves).0.to_vec()
 }
 
+/// The Merkle root a header carries over its block's parts (empty when there are none).
+pub fn parts_hash(parts: &[BlockPart]) -> Vec<u8> {
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    let leaves: Vec<Hash> = parts
+        .iter()
+        .map(|p| Hash::tagged("chainql/part/v1", &[&p.encode_to_vec()]))
+        .collect();
+    merkle_root(&leaves).0.to_vec()
+}
+
+/// Signatures of block parts are made under this domain.
+pub const PART_DOMAIN: &str = "chainql/block-part/v1";
+
+/// What the signer of a block part signs.
+fn part_signing_bytes(
+    chain_id: &str,
+    height: u64,
+    parent_hash: &Hash,
+    partition: u32,
+    count: u32,
+    root: &[u8],
+) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(8 + chain_id.len() + 8 + 32 + 8 + 32);
+    bytes.extend_from_slice(&(chain_id.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(chain_id.as_bytes());
+    bytes.extend_from_slice(&height.to_be_bytes());
+    bytes.extend_from_slice(&parent_hash.0);
+    bytes.extend_from_slice(&partition.to_be_bytes());
+    bytes.extend_from_slice(&count.to_be_bytes());
+    bytes.extend_from_slice(root);
+    bytes
+}
+
+/// Signs `transactions` (all of one partition, in block order) as a part of the block at
+/// `height` after `parent_hash`.
+pub fn sign_part(
+    key: &Keypair,
+    chain_id: &str,
+    height: u64,
+    parent_hash: &Hash,
+    partition: u32,
+    transactions: &[SignedTransaction],
+) -> BlockPart {
+    let count = u32::try_from(transactions.len()).expect("a part is bounded by the block's size");
+    let root = transactions_root(transactions).0.to_vec();
+    let signature = key.sign(
+        PART_DOMAIN,
+        &part_signing_bytes(chain_id, height, parent_hash, partition, count, &root),
+    );
+    BlockPart {
+        partition,
+        validator: key.public_key().to_bytes().to_vec(),
+        count,
+        transactions_root: root,
+        signature: signature.to_vec(),
+    }
+}
+
+/// Whether `part` is `key`'s signature over `transactions` as the part of partition
+/// `part.partition` of the block at `height` after `parent_hash`.
+pub fn verify_part(
+    part: &BlockPart,
+    chain_id: &str,
+    height: u64,
+    parent_hash: &Hash,
+    key: &PublicKey,
+    transactions: &[SignedTransaction],
+) -> bool {
+    part.validator.as_slice() == key.to_bytes().as_slice()
+        && part.count as usize == transactions.len()
+        && part.transactions_root.as_slice() == transactions_root(transactions).0.as_slice()
+        && key
+            .verify(
+                PART_DOMAIN,
+                &part_signing_bytes(
+                    chain_id,
+                    height,
+                    parent_hash,
+                    part.partition,
+                    part.count,
+                    &part.transactions_root,
+                ),
+                &part.signature,
+            )
+            .is_ok()
+}
+
+/// Checks the parts of a block: in increasing partition order, together covering every
+/// transaction once, each transaction of its part's partition (`partition_of`), each part's
+/// root and signature good, and each signer one `may_sign` allows for the partition. Returns
+/// each part's signer with the range of the block's transactions it covers.
+pub fn check_parts(
+    block: &Block,
+    partition_of: impl Fn(&SignedTransaction) -> Option<u32>,
+    may_sign: impl Fn(u32, &PublicKey) -> bool,
+) -> Result<Vec<(PublicKey, std::ops::Range<usize>)>> {
+    let header = block
+        .header
+        .as_ref()
+        .ok_or_else(|| Error::InvalidBlock("the block has no header".into()))?;
+    let invalid = |m: String| Error::InvalidBlock(format!("block {}: {m}", header.height));
+    let parent_hash = Hash::from_slice(&header.parent_hash)
+        .ok_or_else(|| invalid("its parent hash is not 32 bytes".into()))?;
+    let mut signed = Vec::with_capacity(block.parts.len());
+    let mut start = 0usize;
+    let mut previous: Option<u32> = None;
+    for part in &block.parts {
+        if previous.is_some_and(|p| p >= part.partition) {
+            return Err(invalid("its parts are not in increasing partition order".into()));
+        }
+        previous = Some(part.partition);
+        let end = start + part.count as usize;
+        if part.count == 0 || end > block.transactions.len() {
+            return Err(invalid(format!(
+                "part {} covers no transactions, or too many",
+                part.partition
+            )));
+        }
+        let transactions = &block.transactions[start..end];
+        if transactions_root(transactions).0.as_slice() != part.transactions_root.as_slice() {
+            return Err(invalid(format!(
+                "part {}'s root does not match its transactions",
+                part.partition
+            )));
+        }
+        if let Some(i) = transactions
+            .iter()
+            .position(|t| partition_of(t) != Some(part.partition))
+        {
+            return Err(invalid(format!(
+                "transaction {} is not of partition {}",
+                start + i,
+                part.partition
+            )));
+        }
+        let key = PublicKey::from_bytes(&part.validator)
+            .map_err(|e| invalid(format!("part {}'s signer: {e}", part.partition)))?;
+        if !may_sign(part.partition, &key) {
+            return Err(invalid(format!(
+                "part {} is signed by {}, neither its assignee nor the proposer",
+                part.partition,
+                key.address()
+            )));
+        }
+        let bytes = part_signing_bytes(
+            &header.chain_id,
+            header.height,
+            &parent_hash,
+            part.partition,
+            part.count,
+            &part.transactions_root,
+        );
+        key.verify(PART_DOMAIN, &bytes, &part.signature)
+            .map_err(|_| invalid(format!("part {}'s signature does not hold", part.partition)))?;
+        signed.push((key, start..end));
+        start = end;
+    }
+    if start != block.transactions.len() {
+        return Err(invalid(format!(
+            "its parts cover {start} of its {} transactions",
+            block.transactions.len()
+        )));
+    }
+    Ok(signed)
+}
+
 /// The validator set a block announces, as Tendermint weighs it.
 pub fn announced_set(validators: &[ValidatorPower]) -> Result<ValidatorSet> {
     let members = validators
@@ -87,6 +255,8 @@ pub struct BlockProposal {
     /// The validator set the block announces, if any.
     pub next_validators: Vec<ValidatorPower>,
     pub evidence: Vec<Evidence>,
+    /// The transactions by partition, each part signed by the validator that checked it.
+    pub parts: Vec<BlockPart>,
 }
 
 impl BlockProposal {
@@ -105,6 +275,7 @@ impl BlockProposal {
             log_ranges: self.log_ranges,
             next_validators_hash: next_validators_hash(&self.next_validators),
             evidence_hash: evidence_hash(&self.evidence),
+            parts_hash: parts_hash(&self.parts),
         };
         let signature = proposer.sign(BLOCK_HEADER_DOMAIN, &header.encode_to_vec());
         Block {
@@ -114,6 +285,7 @@ impl BlockProposal {
             commit: None,
             next_validators: self.next_validators,
             evidence: self.evidence,
+            parts: self.parts,
         }
     }
 }
@@ -179,6 +351,9 @@ fn check_block<'a>(
     }
     if header.evidence_hash != evidence_hash(&block.evidence) {
         return invalid("its evidence does not match its header".into());
+    }
+    if header.parts_hash != parts_hash(&block.parts) {
+        return invalid("its parts do not match its header".into());
     }
     if block.evidence.len() > EVIDENCE_PER_BLOCK_MAX {
         return invalid(format!(
@@ -291,6 +466,7 @@ mod tests {
                 power: 7,
             }],
             evidence: vec![],
+            parts: vec![],
         };
         (proposal, parent)
     }
@@ -339,7 +515,71 @@ mod tests {
             "evidence is committed"
         );
 
+        let mut with_part = block.clone();
+        with_part.parts.push(BlockPart::default());
+        assert!(
+            verify_block(&with_part, &parent, |p| *p == me).is_err(),
+            "parts are committed"
+        );
+
         let wrong_parent = Parent { height: 5, ..parent };
         assert!(verify_block(&block, &wrong_parent, |p| *p == me).is_err());
+    }
+
+    #[test]
+    fn parts_must_cover_the_block_in_order_each_signed_by_an_allowed_validator() {
+        let proposer = Keypair::from_seed([9; 32]);
+        let assignee = Keypair::from_seed([10; 32]);
+        let (mut proposal, _) = proposal(&proposer);
+        let user = chainql::TransactionBuilder::new("c", Keypair::from_seed([11; 32]));
+        proposal
+            .transactions
+            .push(user.build(0, vec!["INSERT INTO t VALUES (3)".into()]));
+        // The first two transactions are partition 0's, the third partition 1's.
+        let partition_of = |t: &SignedTransaction| Some(u32::from(proposal_sender(t) == user.key.address()));
+        let txs = proposal.transactions.clone();
+        let parts = |first: &Keypair| {
+            vec![
+                sign_part(first, "c", 5, &proposal.parent_hash, 0, &txs[..2]),
+                sign_part(&proposer, "c", 5, &proposal.parent_hash, 1, &txs[2..]),
+            ]
+        };
+        let may_sign = |partition: u32, key: &PublicKey| {
+            *key == proposer.public_key() || (partition == 0 && *key == assignee.public_key())
+        };
+        let with = |parts: Vec<BlockPart>| {
+            let mut p = proposal.clone();
+            p.parts = parts;
+            p.sign(&proposer)
+        };
+        let signed = check_parts(&with(parts(&assignee)), partition_of, may_sign).expect("valid parts");
+        assert_eq!(signed.len(), 2);
+        assert_eq!(signed[0].0, assignee.public_key());
+        assert_eq!(signed[1].1, 2..3);
+
+        // A signer the partition was not assigned to.
+        let stranger = Keypair::from_seed([12; 32]);
+        assert!(check_parts(&with(parts(&stranger)), partition_of, may_sign).is_err());
+        // A part missing, parts out of order, a forged signature, a transaction in the wrong part.
+        assert!(check_parts(&with(parts(&assignee)[..1].to_vec()), partition_of, may_sign).is_err());
+        let mut reversed = parts(&assignee);
+        reversed.reverse();
+        assert!(check_parts(&with(reversed), partition_of, may_sign).is_err());
+        let mut forged = parts(&assignee);
+        forged[0].signature[0] ^= 1;
+        assert!(check_parts(&with(forged), partition_of, may_sign).is_err());
+        let everything_in_one = vec![sign_part(&proposer, "c", 5, &proposal.parent_hash, 0, &txs)];
+        assert!(check_parts(&with(everything_in_one), partition_of, may_sign).is_err());
+        // Signed for another height.
+        let elsewhere = vec![
+            sign_part(&assignee, "c", 6, &proposal.parent_hash, 0, &txs[..2]),
+            sign_part(&proposer, "c", 5, &proposal.parent_hash, 1, &txs[2..]),
+        ];
+        assert!(check_parts(&with(elsewhere), partition_of, may_sign).is_err());
+    }
+
+    fn proposal_sender(t: &SignedTransaction) -> chainql::Address {
+        let body = chainql::wire::Transaction::decode(t.transaction.as_slice()).expect("decodes");
+        PublicKey::from_bytes(&body.sender).expect("key").address()
     }
 }

@@ -20,6 +20,7 @@
 //!     transactions: vec![],
 //!     next_validators: vec![],
 //!     evidence: vec![],
+//!     parts: vec![],
 //! }
 //! .sign(&key);
 //! let parent = Parent { chain_id: "devnet".into(), height: 0, hash: genesis.hash(), timestamp_ms: 0 };
@@ -38,8 +39,9 @@ use std::path::Path;
 use chainql::{Address, PublicKey};
 
 pub use block::{
-    BlockProposal, CommitProof, EVIDENCE_PER_BLOCK_MAX, Parent, announced_set, evidence_hash, header_hash,
-    next_validators_hash, transactions_root, verify_block, verify_committed,
+    BlockProposal, CommitProof, EVIDENCE_PER_BLOCK_MAX, PART_DOMAIN, Parent, announced_set, check_parts,
+    evidence_hash, header_hash, next_validators_hash, parts_hash, sign_part, transactions_root, verify_block,
+    verify_committed, verify_part,
 };
 pub use evidence::{Equivocation, check_evidence, evidence_to_wire};
 pub use genesis::{

@@ -17,6 +17,7 @@ fn block(key: &Keypair, height: u64) -> chainql::wire::Block {
         transactions: vec![builder.build(height, vec![format!("INSERT INTO t VALUES ({height})")])],
         next_validators: vec![],
         evidence: vec![],
+        parts: vec![],
     }
     .sign(key)
 }

@@ -73,6 +73,11 @@ pub struct Metrics {
     pub transactions_gossiped: AtomicU64,
     /// Messages from other validators that were refused or dropped.
     pub peer_messages_refused: AtomicU64,
+    /// Parts of this validator's proposals that the partitions' assignees forged.
+    pub parts_forged_by_peers: AtomicU64,
+    /// Parts of this validator's proposals it signed itself (its own partitions, or an assignee
+    /// that did not answer in time).
+    pub parts_forged_here: AtomicU64,
     pub transactions_committed: AtomicU64,
     pub transactions_failed: AtomicU64,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
@@ -137,6 +142,18 @@ impl Metrics {
             "chainql_peer_messages_refused_total",
             "Messages from other validators refused (malformed, not from a validator, invalid) or dropped (queue full).",
             load(&self.peer_messages_refused),
+        );
+        counter(
+            &mut out,
+            "chainql_parts_forged_by_peers_total",
+            "Parts of this validator's proposed blocks forged by the validators their partitions were assigned to.",
+            load(&self.parts_forged_by_peers),
+        );
+        counter(
+            &mut out,
+            "chainql_parts_forged_here_total",
+            "Parts of this validator's proposed blocks it signed itself.",
+            load(&self.parts_forged_here),
         );
         counter(
             &mut out,

@@ -317,6 +317,27 @@ fn announced(validators: Option<&Validators>) -> Vec<ValidatorPower> {
     })
 }
 
+/// A block being forged: everything but its parts, and which of its transactions belong to
+/// which log partition (consecutive ranges, in partition order).
+pub(crate) struct Draft {
+    pub(crate) proposal: BlockProposal,
+    pub(crate) groups: Vec<(u32, std::ops::Range<usize>)>,
+}
+
+/// Sharded forging: the validator that checks and signs `partition`'s part of the block at
+/// `height`. The assignment rotates with the height, so every validator takes its turn at every
+/// partition.
+pub(crate) fn assignee(set: &Validators, height: u64, partition: u32) -> &chainql_executor::ValidatorPower {
+    &set[((height + u64::from(partition)) % set.len() as u64) as usize]
+}
+
+/// The log partition of a transaction's sender, if the transaction decodes.
+fn sender_partition(signed: &SignedTransaction, partitions: u32) -> Option<u32> {
+    let body = Transaction::decode(signed.transaction.as_slice()).ok()?;
+    let key: &[u8; 32] = body.sender.as_slice().try_into().ok()?;
+    Some(partition_of(&Address::of_public_key(key).0, partitions).0)
+}
+
 /// Whether `key` is a validator of `height`, as `state` (the version before it) knows.
 fn is_validator_at(state: &State, height: u64, key: &PublicKey) -> bool {
     let address = key.address();
@@ -666,6 +687,15 @@ impl Node {
                 self.to_consensus(consensus::Inbound::Proposal(proposal, block))
             }
         }
+    }
+
+    /// Sharded forging: checks and signs a part of the next block for its proposer.
+    pub(crate) async fn forge_part(
+        &self,
+        request: crate::validator::proto::ForgeRequest,
+    ) -> std::result::Result<chainql::wire::BlockPart, String> {
+        self.inner.check_running().map_err(|e| e.to_string())?;
+        self.inner.forge_part(request).await
     }
 
     /// The gossip admission worker: admits what other validators passed on, as batches, until
@@ -1529,18 +1559,56 @@ impl Inner {
                 self.config.block_transactions_max
             )));
         }
+        // Parts: each partition's transactions signed by the validator assigned the partition
+        // at this height, or by the proposer. What this validator signed itself it checked then.
+        let proposer = PublicKey::from_bytes(&header.proposer)?;
+        let set = state
+            .validators_for(height)
+            .ok_or_else(|| invalid(format!("the validators of height {height} are not known")))?;
+        let partitions = self.log.partitions();
+        let parts = chainql_consensus::check_parts(
+            block,
+            |t| sender_partition(t, partitions),
+            |partition, key| {
+                *key == proposer || assignee(set, height, partition).public_key == key.to_bytes()
+            },
+        )?;
+        let me = self.validator.public_key();
+        let mut forged_here = vec![false; block.transactions.len()];
+        for (signer, range) in parts {
+            if signer == me {
+                forged_here[range].fill(true);
+            }
+        }
+        self.check_transactions(&state, &block.transactions, &forged_here)
+            .await
+            .map_err(|e| match e {
+                Error::Consensus(e) => Error::Consensus(e),
+                other => invalid(format!("block {height}: {other}")),
+            })
+    }
+
+    /// Checks transactions in block order against `state` (the committed one): each decodes
+    /// within limits, is for this chain, is signed (batch-verified), has statements that parse,
+    /// and carries its sender's next nonce. Transactions this node admitted itself (with the same
+    /// signature), and those `checked_already` marks, are checked only for their nonces.
+    async fn check_transactions(
+        &self,
+        state: &State,
+        transactions: &[SignedTransaction],
+        checked_already: &[bool],
+    ) -> Result<()> {
         let limits = self.config.transaction_limits;
-        let decoded = block
-            .transactions
+        let decoded = transactions
             .iter()
             .map(|signed| DecodedTransaction::from_signed(signed.clone(), &limits, &self.genesis.chain_id))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        // Transactions this node admitted itself were checked then; the others are checked now.
         let unchecked: Vec<bool> = {
             let checked = lock(&self.checked);
             decoded
                 .iter()
-                .map(|d| checked.get(&d.hash) != Some(&d.signed.signature))
+                .zip(checked_already)
+                .map(|(d, already)| !already && checked.get(&d.hash) != Some(&d.signed.signature))
                 .collect()
         };
         let decoded = tokio::task::spawn_blocking(move || {
@@ -1561,16 +1629,16 @@ impl Inner {
             Ok::<_, chainql::Error>(decoded)
         })
         .await
-        .map_err(|e| Error::Client(format!("checking a proposal: {e}")))??;
+        .map_err(|e| Error::Client(format!("checking transactions: {e}")))??;
         let mut next: HashMap<Address, u64> = HashMap::new();
         for (index, transaction) in decoded.iter().enumerate() {
             let expected = next
                 .entry(transaction.address)
                 .or_insert_with(|| state.account(&transaction.address).nonce);
             if transaction.body.nonce != *expected {
-                return Err(invalid(format!(
-                    "block {}: transaction {index} has nonce {}, its sender's next is {}",
-                    header.height, transaction.body.nonce, expected
+                return Err(Error::Client(format!(
+                    "transaction {index} has nonce {}, its sender's next is {expected}",
+                    transaction.body.nonce
                 )));
             }
             *expected += 1;
@@ -1578,12 +1646,73 @@ impl Inner {
         Ok(())
     }
 
+    /// Sharded forging, the assignee's side: checks a partition's transactions that the proposer
+    /// of the next height assigned to this validator, and signs them as a part of its block.
+    pub(crate) async fn forge_part(
+        &self,
+        request: crate::validator::proto::ForgeRequest,
+    ) -> std::result::Result<chainql::wire::BlockPart, String> {
+        let state = self.state();
+        let height = state.height() + 1;
+        if request.height != height || Hash::from_slice(&request.parent_hash) != Some(state.block_hash()) {
+            return Err(format!(
+                "this validator is at height {height}, not {} after the block named",
+                request.height
+            ));
+        }
+        let set = state
+            .validators_for(height)
+            .ok_or_else(|| format!("the validators of height {height} are not known"))?;
+        let partitions = self.log.partitions();
+        if request.partition >= partitions
+            || assignee(set, height, request.partition).address != self.validator.address()
+        {
+            return Err(format!(
+                "partition {} is not assigned to this validator at height {height}",
+                request.partition
+            ));
+        }
+        if request.transactions.is_empty() || request.transactions.len() > self.config.block_transactions_max
+        {
+            return Err(format!(
+                "a part of {} transactions (1 to {})",
+                request.transactions.len(),
+                self.config.block_transactions_max
+            ));
+        }
+        if let Some(i) = request
+            .transactions
+            .iter()
+            .position(|t| sender_partition(t, partitions) != Some(request.partition))
+        {
+            return Err(format!(
+                "transaction {i} is not of partition {}",
+                request.partition
+            ));
+        }
+        self.check_transactions(
+            &state,
+            &request.transactions,
+            &vec![false; request.transactions.len()],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(chainql_consensus::sign_part(
+            &self.validator,
+            &self.genesis.chain_id,
+            height,
+            &state.block_hash(),
+            request.partition,
+            &request.transactions,
+        ))
+    }
+
     /// The block this validator proposes for the height after the committed one: waiting log
     /// entries from every partition, at most `block_transactions_max` in all (each partition
     /// gets an equal share first, then the rest) and at most `PROPOSED_BLOCK_BYTES_MAX` bytes,
     /// ordered partition by partition. Entries an earlier block already committed (another
     /// validator proposed them from its own log) are skipped.
-    fn build_block(&self) -> Result<Block> {
+    fn draft_block(&self) -> Result<Draft> {
         let partitions = self.log.partitions() as usize;
         let firsts: Vec<u64> = self
             .next_seqnos
@@ -1609,6 +1738,7 @@ impl Inner {
         let gossiping = !self.peers.is_empty();
         let mut transactions = Vec::new();
         let mut log_ranges = Vec::new();
+        let mut groups = Vec::new();
         let mut bytes = 0usize;
         for p in 0..partitions {
             if counts[p] == 0 {
@@ -1626,6 +1756,7 @@ impl Inner {
                 )));
             }
             let mut taken = 0u64;
+            let first = transactions.len();
             for entry in &entries {
                 if bytes + entry.payload.len() > PROPOSED_BLOCK_BYTES_MAX - BLOCK_ENVELOPE_BYTES {
                     break;
@@ -1644,6 +1775,9 @@ impl Inner {
                 }
                 bytes += entry.payload.len() + 8;
                 transactions.push(signed);
+            }
+            if transactions.len() > first {
+                groups.push((p as u32, first..transactions.len()));
             }
             if taken > 0 {
                 log_ranges.push(LogRange {
@@ -1666,18 +1800,21 @@ impl Inner {
                 .map(|(_, evidence)| evidence.clone())
                 .collect()
         };
-        Ok(BlockProposal {
-            chain_id: self.genesis.chain_id.clone(),
-            height: state.height() + 1,
-            parent_hash: state.block_hash(),
-            timestamp_ms: now_ms().max(state.timestamp_ms() + 1),
-            state_root: state.root(),
-            log_ranges,
-            transactions,
-            next_validators: announced(state.announced_validators()),
-            evidence,
-        }
-        .sign(&self.validator))
+        Ok(Draft {
+            proposal: BlockProposal {
+                chain_id: self.genesis.chain_id.clone(),
+                height: state.height() + 1,
+                parent_hash: state.block_hash(),
+                timestamp_ms: now_ms().max(state.timestamp_ms() + 1),
+                state_root: state.root(),
+                log_ranges,
+                transactions,
+                next_validators: announced(state.announced_validators()),
+                evidence,
+                parts: Vec::new(),
+            },
+            groups,
+        })
     }
 
     /// Commits a decided block that carries its certificate: stores it durably, executes it,

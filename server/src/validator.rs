@@ -27,7 +27,7 @@ pub mod proto {
 use proto::peer_message::Body;
 use proto::validator_client::ValidatorClient;
 use proto::validator_server::{Validator, ValidatorServer};
-use proto::{DeliverResponse, PeerMessage, ProposalMessage, TransactionGossip};
+use proto::{DeliverResponse, ForgeReply, ForgeRequest, PeerMessage, ProposalMessage, TransactionGossip};
 
 /// The largest message between validators: a proposal with a block at its size limit.
 pub const PEER_MESSAGE_BYTES_MAX: usize = PROPOSED_BLOCK_BYTES_MAX + (1 << 20);
@@ -214,7 +214,7 @@ impl ValidatorService {
     pub fn server(node: Node) -> ValidatorServer<ValidatorService> {
         ValidatorServer::new(ValidatorService { node })
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(1 << 10)
+            .max_encoding_message_size(1 << 20)
     }
 }
 
@@ -246,6 +246,25 @@ impl Validator for ValidatorService {
             }
         }
         Ok(Response::new(DeliverResponse { received }))
+    }
+
+    async fn forge(&self, request: Request<ForgeRequest>) -> Result<Response<ForgeReply>, Status> {
+        let request = request.into_inner();
+        let (height, partition) = (request.height, request.partition);
+        let reply = match self.node.forge_part(request).await {
+            Ok(part) => ForgeReply {
+                part: Some(part),
+                refused: String::new(),
+            },
+            Err(reason) => {
+                tracing::info!(height, partition, %reason, "refused to forge a part");
+                ForgeReply {
+                    part: None,
+                    refused: reason,
+                }
+            }
+        };
+        Ok(Response::new(reply))
     }
 }
 

@@ -42,9 +42,12 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Inner, consensus_set, lock};
+use super::{Draft, Inner, assignee, consensus_set, lock};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::validator::proto::ForgeRequest;
+use crate::validator::proto::validator_client::ValidatorClient;
+use chainql::wire::BlockPart;
 use chainql_executor::Validators;
 
 /// Messages from other validators queued for the consensus task before new ones are dropped.
@@ -63,6 +66,9 @@ const STALLED: Duration = Duration::from_secs(3);
 const SYNC_BLOCKS_MAX: u64 = 512;
 /// How long a peer has to answer one request of block sync.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a proposer waits for the parts it asked other validators to forge; it signs the
+/// parts that did not come itself.
+const FORGE_WAIT: Duration = Duration::from_millis(300);
 
 /// A message from another validator, decoded.
 pub(crate) enum Inbound {
@@ -108,6 +114,10 @@ pub(super) struct Consensus {
     behind: bool,
     /// Clients of the peers' public APIs, for block sync.
     clients: HashMap<String, Client>,
+    /// Clients of the peers' validator services, for sharded forging.
+    forgers: HashMap<String, ValidatorClient<tonic::transport::Channel>>,
+    /// Which validator answers at which peer URL (learned by [`poll_peers`]).
+    identities: Arc<std::sync::Mutex<HashMap<chainql::Address, String>>>,
     /// The highest committed height a peer reported, and that peer (kept by [`poll_peers`]).
     best_peer: watch::Receiver<Option<(u64, String)>>,
     /// Blocks of the height being decided, by header hash: this validator's proposals and the
@@ -155,6 +165,8 @@ impl Consensus {
             missing: None,
             behind: false,
             clients: HashMap::new(),
+            forgers: HashMap::new(),
+            identities: Arc::default(),
             best_peer: watch::channel(None).1,
             candidates: HashMap::new(),
             timers: Vec::new(),
@@ -225,7 +237,7 @@ impl Consensus {
             let (best, best_peer) = watch::channel(None);
             self.best_peer = best_peer;
             let urls: Vec<String> = inner.peers.urls().map(str::to_string).collect();
-            tokio::spawn(poll_peers(urls, best));
+            tokio::spawn(poll_peers(urls, best, Arc::clone(&self.identities)));
         }
         loop {
             if inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
@@ -471,7 +483,11 @@ impl Consensus {
                     if height != self.height() {
                         continue;
                     }
-                    let block = self.inner.build_block()?;
+                    let draft = self.inner.draft_block()?;
+                    let parts = self.forge(&draft).await;
+                    let mut proposal = draft.proposal;
+                    proposal.parts = parts;
+                    let block = proposal.sign(&self.inner.validator);
                     let header = block
                         .header
                         .as_ref()
@@ -535,6 +551,118 @@ impl Consensus {
         Ok(())
     }
 
+    /// Sharded forging, the proposer's side: each partition of the draft goes to the validator
+    /// assigned it at this height, all at once. A part that comes back signed by the assignee
+    /// over exactly the transactions sent is used; the proposer signs the others itself (it
+    /// checked every transaction in its log when it admitted it). A lone validator signs all.
+    async fn forge(&mut self, draft: &Draft) -> Vec<BlockPart> {
+        let proposal = &draft.proposal;
+        let (height, parent) = (proposal.height, proposal.parent_hash);
+        let state = self.inner.state();
+        let me = self.inner.validator.address();
+        let mut asked = Vec::new();
+        if let Some(set) = state.validators_for(height)
+            && !self.inner.peers.is_empty()
+        {
+            for (partition, range) in &draft.groups {
+                let who = assignee(set, height, *partition);
+                let url = lock(&self.identities).get(&who.address).cloned();
+                let Some(url) = url.filter(|_| who.address != me) else {
+                    continue;
+                };
+                let Some(mut client) = self.forger(&url).await else {
+                    continue;
+                };
+                let request = ForgeRequest {
+                    height,
+                    parent_hash: parent.0.to_vec().into(),
+                    partition: *partition,
+                    transactions: proposal.transactions[range.clone()].to_vec(),
+                };
+                let (partition, key) = (*partition, who.public_key);
+                asked.push(async move {
+                    let reply = tokio::time::timeout(FORGE_WAIT, client.forge(request)).await;
+                    (partition, key, url, reply)
+                });
+            }
+        }
+        let mut forged: HashMap<u32, BlockPart> = HashMap::new();
+        for (partition, key, url, reply) in futures::future::join_all(asked).await {
+            let refused = match reply {
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    match (reply.part, chainql::PublicKey::from_bytes(&key)) {
+                        (Some(part), Ok(key)) => {
+                            let range = draft
+                                .groups
+                                .iter()
+                                .find(|(p, _)| *p == partition)
+                                .map(|(_, r)| r.clone())
+                                .unwrap_or_default();
+                            let transactions = &proposal.transactions[range];
+                            if chainql_consensus::verify_part(
+                                &part,
+                                &proposal.chain_id,
+                                height,
+                                &parent,
+                                &key,
+                                transactions,
+                            ) && part.partition == partition
+                            {
+                                forged.insert(partition, part);
+                                continue;
+                            }
+                            "a part that does not match what was sent".to_string()
+                        }
+                        _ => reply.refused,
+                    }
+                }
+                Ok(Err(status)) => status.message().to_string(),
+                Err(_) => "no answer in time".to_string(),
+            };
+            tracing::info!(peer = %url, partition, height, reason = %refused, "a part was not forged by its assignee: the proposer signs it");
+        }
+        let metrics = &self.inner.metrics;
+        metrics
+            .parts_forged_by_peers
+            .fetch_add(forged.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.parts_forged_here.fetch_add(
+            (draft.groups.len() - forged.len()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        draft
+            .groups
+            .iter()
+            .map(|(partition, range)| {
+                forged.remove(partition).unwrap_or_else(|| {
+                    chainql_consensus::sign_part(
+                        &self.inner.validator,
+                        &proposal.chain_id,
+                        height,
+                        &parent,
+                        *partition,
+                        &proposal.transactions[range.clone()],
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// A client of a peer's validator service, connected once and kept.
+    async fn forger(&mut self, url: &str) -> Option<ValidatorClient<tonic::transport::Channel>> {
+        if let Some(client) = self.forgers.get(url) {
+            return Some(client.clone());
+        }
+        let connected = tokio::time::timeout(PEER_TIMEOUT, ValidatorClient::connect(url.to_string())).await;
+        let client = connected
+            .ok()?
+            .ok()?
+            .max_encoding_message_size(crate::validator::PEER_MESSAGE_BYTES_MAX)
+            .max_decoding_message_size(1 << 20);
+        self.forgers.insert(url.to_string(), client.clone());
+        Some(client)
+    }
+
     /// Sends a message to the other validators, once the log entries it follows from are
     /// durable. A validator alone on its chain has no one to send to.
     fn broadcast(&mut self, message: Message) -> Result<()> {
@@ -578,7 +706,11 @@ fn validators_for(
 /// Asks the peers for their committed height every `SYNC_EVERY`, and keeps the highest (with
 /// the peer that reported it) in `best`, off the consensus task: a busy peer's slow answer
 /// never holds up this validator's votes.
-async fn poll_peers(urls: Vec<String>, best: watch::Sender<Option<(u64, String)>>) {
+async fn poll_peers(
+    urls: Vec<String>,
+    best: watch::Sender<Option<(u64, String)>>,
+    identities: Arc<std::sync::Mutex<HashMap<chainql::Address, String>>>,
+) {
     let mut clients: HashMap<String, Client> = HashMap::new();
     let mut tick = tokio::time::interval(SYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -600,6 +732,7 @@ async fn poll_peers(urls: Vec<String>, best: watch::Sender<Option<(u64, String)>
             let Some(client) = clients.get(url) else { continue };
             match tokio::time::timeout(PEER_TIMEOUT, client.status()).await {
                 Ok(Ok(status)) => {
+                    lock(&identities).insert(status.validator, url.clone());
                     if highest.as_ref().is_none_or(|(h, _)| status.height > *h) {
                         highest = Some((status.height, url.clone()));
                     }

@@ -162,6 +162,7 @@ async fn a_four_validator_devnet_survives_a_kill_catches_up_and_stops_without_a_
     let (height, _) = devnet.wait_agreed(&all).await;
     devnet.check_rows(&all, &committed).await;
     verify_blocks(&devnet.dir, &devnet.url(1), height);
+    forged_by_assignees(&devnet, height, &mut committed).await;
 
     // kill -9 one validator: the other three hold 3/4 of the stake and go on.
     devnet.kill(3);
@@ -216,6 +217,44 @@ async fn a_four_validator_devnet_survives_a_kill_catches_up_and_stops_without_a_
     assert!(last > caught_up);
     devnet.check_rows(&running, &committed).await;
     verify_blocks(&devnet.dir, &devnet.url(2), last);
+}
+
+/// Sharded forging: every block with transactions has parts, and other validators than the
+/// proposers forged some of them. A validator learns its peers' identities from their status
+/// within a second or two, so the first blocks may be forged by their proposers alone; more
+/// blocks are committed until assignees have forged.
+async fn forged_by_assignees(devnet: &Devnet, mut height: u64, committed: &mut Vec<(usize, u64)>) {
+    let client = devnet.client(0).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut id = 100;
+    loop {
+        let mut by_others = 0;
+        for h in 1..=height {
+            let (block, _) = client.block(h).await.expect("fetch").expect("committed");
+            let header = block.header.as_ref().expect("header");
+            let covered: u32 = block.parts.iter().map(|p| p.count).sum();
+            assert_eq!(
+                covered as usize,
+                block.transactions.len(),
+                "block {h}'s parts cover it"
+            );
+            by_others += block
+                .parts
+                .iter()
+                .filter(|p| p.validator != header.proposer)
+                .count();
+        }
+        if by_others > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no part was forged by an assignee");
+        // More blocks, with transactions in every partition.
+        for w in 0..VALIDATORS {
+            insert(devnet, w, w, id, committed).await;
+        }
+        id += 1;
+        height = client.status().await.expect("status").height;
+    }
 }
 
 /// Every block up to `height` verifies against the devnet's genesis: certificates signed by

@@ -15,7 +15,7 @@ use chainql_consensus::tendermint::{
 };
 use chainql_server::validator::proto::peer_message::Body;
 use chainql_server::validator::proto::validator_client::ValidatorClient;
-use chainql_server::validator::proto::{PeerMessage, ProposalMessage, TransactionGossip};
+use chainql_server::validator::proto::{ForgeRequest, PeerMessage, ProposalMessage, TransactionGossip};
 use chainql_server::{Node, NodeConfig, init_data_dir};
 use prost::Message as _;
 
@@ -70,7 +70,7 @@ fn refused(node: &Node) -> u64 {
 async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = NodeConfig::new(dir.path());
-    init_data_dir(&config, "guarded", &[]).expect("init");
+    let genesis = init_data_dir(&config, "guarded", &[]).expect("init");
     let validator = Keypair::read_file(&config.validator_key_path()).expect("validator key");
     let node = Node::open(config).await.expect("open");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -106,6 +106,7 @@ async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
         transactions: vec![forged],
         next_validators: vec![],
         evidence: vec![],
+        parts: vec![],
     }
     .sign(&validator);
     let invalid_hash = chainql_consensus::header_hash(invalid_block.header.as_ref().expect("header"));
@@ -177,6 +178,57 @@ async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(refused(&node), sent);
+
+    // Sharded forging: this validator, alone in its set, is the assignee of every partition.
+    let state = node.state();
+    let next = state.height() + 1;
+    let parent = state.block_hash();
+    let user_tx = |nonce: u64| user.build(nonce, vec![format!("INSERT INTO t VALUES ({nonce})")]);
+    let nonce = state.account(&user.key.address()).nonce;
+    let forge = |height: u64, partition: u32, transactions: Vec<SignedTransaction>| ForgeRequest {
+        height,
+        parent_hash: parent.0.to_vec().into(),
+        partition,
+        transactions,
+    };
+    let mut broken = user_tx(nonce);
+    broken.signature[0] ^= 1;
+    let partition = chainql_sequencer::partition_of(&user.key.address().0, genesis.log_partitions).0;
+    assert!(
+        genesis.log_partitions > 1,
+        "a transaction of another partition needs two"
+    );
+    let other = (partition + 1) % genesis.log_partitions;
+    for (request, expected) in [
+        (forge(next + 1, partition, vec![user_tx(nonce)]), "is at height"),
+        (
+            forge(next, genesis.log_partitions, vec![user_tx(nonce)]),
+            "not assigned",
+        ),
+        (forge(next, partition, vec![]), "a part of 0 transactions"),
+        (forge(next, other, vec![user_tx(nonce)]), "not of partition"),
+        (forge(next, partition, vec![broken]), "signature"),
+        (forge(next, partition, vec![user_tx(nonce + 1)]), "nonce"),
+    ] {
+        let reply = client.forge(request).await.expect("answered").into_inner();
+        assert!(reply.part.is_none());
+        assert!(reply.refused.contains(expected), "{expected}: {}", reply.refused);
+    }
+    let good = vec![user_tx(nonce), user_tx(nonce + 1)];
+    let reply = client
+        .forge(forge(next, partition, good.clone()))
+        .await
+        .expect("answered")
+        .into_inner();
+    let part = reply.part.unwrap_or_else(|| panic!("refused: {}", reply.refused));
+    assert!(chainql_consensus::verify_part(
+        &part,
+        "guarded",
+        next,
+        &parent,
+        &validator.public_key(),
+        &good
+    ));
     let _ = stop.send(());
     let _ = server.await;
     node.shutdown().await;
