@@ -811,6 +811,7 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
         let report = run(sim);
         let disagreements = report.disagreements();
         let ok = disagreements.is_empty()
+            && report.root_disagreements().is_empty()
             && report.equivocations == 0
             && report.invalid_committed == 0
             && report.log_errors == 0
@@ -820,7 +821,8 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
         }
         println!(
             "seed {seed}: {} — height {} at {} ms virtual, {} messages, {} synced, {} replays, \
-             disagreements {:?}, honest double votes {}, invalid commits {}, trace {}",
+             disagreements {:?}, state root disagreements {:?}, honest double votes {}, \
+             invalid commits {}, trace {}",
             if ok { "ok" } else { "FAILED" },
             report.common_height(),
             report.time_ms,
@@ -828,6 +830,7 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
             report.synced.iter().sum::<u64>(),
             report.replays,
             disagreements,
+            report.root_disagreements(),
             report.equivocations,
             report.invalid_committed,
             report.trace,

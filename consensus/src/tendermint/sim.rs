@@ -119,6 +119,12 @@ pub struct Report {
     pub log_errors: u64,
     /// Restarts that replayed a write-ahead log (the rest started their height afresh).
     pub replays: u64,
+    /// Per validator, the simulated state root after each height, as it computed it when it
+    /// applied the height (again after each restart).
+    pub state_roots: Vec<BTreeMap<u64, Hash>>,
+    /// Per validator, the last height it applied (the same as the committed height it holds
+    /// without a gap, unless it is down).
+    pub executed: Vec<u64>,
     /// A hash of every event and decision, in order.
     pub trace: Hash,
 }
@@ -136,6 +142,22 @@ impl Report {
                     None => {
                         by_height.insert(*height, *block);
                     }
+                }
+            }
+        }
+        conflicts.sort();
+        conflicts.dedup();
+        conflicts
+    }
+
+    /// Heights at which two validators computed different state roots (must be empty).
+    pub fn root_disagreements(&self) -> Vec<u64> {
+        let mut by_height: BTreeMap<u64, Hash> = BTreeMap::new();
+        let mut conflicts: Vec<u64> = Vec::new();
+        for roots in &self.state_roots {
+            for (height, root) in roots {
+                if *by_height.entry(*height).or_insert(*root) != *root {
+                    conflicts.push(*height);
                 }
             }
         }
@@ -224,6 +246,33 @@ struct Node {
     /// Timeouts pending, by id.
     timeouts: Vec<(u64, Timeout)>,
     committed: BTreeMap<u64, (Hash, CommitCertificate<ChainContext>)>,
+    /// The simulated execution: the last height applied and the state root after it. A restart
+    /// rebuilds it from the committed blocks, as a node replays its block store.
+    executed: (u64, Hash),
+    /// The state root after each height, as this validator computed it when it applied it.
+    roots: BTreeMap<u64, Hash>,
+}
+
+/// The simulated state root after applying `block` at `height` to the state with `root`:
+/// execution follows the committed order, so validators that committed the same blocks and
+/// applied them in order have the same roots.
+fn apply_block(root: Hash, height: u64, block: Hash) -> Hash {
+    Hash::tagged(
+        "chainql/sim-state/v1",
+        &[root.as_bytes(), &height.to_be_bytes(), block.as_bytes()],
+    )
+}
+
+impl Node {
+    /// Applies the committed blocks that follow the last one applied, in height order.
+    fn execute(&mut self) {
+        while let Some((block, _)) = self.committed.get(&(self.executed.0 + 1)) {
+            let height = self.executed.0 + 1;
+            let root = apply_block(self.executed.1, height, *block);
+            self.executed = (height, root);
+            self.roots.insert(height, root);
+        }
+    }
 }
 
 struct World {
@@ -414,6 +463,7 @@ impl World {
                     self.nodes[validator]
                         .committed
                         .insert(height.0, (block, certificate));
+                    self.nodes[validator].execute();
                 }
             }
         }
@@ -457,6 +507,7 @@ impl World {
                 .insert(height, (block, certificate));
             height += 1;
         }
+        self.nodes[validator].execute();
         let next = contiguous_height(&self.nodes[validator].committed) + 1;
         if next > mine {
             self.restart_engine(validator, Height(next));
@@ -557,6 +608,8 @@ pub fn run(sim: Simulation) -> Report {
             wal: Vec::new(),
             timeouts: Vec::new(),
             committed: BTreeMap::new(),
+            executed: (0, Hash::ZERO),
+            roots: BTreeMap::new(),
         })
         .collect();
     let count = sim.powers.len();
@@ -680,6 +733,9 @@ pub fn run(sim: Simulation) -> Report {
             Event::Restart { validator } => {
                 world.record(&format!("restart {validator}"));
                 world.nodes[validator].up = true;
+                // What was applied is rebuilt from the committed blocks.
+                world.nodes[validator].executed = (0, Hash::ZERO);
+                world.nodes[validator].execute();
                 let height = contiguous_height(&world.nodes[validator].committed) + 1;
                 world.restart_engine(validator, Height(height));
                 world.catch_up(validator);
@@ -713,6 +769,8 @@ pub fn run(sim: Simulation) -> Report {
             .filter(|(block, _)| world.invalid.contains(block))
             .count() as u64,
         refused_proposals: world.refused,
+        state_roots: world.nodes.iter().map(|n| n.roots.clone()).collect(),
+        executed: world.nodes.iter().map(|n| n.executed.0).collect(),
         trace: world.trace,
     }
 }
@@ -732,6 +790,18 @@ mod tests {
             "an honest validator signed two different votes"
         );
         assert_eq!(report.log_errors, 0, "every log entry encodes and decodes");
+        assert!(
+            report.root_disagreements().is_empty(),
+            "state roots: {:?}",
+            report.root_disagreements()
+        );
+        for (validator, committed) in report.committed.iter().enumerate() {
+            assert_eq!(
+                report.executed[validator],
+                contiguous_height(committed),
+                "validator {validator} applied every block it committed, in order"
+            );
+        }
         assert!(
             report.common_height() >= heights,
             "liveness: every validator should have committed {heights} blocks: {:?} at {} ms",
@@ -759,9 +829,16 @@ mod tests {
             refused_proposals: 0,
             replays: 0,
             log_errors: 0,
+            state_roots: vec![
+                BTreeMap::from([(1, block(11)), (2, block(12))]),
+                BTreeMap::from([(1, block(11)), (2, block(19))]),
+                BTreeMap::from([(1, block(11))]),
+            ],
+            executed: vec![2, 2, 1],
             trace: Hash::ZERO,
         };
         assert_eq!(report.disagreements(), [2]);
+        assert_eq!(report.root_disagreements(), [2]);
         assert_eq!(report.common_height(), 1);
     }
 
