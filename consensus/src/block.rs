@@ -25,46 +25,32 @@ pub fn transactions_root(transactions: &[SignedTransaction]) -> Hash {
     merkle_root(&hashes)
 }
 
-/// The Merkle root a header carries over the validator set its block announces (empty when it
-/// announces none).
+/// A Merkle root over encoded messages, each leaf tagged with `tag`; empty bytes for none (so a
+/// header without the field encodes as before it existed).
+fn root_of<M: Message>(tag: &str, items: &[M]) -> Vec<u8> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let leaves: Vec<Hash> = items
+        .iter()
+        .map(|item| Hash::tagged(tag, &[&item.encode_to_vec()]))
+        .collect();
+    merkle_root(&leaves).0.to_vec()
+}
+
+/// The root a header carries over the validator set its block announces.
 pub fn next_validators_hash(validators: &[ValidatorPower]) -> Vec<u8> {
-    if validators.is_empty() {
-        return Vec::new();
-    }
-    let leaves: Vec<Hash> = validators
-        .iter()
-        .map(|v| {
-            Hash::tagged(
-                "chainql/next-validator/v1",
-                &[&v.public_key, &v.power.to_le_bytes()],
-            )
-        })
-        .collect();
-    merkle_root(&leaves).0.to_vec()
+    root_of("chainql/next-validator/v1", validators)
 }
 
-/// The Merkle root a header carries over its block's evidence (empty when there is none).
+/// The root a header carries over its block's evidence.
 pub fn evidence_hash(evidence: &[Evidence]) -> Vec<u8> {
-    if evidence.is_empty() {
-        return Vec::new();
-    }
-    let leaves: Vec<Hash> = evidence
-        .iter()
-        .map(|e| Hash::tagged("chainql/evidence/v1", &[&e.encode_to_vec()]))
-        .collect();
-    merkle_root(&leaves).0.to_vec()
+    root_of("chainql/evidence/v1", evidence)
 }
 
-/// The Merkle root a header carries over its block's parts (empty when there are none).
+/// The root a header carries over its block's parts.
 pub fn parts_hash(parts: &[BlockPart]) -> Vec<u8> {
-    if parts.is_empty() {
-        return Vec::new();
-    }
-    let leaves: Vec<Hash> = parts
-        .iter()
-        .map(|p| Hash::tagged("chainql/part/v1", &[&p.encode_to_vec()]))
-        .collect();
-    merkle_root(&leaves).0.to_vec()
+    root_of("chainql/part/v1", parts)
 }
 
 /// Signatures of block parts are made under this domain.

@@ -4,98 +4,39 @@
 //! stopped there is no quorum and nothing commits until one returns. No committed transaction
 //! is lost at any point.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chainql::{Hash, Keypair, TransactionBuilder};
-use chainql_server::Client;
+use chainql::{Keypair, TransactionBuilder};
 
-use crate::support::{NodeProcess, chainql};
+use crate::support::{DevnetProcesses, chainql};
 
 const VALIDATORS: usize = 4;
 
-struct Devnet {
-    dir: PathBuf,
-    base: u16,
-    nodes: Vec<Option<NodeProcess>>,
-}
+type Devnet = DevnetProcesses;
 
-impl Devnet {
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.base + i as u16)
-    }
-
-    async fn start(&mut self, i: usize) {
-        let data_dir = self.dir.join(format!("validator-{i}"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("node.log"))
-            .expect("log file");
-        let url = self.url(i);
-        self.nodes[i] = Some(NodeProcess::start_with_config(&data_dir.join("node.toml"), &url, log).await);
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(node) = self.nodes[i].take() {
-            node.kill();
-        }
-    }
-
-    async fn client(&self, i: usize) -> Client {
-        Client::connect(&self.url(i)).await.expect("connect")
-    }
-
-    /// What each running validator reports: (height, state root).
-    async fn statuses(&self, running: &[usize]) -> Vec<(u64, Hash)> {
-        let mut statuses = Vec::new();
-        for &i in running {
-            let status = self.client(i).await.status().await.expect("status");
-            statuses.push((status.height, status.state_root));
-        }
-        statuses
-    }
-
-    /// Waits until every running validator is at the same height with the same state root.
-    async fn wait_agreed(&self, running: &[usize]) -> (u64, Hash) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let statuses = self.statuses(running).await;
-            if statuses.windows(2).all(|w| w[0] == w[1]) {
-                return statuses[0];
-            }
-            assert!(
-                Instant::now() < deadline,
-                "validators {running:?} did not agree: {statuses:?} (logs in {})",
-                self.dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Checks that every row whose transaction committed is on every running validator.
-    async fn check_rows(&self, running: &[usize], committed: &[(usize, u64)]) {
-        for &i in running {
-            let client = self.client(i).await;
-            for writer in 0..VALIDATORS {
-                let expected: Vec<u64> = committed
-                    .iter()
-                    .filter(|(w, _)| *w == writer)
-                    .map(|(_, id)| *id)
-                    .collect();
-                let result = client
-                    .query(&format!("SELECT id FROM w{writer} ORDER BY id"))
-                    .await
-                    .expect("query");
-                let mut found = Vec::new();
-                for batch in &result.batches {
-                    for row in 0..batch.num_rows() {
-                        let text = chainql_server::format::cell_text(batch.column(0), row).expect("a value");
-                        found.push(text.parse::<u64>().expect("an id"));
-                    }
+/// Checks that every row whose transaction committed is on every running validator.
+async fn check_rows(devnet: &Devnet, running: &[usize], committed: &[(usize, u64)]) {
+    for &i in running {
+        let client = devnet.client(i).await;
+        for writer in 0..VALIDATORS {
+            let expected: Vec<u64> = committed
+                .iter()
+                .filter(|(w, _)| *w == writer)
+                .map(|(_, id)| *id)
+                .collect();
+            let result = client
+                .query(&format!("SELECT id FROM w{writer} ORDER BY id"))
+                .await
+                .expect("query");
+            let mut found = Vec::new();
+            for batch in &result.batches {
+                for row in 0..batch.num_rows() {
+                    let text = chainql_server::format::cell_text(batch.column(0), row).expect("a value");
+                    found.push(text.parse::<u64>().expect("an id"));
                 }
-                assert_eq!(found, expected, "validator {i}, table w{writer}");
             }
+            assert_eq!(found, expected, "validator {i}, table w{writer}");
         }
     }
 }
@@ -118,24 +59,7 @@ async fn insert(devnet: &Devnet, via: usize, w: usize, id: u64, committed: &mut 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_four_validator_devnet_survives_a_kill_catches_up_and_stops_without_a_quorum() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = chainql_server::devnet::free_base_port(VALIDATORS).expect("free ports");
-    let root = dir.path().join("devnet");
-    let written = chainql(&[
-        "devnet",
-        "--validators",
-        "4",
-        "--dir",
-        root.to_str().expect("UTF-8"),
-        "--base-port",
-        &base.to_string(),
-        "--write-only",
-    ]);
-    assert_eq!(written.lines().count(), VALIDATORS, "{written}");
-    let mut devnet = Devnet {
-        dir: root.canonicalize().expect("dir"),
-        base,
-        nodes: (0..VALIDATORS).map(|_| None).collect(),
-    };
+    let mut devnet = Devnet::write(dir.path(), VALIDATORS, &["--validators", "4"]);
     for i in 0..VALIDATORS {
         devnet.start(i).await;
     }
@@ -160,7 +84,7 @@ async fn a_four_validator_devnet_survives_a_kill_catches_up_and_stops_without_a_
         }
     }
     let (height, _) = devnet.wait_agreed(&all).await;
-    devnet.check_rows(&all, &committed).await;
+    check_rows(&devnet, &all, &committed).await;
     verify_blocks(&devnet.dir, &devnet.url(1), height);
     forged_by_assignees(&devnet, height, &mut committed).await;
 
@@ -182,7 +106,7 @@ async fn a_four_validator_devnet_survives_a_kill_catches_up_and_stops_without_a_
     devnet.start(3).await;
     let (caught_up, _) = devnet.wait_agreed(&all).await;
     assert!(caught_up >= height_without);
-    devnet.check_rows(&all, &committed).await;
+    check_rows(&devnet, &all, &committed).await;
 
     // Two of four stopped: half the stake is not a quorum, and nothing commits.
     devnet.kill(2);
@@ -215,7 +139,7 @@ async fn a_four_validator_devnet_survives_a_kill_catches_up_and_stops_without_a_
     let running = [0, 1, 2];
     let (last, _) = devnet.wait_agreed(&running).await;
     assert!(last > caught_up);
-    devnet.check_rows(&running, &committed).await;
+    check_rows(&devnet, &running, &committed).await;
     verify_blocks(&devnet.dir, &devnet.url(2), last);
 }
 

@@ -16,6 +16,8 @@ use chainql_server::validator::proto::peer_message::Body;
 use chainql_server::validator::proto::validator_client::ValidatorClient;
 use chainql_server::{Node, NodeConfig, init_data_dir};
 
+use crate::support::Serving;
+
 const OFFENDER_STAKE: u64 = 45;
 
 fn prevote(ctx: &ChainContext, key: &Keypair, height: u64, block: Hash) -> PeerMessage {
@@ -87,16 +89,8 @@ async fn conflicting_votes_become_evidence_in_a_block_and_slash_once() {
     };
     genesis.write(&config.genesis_path()).expect("genesis");
     let node = Node::open(config).await.expect("open");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(chainql_server::grpc::serve_listener(
-        node.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let serving = Serving::start(&node).await;
+    let url = serving.url.clone();
     let mut client = ValidatorClient::connect(url).await.expect("connect");
 
     // Two prevotes of the offender at height 1, round 0, for two different blocks.
@@ -152,7 +146,6 @@ async fn conflicting_votes_become_evidence_in_a_block_and_slash_once() {
     assert_eq!(carrying, 1, "the offence is punished once");
     assert_eq!(cell(&node, &query).await, "42|3");
 
-    let _ = stop.send(());
-    let _ = server.await;
+    serving.stop().await;
     node.shutdown().await;
 }

@@ -4,123 +4,73 @@
 //! blocks while the three genesis validators together cannot. `chainql verify block` checks a
 //! block of the new set by following the sets the chain announced from the genesis.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chainql::{Keypair, TransactionBuilder};
-use chainql_server::Client;
 
-use crate::support::{NodeProcess, chainql};
+use crate::support::{DevnetProcesses, chainql};
 
 const NODES: usize = 4;
 const EPOCH: u64 = 4;
 
-struct Devnet {
-    dir: PathBuf,
-    base: u16,
-    nodes: Vec<Option<NodeProcess>>,
+type Devnet = DevnetProcesses;
+
+/// Node i's key, which its devnet wrote.
+fn key(devnet: &Devnet, i: usize) -> Keypair {
+    Keypair::read_file(&devnet.dir.join(format!("validator-{i}/keys/validator.key"))).expect("key")
 }
 
-impl Devnet {
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.base + i as u16)
-    }
-
-    async fn start(&mut self, i: usize) {
-        let data_dir = self.dir.join(format!("validator-{i}"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("node.log"))
-            .expect("log file");
-        let url = self.url(i);
-        self.nodes[i] = Some(NodeProcess::start_with_config(&data_dir.join("node.toml"), &url, log).await);
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(node) = self.nodes[i].take() {
-            node.kill();
-        }
-    }
-
-    async fn client(&self, i: usize) -> Client {
-        Client::connect(&self.url(i)).await.expect("connect")
-    }
-
-    fn key(&self, i: usize) -> Keypair {
-        Keypair::read_file(&self.dir.join(format!("validator-{i}/keys/validator.key"))).expect("key")
-    }
-
-    /// Commits transactions through node `via` until it has committed block `height`.
-    async fn advance_to(&self, via: usize, height: u64, writer: &TransactionBuilder) {
-        let client = self.client(via).await;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while client.status().await.expect("status").height < height {
-            assert!(
-                Instant::now() < deadline,
-                "height {height} never came (logs in {})",
-                self.dir.display()
-            );
-            client
-                .execute(writer, vec!["INSERT INTO ticks VALUES (1)".into()])
-                .await
-                .expect("a tick commits");
-        }
-    }
-
-    /// The power a node reports for `address` at its next height.
-    async fn power(&self, via: usize, address: &chainql::Address) -> i64 {
-        let result = self
-            .client(via)
+/// Commits transactions through node `via` until it has committed block `height`.
+async fn advance_to(devnet: &Devnet, via: usize, height: u64, writer: &TransactionBuilder) {
+    let client = devnet.client(via).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.status().await.expect("status").height < height {
+        assert!(
+            Instant::now() < deadline,
+            "height {height} never came (logs in {})",
+            devnet.dir.display()
+        );
+        client
+            .execute(writer, vec!["INSERT INTO ticks VALUES (1)".into()])
             .await
-            .query(&format!(
-                "SELECT power FROM chain.validators WHERE address = '{}'",
-                address.to_hex()
-            ))
-            .await
-            .expect("query");
-        let batch = result
-            .batches
-            .first()
-            .filter(|b| b.num_rows() == 1)
-            .expect("one row");
-        chainql_server::format::cell_text(batch.column(0), 0)
-            .expect("a value")
-            .parse()
-            .expect("a number")
+            .expect("a tick commits");
     }
+}
+
+/// The power a node reports for `address` at its next height.
+async fn power(devnet: &Devnet, via: usize, address: &chainql::Address) -> i64 {
+    let result = devnet
+        .client(via)
+        .await
+        .query(&format!(
+            "SELECT power FROM chain.validators WHERE address = '{}'",
+            address.to_hex()
+        ))
+        .await
+        .expect("query");
+    let batch = result
+        .batches
+        .first()
+        .filter(|b| b.num_rows() == 1)
+        .expect("one row");
+    chainql_server::format::cell_text(batch.column(0), 0)
+        .expect("a value")
+        .parse()
+        .expect("a number")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_stakes_into_the_set_and_stake_not_head_count_makes_the_quorum() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = chainql_server::devnet::free_base_port(NODES).expect("free ports");
-    let root = dir.path().join("devnet");
-    chainql(&[
-        "devnet",
-        "--validators",
-        "3",
-        "--followers",
-        "1",
-        "--epoch-blocks",
-        &EPOCH.to_string(),
-        "--dir",
-        root.to_str().expect("UTF-8"),
-        "--base-port",
-        &base.to_string(),
-        "--write-only",
-    ]);
-    let mut devnet = Devnet {
-        dir: root.canonicalize().expect("dir"),
-        base,
-        nodes: (0..NODES).map(|_| None).collect(),
-    };
+    let epoch = EPOCH.to_string();
+    let args = ["--validators", "3", "--followers", "1", "--epoch-blocks", &epoch];
+    let mut devnet = Devnet::write(dir.path(), NODES, &args);
     for i in 0..NODES {
         devnet.start(i).await;
     }
-    let newcomer = TransactionBuilder::new("devnet", devnet.key(3));
+    let newcomer = TransactionBuilder::new("devnet", key(&devnet, 3));
     let address = newcomer.key.address();
-    let writer = TransactionBuilder::new("devnet", devnet.key(0));
+    let writer = TransactionBuilder::new("devnet", key(&devnet, 0));
     devnet
         .client(0)
         .await
@@ -136,18 +86,18 @@ async fn a_follower_stakes_into_the_set_and_stake_not_head_count_makes_the_quoru
         .await
         .expect("stake");
     assert!(receipt.error.is_empty(), "{}", receipt.error);
-    assert_eq!(devnet.power(0, &address).await, 0);
+    assert_eq!(power(&devnet, 0, &address).await, 0);
 
     // The epoch ends at the next multiple of EPOCH; the set it makes commits two heights later.
     let boundary = receipt.block_height.div_ceil(EPOCH) * EPOCH;
-    devnet.advance_to(0, boundary + 1, &writer).await;
-    assert_eq!(devnet.power(0, &address).await, 500);
-    assert_eq!(devnet.power(3, &address).await, 500, "the follower agrees");
+    advance_to(&devnet, 0, boundary + 1, &writer).await;
+    assert_eq!(power(&devnet, 0, &address).await, 500);
+    assert_eq!(power(&devnet, 3, &address).await, 500, "the follower agrees");
 
     // 500 of 800: the newcomer and any one validator are more than 2/3 of the stake...
     devnet.kill(1);
     devnet.kill(2);
-    devnet.advance_to(0, boundary + 4, &writer).await;
+    advance_to(&devnet, 0, boundary + 4, &writer).await;
     let height = devnet.client(0).await.status().await.expect("status").height;
     let genesis = devnet.dir.join("genesis.json");
     let out = chainql(&[

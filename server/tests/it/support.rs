@@ -1,10 +1,12 @@
-//! Helpers shared by the tests: free ports, a `chainql node` child process, waiting for it.
+//! Helpers shared by the tests: free ports, a `chainql node` child process, waiting for it, and
+//! a devnet's processes.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chainql::Hash;
 use chainql_server::Client;
 
 /// A port that was free a moment ago.
@@ -125,5 +127,122 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A node's gRPC services on a free loopback port, served from this process until [`stop`].
+///
+/// [`stop`]: Serving::stop
+pub struct Serving {
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<chainql_server::Result<()>>,
+}
+
+impl Serving {
+    pub async fn start(node: &chainql_server::Node) -> Serving {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(chainql_server::grpc::serve_listener(
+            node.clone(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Serving { url, stop, server }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+/// The processes of a devnet `chainql devnet --write-only` wrote: node i serves gRPC on
+/// `base + i`, and logs to `DIR/validator-i/node.log`.
+pub struct DevnetProcesses {
+    pub dir: PathBuf,
+    pub base: u16,
+    pub nodes: Vec<Option<NodeProcess>>,
+}
+
+impl DevnetProcesses {
+    /// Writes a devnet of `count` nodes with `chainql devnet ARGS --write-only` in a folder of
+    /// `parent`, on free ports; starts nothing.
+    pub fn write(parent: &Path, count: usize, args: &[&str]) -> DevnetProcesses {
+        let base = chainql_server::devnet::free_base_port(count).expect("free ports");
+        let root = parent.join("devnet");
+        let base_text = base.to_string();
+        let mut arguments = vec!["devnet"];
+        arguments.extend_from_slice(args);
+        arguments.extend_from_slice(&[
+            "--dir",
+            root.to_str().expect("UTF-8"),
+            "--base-port",
+            &base_text,
+            "--write-only",
+        ]);
+        let written = chainql(&arguments);
+        assert_eq!(written.lines().count(), count, "{written}");
+        DevnetProcesses {
+            dir: root.canonicalize().expect("dir"),
+            base,
+            nodes: (0..count).map(|_| None).collect(),
+        }
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.base + i as u16)
+    }
+
+    pub async fn start(&mut self, i: usize) {
+        let data_dir = self.dir.join(format!("validator-{i}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("node.log"))
+            .expect("log file");
+        let url = self.url(i);
+        self.nodes[i] = Some(NodeProcess::start_with_config(&data_dir.join("node.toml"), &url, log).await);
+    }
+
+    /// `kill -9` of node i.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.kill();
+        }
+    }
+
+    pub async fn client(&self, i: usize) -> Client {
+        Client::connect(&self.url(i)).await.expect("connect")
+    }
+
+    /// What each running validator reports: (height, state root).
+    pub async fn statuses(&self, running: &[usize]) -> Vec<(u64, Hash)> {
+        let mut statuses = Vec::new();
+        for &i in running {
+            let status = self.client(i).await.status().await.expect("status");
+            statuses.push((status.height, status.state_root));
+        }
+        statuses
+    }
+
+    /// Waits until every running validator is at the same height with the same state root.
+    pub async fn wait_agreed(&self, running: &[usize]) -> (u64, Hash) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let statuses = self.statuses(running).await;
+            if statuses.windows(2).all(|w| w[0] == w[1]) {
+                return statuses[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "validators {running:?} did not agree: {statuses:?} (logs in {})",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }

@@ -17,6 +17,8 @@ use chainql_server::validator::proto::peer_message::Body;
 use chainql_server::validator::proto::validator_client::ValidatorClient;
 use chainql_server::validator::proto::{ForgeRequest, PeerMessage, ProposalMessage, TransactionGossip};
 use chainql_server::{Node, NodeConfig, init_data_dir};
+
+use crate::support::Serving;
 use prost::Message as _;
 
 fn vote(ctx: &ChainContext, key: &Keypair, height: u64) -> Message {
@@ -73,16 +75,8 @@ async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
     let genesis = init_data_dir(&config, "guarded", &[]).expect("init");
     let validator = Keypair::read_file(&config.validator_key_path()).expect("validator key");
     let node = Node::open(config).await.expect("open");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(chainql_server::grpc::serve_listener(
-        node.clone(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let serving = Serving::start(&node).await;
+    let url = serving.url.clone();
     let mut client = ValidatorClient::connect(url.clone())
         .await
         .expect("connect")
@@ -229,7 +223,6 @@ async fn bad_input_on_the_validator_service_is_refused_and_the_node_goes_on() {
         &validator.public_key(),
         &good
     ));
-    let _ = stop.send(());
-    let _ = server.await;
+    serving.stop().await;
     node.shutdown().await;
 }
