@@ -694,7 +694,7 @@ pub fn receipt_text(receipt: &Receipt) -> String {
     for statement in &receipt.statements {
         match statement.command.as_str() {
             "CREATE TABLE" | "DROP TABLE" | "CREATE CONTRACT" | "DROP CONTRACT" | "GRANT" | "REVOKE"
-            | "CALL" => text.push_str(&format!("{}\n", statement.command)),
+            | "CALL" | "STAKE" | "UNSTAKE" => text.push_str(&format!("{}\n", statement.command)),
             command => text.push_str(&format!("{command} {}\n", statement.rows)),
         }
     }
@@ -791,6 +791,30 @@ mod tests {
     use super::*;
     use crate::node::{Node, NodeConfig, init_data_dir};
     use crate::session::Connection;
+
+    #[test]
+    fn a_receipt_counts_rows_only_for_statements_that_change_rows() {
+        use chainql::wire::StatementResult;
+        let statement = |command: &str, rows| StatementResult {
+            command: command.into(),
+            rows,
+        };
+        let receipt = Receipt {
+            statements: vec![
+                statement("INSERT", 2),
+                statement("STAKE", 0),
+                statement("UNSTAKE", 0),
+                statement("CREATE TABLE", 0),
+            ],
+            block_height: 7,
+            ..Receipt::default()
+        };
+        let text = receipt_text(&receipt);
+        assert!(
+            text.starts_with("INSERT 2\nSTAKE\nUNSTAKE\nCREATE TABLE\n"),
+            "{text}"
+        );
+    }
 
     /// Backslash commands and the shell's own queries stop on an interrupt, even when the node
     /// never answers.
