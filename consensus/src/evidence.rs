@@ -18,8 +18,8 @@ pub struct Equivocation {
 
 /// Evidence of two conflicting signed votes, as a block carries it.
 pub fn evidence_to_wire(
-    first: &SignedVote<crate::tendermint::ChainContext>,
-    second: &SignedVote<crate::tendermint::ChainContext>,
+    first: &SignedVote<ChainContext>,
+    second: &SignedVote<ChainContext>,
 ) -> Result<Evidence, String> {
     Ok(Evidence {
         first: Some(vote_to_wire(first).map_err(|e| e.to_string())?),
@@ -53,14 +53,15 @@ pub fn check_evidence(
     let round = u32::try_from(a.round.as_i64()).map_err(|_| "the votes have no round".to_string())?;
     let set =
         set_of(a.height.0).ok_or_else(|| format!("the validators of height {} are not known", a.height))?;
-    for vote in [first.clone(), second.clone()] {
-        check_signed(ctx, &set, &Message::Vote(vote))?;
-    }
-    Ok(Equivocation {
+    let proved = Equivocation {
         validator: a.validator.0,
         height: a.height.0,
         round,
-    })
+    };
+    for vote in [first, second] {
+        check_signed(ctx, &set, &Message::Vote(vote))?;
+    }
+    Ok(proved)
 }
 
 #[cfg(test)]

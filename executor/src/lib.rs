@@ -60,7 +60,7 @@ pub use execute::{
     Offence, QueryLimits, QueryResult, TABLES_MAX, VIEW_GAS_LIMIT,
 };
 pub use gas::{FREE_ROWS_PER_PLAN, GAS_PER_ROW_PROCESSED, GAS_PER_ROW_READ, GasMeter};
-pub use staking::{SLASH_PERCENT, Stake, Staking, VALIDATORS_MAX, ValidatorPower, Validators, set_hash};
+pub use staking::{SLASH_PERCENT, Stake, Staking, VALIDATORS_MAX, ValidatorPower, Validators};
 pub use state::{Account, State};
 pub use system::SystemTables;
 pub use table::{CHUNK_ROWS, Table};

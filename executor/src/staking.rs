@@ -150,10 +150,10 @@ impl Staking {
             public_key: key.to_bytes(),
             ..Stake::default()
         });
-        stake.bonding = stake
-            .bonding
-            .checked_add(amount)
-            .filter(|_| stake.bonded.checked_add(stake.bonding + amount).is_some())
+        // Bonding stake joins the bonded stake at the boundary: both together must fit.
+        let bonding = stake.bonding.checked_add(amount);
+        stake.bonding = bonding
+            .filter(|b| stake.bonded.checked_add(*b).is_some())
             .ok_or_else(|| Error::LimitExceeded(format!("the stake of {address} would pass {}", u64::MAX)))?;
         self.stakes.insert(address, stake);
         Ok(())
@@ -385,7 +385,7 @@ impl Staking {
 
 /// The hash of a validator set, as a block that announces it carries it: each member's key and
 /// power, in the set's order.
-pub fn set_hash(set: &[ValidatorPower]) -> Hash {
+fn set_hash(set: &[ValidatorPower]) -> Hash {
     let leaves: Vec<Hash> = set
         .iter()
         .map(|v| Hash::tagged("chainql/validator/v1", &[&v.public_key, &v.power.to_le_bytes()]))

@@ -677,49 +677,61 @@ fn devnet(args: DevnetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `chainql verify block` reads blocks: a running node, or a block store (read-only), each
+/// with its name for messages.
+enum BlockSource {
+    Node(chainql_server::Client, String),
+    Store(chainql_consensus::BlockStore, String),
+}
+
+impl BlockSource {
+    /// Block `height` and its hash; a block the source does not hold is an error.
+    fn get(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        height: u64,
+    ) -> Result<(chainql::wire::Block, chainql::Hash)> {
+        let (found, name) = match self {
+            BlockSource::Node(client, url) => (runtime.block_on(client.block(height))?, url),
+            BlockSource::Store(store, dir) => (
+                store.get(height)?.and_then(|block| {
+                    let hash = block.header.as_ref().map(chainql_consensus::header_hash)?;
+                    Some((block, hash))
+                }),
+                dir,
+            ),
+        };
+        found.ok_or_else(|| Error::Client(format!("{name} has no block {height}")))
+    }
+}
+
 fn verify_block(args: VerifyBlockArgs) -> Result<ExitCode> {
     use chainql_consensus::tendermint::ChainContext;
     use chainql_consensus::tendermint::ValidatorSet;
-    use chainql_consensus::{BlockStore, Genesis, announced_set, header_hash, verify_committed};
+    use chainql_consensus::{BlockStore, Genesis, announced_set, verify_committed};
     let genesis_path = args.genesis.unwrap_or_else(|| args.data_dir.join("genesis.json"));
     let genesis = Genesis::read(&genesis_path)?;
     if args.height == 0 {
         return Err(Error::Client("block 0 is the genesis; blocks start at 1".into()));
     }
     let ctx = ChainContext::new(&genesis.chain_id);
-    // Where the blocks come from: a running node, or a block store.
     let runtime = runtime()?;
-    let client = match &args.connect {
-        Some(url) => Some(runtime.block_on(chainql_server::Client::connect(url))?),
-        None => None,
+    let mut source = match &args.connect {
+        Some(url) => BlockSource::Node(
+            runtime.block_on(chainql_server::Client::connect(url))?,
+            url.clone(),
+        ),
+        None => BlockSource::Store(
+            BlockStore::open_read_only(&args.data_dir.join("blocks"))?,
+            args.data_dir.display().to_string(),
+        ),
     };
-    let mut store = match &client {
-        Some(_) => None,
-        None => Some(BlockStore::open_read_only(&args.data_dir.join("blocks"))?),
+    // The hash of the block before `height`: the genesis hash before block 1.
+    let parent_of = |source: &mut BlockSource, height: u64| match height {
+        1 => Ok(genesis.hash()),
+        h => source.get(&runtime, h - 1).map(|(_, hash)| hash),
     };
-    let source = args
-        .connect
-        .clone()
-        .unwrap_or_else(|| args.data_dir.display().to_string());
-    let mut get = |height: u64| -> Result<(chainql::wire::Block, chainql::Hash)> {
-        let found = match (&client, &mut store) {
-            (Some(client), _) => runtime.block_on(client.block(height))?,
-            (None, Some(store)) => store.get(height)?.and_then(|block| {
-                let hash = block.header.as_ref().map(header_hash)?;
-                Some((block, hash))
-            }),
-            (None, None) => None,
-        };
-        found.ok_or_else(|| Error::Client(format!("{source} has no block {height}")))
-    };
-    let hash_of = |get: &mut dyn FnMut(u64) -> Result<(chainql::wire::Block, chainql::Hash)>, height: u64| {
-        if height == 0 {
-            Ok(genesis.hash())
-        } else {
-            get(height).map(|(_, hash)| hash)
-        }
-    };
-    let (block, _) = get(args.height)?;
+    let (block, _) = source.get(&runtime, args.height)?;
     // The validators of the block's height: the genesis set, then each set a block announced
     // (one only after an epoch boundary `b`, in block `b + 1`, committing from `b + 2`), each
     // announcing block checked against the set before it.
@@ -728,9 +740,9 @@ fn verify_block(args: VerifyBlockArgs) -> Result<ExitCode> {
     let mut set_from = 0;
     let mut boundary = genesis.epoch_blocks;
     while boundary + 2 <= args.height {
-        let (announcing, _) = get(boundary + 1)?;
+        let (announcing, _) = source.get(&runtime, boundary + 1)?;
         if !announcing.next_validators.is_empty() {
-            let parent_hash = hash_of(&mut get, boundary)?;
+            let parent_hash = parent_of(&mut source, boundary + 1)?;
             if let Err(error) = verify_committed(&announcing, parent_hash, &ctx, &validators) {
                 println!(
                     "block {} does not verify: block {}, which announces its validators, does not: {error}",
@@ -744,7 +756,7 @@ fn verify_block(args: VerifyBlockArgs) -> Result<ExitCode> {
         }
         boundary += genesis.epoch_blocks;
     }
-    let parent_hash = hash_of(&mut get, args.height - 1)?;
+    let parent_hash = parent_of(&mut source, args.height)?;
     if set_from > 0 {
         println!(
             "validators of height {} as block {set_from} announced them",

@@ -1333,8 +1333,17 @@ impl Inner {
         Ok(())
     }
 
-    /// Checks `block` against the committed chain and executes it on `state`.
-    async fn apply_block(&self, state: &State, block: &Block) -> Result<(State, Vec<Receipt>)> {
+    /// The checks every block gets against the state before it, proposed or committed: its link
+    /// to that state's block, a proposer that is a validator of its height, its transaction root
+    /// and signature (`verify_block`), the validator set it must announce, its evidence, and the
+    /// state root it carries. Returns its hash, its header and the offences its evidence proves;
+    /// a failure of the checks beyond `verify_block` is made by `fail`.
+    fn check_on_state<'b>(
+        &self,
+        state: &State,
+        block: &'b Block,
+        fail: impl Fn(String) -> Error,
+    ) -> Result<(Hash, &'b chainql::wire::BlockHeader, Vec<Offence>)> {
         let parent = Parent {
             chain_id: self.genesis.chain_id.clone(),
             height: state.height(),
@@ -1346,23 +1355,28 @@ impl Inner {
         let header = block
             .header
             .as_ref()
-            .ok_or_else(|| Error::Corrupt("a block has no header".into()))?;
+            .ok_or_else(|| fail(format!("block {height} has no header")))?;
         if block.next_validators != announced(state.announced_validators()) {
-            return Err(Error::Corrupt(format!(
-                "block {height} does not announce the validator set the epoch before it decided"
+            return Err(fail(format!(
+                "block {height} does not announce the validator set the last epoch decided"
             )));
         }
         let offences = self
             .offences(state, block)
-            .map_err(|reason| Error::Corrupt(format!("block {height}: {reason}")))?;
+            .map_err(|reason| fail(format!("block {height}: {reason}")))?;
         if Hash::from_slice(&header.state_root) != Some(state.root()) {
-            return Err(Error::Corrupt(format!(
-                "block {} carries state root {}, but the state before it has root {}",
-                header.height,
+            return Err(fail(format!(
+                "block {height} carries state root {}, but the state before it has root {}",
                 hex::encode(&header.state_root),
                 state.root()
             )));
         }
+        Ok((hash, header, offences))
+    }
+
+    /// Checks `block` against the committed chain and executes it on `state`.
+    async fn apply_block(&self, state: &State, block: &Block) -> Result<(State, Vec<Receipt>)> {
+        let (hash, header, offences) = self.check_on_state(state, block, Error::Corrupt)?;
         let transactions = block
             .transactions
             .iter()
@@ -1371,7 +1385,7 @@ impl Inner {
         let context = BlockContext {
             height: header.height,
             hash,
-            parent_hash: parent.hash,
+            parent_hash: state.block_hash(),
             timestamp_ms: header.timestamp_ms,
             transactions_root: Hash::from_slice(&header.transactions_root).unwrap_or_default(),
             state_root: state.root(),
@@ -1505,27 +1519,9 @@ impl Inner {
     /// nonce.
     async fn check_proposal(&self, block: &Block) -> Result<()> {
         let state = self.state();
-        let parent = Parent {
-            chain_id: self.genesis.chain_id.clone(),
-            height: state.height(),
-            hash: state.block_hash(),
-            timestamp_ms: state.timestamp_ms(),
-        };
-        let height = parent.height + 1;
-        verify_block(block, &parent, |key| is_validator_at(&state, height, key))?;
-        let header = block
-            .header
-            .as_ref()
-            .ok_or_else(|| Error::Client("the block has no header".into()))?;
+        let height = state.height() + 1;
         let invalid = |m: String| Error::Consensus(chainql_consensus::Error::InvalidBlock(m));
-        if block.next_validators != announced(state.announced_validators()) {
-            return Err(invalid(format!(
-                "block {height} does not announce the validator set the last epoch decided"
-            )));
-        }
-        let offences = self
-            .offences(&state, block)
-            .map_err(|reason| invalid(format!("block {height}: {reason}")))?;
+        let (_, header, offences) = self.check_on_state(&state, block, invalid)?;
         let mut seen = std::collections::BTreeSet::new();
         for offence in &offences {
             if !seen.insert((offence.validator, offence.height, offence.round)) {
@@ -1535,14 +1531,6 @@ impl Inner {
                 .staking()
                 .punishable(&offence.validator, offence.height, offence.round)
                 .map_err(|reason| invalid(format!("block {height}: {reason}")))?;
-        }
-        if Hash::from_slice(&header.state_root) != Some(state.root()) {
-            return Err(invalid(format!(
-                "block {} carries state root {}, but the committed state's root is {}",
-                header.height,
-                hex::encode(&header.state_root),
-                state.root()
-            )));
         }
         if header.timestamp_ms > now_ms() + CLOCK_DRIFT_MAX_MS {
             return Err(invalid(format!(

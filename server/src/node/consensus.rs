@@ -579,26 +579,20 @@ impl Consensus {
                     partition: *partition,
                     transactions: proposal.transactions[range.clone()].to_vec(),
                 };
-                let (partition, key) = (*partition, who.public_key);
+                let (partition, key, range) = (*partition, who.public_key, range.clone());
                 asked.push(async move {
                     let reply = tokio::time::timeout(FORGE_WAIT, client.forge(request)).await;
-                    (partition, key, url, reply)
+                    (partition, range, key, url, reply)
                 });
             }
         }
         let mut forged: HashMap<u32, BlockPart> = HashMap::new();
-        for (partition, key, url, reply) in futures::future::join_all(asked).await {
+        for (partition, range, key, url, reply) in futures::future::join_all(asked).await {
             let refused = match reply {
                 Ok(Ok(reply)) => {
                     let reply = reply.into_inner();
                     match (reply.part, chainql::PublicKey::from_bytes(&key)) {
                         (Some(part), Ok(key)) => {
-                            let range = draft
-                                .groups
-                                .iter()
-                                .find(|(p, _)| *p == partition)
-                                .map(|(_, r)| r.clone())
-                                .unwrap_or_default();
                             let transactions = &proposal.transactions[range];
                             if chainql_consensus::verify_part(
                                 &part,
