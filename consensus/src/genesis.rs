@@ -230,6 +230,14 @@ mod tests {
         let mut bad = good.clone();
         bad.accounts.push(bad.accounts[0].clone());
         assert!(bad.validate().is_err());
+        for epoch_blocks in [0, 1_000_001] {
+            let bad = Genesis {
+                epoch_blocks,
+                ..good.clone()
+            };
+            let error = bad.validate().expect_err("a bad epoch length").to_string();
+            assert!(error.contains("epoch_blocks"), "{error}");
+        }
         let mut other = good.clone();
         other.genesis_time_ms = 1;
         assert_ne!(good.hash(), other.hash());
