@@ -37,6 +37,7 @@ pub const DUPLICATE_TABLE: &str = "42P07";
 pub const INVALID_FUNCTION_DEFINITION: &str = "42P13";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 pub const OPERATOR_INTERVENTION: &str = "57000";
 pub const QUERY_CANCELED: &str = "57014";
 pub const ADMIN_SHUTDOWN: &str = "57P01";

@@ -106,6 +106,15 @@ pub enum Error {
     RecordTooLarge { size: usize, max: usize },
     #[error("invalid position: {0}")]
     InvalidPosition(String),
+    #[error(
+        "partition {partition}: entries before seqno {first_kept} were released after a checkpoint; \
+         seqno {seqno} can no longer be read (resume from a checkpoint's position instead)"
+    )]
+    Released {
+        partition: u32,
+        seqno: SeqNo,
+        first_kept: SeqNo,
+    },
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
     #[error("the log has stopped after a write failure and accepts no more appends: {0}")]

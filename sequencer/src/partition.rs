@@ -64,6 +64,25 @@ impl PartitionState {
         self.snapshots.last().map(|s| s.seqno).unwrap_or(0)
     }
 
+    /// The first seqno still readable: retention releases whole segments from the front.
+    pub fn first_kept_seqno(&self) -> SeqNo {
+        self.segments.keys().next().copied().unwrap_or(1)
+    }
+
+    /// Refuses a read from before the first kept entry: what a reader there would miss is
+    /// gone, and skipping it silently would break "nothing missed".
+    pub fn check_kept(&self, partition: PartitionId, from: SeqNo) -> Result<()> {
+        let first = self.first_kept_seqno();
+        if from < first {
+            return Err(Error::Released {
+                partition: partition.0,
+                seqno: from,
+                first_kept: first,
+            });
+        }
+        Ok(())
+    }
+
     fn push_tail(&mut self, entry: Entry, tail_bytes_max: usize) {
         self.tail_bytes += entry.payload.len();
         self.last_seqno = entry.seqno;
@@ -151,6 +170,7 @@ impl PartitionShared {
         let (plan, last) = {
             let state = self.lock();
             let from = from.max(1);
+            state.check_kept(self.id, from)?;
             if from > state.last_seqno || entries_max == 0 {
                 return Ok(Vec::new());
             }
@@ -165,7 +185,7 @@ impl PartitionShared {
                 .range(..=from)
                 .next_back()
                 .map(|(first, _)| *first)
-                .unwrap_or(1);
+                .unwrap_or_else(|| state.first_kept_seqno());
             let plan: Vec<SegmentInfo> = state.segments.range(start..).map(|(_, s)| s.clone()).collect();
             (plan, state.last_seqno)
         };

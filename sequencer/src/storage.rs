@@ -10,7 +10,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// A file open for appending.
 pub trait WritableFile: Send + fmt::Debug {
@@ -136,6 +136,8 @@ struct Disk {
     /// The fsync at which the disk fails, and everything after it.
     fail_at_sync: Option<u64>,
     failed: bool,
+    /// While set, a file's fsync waits: a disk slower than its appenders.
+    stalled: bool,
 }
 
 impl Disk {
@@ -165,11 +167,14 @@ impl Disk {
 #[derive(Debug, Clone, Default)]
 pub struct FaultyStorage {
     disk: Arc<Mutex<Disk>>,
+    /// Signalled when a stall ends.
+    resumed: Arc<Condvar>,
 }
 
 #[derive(Debug)]
 struct FaultyFile {
     disk: Arc<Mutex<Disk>>,
+    resumed: Arc<Condvar>,
     path: PathBuf,
 }
 
@@ -198,6 +203,12 @@ impl WritableFile for FaultyFile {
 
     fn sync(&mut self) -> io::Result<()> {
         let mut disk = lock(&self.disk);
+        while disk.stalled {
+            disk = self
+                .resumed
+                .wait(disk)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
         disk.sync()?;
         let file = disk
             .files
@@ -218,6 +229,18 @@ impl FaultyStorage {
     pub fn fail_at_sync(&self, n: u64) {
         let mut disk = lock(&self.disk);
         disk.fail_at_sync = Some(disk.syncs + n);
+    }
+
+    /// Makes every file fsync wait until [`FaultyStorage::resume`]: appenders then outrun the
+    /// disk.
+    pub fn stall(&self) {
+        lock(&self.disk).stalled = true;
+    }
+
+    /// Lets stalled fsyncs go on.
+    pub fn resume(&self) {
+        lock(&self.disk).stalled = false;
+        self.resumed.notify_all();
     }
 
     /// fsyncs performed so far.
@@ -251,6 +274,7 @@ impl FaultyStorage {
                 files,
                 ..Disk::default()
             })),
+            resumed: Arc::default(),
         }
     }
 
@@ -324,6 +348,7 @@ impl Storage for FaultyStorage {
         disk.files.insert(path.to_path_buf(), MemoryFile::default());
         Ok(Box::new(FaultyFile {
             disk: Arc::clone(&self.disk),
+            resumed: Arc::clone(&self.resumed),
             path: path.to_path_buf(),
         }))
     }
@@ -336,6 +361,7 @@ impl Storage for FaultyStorage {
         }
         Ok(Box::new(FaultyFile {
             disk: Arc::clone(&self.disk),
+            resumed: Arc::clone(&self.resumed),
             path: path.to_path_buf(),
         }))
     }

@@ -173,6 +173,7 @@ pub(crate) fn check_position(partition: &PartitionShared, position: &Position) -
             position.next_seqno - 1
         )));
     }
+    state.check_kept(position.partition, position.next_seqno)?;
     let diverged = failover::divergence(&state.epochs, position.epoch, position.next_seqno).is_some();
     if position.next_seqno > state.last_seqno + 1 && !diverged {
         return Err(Error::InvalidPosition(format!(

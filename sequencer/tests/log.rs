@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use chainql_sequencer::{Error, Log, LogConfig, PartitionId, segment_file};
+use chainql_sequencer::{Error, FaultyStorage, Log, LogConfig, PartitionId, Position, segment_file};
 
 const P0: PartitionId = PartitionId(0);
 
@@ -43,6 +43,57 @@ async fn appends_survive_reopen_and_continue_numbering() {
     assert_eq!(log.append(P0, payload(21)).await.expect("append"), 21);
     assert_eq!(log.read(P0, 21, 10).expect("read").len(), 1);
     assert!(log.read(P0, 22, 10).expect("read").is_empty());
+}
+
+/// When appenders outrun the disk, they wait for room in the writer's bounded queue instead of
+/// piling up in memory; once the disk catches up, every append completes, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appenders_that_outrun_the_disk_wait_in_a_bounded_queue() {
+    const APPENDERS: u64 = 50;
+    let disk = FaultyStorage::new();
+    let config = LogConfig {
+        queue_depth_max: 4,
+        group_commit_entries_max: 2,
+        ..LogConfig::default()
+    };
+    let log = Arc::new(
+        Log::open_with(Arc::new(disk.clone()), std::path::Path::new("/log"), config, b"").expect("open"),
+    );
+    disk.stall();
+    let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut appenders = Vec::new();
+    for i in 1..=APPENDERS {
+        let (log, queued) = (Arc::clone(&log), Arc::clone(&queued));
+        appenders.push(tokio::spawn(async move {
+            let pending = log.enqueue(vec![(P0, payload(i))]).await.expect("enqueue");
+            queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            pending.durable().await.expect("durable")
+        }));
+    }
+    // Let the appenders run as far as they can against the stalled disk.
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = queued.load(std::sync::atomic::Ordering::SeqCst);
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    // The writer holds one group of at most 2 entries in its stalled fsync; the queue holds 4.
+    assert!(
+        (5..=6).contains(&seen),
+        "{seen} of {APPENDERS} appends were accepted while the disk was stalled"
+    );
+    assert_eq!(log.last_seqno(P0).expect("last"), 0, "nothing is durable yet");
+    disk.resume();
+    let mut seqnos = Vec::new();
+    for appender in appenders {
+        seqnos.extend(appender.await.expect("appender"));
+    }
+    seqnos.sort_unstable();
+    assert_eq!(seqnos, (1..=APPENDERS).collect::<Vec<_>>());
+    assert_eq!(log.last_seqno(P0).expect("last"), APPENDERS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,13 +329,38 @@ async fn retention_deletes_only_committed_segments_below_the_checkpoint() {
     let released = log.release_below(P0, 90).expect("release");
     assert!(released > 0, "segments wholly below seqno 50 were released");
     assert_eq!(segments(), before - released);
-    // Entries from the oldest kept segment on are all still readable, in order.
-    let entries = log.read(P0, 1, 1000).expect("read");
-    let first = entries.first().expect("entries").seqno;
+    // A read or a resume from before the first kept entry is refused, not silently moved up.
+    let first = match log.read(P0, 1, 1000) {
+        Err(Error::Released {
+            partition: 0,
+            seqno: 1,
+            first_kept,
+        }) => first_kept,
+        other => panic!("expected a released position, got {other:?}"),
+    };
     assert!(
-        first <= 50,
+        first > 1 && first <= 50,
         "everything not yet committed is kept (first kept: {first})"
     );
+    assert!(matches!(log.read(P0, first - 1, 1), Err(Error::Released { .. })));
+    let resume = Position {
+        partition: P0,
+        next_seqno: first - 1,
+        epoch: 1,
+        next_height: 1,
+    };
+    match log.subscribe(&[resume]) {
+        Err(error @ Error::Released { .. }) => {
+            assert!(
+                error.to_string().contains("released after a checkpoint"),
+                "{error}"
+            )
+        }
+        Err(other) => panic!("expected a released position, got {other}"),
+        Ok(_) => panic!("a resume from a released entry was accepted"),
+    }
+    // Entries from the oldest kept segment on are all still readable, in order.
+    let entries = log.read(P0, first, 1000).expect("read");
     assert_eq!(
         entries.iter().map(|e| e.seqno).collect::<Vec<_>>(),
         (first..=100).collect::<Vec<_>>()

@@ -83,6 +83,7 @@ impl Error {
             Error::InsufficientFunds { .. } => CHECK_VIOLATION,
             Error::Execution(error) => error.sqlstate(),
             Error::Log(chainql_sequencer::Error::InvalidPosition(_)) => INVALID_PARAMETER_VALUE,
+            Error::Log(chainql_sequencer::Error::Released { .. }) => OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::Log(_) | Error::Consensus(_) | Error::Wal(_) | Error::Corrupt(_) | Error::Io { .. } => {
                 INTERNAL_ERROR
             }
@@ -113,6 +114,7 @@ impl From<Error> for tonic::Status {
                 chainql_sequencer::Error::InvalidPosition(_)
                 | chainql_sequencer::Error::NoSuchPartition { .. },
             ) => Code::InvalidArgument,
+            Error::Log(chainql_sequencer::Error::Released { .. }) => Code::OutOfRange,
             Error::Log(_) | Error::Halted(_) | Error::ShuttingDown => Code::Unavailable,
             Error::Consensus(_) | Error::Wal(_) | Error::Corrupt(_) | Error::Io { .. } => Code::Internal,
             Error::Config(_) => Code::FailedPrecondition,

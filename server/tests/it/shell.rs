@@ -63,6 +63,11 @@ fn a_piped_script_runs_statements_and_stops_at_the_first_error() {
                   SELECT * FROM accounts ORDER BY id;\n\
                   \\dt\n\
                   \\d accounts\n\
+                  \\?\n\
+                  \\timing on\n\
+                  SELECT count(*) AS n FROM accounts;\n\
+                  \\timing off\n\
+                  SELECT 'untimed' AS u;\n\
                   BEGIN;\nUPDATE accounts SET owner = 'carol' WHERE id = 2;\nDELETE FROM accounts WHERE id = 1;\nCOMMIT;\n\
                   INSERT INTO accounts VALUES (2, 'duplicate');\n\
                   SELECT 'never reached';\n";
@@ -79,6 +84,27 @@ fn a_piped_script_runs_statements_and_stops_at_the_first_error() {
     );
     assert!(out.contains("List of tables"), "{out}");
     assert!(out.contains("Primary key: id"), "{out}");
+    let described: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Table \"public.accounts\""))
+        .take_while(|l| !l.starts_with("Primary key"))
+        .collect();
+    assert!(
+        described
+            .iter()
+            .any(|l| l.contains(" id ") && l.contains("not null")),
+        "{described:?}"
+    );
+    assert!(described.iter().any(|l| l.contains(" owner ")), "{described:?}");
+    // `\?` lists the backslash commands; `\timing` times statements while it is on.
+    assert!(out.contains("\\timing [on|off]"), "{out}");
+    let timed = out
+        .split(" n\n---\n 2\n(1 row)\n")
+        .nth(1)
+        .expect("the timed query's rows");
+    assert!(timed.starts_with("Time: ") && timed.contains(" ms\n"), "{out}");
+    let after_untimed = out.split(" untimed\n(1 row)\n").nth(1).expect("after untimed");
+    assert!(!after_untimed.starts_with("Time: "), "{out}");
     assert!(out.contains("UPDATE 1\nDELETE 1\n(committed in block 3"), "{out}");
     assert!(
         err.contains("ERROR:  duplicate key value violates unique constraint \"accounts_pkey\""),
@@ -386,6 +412,20 @@ fn on_a_terminal_tab_completes_and_ctrl_c_cancels_the_statement_not_the_shell() 
         "{screen}"
     );
     assert!(screen.contains(" alive\n(1 row)\n"), "{screen}");
+    // An error is shown and the shell goes on.
+    assert!(screen.contains("SELECT nope FROM nowhere;\nERROR:  "), "{screen}");
+    assert!(screen.contains(" still here\n(1 row)\n"), "{screen}");
+    // What was entered is kept in the history file, in order; a line dropped with Ctrl-C is not.
+    let history =
+        std::fs::read_to_string(dir.path().join("data").join("shell_history")).expect("history file");
+    let alive = history
+        .find("SELECT 'alive' AS s;")
+        .expect("history holds the statements");
+    let error = history
+        .find("SELECT nope FROM nowhere;")
+        .expect("history holds failed statements");
+    assert!(alive < error, "{history}");
+    assert!(!history.contains("'dropped"), "{history}");
 }
 
 /// `chainql simulate` runs the consensus simulation over seeds and reports each run; bad
