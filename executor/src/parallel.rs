@@ -28,9 +28,11 @@ impl Split {
     }
 }
 
-/// `f` over `0..items`, as `f(range)` calls on up to `threads` scoped threads, concatenated in
-/// order. Runs on the calling thread when there is one thread or fewer than `min_per_thread`
-/// items for each. The first error (in item order) is returned.
+/// `f` over `0..items`, as `f(range)` calls on up to `threads` threads, concatenated in order:
+/// the first range on the calling thread, the others on the process's worker pool (long-lived
+/// threads, so their allocator heaps stay warm between calls). Runs on the calling thread alone
+/// when there is one thread or fewer than `min_per_thread` items for each. The first error (in
+/// item order) is returned; a panic in `f` is resumed on the calling thread.
 pub(crate) fn map_ranges<T, E, F>(
     items: usize,
     threads: usize,
@@ -47,21 +49,25 @@ where
         return f(0..items);
     }
     let per_thread = items.div_ceil(threads);
-    std::thread::scope(|scope| {
+    let ranges: Vec<Range<usize>> = (0..items)
+        .step_by(per_thread)
+        .map(|start| start..(start + per_thread).min(items))
+        .collect();
+    let mut parts: Vec<Option<Result<Vec<T>, E>>> = ranges.iter().map(|_| None).collect();
+    rayon::in_place_scope(|scope| {
         let f = &f;
-        let workers: Vec<_> = (0..items)
-            .step_by(per_thread)
-            .map(|start| scope.spawn(move || f(start..(start + per_thread).min(items))))
-            .collect();
-        let mut out = Vec::with_capacity(items);
-        for worker in workers {
-            let part = worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            out.extend(part);
+        let (first, rest) = parts.split_at_mut(1);
+        for (slot, range) in rest.iter_mut().zip(&ranges[1..]) {
+            let range = range.clone();
+            scope.spawn(move |_| *slot = Some(f(range)));
         }
-        Ok(out)
-    })
+        first[0] = Some(f(ranges[0].clone()));
+    });
+    let mut out = Vec::with_capacity(items);
+    for part in parts {
+        out.extend(part.expect("every range ran")?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

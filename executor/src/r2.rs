@@ -18,6 +18,7 @@
 //! body has anything else (nested calls, a result, subqueries other than point lookups, tables
 //! without a primary key) is not compiled, and its calls run serially.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -854,6 +855,10 @@ struct Pass<'a> {
     failed: Vec<bool>,
     /// A call failed after it had written: the pass's writes must be redone without it.
     redo: bool,
+    /// Rows `locate` found, by table and key expression, for the live calls as they are: a
+    /// later step after the same rows (a `REQUIRE` reads the caller's row, then an `UPDATE`
+    /// writes it) finds them here. Forgotten when calls drop out or anything is written.
+    located: RefCell<Vec<(String, Expr, Vec<Option<RowLocation>>)>>,
 }
 
 impl Pass<'_> {
@@ -872,6 +877,7 @@ impl Pass<'_> {
         if !failing.iter().any(|f| *f) {
             return Ok(());
         }
+        self.located.get_mut().clear();
         for (live, failing) in failing.iter().enumerate() {
             if *failing {
                 let call = self.live[live];
@@ -934,6 +940,14 @@ impl Pass<'_> {
     /// or fails to evaluate fails; a key of another type than the key column fails them all (the
     /// serial path would not find it through the index).
     fn locate(&self, frame: &Frame, table: &Table, key: &Expr) -> Result<Attempt<Vec<Option<RowLocation>>>> {
+        if let Some((_, _, found)) = self
+            .located
+            .borrow()
+            .iter()
+            .find(|(name, expr, _)| name == table.name() && expr == key)
+        {
+            return Ok(Attempt::Done(found.clone()));
+        }
         let (keys, mut failing) = evaluated!(frame, self.session, key);
         let definition = table.definition();
         let key_type = &definition.columns[definition.primary_key[0]]
@@ -953,6 +967,9 @@ impl Pass<'_> {
         if failing.iter().any(|f| *f) {
             return Ok(Attempt::Failing(failing));
         }
+        self.located
+            .borrow_mut()
+            .push((table.name().to_string(), key.clone(), locations.clone()));
         Ok(Attempt::Done(locations))
     }
 
@@ -1224,6 +1241,7 @@ impl Pass<'_> {
 
     /// Applies a write step's changes to its table.
     fn write(&mut self, working: &mut State, table: &str, writes: Writes) -> Result<()> {
+        self.located.get_mut().clear();
         self.charge_all(&writes.gas);
         for (live, writes) in writes.writers.iter().enumerate() {
             if *writes {
@@ -1413,6 +1431,7 @@ impl Executor {
             wrote: vec![false; calls.len()],
             failed: vec![false; calls.len()],
             redo: false,
+            located: RefCell::default(),
         };
         let name = &compiled.contract.definition.name;
         for step in &compiled.steps {
