@@ -858,8 +858,11 @@ struct Pass<'a> {
     /// Rows `locate` found, by table and key expression, for the live calls as they are: a
     /// later step after the same rows (a `REQUIRE` reads the caller's row, then an `UPDATE`
     /// writes it) finds them here. Forgotten when calls drop out or anything is written.
-    located: RefCell<Vec<(String, Expr, Vec<Option<RowLocation>>)>>,
+    located: RefCell<Vec<Located>>,
 }
+
+/// Rows found by key: the table, the key expression, and each live call's row.
+type Located = (String, Expr, Vec<Option<RowLocation>>);
 
 impl Pass<'_> {
     fn frame(&self) -> Frame {
