@@ -33,6 +33,7 @@ use prost::Message;
 use tokio::sync::{Notify, oneshot, watch};
 
 mod consensus;
+mod verifier;
 
 use crate::checkpoints::{Checkpoints, StoredReceipts};
 use crate::error::{Error, Result};
@@ -278,6 +279,8 @@ struct Inner {
     /// committed, by hash, with their signatures: a proposal holding one with the same
     /// signature need not check it again (the hash does not cover the signature).
     checked: Mutex<HashMap<Hash, Vec<u8>>>,
+    /// Checks the signatures of transactions admitted one at a time, in batches.
+    verifier: verifier::Verifier,
     /// The other validators.
     peers: crate::validator::Peers,
     /// Messages from the other validators, for the consensus task.
@@ -484,6 +487,7 @@ impl Node {
             halted: Mutex::new(None),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             checked: Mutex::new(HashMap::new()),
+            verifier: verifier::Verifier::start(std::thread::available_parallelism().map_or(1, |n| n.get())),
             peers: crate::validator::Peers::start(&peers),
             inbox,
             gossiped,
@@ -606,7 +610,7 @@ impl Node {
         self.inner.check_running()?;
         let limits = &self.inner.config.transaction_limits;
         let decoded = DecodedTransaction::from_signed(signed, limits, &self.inner.genesis.chain_id)?;
-        decoded.verify_signature()?;
+        let decoded = self.inner.verifier.verify(decoded).await?;
         for statement in &decoded.body.statements {
             chainql::sql::parse_transaction_statement(statement)?;
         }
