@@ -29,23 +29,12 @@ async fn blocks_hold_at_most_m_transactions_and_come_at_most_every_n_ms() {
         .expect("last");
     assert_eq!(last.status, ReceiptStatus::Success as i32);
 
-    let (blocks, _) = node
-        .query(
-            "SELECT height, transaction_count, CAST(timestamp AS BIGINT) FROM chain.blocks ORDER BY height",
-        )
-        .await
-        .expect("blocks");
-    let mut rows = Vec::new();
-    for batch in &blocks.batches {
-        for row in 0..batch.num_rows() {
-            let cell = |c: usize| {
-                chainql_server::format::cell_text(batch.column(c), row)
-                    .and_then(|t| t.parse::<i64>().ok())
-                    .expect("a number")
-            };
-            rows.push((cell(0), cell(1), cell(2)));
-        }
-    }
+    let (blocks, _) = numbers(
+        &node,
+        "SELECT height, transaction_count, CAST(timestamp AS BIGINT) FROM chain.blocks ORDER BY height",
+    )
+    .await;
+    let rows: Vec<(i64, i64, i64)> = blocks.iter().map(|r| (r[0], r[1], r[2])).collect();
     let total: i64 = rows.iter().map(|r| r.1).sum();
     assert_eq!(total, 12, "every transaction is in exactly one block: {rows:?}");
     assert!(
