@@ -136,8 +136,9 @@ struct Disk {
     /// The fsync at which the disk fails, and everything after it.
     fail_at_sync: Option<u64>,
     failed: bool,
-    /// While set, a file's fsync waits: a disk slower than its appenders.
-    stalled: bool,
+    /// While set, the fsync of a file under this directory waits: a disk slower than its
+    /// appenders (the empty path stalls every file).
+    stalled: Option<PathBuf>,
 }
 
 impl Disk {
@@ -203,7 +204,11 @@ impl WritableFile for FaultyFile {
 
     fn sync(&mut self) -> io::Result<()> {
         let mut disk = lock(&self.disk);
-        while disk.stalled {
+        while disk
+            .stalled
+            .as_ref()
+            .is_some_and(|dir| self.path.starts_with(dir))
+        {
             disk = self
                 .resumed
                 .wait(disk)
@@ -234,12 +239,18 @@ impl FaultyStorage {
     /// Makes every file fsync wait until [`FaultyStorage::resume`]: appenders then outrun the
     /// disk.
     pub fn stall(&self) {
-        lock(&self.disk).stalled = true;
+        self.stall_under(Path::new(""));
+    }
+
+    /// Makes the fsyncs of files under `dir` wait until [`FaultyStorage::resume`]; other files
+    /// sync as usual.
+    pub fn stall_under(&self, dir: &Path) {
+        lock(&self.disk).stalled = Some(dir.to_path_buf());
     }
 
     /// Lets stalled fsyncs go on.
     pub fn resume(&self) {
-        lock(&self.disk).stalled = false;
+        lock(&self.disk).stalled = None;
         self.resumed.notify_all();
     }
 

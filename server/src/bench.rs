@@ -94,6 +94,8 @@ pub struct BenchReport {
     pub batch: usize,
     pub log_partitions: u32,
     pub elapsed: Duration,
+    /// From the start until the last transaction was admitted (durable in the log).
+    pub admitted_elapsed: Duration,
     pub blocks: u64,
     pub failed: u64,
     pub signing_per_second: f64,
@@ -144,6 +146,11 @@ impl std::fmt::Display for BenchReport {
             f,
             "end-to-end           {:.0} tx/s (signed, admitted, logged, committed, applied)",
             self.transactions_per_second()
+        )?;
+        writeln!(
+            f,
+            "admission            {:.0} tx/s (checked and durable in the log, blocks running alongside)",
+            self.transactions as f64 / self.admitted_elapsed.as_secs_f64().max(1e-9)
         )?;
         writeln!(
             f,
@@ -347,12 +354,14 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
             if batch == 1 {
                 for (i, signed) in transactions.into_iter().enumerate() {
                     if i + 1 == count {
-                        node.submit_and_wait(signed).await?;
-                    } else {
-                        node.submit(signed).await?;
+                        let receipt = node.submit_pending(signed).await?;
+                        let admitted = Instant::now();
+                        receipt.await?;
+                        return Ok::<Instant, Error>(admitted);
                     }
+                    node.submit(signed).await?;
                 }
-                return Ok::<(), Error>(());
+                return Ok(Instant::now());
             }
             let mut last = None;
             let mut transactions = transactions.into_iter().peekable();
@@ -362,12 +371,13 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
                     last = Some(result?);
                 }
             }
+            let admitted = Instant::now();
             if let Some(last) = last {
                 while node.transaction(&last)?.is_none() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
-            Ok::<(), Error>(())
+            Ok(admitted)
         }));
     }
     // Progress: transactions committed since the clock started, read from the node's counters
@@ -392,19 +402,23 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
         progress.finish();
     });
     let mut outcome = Ok(());
+    let mut last_admitted = started;
     for task in tasks {
         let result = task
             .await
             .map_err(|e| Error::Client(format!("bench client: {e}")))
             .and_then(|r| r);
-        if outcome.is_ok() {
-            outcome = result;
+        match result {
+            Ok(admitted) => last_admitted = last_admitted.max(admitted),
+            Err(error) if outcome.is_ok() => outcome = Err(error),
+            Err(_) => {}
         }
     }
     let _ = done.send(());
     let _ = watcher.await;
     outcome?;
     let elapsed = started.elapsed();
+    let admitted_elapsed = last_admitted - started;
     let state = node.state();
     let blocks = state.height() - start_height;
     let (failed, _) = node
@@ -466,6 +480,7 @@ pub async fn run_bench(data_dir: &std::path::Path, bench: &BenchConfig) -> Resul
         batch,
         log_partitions: bench.log_partitions,
         elapsed,
+        admitted_elapsed,
         blocks,
         failed,
         signing_per_second,

@@ -28,7 +28,9 @@ use chainql_consensus::{
 use chainql_executor::{
     BlockContext, ExecutableTransaction, Executor, Offence, QueryLimits, QueryResult, State, Validators,
 };
-use chainql_sequencer::{FsStorage, Log, LogConfig, PartitionId, Position, Subscription, partition_of};
+use chainql_sequencer::{
+    FsStorage, Log, LogConfig, PartitionId, Position, Storage, Subscription, partition_of,
+};
 use prost::Message;
 use tokio::sync::{Notify, oneshot, watch};
 
@@ -403,6 +405,12 @@ impl Node {
     /// Opens the node in `config.data_dir` (which `init_data_dir` created), replays its blocks
     /// and starts producing blocks.
     pub async fn open(config: NodeConfig) -> Result<Node> {
+        Node::open_with_log_storage(config, Arc::new(FsStorage)).await
+    }
+
+    /// Opens the node with its log on `storage` instead of the file system: how tests put a
+    /// fault-injecting disk under the log.
+    pub async fn open_with_log_storage(config: NodeConfig, storage: Arc<dyn Storage>) -> Result<Node> {
         config.validate()?;
         let genesis = Genesis::read(&config.genesis_path()).map_err(|e| {
             Error::Config(format!(
@@ -430,7 +438,7 @@ impl Node {
             )));
         }
         let log = Log::open_with(
-            Arc::new(FsStorage),
+            storage,
             &config.data_dir.join("log"),
             LogConfig {
                 partitions: genesis.log_partitions,

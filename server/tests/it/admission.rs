@@ -114,3 +114,84 @@ async fn a_batch_is_admitted_transaction_by_transaction() {
     );
     node.shutdown().await;
 }
+
+/// A key whose sender goes to log partition `partition` of 4, searched from seed `from`.
+fn key_in_partition(partition: u32, from: u8) -> Keypair {
+    (from..=u8::MAX)
+        .map(|seed| Keypair::from_seed([seed; 32]))
+        .find(|key| chainql_sequencer::partition_of(&key.address().0, 4).0 == partition)
+        .expect("some seed maps to every partition")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admissions_to_one_partition_never_wait_for_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::new(dir.path());
+    config.block_interval_ms = 1;
+    config.log_partitions = 4;
+    init_data_dir(&config, "partitions-test", &[]).expect("init");
+    let disk = chainql_sequencer::FaultyStorage::new();
+    let node = Node::open_with_log_storage(config, std::sync::Arc::new(disk.clone()))
+        .await
+        .expect("open");
+    let senders: Vec<TransactionBuilder> = (0..4)
+        .map(|p| TransactionBuilder::new("partitions-test", key_in_partition(p, 10 + 40 * p as u8)))
+        .collect();
+    let create = |p: usize, nonce: u64| {
+        senders[p].build(
+            nonce,
+            vec![format!("CREATE TABLE t{p}_{nonce} (id INT PRIMARY KEY)")],
+        )
+    };
+
+    // Partition 0's disk stops acknowledging: its admission waits for the fsync, holding the
+    // sender's next nonce, while the other partitions admit and commit as usual.
+    disk.stall_under(&dir.path().join("log").join("p0000"));
+    let stalled = tokio::spawn({
+        let node = node.clone();
+        let transaction = create(0, 0);
+        async move { node.submit_and_wait(transaction).await }
+    });
+    for p in 1..4 {
+        let receipt = node.submit_and_wait(create(p, 0)).await.expect("admitted");
+        assert!(receipt.error.is_empty(), "{}", receipt.error);
+    }
+    // Batches too: each partition's share is checked and logged on its own.
+    let results = node.submit_many((1..4).map(|p| create(p, 1)).collect()).await;
+    for result in &results {
+        let hash = result.as_ref().expect("admitted");
+        while node.transaction(hash).expect("lookup").is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert!(
+        !stalled.is_finished(),
+        "partition 0's transaction was acknowledged before its fsync"
+    );
+    assert_eq!(node.next_nonce(&senders[0].key.address()).await, 1);
+    let (tables, _) = node
+        .query("SELECT count(*) FROM information_schema.tables WHERE table_name = 't0_0'")
+        .await
+        .expect("query");
+    assert_eq!(
+        chainql_server::format::cell_text(tables.batches[0].column(0), 0).as_deref(),
+        Some("0")
+    );
+
+    // The disk comes back: partition 0's transaction is acknowledged and committed.
+    disk.resume();
+    let receipt = stalled.await.expect("task").expect("admitted");
+    assert!(receipt.error.is_empty(), "{}", receipt.error);
+    let (tables, _) = node
+        .query(
+            "SELECT count(*) FROM information_schema.tables \
+             WHERE table_name IN ('t0_0', 't1_0', 't1_1', 't2_0', 't2_1', 't3_0', 't3_1')",
+        )
+        .await
+        .expect("query");
+    assert_eq!(
+        chainql_server::format::cell_text(tables.batches[0].column(0), 0).as_deref(),
+        Some("7")
+    );
+    node.shutdown().await;
+}

@@ -27,6 +27,10 @@ async fn a_small_bench_runs_restarts_and_reopens_from_its_checkpoint() {
         // The set-up's transactions and the bench's were all replayed.
         assert!(report.replay_transactions > 64, "{}", report.replay_transactions);
         assert!(report.checkpoint_bytes > 0);
+        // Every transaction is admitted before the last one commits.
+        assert!(report.admitted_elapsed > std::time::Duration::ZERO);
+        assert!(report.admitted_elapsed <= report.elapsed);
+        assert!(report.to_string().contains("admission "), "{report}");
     }
 }
 
