@@ -193,7 +193,72 @@ impl FailoverLog {
         start_seqno: SeqNo,
         leader: &[u8],
     ) -> Result<Epoch> {
-        if leader.len() > LEADER_BYTES_MAX {
+        let epoch = self.current().epoch + 1;
+        self.record(
+            storage,
+            dir,
+            EpochStart {
+                epoch,
+                start_seqno,
+                leader: leader.to_vec(),
+            },
+        )?;
+        Ok(epoch)
+    }
+
+    /// A replica takes on its leader's `epoch`, which started at `start_seqno`: recorded unless
+    /// it is the current one. It must be newer than every epoch that started before it.
+    pub fn copy_epoch(
+        &mut self,
+        storage: &dyn Storage,
+        dir: &Path,
+        epoch: Epoch,
+        start_seqno: SeqNo,
+        leader: &[u8],
+    ) -> Result<()> {
+        if epoch == self.current().epoch {
+            return Ok(());
+        }
+        if let Some(before) = self.entries.iter().rev().find(|e| e.start_seqno < start_seqno)
+            && before.epoch >= epoch
+        {
+            return Err(Error::InvalidPosition(format!(
+                "epoch {epoch} starting at seqno {start_seqno} is not newer than epoch {} before it",
+                before.epoch
+            )));
+        }
+        self.record(
+            storage,
+            dir,
+            EpochStart {
+                epoch,
+                start_seqno,
+                leader: leader.to_vec(),
+            },
+        )
+    }
+
+    /// Forgets the epochs that started at or after `seqno` (a replica's entries from there on
+    /// were abandoned by its leader). The first epoch stays, so the history is never empty.
+    pub fn forget_from(&mut self, storage: &dyn Storage, dir: &Path, seqno: SeqNo) -> Result<()> {
+        if self.entries.iter().skip(1).all(|e| e.start_seqno < seqno) {
+            return Ok(());
+        }
+        let entries: Vec<EpochStart> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| *i == 0 || e.start_seqno < seqno)
+            .map(|(_, e)| e.clone())
+            .collect();
+        *self = FailoverLog::write_new(storage, dir, &self.path.clone(), entries)?;
+        Ok(())
+    }
+
+    /// Appends `entry` to the history, first forgetting epochs that started at or after it.
+    /// Durable before it returns.
+    fn record(&mut self, storage: &dyn Storage, dir: &Path, entry: EpochStart) -> Result<()> {
+        if entry.leader.len() > LEADER_BYTES_MAX {
             return Err(Error::InvalidConfig(format!(
                 "a leader identity is at most {LEADER_BYTES_MAX} bytes"
             )));
@@ -203,13 +268,7 @@ impl FailoverLog {
                 "a partition holds at most {EPOCHS_MAX} epochs"
             )));
         }
-        let epoch = self.current().epoch + 1;
-        let entry = EpochStart {
-            epoch,
-            start_seqno,
-            leader: leader.to_vec(),
-        };
-        let keeps_all = self.entries.iter().all(|e| e.start_seqno < start_seqno);
+        let keeps_all = self.entries.iter().all(|e| e.start_seqno < entry.start_seqno);
         if keeps_all {
             let mut bytes = Vec::new();
             encode_entry(&mut bytes, &entry);
@@ -222,13 +281,13 @@ impl FailoverLog {
             let mut entries: Vec<EpochStart> = self
                 .entries
                 .iter()
-                .filter(|e| e.start_seqno < start_seqno)
+                .filter(|e| e.start_seqno < entry.start_seqno)
                 .cloned()
                 .collect();
             entries.push(entry);
             *self = FailoverLog::write_new(storage, dir, &self.path.clone(), entries)?;
         }
-        Ok(epoch)
+        Ok(())
     }
 }
 

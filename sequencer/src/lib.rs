@@ -47,7 +47,7 @@ mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -119,6 +119,9 @@ pub enum Error {
     InvalidConfig(String),
     #[error("the log has stopped after a write failure and accepts no more appends: {0}")]
     Stopped(String),
+    /// An append to a replica, or a replication into a leader.
+    #[error("{0}")]
+    Role(String),
 }
 
 impl Error {
@@ -278,6 +281,8 @@ pub struct Log {
     partitions: Vec<PartitionHandle>,
     recovery: Recovery,
     waits: Arc<WaitRecorder>,
+    /// Set while the log copies another log's entries rather than taking appends.
+    replica: AtomicBool,
 }
 
 impl Log {
@@ -289,8 +294,24 @@ impl Log {
     /// Opens (or creates) the log in `dir` on `storage`, led by `leader`: if the partitions
     /// were last led by another node, each starts a new epoch.
     pub fn open_with(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig, leader: &[u8]) -> Result<Log> {
+        Log::open_role(storage, dir, config, Some(leader))
+    }
+
+    /// Opens (or creates) the log in `dir` on `storage` as a replica of another log: it takes
+    /// entries only through [`Log::replicate`] (appends are refused) and keeps the epochs it
+    /// copied, until [`Log::fail_over`] makes it a leader.
+    pub fn open_replica(storage: Arc<dyn Storage>, dir: &Path, config: LogConfig) -> Result<Log> {
+        Log::open_role(storage, dir, config, None)
+    }
+
+    fn open_role(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+        leader: Option<&[u8]>,
+    ) -> Result<Log> {
         config.validate()?;
-        if leader.len() > LEADER_BYTES_MAX {
+        if leader.is_some_and(|leader| leader.len() > LEADER_BYTES_MAX) {
             return Err(Error::InvalidConfig(format!(
                 "a leader identity is at most {LEADER_BYTES_MAX} bytes"
             )));
@@ -324,6 +345,7 @@ impl Log {
             partitions,
             recovery,
             waits,
+            replica: AtomicBool::new(leader.is_none()),
         })
     }
 
@@ -381,6 +403,9 @@ impl Log {
     /// must keep appends in order (one sender's nonces) enqueues them one after another and waits
     /// for durability afterwards, outside its own lock.
     pub async fn enqueue(&self, entries: Vec<(PartitionId, Vec<u8>)>) -> Result<PendingAppend> {
+        if self.is_replica() {
+            return Err(Error::Role("a replica takes entries only from its leader".into()));
+        }
         let count = entries.len();
         let mut by_partition: Vec<(Vec<Vec<u8>>, Vec<usize>)> = (0..self.config.partitions)
             .map(|_| (Vec::new(), Vec::new()))
@@ -486,7 +511,118 @@ impl Log {
             })
             .await
             .map_err(|_| writer_gone())?;
+        let outcome = answer.await.map_err(|_| writer_gone())??;
+        // A replica that fails over leads from now on.
+        self.replica.store(false, Ordering::Release);
+        Ok(outcome)
+    }
+
+    /// Whether the log is a replica of another (see [`Log::open_replica`]).
+    pub fn is_replica(&self) -> bool {
+        self.replica.load(Ordering::Acquire)
+    }
+
+    /// Copies what a subscription to another log (its leader) delivered into this log, a replica
+    /// of it: entries keep their seqnos and epochs (each partition's run written with one
+    /// fsync), snapshot markers are recorded, and a rollback removes the entries the leader
+    /// abandoned. `leader` names the source in the epochs the replica copies. Deliveries must
+    /// continue the replica exactly where [`Log::resume_positions`] left it; anything else is
+    /// refused and nothing after it is applied.
+    pub async fn replicate(&self, deliveries: Vec<Delivery>, leader: &[u8]) -> Result<()> {
+        if !self.is_replica() {
+            return Err(Error::Role(
+                "this log leads its partitions; only a replica copies another log".into(),
+            ));
+        }
+        if leader.len() > LEADER_BYTES_MAX {
+            return Err(Error::InvalidConfig(format!(
+                "a leader identity is at most {LEADER_BYTES_MAX} bytes"
+            )));
+        }
+        let mut run: Vec<Entry> = Vec::new();
+        for delivery in deliveries {
+            match delivery.event {
+                Event::Entry(entry) => {
+                    self.partition(entry.partition)?;
+                    if entry.payload.len() > self.config.record_bytes_max {
+                        return Err(Error::RecordTooLarge {
+                            size: entry.payload.len(),
+                            max: self.config.record_bytes_max,
+                        });
+                    }
+                    if run.last().is_some_and(|last| last.partition != entry.partition) {
+                        self.copy_entries(std::mem::take(&mut run), leader).await?;
+                    }
+                    run.push(entry);
+                }
+                Event::Snapshot {
+                    partition,
+                    seqno,
+                    height,
+                } => {
+                    self.copy_entries(std::mem::take(&mut run), leader).await?;
+                    self.partition(partition)?.shared.mark_snapshot(height, seqno)?;
+                }
+                Event::Rollback { partition, to_seqno } => {
+                    self.copy_entries(std::mem::take(&mut run), leader).await?;
+                    let handle = self.partition(partition)?;
+                    let (reply, answer) = oneshot::channel();
+                    let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
+                    requests
+                        .send(Request::RollBack {
+                            from: to_seqno,
+                            reply,
+                        })
+                        .await
+                        .map_err(|_| writer_gone())?;
+                    answer.await.map_err(|_| writer_gone())??;
+                }
+            }
+        }
+        self.copy_entries(run, leader).await
+    }
+
+    /// Writes a run of one partition's replicated entries.
+    async fn copy_entries(&self, entries: Vec<Entry>, leader: &[u8]) -> Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let handle = self.partition(first.partition)?;
+        let (reply, answer) = oneshot::channel();
+        let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
+        requests
+            .send(Request::Replicate {
+                entries,
+                leader: leader.to_vec(),
+                reply,
+            })
+            .await
+            .map_err(|_| writer_gone())?;
         answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// Where a replica resumes reading its leader, per partition: after its last entry (in
+    /// that entry's epoch) and after its last snapshot marker. Subscribing the leader from these
+    /// positions and handing every delivery to [`Log::replicate`] keeps the replica exact across
+    /// disconnects and restarts of either side.
+    pub fn resume_positions(&self) -> Vec<Position> {
+        self.partitions
+            .iter()
+            .map(|handle| {
+                let state = handle.shared.lock();
+                let last = state.last_seqno;
+                Position {
+                    partition: handle.shared.id,
+                    next_seqno: last + 1,
+                    epoch: if last == 0 {
+                        0
+                    } else {
+                        failover::epoch_of(&state.epochs, last)
+                    },
+                    next_height: state.snapshots.last().map_or(0, |s| s.height + 1),
+                }
+            })
+            .collect()
     }
 
     /// Deletes the segments of `partition` that hold only entries below `checkpoint_seqno`,

@@ -245,6 +245,18 @@ pub(crate) enum Request {
         leader: Vec<u8>,
         reply: oneshot::Sender<Result<(Epoch, Vec<Entry>)>>,
     },
+    /// Copy a leader's entries into this replica, keeping their seqnos and epochs; a newer epoch
+    /// is recorded as led by `leader`.
+    Replicate {
+        entries: Vec<Entry>,
+        leader: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Remove this replica's entries from `from` on: the leader abandoned them.
+    RollBack {
+        from: SeqNo,
+        reply: oneshot::Sender<Result<Vec<Entry>>>,
+    },
 }
 
 /// A partition opened: its shared state, its writer's queue and thread, and what recovery found.
@@ -274,11 +286,11 @@ pub(crate) fn open_partition(
     dir: &Path,
     id: PartitionId,
     config: &LogConfig,
-    leader: &[u8],
+    leader: Option<&[u8]>,
     waits: Arc<WaitRecorder>,
 ) -> Result<OpenedPartition> {
     storage.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut failover = FailoverLog::open(storage.as_ref(), dir, leader)?;
+    let mut failover = FailoverLog::open(storage.as_ref(), dir, leader.unwrap_or_default())?;
     let mut files: BTreeMap<SeqNo, PathBuf> = BTreeMap::new();
     for path in storage.list(dir).map_err(|e| Error::io(dir, e))? {
         let Some(stem) = path
@@ -409,7 +421,11 @@ pub(crate) fn open_partition(
             ),
         });
     }
-    if failover.current().leader != leader {
+    // A leader of its own starts an epoch when the partition was last led by another node; a
+    // replica keeps the epochs it copied.
+    if let Some(leader) = leader
+        && failover.current().leader != leader
+    {
         failover.start_epoch(storage.as_ref(), dir, state.last_seqno + 1, leader)?;
     }
     state.epochs = failover.entries().to_vec();
@@ -542,6 +558,20 @@ impl Writer {
                         entries = 0;
                         let _ = reply.send(self.fail_over(truncate_from, &leader));
                     }
+                    Request::Replicate {
+                        entries: copied,
+                        leader,
+                        reply,
+                    } => {
+                        self.commit_group(std::mem::take(&mut group));
+                        entries = 0;
+                        let _ = reply.send(self.replicate(copied, &leader));
+                    }
+                    Request::RollBack { from, reply } => {
+                        self.commit_group(std::mem::take(&mut group));
+                        entries = 0;
+                        let _ = reply.send(self.roll_back(from));
+                    }
                 }
                 if entries < limit && started.elapsed() < wait_max {
                     next = receiver.try_recv().ok();
@@ -564,41 +594,68 @@ impl Writer {
         }
         let epoch = self.failover.current().epoch;
         let partition = self.shared.id;
-        let mut buffer = Vec::new();
+        let mut next = self.next_seqno;
         let mut written: Vec<Entry> = Vec::new();
-        let mut new_index: Vec<(SeqNo, u64)> = Vec::new();
         let mut replies = Vec::with_capacity(group.len());
-        let mut outcome: Result<()> = Ok(());
         for (payloads, queued_at, reply) in group {
-            let mut seqnos = Vec::with_capacity(payloads.len());
+            let first = next;
             for payload in payloads {
-                let seqno = self.next_seqno;
-                let record_bytes = (RECORD_HEADER_BYTES + payload.len()) as u64;
-                if outcome.is_ok()
-                    && self.active.bytes + buffer.len() as u64 + record_bytes
-                        > self.shared.config.segment_bytes_max
-                {
-                    outcome = self.roll_segment(&mut buffer, &mut new_index, seqno);
-                }
-                let offset = self.active.bytes + buffer.len() as u64;
-                let index_due = new_index
-                    .last()
-                    .map(|(_, o)| offset >= o + segment::INDEX_INTERVAL_BYTES)
-                    .unwrap_or(true);
-                if index_due {
-                    new_index.push((seqno, offset));
-                }
-                segment::encode_record(&mut buffer, seqno, epoch, &payload);
                 written.push(Entry {
                     partition,
-                    seqno,
+                    seqno: next,
                     epoch,
                     payload: payload.into(),
                 });
-                self.next_seqno += 1;
-                seqnos.push(seqno);
+                next += 1;
             }
-            replies.push((reply, seqnos, queued_at));
+            replies.push((reply, (first..next).collect::<Vec<SeqNo>>(), queued_at));
+        }
+        match self.write(written) {
+            Ok(()) => {
+                let now = Instant::now();
+                self.waits
+                    .record(replies.iter().map(|(_, _, queued)| now - *queued));
+                for (reply, seqnos, _) in replies {
+                    let _ = reply.send(Ok(seqnos));
+                }
+            }
+            Err(error) => {
+                let message = self.failure.clone().unwrap_or_else(|| error.to_string());
+                for (reply, _, _) in replies {
+                    let _ = reply.send(Err(Error::Stopped(message.clone())));
+                }
+            }
+        }
+    }
+
+    /// Writes `entries` (numbered from the next seqno on) with one fsync, rolling segments at
+    /// their size limit, and shows them to readers. A failure stops the partition: after a
+    /// failed write or fsync the file's state is unknown (the page cache may have dropped the
+    /// data), so the only safe course is to stop; a restart recovers from what is really on disk.
+    fn write(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let partition = self.shared.id;
+        let mut buffer = Vec::new();
+        let mut new_index: Vec<(SeqNo, u64)> = Vec::new();
+        let mut outcome: Result<()> = Ok(());
+        for entry in &entries {
+            debug_assert_eq!(entry.seqno, self.next_seqno);
+            let record_bytes = (RECORD_HEADER_BYTES + entry.payload.len()) as u64;
+            if outcome.is_ok()
+                && self.active.bytes + buffer.len() as u64 + record_bytes
+                    > self.shared.config.segment_bytes_max
+            {
+                outcome = self.roll_segment(&mut buffer, &mut new_index, entry.seqno);
+            }
+            let offset = self.active.bytes + buffer.len() as u64;
+            let index_due = new_index
+                .last()
+                .map(|(_, o)| offset >= o + segment::INDEX_INTERVAL_BYTES)
+                .unwrap_or(true);
+            if index_due {
+                new_index.push((entry.seqno, offset));
+            }
+            segment::encode_record(&mut buffer, entry.seqno, entry.epoch, &entry.payload);
+            self.next_seqno += 1;
         }
         if outcome.is_ok() {
             outcome = self
@@ -608,44 +665,73 @@ impl Writer {
                 .and_then(|()| self.active.file.sync())
                 .map_err(|e| Error::io(&self.active.path, e));
         }
-        match outcome {
-            Ok(()) => {
-                self.active.bytes += buffer.len() as u64;
-                let count = written.len() as u64;
-                {
-                    let mut state = self.shared.lock();
-                    let last = self.next_seqno - 1;
-                    if let Some(info) = state.segments.values_mut().next_back() {
-                        info.durable_bytes = self.active.bytes;
-                        info.last_seqno = last;
-                        merge_index(&mut info.index, new_index);
-                    }
-                    for entry in written {
-                        state.push_tail(entry, self.shared.config.tail_bytes_max);
-                    }
-                }
-                self.shared.appended.fetch_add(count, Ordering::Relaxed);
-                self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
-                self.shared.notify();
-                let now = Instant::now();
-                self.waits
-                    .record(replies.iter().map(|(_, _, queued)| now - *queued));
-                for (reply, seqnos, _) in replies {
-                    let _ = reply.send(Ok(seqnos));
-                }
+        if let Err(error) = outcome {
+            let message = error.to_string();
+            tracing::error!(partition = partition.0, error = %message, "log write failed; the partition stops accepting appends");
+            self.failure = Some(message.clone());
+            return Err(Error::Stopped(message));
+        }
+        self.active.bytes += buffer.len() as u64;
+        let count = entries.len() as u64;
+        {
+            let mut state = self.shared.lock();
+            let last = self.next_seqno - 1;
+            if let Some(info) = state.segments.values_mut().next_back() {
+                info.durable_bytes = self.active.bytes;
+                info.last_seqno = last;
+                merge_index(&mut info.index, new_index);
             }
-            Err(error) => {
-                // After a failed write or fsync the file's state is unknown (the page cache may
-                // have dropped the data), so the only safe course is to stop; a restart
-                // recovers from what is really on disk.
-                let message = error.to_string();
-                tracing::error!(partition = partition.0, error = %message, "log write failed; the partition stops accepting appends");
-                self.failure = Some(message.clone());
-                for (reply, _, _) in replies {
-                    let _ = reply.send(Err(Error::Stopped(message.clone())));
-                }
+            for entry in entries {
+                state.push_tail(entry, self.shared.config.tail_bytes_max);
             }
         }
+        self.shared.appended.fetch_add(count, Ordering::Relaxed);
+        self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
+        self.shared.notify();
+        Ok(())
+    }
+
+    /// Copies a leader's entries into this replica. They must continue it exactly, in epochs
+    /// that never go back; an entry of a newer epoch first records that epoch's start.
+    fn replicate(&mut self, entries: Vec<Entry>, leader: &[u8]) -> Result<()> {
+        if let Some(failure) = &self.failure {
+            return Err(Error::Stopped(failure.clone()));
+        }
+        let partition = self.shared.id;
+        let mut epoch = self.failover.current().epoch;
+        for (next, entry) in (self.next_seqno..).zip(&entries) {
+            if entry.partition != partition || entry.seqno != next {
+                return Err(Error::InvalidPosition(format!(
+                    "partition {}: a replicated entry must be {}/{next}, not {}/{}",
+                    partition.0, partition.0, entry.partition.0, entry.seqno
+                )));
+            }
+            if entry.epoch < epoch {
+                return Err(Error::InvalidPosition(format!(
+                    "partition {}: replicated entry {} is of epoch {}, older than the replica's epoch {epoch}",
+                    partition.0, entry.seqno, entry.epoch
+                )));
+            }
+            epoch = entry.epoch;
+        }
+        // Each epoch's start is recorded just before its first entry is written, so a crash
+        // leaves at most one epoch starting past the last entry, right after it.
+        let storage = Arc::clone(&self.shared.storage);
+        let mut entries = entries.into_iter().peekable();
+        while let Some(first) = entries.next() {
+            let epoch = first.epoch;
+            if epoch > self.failover.current().epoch {
+                self.failover
+                    .copy_epoch(storage.as_ref(), &self.shared.dir, epoch, first.seqno, leader)?;
+                self.shared.lock().epochs = self.failover.entries().to_vec();
+            }
+            let mut run = vec![first];
+            while let Some(next) = entries.next_if(|e| e.epoch == epoch) {
+                run.push(next);
+            }
+            self.write(run)?;
+        }
+        Ok(())
     }
 
     /// Writes and syncs what is buffered, then starts a new segment at `next_seqno`.
@@ -684,11 +770,32 @@ impl Writer {
 
     /// Rolls back entries from `truncate_from` and starts a new epoch.
     fn fail_over(&mut self, truncate_from: Option<SeqNo>, leader: &[u8]) -> Result<(Epoch, Vec<Entry>)> {
+        let rolled_back = self.cut(truncate_from.unwrap_or(self.next_seqno))?;
+        let storage = Arc::clone(&self.shared.storage);
+        let from = self.next_seqno;
+        let epoch = self
+            .failover
+            .start_epoch(storage.as_ref(), &self.shared.dir, from, leader)?;
+        self.rolled_back();
+        Ok((epoch, rolled_back))
+    }
+
+    /// Rolls back a replica's entries from `from` on, with the epochs that started there.
+    fn roll_back(&mut self, from: SeqNo) -> Result<Vec<Entry>> {
+        let rolled_back = self.cut(from)?;
+        let storage = Arc::clone(&self.shared.storage);
+        self.failover
+            .forget_from(storage.as_ref(), &self.shared.dir, from)?;
+        self.rolled_back();
+        Ok(rolled_back)
+    }
+
+    /// Removes the entries from `from` on (none committed in a block) and returns them.
+    fn cut(&mut self, from: SeqNo) -> Result<Vec<Entry>> {
         if let Some(failure) = &self.failure {
             return Err(Error::Stopped(failure.clone()));
         }
         let last = self.next_seqno - 1;
-        let from = truncate_from.unwrap_or(last + 1);
         {
             let state = self.shared.lock();
             if from <= state.committed_seqno() {
@@ -705,25 +812,22 @@ impl Writer {
                 self.shared.id.0
             )));
         }
-        let rolled_back = if from <= last {
-            self.shared.read(from, (last - from + 1) as usize)?
-        } else {
-            Vec::new()
-        };
-        if from <= last {
-            self.truncate(from)?;
+        if from > last {
+            return Ok(Vec::new());
         }
-        let storage = Arc::clone(&self.shared.storage);
-        let epoch = self
-            .failover
-            .start_epoch(storage.as_ref(), &self.shared.dir, from, leader)?;
+        let rolled_back = self.shared.read(from, (last - from + 1) as usize)?;
+        self.truncate(from)?;
+        Ok(rolled_back)
+    }
+
+    /// Shows readers the history after a rollback or failover.
+    fn rolled_back(&mut self) {
         {
             let mut state = self.shared.lock();
             state.epochs = self.failover.entries().to_vec();
             state.rollbacks += 1;
         }
         self.shared.notify();
-        Ok((epoch, rolled_back))
     }
 
     /// Removes entries from `from` on, from the files and from memory.

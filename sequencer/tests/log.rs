@@ -378,3 +378,117 @@ async fn retention_deletes_only_committed_segments_below_the_checkpoint() {
     .expect("open");
     assert_eq!(disabled.release_below(P0, 100).expect("release"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_copies_its_leader_exactly_and_refuses_anything_else() {
+    use chainql_sequencer::{Delivery, Event};
+    let storage = Arc::new(FaultyStorage::new());
+    let config = LogConfig {
+        partitions: 1,
+        ..LogConfig::default()
+    };
+    let leader = Log::open_with(storage.clone(), "/leader".as_ref(), config.clone(), b"a").expect("leader");
+    let replica = Log::open_replica(storage.clone(), "/replica".as_ref(), config.clone()).expect("replica");
+    for i in 1..=3 {
+        leader.append(P0, payload(i)).await.expect("append");
+    }
+    leader.fail_over(P0, b"b", Some(3)).await.expect("fail over");
+    leader.append(P0, payload(4)).await.expect("append");
+    let entries = leader.read(P0, 1, 10).expect("read");
+    assert_eq!(entries.iter().map(|e| e.epoch).collect::<Vec<_>>(), [1, 1, 2]);
+    let deliver = |events: Vec<Event>| -> Vec<Delivery> {
+        events
+            .into_iter()
+            .map(|event| Delivery {
+                event,
+                position: Position::start(P0),
+            })
+            .collect()
+    };
+
+    // Who may write where.
+    let refused = replica
+        .append(P0, payload(9))
+        .await
+        .expect_err("a replica takes no appends");
+    assert!(matches!(refused, Error::Role(_)), "{refused}");
+    let refused = leader
+        .replicate(deliver(vec![Event::Entry(entries[0].clone())]), b"a")
+        .await
+        .expect_err("a leader copies nothing");
+    assert!(matches!(refused, Error::Role(_)), "{refused}");
+
+    // A gap, or an entry of an older epoch, is refused and changes nothing.
+    let refused = replica
+        .replicate(deliver(vec![Event::Entry(entries[1].clone())]), b"a")
+        .await
+        .expect_err("a gap");
+    assert!(refused.to_string().contains("must be 0/1"), "{refused}");
+    assert_eq!(replica.last_seqno(P0).expect("last"), 0);
+
+    // The leader's entries, epochs and snapshots, copied.
+    leader.mark_snapshot(1, &[(P0, 2)]).expect("snapshot");
+    let mut events: Vec<Event> = entries.iter().cloned().map(Event::Entry).collect();
+    events.push(Event::Snapshot {
+        partition: P0,
+        seqno: 2,
+        height: 1,
+    });
+    replica.replicate(deliver(events), b"a").await.expect("replicate");
+    assert_eq!(replica.read(P0, 1, 10).expect("read"), entries);
+    let starts = |log: &Log| -> Vec<(u64, u64)> {
+        log.epochs(P0)
+            .expect("epochs")
+            .iter()
+            .map(|e| (e.epoch, e.start_seqno))
+            .collect()
+    };
+    assert_eq!(starts(&replica), [(1, 1), (2, 3)]);
+    assert_eq!(
+        replica.snapshots(P0).expect("snapshots"),
+        leader.snapshots(P0).expect("snapshots")
+    );
+    let older = chainql_sequencer::Entry {
+        seqno: 4,
+        epoch: 1,
+        ..entries[0].clone()
+    };
+    let refused = replica
+        .replicate(deliver(vec![Event::Entry(older)]), b"a")
+        .await
+        .expect_err("an older epoch");
+    assert!(
+        refused.to_string().contains("older than the replica's epoch 2"),
+        "{refused}"
+    );
+
+    // The leader abandons entry 3; the replica rolls it back. A committed entry cannot be.
+    leader.fail_over(P0, b"a", Some(3)).await.expect("fail over");
+    let rollback = |to_seqno| {
+        deliver(vec![Event::Rollback {
+            partition: P0,
+            to_seqno,
+        }])
+    };
+    let refused = replica.replicate(rollback(2), b"a").await.expect_err("committed");
+    assert!(refused.to_string().contains("committed in a block"), "{refused}");
+    replica.replicate(rollback(3), b"a").await.expect("roll back");
+    assert_eq!(replica.last_seqno(P0).expect("last"), 2);
+    assert_eq!(starts(&replica), [(1, 1)]);
+
+    // Reopened, the replica keeps the leader's epochs (it starts none of its own) and resumes
+    // after its last entry.
+    replica.close();
+    let replica = Log::open_replica(storage.clone(), "/replica".as_ref(), config).expect("reopen");
+    assert_eq!(starts(&replica), [(1, 1)]);
+    let resume = &replica.resume_positions()[0];
+    assert_eq!((resume.next_seqno, resume.epoch, resume.next_height), (3, 1, 0));
+
+    // Failing over makes the replica a leader that takes appends in a new epoch.
+    replica.fail_over(P0, b"r", None).await.expect("promote");
+    assert!(!replica.is_replica());
+    assert_eq!(replica.append(P0, payload(5)).await.expect("append"), 3);
+    assert_eq!(starts(&replica), [(1, 1), (2, 3)]);
+    leader.close();
+    replica.close();
+}

@@ -2,10 +2,12 @@
 //! restarts, and readers that subscribe, read a little, disconnect and come back. Every reader
 //! must see each partition's entries exactly once and in order, follow every rollback, see each
 //! snapshot once after the entries it covers, and end up with exactly the log's current branch.
+//! A replica follows the log the same way, through its own disconnects and restarts, and ends
+//! up holding the same entries, epochs and snapshots.
 
 use std::time::Duration;
 
-use chainql_sequencer::{Event, Log, LogConfig, PartitionId, Position, Subscription};
+use chainql_sequencer::{Delivery, Event, Log, LogConfig, PartitionId, Position, Subscription};
 
 const PARTITIONS: u32 = 3;
 const READERS: usize = 3;
@@ -110,6 +112,48 @@ impl Reader {
     }
 }
 
+/// A log that copies the leader's through a subscription, resuming from its own contents.
+struct Replica {
+    dir: tempfile::TempDir,
+    log: Option<Log>,
+    subscription: Option<Subscription>,
+}
+
+impl Replica {
+    fn open(dir: &std::path::Path) -> Log {
+        Log::open_replica(std::sync::Arc::new(chainql_sequencer::FsStorage), dir, config())
+            .expect("open replica")
+    }
+
+    /// Copies what arrives within `wait`, at most `max` deliveries, in one call; false if
+    /// nothing did.
+    async fn copy(&mut self, leader: &Log, max: usize, wait: Duration, context: &str) -> bool {
+        let log = self.log.as_ref().expect("replica log");
+        if self.subscription.is_none() {
+            self.subscription = Some(leader.subscribe(&log.resume_positions()).expect("subscribe"));
+        }
+        let subscription = self.subscription.as_mut().expect("subscription");
+        let mut batch: Vec<Delivery> = Vec::new();
+        while batch.len() < max {
+            match tokio::time::timeout(wait, subscription.next()).await {
+                Ok(Some(delivery)) => {
+                    batch.push(delivery.unwrap_or_else(|e| panic!("{context}: replica stream error {e}")))
+                }
+                Ok(None) => {
+                    self.subscription = None;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let copied = !batch.is_empty();
+        log.replicate(batch, b"node")
+            .await
+            .unwrap_or_else(|e| panic!("{context}: replicate: {e}"));
+        copied
+    }
+}
+
 async fn run(seed: u64, steps: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -128,6 +172,12 @@ async fn run(seed: u64, steps: usize) {
         snapshots: Vec::new(),
     };
     let mut readers: Vec<Reader> = (0..READERS).map(|_| Reader::new()).collect();
+    let replica_dir = tempfile::tempdir().expect("tempdir");
+    let mut replica = Replica {
+        log: Some(Replica::open(replica_dir.path())),
+        dir: replica_dir,
+        subscription: None,
+    };
     let mut appended = 0u64;
     for step in 0..steps {
         let context = format!("seed {seed} step {step}");
@@ -183,6 +233,7 @@ async fn run(seed: u64, steps: usize) {
                 for reader in &mut readers {
                     reader.subscription = None;
                 }
+                replica.subscription = None;
                 log.take().expect("log").close();
                 let reopened = Log::open_with(
                     std::sync::Arc::new(chainql_sequencer::FsStorage),
@@ -217,9 +268,23 @@ async fn run(seed: u64, steps: usize) {
                     }
                 }
             }
+            93..=95 => {
+                let max = 1 + rng.below(40) as usize;
+                replica
+                    .copy(current, max, Duration::from_millis(20), &context)
+                    .await;
+            }
+            96 => {
+                replica.subscription = None;
+                replica.log.take().expect("replica").close();
+                replica.log = Some(Replica::open(replica.dir.path()));
+            }
             _ => {
                 let r = rng.below(READERS as u64) as usize;
                 readers[r].subscription = None;
+                if rng.below(2) == 0 {
+                    replica.subscription = None;
+                }
             }
         }
         for (p, branch) in model.branch.iter().enumerate() {
@@ -273,6 +338,55 @@ async fn run(seed: u64, steps: usize) {
                 "{context}"
             );
         }
+    }
+
+    // The replica catches up and holds the same entries (with their epochs), the same epoch
+    // starts, and the same snapshots.
+    let context = format!("seed {seed} replica catching up");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let caught_up = |replica: &Replica| {
+        let log = replica.log.as_ref().expect("replica");
+        (0..PARTITIONS).all(|p| {
+            let p = PartitionId(p);
+            log.last_seqno(p).ok() == current.last_seqno(p).ok()
+                && log.snapshots(p).ok() == current.snapshots(p).ok()
+        })
+    };
+    while !caught_up(&replica) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{context}: did not catch up"
+        );
+        replica
+            .copy(current, 1000, Duration::from_millis(50), &context)
+            .await;
+    }
+    let copy = replica.log.as_ref().expect("replica");
+    let copied: u64 = (0..PARTITIONS)
+        .map(|p| copy.last_seqno(PartitionId(p)).expect("last"))
+        .sum();
+    let epochs: usize = (0..PARTITIONS)
+        .map(|p| copy.epochs(PartitionId(p)).expect("epochs").len())
+        .sum();
+    eprintln!("seed {seed}: the replica holds {copied} entries in {epochs} epochs");
+    for p in (0..PARTITIONS).map(PartitionId) {
+        let last = current.last_seqno(p).expect("last");
+        let original = current.read(p, 1, last as usize + 1).expect("read");
+        assert_eq!(
+            copy.read(p, 1, last as usize + 1).expect("read"),
+            original,
+            "{context}"
+        );
+        let starts = |log: &Log| -> Vec<(u64, u64)> {
+            let epochs = log.epochs(p).expect("epochs");
+            // The epochs some entry was written in, with where they start.
+            epochs
+                .iter()
+                .filter(|e| original.iter().any(|entry| entry.epoch == e.epoch))
+                .map(|e| (e.epoch, e.start_seqno))
+                .collect()
+        };
+        assert_eq!(starts(copy), starts(current), "{context}: partition {}", p.0);
     }
 }
 
