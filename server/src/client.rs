@@ -190,6 +190,7 @@ impl Client {
             block_time_ms: status.block_time_ms,
             validator: Address::from_hex(&status.validator).map_err(|_| malformed("validator"))?,
             pending_transactions: status.pending_transactions,
+            log_partitions: status.log_partitions,
         })
     }
 

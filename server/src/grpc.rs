@@ -484,6 +484,7 @@ impl NodeApi for Api {
             block_time_ms: status.block_time_ms,
             validator: status.validator.to_hex(),
             pending_transactions: status.pending_transactions,
+            log_partitions: status.log_partitions,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
     }

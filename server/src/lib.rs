@@ -31,6 +31,7 @@ mod error;
 pub mod format;
 pub mod grpc;
 pub mod metrics;
+pub mod mirror;
 mod node;
 pub mod pg;
 pub mod progress;

@@ -71,6 +71,33 @@ enum Command {
     Verify(VerifyCommand),
     /// Run a local network of validators, one `chainql node` process each, on loopback ports.
     Devnet(DevnetArgs),
+    /// Work with a node's Proof-of-Events log.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Keep a replica of a node's log in a directory: every partition's entries (same sequence
+    /// numbers and epochs), snapshot markers and rollbacks, read through `SubscribeLog`. A run
+    /// resumes where the directory's log ends, and reconnects when the node goes away.
+    Mirror(MirrorArgs),
+}
+
+#[derive(Args)]
+struct MirrorArgs {
+    /// The node to mirror (e.g. http://127.0.0.1:50051).
+    #[arg(long)]
+    connect: String,
+    /// Where the replica lives (created on the first run).
+    #[arg(long, default_value = "chainql-log-mirror")]
+    dir: PathBuf,
+    /// Stop once the replica holds what the node had committed when the run started.
+    #[arg(long, conflicts_with = "until_height")]
+    until_committed: bool,
+    /// Stop once the replica holds every partition up to the block at this height.
+    #[arg(long)]
+    until_height: Option<u64>,
 }
 
 #[derive(Args)]
@@ -381,6 +408,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate(args),
         Command::Verify(VerifyCommand::Block(args)) => verify_block(args),
         Command::Devnet(args) => devnet(args),
+        Command::Log(LogCommand::Mirror(args)) => mirror(args),
     };
     match result {
         Ok(code) => code,
@@ -797,6 +825,24 @@ fn verify_block(args: VerifyBlockArgs) -> Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn mirror(args: MirrorArgs) -> Result<ExitCode> {
+    use chainql_server::mirror::{Until, run_mirror};
+    init_tracing("warn");
+    let until = match (args.until_committed, args.until_height) {
+        (true, _) => Until::Committed,
+        (false, Some(height)) => Until::Height(height),
+        (false, None) => Until::Forever,
+    };
+    let report = runtime()?.block_on(async {
+        tokio::select! {
+            report = run_mirror(&args.connect, &args.dir, until) => report,
+            _ = tokio::signal::ctrl_c() => Err(Error::Client("interrupted".into())),
+        }
+    })?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {

@@ -224,6 +224,8 @@ pub struct NodeStatus {
     pub block_time_ms: u64,
     pub validator: Address,
     pub pending_transactions: u64,
+    /// The partitions of the chain's log.
+    pub log_partitions: u32,
 }
 
 /// Nonces of senders with transactions admitted but not yet committed.
@@ -579,6 +581,7 @@ impl Node {
             block_time_ms: state.timestamp_ms(),
             validator: self.inner.validator.address(),
             pending_transactions: pending,
+            log_partitions: self.inner.log.partitions(),
         }
     }
 

@@ -10,6 +10,7 @@ mod devnet;
 mod evidence;
 mod grpc;
 mod history;
+mod mirror;
 mod pg;
 mod pg_clients;
 mod python;

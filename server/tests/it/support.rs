@@ -56,7 +56,11 @@ impl NodeProcess {
 
     /// Starts a node whose log (stderr) goes to `log`.
     pub async fn start_logging(data_dir: &Path, log: impl Into<Stdio>) -> NodeProcess {
-        let port = free_port();
+        NodeProcess::start_on(data_dir, free_port(), log).await
+    }
+
+    /// Starts a node serving gRPC on `port` (as it did before a restart), logging to `log`.
+    pub async fn start_on(data_dir: &Path, port: u16, log: impl Into<Stdio>) -> NodeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_chainql"))
             .args(["node", "--data-dir"])
             .arg(data_dir)
