@@ -47,7 +47,7 @@ mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -281,8 +281,6 @@ pub struct Log {
     partitions: Vec<PartitionHandle>,
     recovery: Recovery,
     waits: Arc<WaitRecorder>,
-    /// Set while the log copies another log's entries rather than taking appends.
-    replica: AtomicBool,
 }
 
 impl Log {
@@ -345,7 +343,6 @@ impl Log {
             partitions,
             recovery,
             waits,
-            replica: AtomicBool::new(leader.is_none()),
         })
     }
 
@@ -404,7 +401,7 @@ impl Log {
     /// for durability afterwards, outside its own lock.
     pub async fn enqueue(&self, entries: Vec<(PartitionId, Vec<u8>)>) -> Result<PendingAppend> {
         if self.is_replica() {
-            return Err(Error::Role("a replica takes entries only from its leader".into()));
+            return Err(partition::replica_append());
         }
         let count = entries.len();
         let mut by_partition: Vec<(Vec<Vec<u8>>, Vec<usize>)> = (0..self.config.partitions)
@@ -511,15 +508,33 @@ impl Log {
             })
             .await
             .map_err(|_| writer_gone())?;
-        let outcome = answer.await.map_err(|_| writer_gone())??;
-        // A replica that fails over leads from now on.
-        self.replica.store(false, Ordering::Release);
-        Ok(outcome)
+        answer.await.map_err(|_| writer_gone())?
     }
 
-    /// Whether the log is a replica of another (see [`Log::open_replica`]).
+    /// Whether some partition is a replica of another log (see [`Log::open_replica`]), not yet
+    /// failed over.
     pub fn is_replica(&self) -> bool {
-        self.replica.load(Ordering::Acquire)
+        self.partitions
+            .iter()
+            .any(|p| p.shared.replica.load(Ordering::Acquire))
+    }
+
+    /// Makes a replica that failed over before a restart lead again: every partition's current
+    /// epoch must be `leader`'s (no new epoch starts).
+    pub async fn resume_lead(&self, leader: &[u8]) -> Result<()> {
+        for handle in &self.partitions {
+            let (reply, answer) = oneshot::channel();
+            let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
+            requests
+                .send(Request::TakeLead {
+                    leader: leader.to_vec(),
+                    reply,
+                })
+                .await
+                .map_err(|_| writer_gone())?;
+            answer.await.map_err(|_| writer_gone())??;
+        }
+        Ok(())
     }
 
     /// Copies what a subscription to another log (its leader) delivered into this log, a replica
@@ -529,11 +544,6 @@ impl Log {
     /// continue the replica exactly where [`Log::resume_positions`] left it; anything else is
     /// refused and nothing after it is applied.
     pub async fn replicate(&self, deliveries: Vec<Delivery>, leader: &[u8]) -> Result<()> {
-        if !self.is_replica() {
-            return Err(Error::Role(
-                "this log leads its partitions; only a replica copies another log".into(),
-            ));
-        }
         if leader.len() > LEADER_BYTES_MAX {
             return Err(Error::InvalidConfig(format!(
                 "a leader identity is at most {LEADER_BYTES_MAX} bytes"

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,9 @@ pub(crate) struct PartitionShared {
     pub changes: watch::Sender<u64>,
     pub appended: AtomicU64,
     pub group_commits: AtomicU64,
+    /// Set while the partition copies a leader's entries instead of taking appends. Changed
+    /// only by the writer, so a request is judged by the role the partition had when it ran.
+    pub replica: AtomicBool,
 }
 
 impl PartitionShared {
@@ -257,6 +260,15 @@ pub(crate) enum Request {
         from: SeqNo,
         reply: oneshot::Sender<Result<Vec<Entry>>>,
     },
+    /// Lead again, without a new epoch: the current one is `leader`'s.
+    TakeLead {
+        leader: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+pub(crate) fn replica_append() -> Error {
+    Error::Role("a replica takes entries only from its leader".into())
 }
 
 /// A partition opened: its shared state, its writer's queue and thread, and what recovery found.
@@ -443,6 +455,7 @@ pub(crate) fn open_partition(
         changes,
         appended: AtomicU64::new(0),
         group_commits: AtomicU64::new(0),
+        replica: AtomicBool::new(leader.is_none()),
     });
     let (sender, receiver) = mpsc::channel(config.queue_depth_max);
     let writer = Writer {
@@ -567,6 +580,11 @@ impl Writer {
                         entries = 0;
                         let _ = reply.send(self.replicate(copied, &leader));
                     }
+                    Request::TakeLead { leader, reply } => {
+                        self.commit_group(std::mem::take(&mut group));
+                        entries = 0;
+                        let _ = reply.send(self.take_lead(&leader));
+                    }
                     Request::RollBack { from, reply } => {
                         self.commit_group(std::mem::take(&mut group));
                         entries = 0;
@@ -589,6 +607,12 @@ impl Writer {
         if let Some(failure) = &self.failure {
             for (_, _, reply) in group {
                 let _ = reply.send(Err(Error::Stopped(failure.clone())));
+            }
+            return;
+        }
+        if self.shared.replica.load(Ordering::Acquire) {
+            for (_, _, reply) in group {
+                let _ = reply.send(Err(replica_append()));
             }
             return;
         }
@@ -697,6 +721,12 @@ impl Writer {
         if let Some(failure) = &self.failure {
             return Err(Error::Stopped(failure.clone()));
         }
+        if !self.shared.replica.load(Ordering::Acquire) {
+            return Err(Error::Role(format!(
+                "partition {} is led by this log; only a replica copies another log",
+                self.shared.id.0
+            )));
+        }
         let partition = self.shared.id;
         let mut epoch = self.failover.current().epoch;
         for (next, entry) in (self.next_seqno..).zip(&entries) {
@@ -776,8 +806,22 @@ impl Writer {
         let epoch = self
             .failover
             .start_epoch(storage.as_ref(), &self.shared.dir, from, leader)?;
+        // A replica that fails over leads from now on.
+        self.shared.replica.store(false, Ordering::Release);
         self.rolled_back();
         Ok((epoch, rolled_back))
+    }
+
+    /// A replica that failed over before a restart leads again, in the epoch it started.
+    fn take_lead(&mut self, leader: &[u8]) -> Result<()> {
+        if self.failover.current().leader != leader {
+            return Err(Error::Role(format!(
+                "partition {}'s current epoch is led by another node",
+                self.shared.id.0
+            )));
+        }
+        self.shared.replica.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Rolls back a replica's entries from `from` on, with the epochs that started there.

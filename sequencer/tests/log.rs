@@ -479,7 +479,7 @@ async fn a_replica_copies_its_leader_exactly_and_refuses_anything_else() {
     // Reopened, the replica keeps the leader's epochs (it starts none of its own) and resumes
     // after its last entry.
     replica.close();
-    let replica = Log::open_replica(storage.clone(), "/replica".as_ref(), config).expect("reopen");
+    let replica = Log::open_replica(storage.clone(), "/replica".as_ref(), config.clone()).expect("reopen");
     assert_eq!(starts(&replica), [(1, 1)]);
     let resume = &replica.resume_positions()[0];
     assert_eq!((resume.next_seqno, resume.epoch, resume.next_height), (3, 1, 0));
@@ -488,6 +488,16 @@ async fn a_replica_copies_its_leader_exactly_and_refuses_anything_else() {
     replica.fail_over(P0, b"r", None).await.expect("promote");
     assert!(!replica.is_replica());
     assert_eq!(replica.append(P0, payload(5)).await.expect("append"), 3);
+    assert_eq!(starts(&replica), [(1, 1), (2, 3)]);
+
+    // Reopened as a replica after that, it leads again only as the node that failed it over.
+    replica.close();
+    let replica = Log::open_replica(storage.clone(), "/replica".as_ref(), config).expect("reopen");
+    assert!(replica.is_replica());
+    let refused = replica.resume_lead(b"x").await.expect_err("another node");
+    assert!(matches!(refused, Error::Role(_)), "{refused}");
+    replica.resume_lead(b"r").await.expect("lead again");
+    assert_eq!(replica.append(P0, payload(6)).await.expect("append"), 4);
     assert_eq!(starts(&replica), [(1, 1), (2, 3)]);
     leader.close();
     replica.close();
