@@ -519,22 +519,30 @@ impl Log {
             .any(|p| p.shared.replica.load(Ordering::Acquire))
     }
 
-    /// Makes a replica that failed over before a restart lead again: every partition's current
+    /// Whether `partition` is a replica of another log, not yet failed over.
+    pub fn is_replica_partition(&self, partition: PartitionId) -> Result<bool> {
+        Ok(self.partition(partition)?.shared.replica.load(Ordering::Acquire))
+    }
+
+    /// Makes a replica partition that failed over before a restart lead again: its current
     /// epoch must be `leader`'s (no new epoch starts).
-    pub async fn resume_lead(&self, leader: &[u8]) -> Result<()> {
-        for handle in &self.partitions {
-            let (reply, answer) = oneshot::channel();
-            let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
-            requests
-                .send(Request::TakeLead {
-                    leader: leader.to_vec(),
-                    reply,
-                })
-                .await
-                .map_err(|_| writer_gone())?;
-            answer.await.map_err(|_| writer_gone())??;
-        }
-        Ok(())
+    pub async fn resume_lead(&self, partition: PartitionId, leader: &[u8]) -> Result<()> {
+        let handle = self.partition(partition)?;
+        let (reply, answer) = oneshot::channel();
+        let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
+        requests
+            .send(Request::TakeLead {
+                leader: leader.to_vec(),
+                reply,
+            })
+            .await
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// The last snapshot recorded for `partition`, if any.
+    pub fn last_snapshot(&self, partition: PartitionId) -> Result<Option<Snapshot>> {
+        Ok(self.partition(partition)?.shared.lock().snapshots.last().copied())
     }
 
     /// Copies what a subscription to another log (its leader) delivered into this log, a replica

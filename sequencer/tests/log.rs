@@ -494,9 +494,10 @@ async fn a_replica_copies_its_leader_exactly_and_refuses_anything_else() {
     replica.close();
     let replica = Log::open_replica(storage.clone(), "/replica".as_ref(), config).expect("reopen");
     assert!(replica.is_replica());
-    let refused = replica.resume_lead(b"x").await.expect_err("another node");
+    let refused = replica.resume_lead(P0, b"x").await.expect_err("another node");
     assert!(matches!(refused, Error::Role(_)), "{refused}");
-    replica.resume_lead(b"r").await.expect("lead again");
+    replica.resume_lead(P0, b"r").await.expect("lead again");
+    assert!(!replica.is_replica_partition(P0).expect("partition"));
     assert_eq!(replica.append(P0, payload(6)).await.expect("append"), 4);
     assert_eq!(starts(&replica), [(1, 1), (2, 3)]);
     leader.close();

@@ -105,43 +105,81 @@ pub async fn run_mirror(url: &str, dir: &Path, until: Until) -> Result<MirrorRep
         Until::Height(height) => Some(height),
         Until::Committed => Some(status.height),
     };
-    let mut report = MirrorReport {
+    let source = Source {
+        url: url.to_string(),
         chain_id: chain_id.clone(),
+        leader: status.validator.0.to_vec(),
+    };
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    let mut report = MirrorReport {
+        chain_id,
         ..MirrorReport::default()
     };
-    let leader = status.validator.0.to_vec();
-    let mut client = Some(client);
+    let outcome = follow(&source, Some(client), &log, target, stop, &mut report).await;
+    report.partitions = held(&log)?;
+    log.close();
+    outcome.map(|()| report)
+}
+
+/// The node a replica copies.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub url: String,
+    pub chain_id: String,
+    /// Its identity, recorded as the leader of the epochs the replica copies.
+    pub leader: Vec<u8>,
+}
+
+/// Copies `source`'s log into the replica `log` until it holds every partition's snapshot of
+/// `target` (never, without one) or `stop` turns true. A lost connection is made again, with
+/// growing pauses, and copying resumes where the replica ends; what the replica cannot take
+/// (a bad event, a refused position, a write failure) ends it with the error.
+pub async fn follow(
+    source: &Source,
+    mut client: Option<Client>,
+    log: &Log,
+    target: Option<u64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    report: &mut MirrorReport,
+) -> Result<()> {
     let mut pause = Duration::from_millis(100);
-    let outcome = loop {
-        if reached(&log, target)? {
-            break Ok(());
+    loop {
+        if *stop.borrow_and_update() || reached(log, target)? {
+            return Ok(());
         }
         let connected = match client.take() {
             Some(client) => client,
-            None => match Client::connect(url).await {
+            None => match Client::connect(&source.url).await {
                 Ok(client) => client,
                 Err(error) => {
                     tracing::warn!(%error, "the node is unreachable; trying again");
-                    tokio::time::sleep(pause).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        _ = stop.changed() => {}
+                    }
                     pause = (pause * 2).min(RETRY_MAX);
                     continue;
                 }
             },
         };
-        match copy(&connected, &log, &chain_id, &leader, target, &mut report).await {
-            Ok(()) => break Ok(()),
-            Err(Stop::Fatal(error)) => break Err(error),
+        let copied = tokio::select! {
+            copied = copy(&connected, log, source, target, report) => copied,
+            _ = stop.changed() => return Ok(()),
+        };
+        match copied {
+            Ok(()) => return Ok(()),
+            Err(Stop::Fatal(error)) => return Err(error),
             Err(Stop::Lost(why)) => {
-                tracing::warn!(why, "lost the node's log stream; resuming from the mirror's end");
+                tracing::warn!(why, "lost the node's log stream; resuming from the replica's end");
                 report.reconnects += 1;
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => {}
+                }
                 pause = (pause * 2).min(RETRY_MAX);
             }
         }
-    };
-    report.partitions = held(&log)?;
-    log.close();
-    outcome.map(|()| report)
+    }
 }
 
 /// A mirror directory holds one chain's log: the first run records the chain's id, and later
@@ -174,7 +212,7 @@ fn reached(log: &Log, target: Option<u64>) -> Result<bool> {
         return Ok(true);
     }
     for p in 0..log.partitions() {
-        let last = log.snapshots(PartitionId(p))?.last().map(|s| s.height);
+        let last = log.last_snapshot(PartitionId(p))?.map(|s| s.height);
         if last.is_none_or(|height| height < target) {
             return Ok(false);
         }
@@ -187,7 +225,7 @@ fn held(log: &Log) -> Result<Vec<(u64, u64, Option<u64>)>> {
     log.resume_positions()
         .into_iter()
         .map(|position| {
-            let height = log.snapshots(position.partition)?.last().map(|s| s.height);
+            let height = log.last_snapshot(position.partition)?.map(|s| s.height);
             Ok((position.next_seqno - 1, position.epoch, height))
         })
         .collect()
@@ -197,11 +235,11 @@ fn held(log: &Log) -> Result<Vec<(u64, u64, Option<u64>)>> {
 async fn copy(
     client: &Client,
     log: &Log,
-    chain_id: &str,
-    leader: &[u8],
+    source: &Source,
     target: Option<u64>,
     report: &mut MirrorReport,
 ) -> std::result::Result<(), Stop> {
+    let chain_id = &source.chain_id;
     let resume_tokens = log
         .resume_positions()
         .iter()
@@ -247,7 +285,7 @@ async fn copy(
             }
         }
         // What arrived before an error is still copied.
-        log.replicate(deliveries, leader).await?;
+        log.replicate(deliveries, &source.leader).await?;
         if let Some(failure) = failure {
             return Err(failure);
         }

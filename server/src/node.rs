@@ -37,6 +37,7 @@ use tokio::sync::{Notify, oneshot, watch};
 mod consensus;
 mod verifier;
 
+use crate::Client;
 use crate::checkpoints::{Checkpoints, StoredReceipts};
 use crate::error::{Error, Result};
 
@@ -294,6 +295,11 @@ struct Inner {
     /// Conflicting votes this validator saw and no block has punished yet, for its next
     /// proposals (at most [`EVIDENCE_KEPT`]).
     evidence: Mutex<Vec<(Equivocation, Evidence)>>,
+    /// Set to stop copying the first peer's log, when this node takes its log over.
+    replicating: watch::Sender<bool>,
+    /// While the log is a replica: the first peer, which admits the transactions this node is
+    /// sent.
+    leader_client: tokio::sync::Mutex<Option<Client>>,
 }
 
 /// Pieces of evidence a validator keeps for its proposals.
@@ -439,20 +445,27 @@ impl Node {
                 genesis.chain_id
             )));
         }
-        let log = Log::open_with(
-            storage,
-            &config.data_dir.join("log"),
-            LogConfig {
-                partitions: genesis.log_partitions,
-                segment_bytes_max: config.log_segment_bytes_max,
-                record_bytes_max: config.transaction_limits.transaction_bytes_max + 1024,
-                group_commit_wait_max: Duration::from_millis(config.log_group_commit_wait_ms),
-                tail_bytes_max: config.log_tail_bytes_max,
-                retention: config.log_retention,
-                ..LogConfig::default()
-            },
-            &validator.address().0,
-        )?;
+        let log_dir = config.data_dir.join("log");
+        let log_config = LogConfig {
+            partitions: genesis.log_partitions,
+            segment_bytes_max: config.log_segment_bytes_max,
+            record_bytes_max: config.transaction_limits.transaction_bytes_max + 1024,
+            group_commit_wait_max: Duration::from_millis(config.log_group_commit_wait_ms),
+            tail_bytes_max: config.log_tail_bytes_max,
+            retention: config.log_retention,
+            ..LogConfig::default()
+        };
+        // A genesis validator leads its own log. Any other node keeps its log as a replica of
+        // its first peer's until it joins the validator set, and then takes it over
+        // (`Inner::take_over_log`).
+        let in_genesis = genesis_validators
+            .iter()
+            .any(|(key, _)| *key == validator.public_key());
+        let log = if in_genesis {
+            Log::open_with(storage, &log_dir, log_config, &validator.address().0)?
+        } else {
+            Log::open_replica(storage, &log_dir, log_config)?
+        };
         let partitions = genesis.log_partitions as usize;
         let blocks = BlockStore::open(&config.data_dir.join("blocks"))?;
         let executor = Executor::new(config.query_partitions, config.query_limits)?
@@ -470,6 +483,7 @@ impl Node {
         let peers = config.peers.clone();
         let (inbox, received) = tokio::sync::mpsc::channel(consensus::INBOX);
         let (gossiped, to_admit) = tokio::sync::mpsc::channel(GOSSIP_QUEUE);
+        let (replicating, replication_stop) = watch::channel(false);
         let inner = Arc::new(Inner {
             config,
             ctx: ChainContext::new(genesis.chain_id.clone()),
@@ -502,9 +516,30 @@ impl Node {
             inbox,
             gossiped,
             evidence: Mutex::new(Vec::new()),
+            replicating,
+            leader_client: tokio::sync::Mutex::new(None),
         });
         let recovery = inner.replay().await?;
         inner.recover_pending().await?;
+        if inner.log.is_replica() {
+            // Taken over before a restart (or only partly, when it stopped halfway), or joined
+            // the set while it was down: the log is this node's now.
+            let me = inner.validator.address().0;
+            let mut taken_over = false;
+            for p in 0..inner.log.partitions() {
+                taken_over |= inner
+                    .log
+                    .epochs(PartitionId(p))?
+                    .last()
+                    .is_some_and(|epoch| epoch.leader == me);
+            }
+            let state = inner.state();
+            if taken_over || is_validator_at(&state, state.height() + 1, &inner.validator.public_key()) {
+                inner.take_over_log().await?;
+            } else {
+                tokio::spawn(Arc::clone(&inner).follow_leader_log(replication_stop));
+            }
+        }
         let (consensus, outputs) = consensus::Consensus::open(Arc::clone(&inner), received)?;
         let producer = tokio::spawn(consensus.run(outputs));
         let node = Node {
@@ -598,6 +633,11 @@ impl Node {
     /// Admits a transaction: checks it, appends it to the log, and returns its hash once the log
     /// entry is durable. Nothing refused reaches the log.
     pub async fn submit(&self, signed: SignedTransaction) -> Result<Hash> {
+        if self.inner.log.is_replica() {
+            let result = self.forward(signed).await;
+            self.count_admission(&result);
+            return result;
+        }
         let copy = (!self.inner.peers.is_empty()).then(|| signed.clone());
         let result = self.admit(signed).await;
         self.count_admission(&result);
@@ -605,6 +645,19 @@ impl Node {
             self.inner.peers.gossip(vec![copy]);
         }
         result
+    }
+
+    /// Checks what a replica node can check on its own, then hands the transaction to the
+    /// node whose log it copies.
+    async fn forward(&self, signed: SignedTransaction) -> Result<Hash> {
+        self.inner.check_running()?;
+        let limits = &self.inner.config.transaction_limits;
+        let decoded = DecodedTransaction::from_signed(signed, limits, &self.inner.genesis.chain_id)?;
+        let decoded = self.inner.verifier.verify(decoded).await?;
+        for statement in &decoded.body.statements {
+            chainql::sql::parse_transaction_statement(statement)?;
+        }
+        self.inner.forward(decoded.signed).await
     }
 
     fn count_admission(&self, result: &Result<Hash>) {
@@ -656,6 +709,15 @@ impl Node {
     /// thread, and each partition's transactions enter the log in one request. Returns one result
     /// per transaction, in order; a refused transaction does not hold back the others.
     pub async fn submit_many(&self, transactions: Vec<SignedTransaction>) -> Vec<Result<Hash>> {
+        if self.inner.log.is_replica() {
+            let mut results = Vec::with_capacity(transactions.len());
+            for signed in transactions {
+                let result = self.forward(signed).await;
+                self.count_admission(&result);
+                results.push(result);
+            }
+            return results;
+        }
         let copies = (!self.inner.peers.is_empty()).then(|| transactions.clone());
         let results = self.admit_many(transactions).await;
         for result in &results {
@@ -684,6 +746,10 @@ impl Node {
         use crate::validator::Received;
         match crate::validator::decode(message)? {
             Received::Transactions(transactions) => {
+                if self.inner.log.is_replica() {
+                    // A replica takes transactions through its leader's log.
+                    return Ok(());
+                }
                 if transactions.len() > GOSSIP_TRANSACTIONS_MAX {
                     return Err(format!(
                         "{} transactions in one message; at most {GOSSIP_TRANSACTIONS_MAX}",
@@ -1315,14 +1381,176 @@ impl Inner {
         });
     }
 
-    /// Tells the log that every entry before `next_seqnos` is ordered by block `height`.
+    /// Tells the log that every entry before `next_seqnos` is ordered by block `height`. A
+    /// replica's markers are its leader's; a log taken over from a leader keeps those the
+    /// leader made, and the node's own continue above them.
     fn mark_snapshot(&self, height: u64, next_seqnos: &[u64]) -> Result<()> {
+        if self.log.is_replica()
+            || self
+                .log
+                .last_snapshot(PartitionId(0))?
+                .is_some_and(|last| last.height >= height)
+        {
+            return Ok(());
+        }
         let ranges: Vec<(PartitionId, u64)> = next_seqnos
             .iter()
             .enumerate()
             .map(|(p, next)| (PartitionId(p as u32), next - 1))
             .collect();
         Ok(self.log.mark_snapshot(height, &ranges)?)
+    }
+
+    /// Copies the first peer's log into this node's replica, until the node takes the log over
+    /// or stops: every entry, snapshot marker and rollback, resuming where the replica ends
+    /// after a lost connection or a restart of either node.
+    async fn follow_leader_log(self: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+        let Some(url) = self.config.peers.first().cloned() else {
+            return;
+        };
+        let mut pause = Duration::from_millis(100);
+        while !*stop.borrow_and_update() && !self.stopping.load(Ordering::Acquire) {
+            let attempt = async {
+                let client = Client::connect(&url).await?;
+                let status = client.status().await?;
+                if status.chain_id != self.genesis.chain_id {
+                    return Err(Error::Config(format!(
+                        "peer {url} serves chain {:?}, not {:?}",
+                        status.chain_id, self.genesis.chain_id
+                    )));
+                }
+                let source = crate::mirror::Source {
+                    url: url.clone(),
+                    chain_id: status.chain_id,
+                    leader: status.validator.0.to_vec(),
+                };
+                let mut report = crate::mirror::MirrorReport::default();
+                crate::mirror::follow(&source, Some(client), &self.log, None, stop.clone(), &mut report).await
+            };
+            match attempt.await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(peer = %url, %error, "copying the peer's log failed; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        _ = stop.changed() => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Takes over the log this node kept as a replica of its first peer's, now that it is a
+    /// validator: each partition fails over to a new epoch led by this node, rolling back the
+    /// copied entries no block this node knows has settled. Those are proposed again from this
+    /// log, unless the committed state has used their nonce (then they are dropped). Idempotent:
+    /// partitions already taken over (before a restart) lead again without a new epoch.
+    async fn take_over_log(&self) -> Result<()> {
+        let _ = self.replicating.send(true);
+        let me = self.validator.address().0;
+        let mut rolled_back = Vec::new();
+        for p in 0..self.log.partitions() {
+            let partition = PartitionId(p);
+            if !self.log.is_replica_partition(partition)? {
+                continue;
+            }
+            if self
+                .log
+                .epochs(partition)?
+                .last()
+                .is_some_and(|epoch| epoch.leader == me)
+            {
+                self.log.resume_lead(partition, &me).await?;
+                continue;
+            }
+            // Settled: what the leader's snapshots cover, and what this node's blocks settled.
+            let last = self.log.last_seqno(partition)?;
+            let committed = self.log.committed_seqno(partition)?;
+            let from = (committed + 1)
+                .max(self.next_seqnos[p as usize].load(Ordering::Acquire))
+                .min(last + 1);
+            let (epoch, entries) = self.log.fail_over(partition, &me, Some(from)).await?;
+            self.next_seqnos[p as usize].store(from, Ordering::Release);
+            tracing::info!(
+                partition = p,
+                epoch,
+                from,
+                rolled_back = entries.len(),
+                "took over the log partition"
+            );
+            rolled_back.extend(entries);
+        }
+        let state = self.state();
+        let mut again = Vec::new();
+        for entry in &rolled_back {
+            let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
+                Error::Corrupt(format!(
+                    "log entry {}/{} does not decode: {e}",
+                    entry.partition.0, entry.seqno
+                ))
+            })?;
+            let (transaction, sender) = executable(&signed)?;
+            if transaction.nonce >= state.account(&sender).nonce {
+                again.push((entry.partition, entry.payload.to_vec()));
+            }
+        }
+        let proposed = again.len();
+        if !again.is_empty() {
+            self.log.append_many(again).await?;
+        }
+        if !rolled_back.is_empty() {
+            tracing::info!(
+                proposed_again = proposed,
+                dropped = rolled_back.len() - proposed,
+                "rolled-back log entries"
+            );
+        }
+        // The pending nonces are now those of this log.
+        for admission in &self.admission {
+            admission.lock().await.next_nonces.clear();
+        }
+        *self.leader_client.lock().await = None;
+        self.recover_pending().await
+    }
+
+    /// While the log is a replica: hands a transaction to the first peer, which admits it into
+    /// the log this one copies, and counts its nonce as pending here once it is admitted.
+    /// One partition's transactions are handed on one at a time, so a sender's keep their order.
+    async fn forward(&self, signed: SignedTransaction) -> Result<Hash> {
+        let (transaction, sender) = executable(&signed).map_err(|_| {
+            Error::Transaction(chainql::Error::Malformed(
+                "the transaction does not decode".into(),
+            ))
+        })?;
+        let mut admission = self.admission[self.partition_of(&sender).0 as usize].lock().await;
+        let client = {
+            let mut cached = self.leader_client.lock().await;
+            match cached.as_ref() {
+                Some(client) => client.clone(),
+                None => {
+                    let url = self
+                        .config
+                        .peers
+                        .first()
+                        .ok_or_else(|| Error::Config("a replica node needs a peer".into()))?;
+                    let client = Client::connect(url).await?;
+                    *cached = Some(client.clone());
+                    client
+                }
+            }
+        };
+        match client.submit(signed, false).await {
+            Ok((hash, _)) => {
+                let next = admission.next_nonces.entry(sender).or_default();
+                *next = (*next).max(transaction.nonce + 1);
+                Ok(hash)
+            }
+            Err(error) => {
+                *self.leader_client.lock().await = None;
+                Err(error)
+            }
+        }
     }
 
     /// Rebuilds the pending nonces from log entries not yet in a block.
@@ -1853,6 +2081,9 @@ impl Inner {
         self.mark_snapshot(height, &next_seqnos)?;
         let next = Arc::new(next);
         self.publish(Arc::clone(&next), receipts);
+        if self.log.is_replica() && is_validator_at(&next, height + 1, &self.validator.public_key()) {
+            self.take_over_log().await?;
+        }
         if self.config.checkpoint_interval > 0 && height % self.config.checkpoint_interval == 0 {
             self.start_checkpoint(next, next_seqnos);
         }

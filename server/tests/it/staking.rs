@@ -3,10 +3,14 @@
 //! validators: with the newcomer holding most of the stake, it and one other validator commit
 //! blocks while the three genesis validators together cannot. `chainql verify block` checks a
 //! block of the new set by following the sets the chain announced from the genesis.
+//!
+//! Until it joins, the newcomer's log is a replica of validator 0's, and what it is sent goes
+//! through validator 0; once it joins, it takes its log over in a new epoch of its own.
 
 use std::time::{Duration, Instant};
 
-use chainql::{Keypair, TransactionBuilder};
+use chainql::{Hash, Keypair, TransactionBuilder};
+use chainql_server::grpc::proto;
 
 use crate::support::{DevnetProcesses, chainql};
 
@@ -35,6 +39,35 @@ async fn advance_to(devnet: &Devnet, via: usize, height: u64, writer: &Transacti
             .await
             .expect("a tick commits");
     }
+}
+
+/// One log entry as `SubscribeLog` shows it: partition, seqno, epoch and transaction hash.
+type Logged = (u32, u64, u64, Vec<u8>);
+
+/// Reads node `via`'s log from the start until `until` holds for what was read; returns every
+/// entry read, by partition and seqno.
+async fn read_log(devnet: &Devnet, via: usize, until: impl Fn(&[Logged]) -> bool) -> Vec<Logged> {
+    let mut stream = devnet
+        .client(via)
+        .await
+        .raw()
+        .subscribe_log(proto::SubscribeLogRequest::default())
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut entries = Vec::new();
+    while !until(&entries) {
+        let event = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("a log event in time")
+            .expect("no error")
+            .expect("open");
+        if let Some(proto::log_event::Event::Entry(entry)) = event.event {
+            entries.push((event.partition, entry.seqno, entry.epoch, entry.transaction_hash));
+        }
+    }
+    entries.sort();
+    entries
 }
 
 /// The power a node reports for `address` at its next height.
@@ -88,11 +121,52 @@ async fn a_follower_stakes_into_the_set_and_stake_not_head_count_makes_the_quoru
     assert!(receipt.error.is_empty(), "{}", receipt.error);
     assert_eq!(power(&devnet, 0, &address).await, 0);
 
+    // Its node handed the stake to validator 0, whose log it copies: both logs hold the
+    // table's creation and the stake, at the same seqnos and in validator 0's first epoch.
+    let stake = receipt.transaction_hash.clone();
+    let copied = read_log(&devnet, 3, |entries| entries.len() == 2).await;
+    assert_eq!(copied, read_log(&devnet, 0, |entries| entries.len() == 2).await);
+    assert!(
+        copied
+            .iter()
+            .any(|(_, _, epoch, hash)| *hash == stake && *epoch == 1),
+        "{copied:?}"
+    );
+
     // The epoch ends at the next multiple of EPOCH; the set it makes commits two heights later.
     let boundary = receipt.block_height.div_ceil(EPOCH) * EPOCH;
     advance_to(&devnet, 0, boundary + 1, &writer).await;
     assert_eq!(power(&devnet, 0, &address).await, 500);
     assert_eq!(power(&devnet, 3, &address).await, 500, "the follower agrees");
+
+    // A validator now, it took its log over: what it admits goes into epoch 2, led by itself,
+    // after the entries it copied (the stake still among them, in epoch 1).
+    let nonce = devnet.client(3).await.next_nonce(&address).await.expect("nonce");
+    let receipt = devnet
+        .client(3)
+        .await
+        .execute(
+            &newcomer,
+            vec!["CREATE TABLE newcomer_table (id INT PRIMARY KEY)".into()],
+        )
+        .await
+        .expect("admitted by the newcomer");
+    assert!(receipt.error.is_empty(), "{}", receipt.error);
+    let own = Hash::from_slice(&receipt.transaction_hash)
+        .expect("a hash")
+        .0
+        .to_vec();
+    let log = read_log(&devnet, 3, |entries| entries.iter().any(|e| e.3 == own)).await;
+    let (partition, seqno, epoch, _) = log.iter().find(|e| e.3 == own).expect("logged").clone();
+    assert_eq!(epoch, 2, "{log:?}");
+    assert!(
+        log.iter()
+            .any(|e| e.3 == stake && e.2 == 1 && (e.0, e.1) < (partition, seqno))
+    );
+    assert_eq!(
+        nonce + 1,
+        devnet.client(3).await.next_nonce(&address).await.expect("nonce")
+    );
 
     // 500 of 800: the newcomer and any one validator are more than 2/3 of the stake...
     devnet.kill(1);
