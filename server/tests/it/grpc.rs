@@ -22,9 +22,14 @@ struct Served {
 }
 
 async fn serve() -> Served {
+    serve_with(|_| {}).await
+}
+
+async fn serve_with(configure: impl FnOnce(&mut NodeConfig)) -> Served {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = NodeConfig::new(dir.path());
     config.block_interval_ms = 1;
+    configure(&mut config);
     init_data_dir(&config, "grpc-test", &[]).expect("init");
     let node = Node::open(config).await.expect("open");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -399,6 +404,60 @@ async fn the_log_streams_over_grpc_and_resumes_from_tokens() {
         .await
         .expect_err("no such partition");
     assert_eq!(status.code(), Code::InvalidArgument);
+    let _ = served.stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_released_below_a_checkpoint_are_out_of_range_for_readers_and_mirrors() {
+    let served = serve_with(|config| {
+        config.log_partitions = 1;
+        config.transaction_limits.transaction_bytes_max = 4 << 10;
+        config.log_segment_bytes_max = 8 << 10;
+        config.checkpoint_interval = 2;
+        config.log_retention = true;
+    })
+    .await;
+    let builder = TransactionBuilder::new("grpc-test", Keypair::from_seed([12; 32]));
+    let mut client = served.remote.raw();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut nonce = 0;
+    // Fill a few segments, until a checkpoint lets the first ones go.
+    let status = loop {
+        assert!(std::time::Instant::now() < deadline, "no segment was released");
+        for _ in 0..20 {
+            let statement = format!("CREATE TABLE released_{nonce} (id BIGINT PRIMARY KEY, note TEXT)");
+            served
+                .node
+                .submit_and_wait(builder.build(nonce, vec![statement]))
+                .await
+                .expect("committed");
+            nonce += 1;
+        }
+        match client.subscribe_log(proto::SubscribeLogRequest::default()).await {
+            Err(status) => break status,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
+    assert!(
+        status.message().contains("released after a checkpoint"),
+        "{}",
+        status.message()
+    );
+
+    // A new mirror cannot start from the beginning, and says why.
+    let mirror = tempfile::tempdir().expect("tempdir");
+    let error = chainql_server::mirror::run_mirror(
+        &served.url,
+        mirror.path(),
+        chainql_server::mirror::Until::Committed,
+    )
+    .await
+    .expect_err("released entries");
+    assert!(
+        error.to_string().contains("released after a checkpoint"),
+        "{error}"
+    );
     let _ = served.stop.send(());
 }
 
