@@ -295,8 +295,10 @@ struct Inner {
     /// Conflicting votes this validator saw and no block has punished yet, for its next
     /// proposals (at most [`EVIDENCE_KEPT`]).
     evidence: Mutex<Vec<(Equivocation, Evidence)>>,
-    /// Set to stop copying the first peer's log, when this node takes its log over.
+    /// Set to stop copying the first peer's log, when this node takes its log over or stops.
     replicating: watch::Sender<bool>,
+    /// The task that copies it.
+    follower: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// While the log is a replica: the first peer, which admits the transactions this node is
     /// sent.
     leader_client: tokio::sync::Mutex<Option<Client>>,
@@ -517,6 +519,7 @@ impl Node {
             gossiped,
             evidence: Mutex::new(Vec::new()),
             replicating,
+            follower: tokio::sync::Mutex::new(None),
             leader_client: tokio::sync::Mutex::new(None),
         });
         let recovery = inner.replay().await?;
@@ -537,7 +540,8 @@ impl Node {
             if taken_over || is_validator_at(&state, state.height() + 1, &inner.validator.public_key()) {
                 inner.take_over_log().await?;
             } else {
-                tokio::spawn(Arc::clone(&inner).follow_leader_log(replication_stop));
+                let task = tokio::spawn(Arc::clone(&inner).follow_leader_log(replication_stop));
+                *inner.follower.lock().await = Some(task);
             }
         }
         let (consensus, outputs) = consensus::Consensus::open(Arc::clone(&inner), received)?;
@@ -704,9 +708,10 @@ impl Node {
         Ok(decoded.hash)
     }
 
-    /// Admits many transactions at once: signatures are checked in batches (ed25519 batch
-    /// verification, about twice as fast as one by one), each log partition's share on its own
-    /// thread, and each partition's transactions enter the log in one request. Returns one result
+    /// Admits many transactions at once: signatures are checked in the verifier's batches
+    /// (ed25519 batch verification, about twice as fast as one by one, on every core), and each
+    /// log partition's transactions enter the log in one request, under that partition's lock
+    /// only. Returns one result
     /// per transaction, in order; a refused transaction does not hold back the others.
     pub async fn submit_many(&self, transactions: Vec<SignedTransaction>) -> Vec<Result<Hash>> {
         if self.inner.log.is_replica() {
@@ -819,50 +824,35 @@ impl Node {
         let count = transactions.len();
         let mut results: Vec<Option<Result<Hash>>> = (0..count).map(|_| None).collect();
         let partitions = self.inner.log.partitions() as usize;
-        let mut groups: Vec<Vec<(usize, DecodedTransaction)>> = (0..partitions).map(|_| Vec::new()).collect();
         let limits = self.inner.config.transaction_limits;
+        let mut decoded = Vec::with_capacity(count);
+        let mut indices = Vec::with_capacity(count);
         for (i, signed) in transactions.into_iter().enumerate() {
             match DecodedTransaction::from_signed(signed, &limits, &self.inner.genesis.chain_id) {
-                Ok(decoded) => {
-                    groups[self.inner.partition_of(&decoded.address).0 as usize].push((i, decoded))
+                Ok(transaction) => {
+                    decoded.push(transaction);
+                    indices.push(i);
                 }
                 Err(error) => results[i] = Some(Err(error.into())),
             }
         }
-        // Stateless checks, a thread per partition.
-        let checks: Vec<_> = groups
-            .into_iter()
-            .map(|group| {
-                tokio::task::spawn_blocking(move || {
-                    let refs: Vec<&DecodedTransaction> = group.iter().map(|(_, d)| d).collect();
-                    let verdicts: Vec<Result<()>> = chainql::verify_transactions(&refs)
-                        .into_iter()
-                        .zip(&group)
-                        .map(|(signature, (_, decoded))| {
-                            signature?;
-                            for statement in &decoded.body.statements {
-                                chainql::sql::parse_transaction_statement(statement)?;
-                            }
-                            Ok(())
-                        })
-                        .collect();
-                    (group, verdicts)
-                })
-            })
-            .collect();
-        let mut admitted = Vec::new();
-        for check in checks {
-            let Ok((group, verdicts)) = check.await else {
-                continue;
-            };
-            let mut accepted = Vec::new();
-            for ((i, decoded), verdict) in group.into_iter().zip(verdicts) {
-                match verdict {
-                    Ok(()) => accepted.push((i, decoded)),
-                    Err(error) => results[i] = Some(Err(error)),
+        // Stateless checks: signatures in the verifier's batches, then the statements.
+        let mut admitted: Vec<Vec<(usize, DecodedTransaction)>> =
+            (0..partitions).map(|_| Vec::new()).collect();
+        let verdicts = self.inner.verifier.verify_many(decoded).await;
+        for (i, verdict) in indices.into_iter().zip(verdicts) {
+            let checked = verdict.and_then(|transaction| {
+                for statement in &transaction.body.statements {
+                    chainql::sql::parse_transaction_statement(statement)?;
                 }
+                Ok(transaction)
+            });
+            match checked {
+                Ok(transaction) => {
+                    admitted[self.inner.partition_of(&transaction.address).0 as usize].push((i, transaction))
+                }
+                Err(error) => results[i] = Some(Err(error)),
             }
-            admitted.push(accepted);
         }
         // Nonces and the log, partition by partition.
         let mut pending = Vec::new();
@@ -1172,6 +1162,7 @@ impl Node {
         if let Some(producer) = producer {
             let _ = producer.await;
         }
+        self.inner.stop_following().await;
     }
 }
 
@@ -1410,6 +1401,7 @@ impl Inner {
         };
         let mut pause = Duration::from_millis(100);
         while !*stop.borrow_and_update() && !self.stopping.load(Ordering::Acquire) {
+            let copy_stop = stop.clone();
             let attempt = async {
                 let client = Client::connect(&url).await?;
                 let status = client.status().await?;
@@ -1425,9 +1417,13 @@ impl Inner {
                     leader: status.validator.0.to_vec(),
                 };
                 let mut report = crate::mirror::MirrorReport::default();
-                crate::mirror::follow(&source, Some(client), &self.log, None, stop.clone(), &mut report).await
+                crate::mirror::follow(&source, Some(client), &self.log, None, copy_stop, &mut report).await
             };
-            match attempt.await {
+            let attempted = tokio::select! {
+                attempted = attempt => attempted,
+                _ = stop.changed() => return,
+            };
+            match attempted {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(peer = %url, %error, "copying the peer's log failed; trying again");
@@ -1441,13 +1437,23 @@ impl Inner {
         }
     }
 
+    /// Stops copying the first peer's log, and waits until the copying task has ended.
+    async fn stop_following(&self) {
+        let _ = self.replicating.send(true);
+        let task = self.follower.lock().await.take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
     /// Takes over the log this node kept as a replica of its first peer's, now that it is a
     /// validator: each partition fails over to a new epoch led by this node, rolling back the
     /// copied entries no block this node knows has settled. Those are proposed again from this
     /// log, unless the committed state has used their nonce (then they are dropped). Idempotent:
     /// partitions already taken over (before a restart) lead again without a new epoch.
     async fn take_over_log(&self) -> Result<()> {
-        let _ = self.replicating.send(true);
+        // Nothing may be copied (entries or snapshot markers) once the rollback point is chosen.
+        self.stop_following().await;
         let me = self.validator.address().0;
         let mut rolled_back = Vec::new();
         for p in 0..self.log.partitions() {
