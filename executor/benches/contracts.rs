@@ -13,17 +13,6 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The allocator setting of the `chainql` binary (see `keep_freed_memory` in its `main.rs`):
-/// freed memory is kept 10 s before it goes back to the OS.
-#[allow(unsafe_code)]
-fn keep_freed_memory() {
-    /// `mi_option_purge_delay` of `mi_option_e` in mimalloc v3's `include/mimalloc.h` (the
-    /// `libmimalloc-sys` bindings do not name it).
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets one integer option, which mimalloc allows at any time from any thread.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 10_000) };
-}
-
 const HOLDERS: u64 = 1_000_000;
 /// Calls in the block R2 runs, each from its own sender.
 const CALLS: u64 = 100_000;
@@ -121,7 +110,7 @@ fn calls(count: u64, recipient: impl Fn(&mut Numbers) -> u64) -> Vec<ExecutableT
 }
 
 fn transfer_calls(c: &mut Criterion) {
-    keep_freed_memory();
+    chainql_executor::keep_freed_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

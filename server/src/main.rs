@@ -20,19 +20,6 @@ use chainql_server::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Keeps freed memory 10 s before giving it back to the OS (mimalloc's default is 10 ms). Block
-/// execution frees and reallocates hundreds of megabytes per block; memory given back too early
-/// returns through page faults that zero it, which cost about a seventh of block execution
-/// (BENCHMARKS.md). A node keeps executing blocks, so the memory is reused, not held idle.
-#[allow(unsafe_code)]
-fn keep_freed_memory() {
-    /// `mi_option_purge_delay` of `mi_option_e` in mimalloc v3's `include/mimalloc.h` (the
-    /// `libmimalloc-sys` bindings do not name it).
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets one integer option, which mimalloc allows at any time from any thread.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 10_000) };
-}
-
 const DEFAULT_DATA_DIR: &str = "chainql-data";
 const DEFAULT_CHAIN_ID: &str = "chainql-local";
 /// The balance the embedded shell's own account starts with on a new chain.
@@ -390,7 +377,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    chainql_executor::keep_freed_memory();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
