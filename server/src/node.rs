@@ -1848,18 +1848,28 @@ impl Inner {
                 .map(|(d, already)| !already && checked.get(&d.hash) != Some(&d.signed.signature))
                 .collect()
         };
-        let decoded = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&DecodedTransaction> = decoded
-                .iter()
-                .zip(&unchecked)
-                .filter(|(_, u)| **u)
-                .map(|(d, _)| d)
-                .collect();
-            for verdict in chainql::verify_transactions(&refs) {
-                verdict?;
+        // Signatures in the verifier's batches (on every core), then the statements.
+        let mut kept: Vec<Option<DecodedTransaction>> = Vec::with_capacity(decoded.len());
+        let mut positions = Vec::new();
+        let mut to_verify = Vec::new();
+        for (i, (transaction, unchecked)) in decoded.into_iter().zip(&unchecked).enumerate() {
+            if *unchecked {
+                positions.push(i);
+                to_verify.push(transaction);
+                kept.push(None);
+            } else {
+                kept.push(Some(transaction));
             }
-            for transaction in refs {
-                for statement in &transaction.body.statements {
+        }
+        let mut verified = Vec::with_capacity(positions.len());
+        for (i, verdict) in positions.into_iter().zip(self.verifier.verify_many(to_verify).await) {
+            verified.push(i);
+            kept[i] = Some(verdict?);
+        }
+        let decoded: Vec<DecodedTransaction> = kept.into_iter().flatten().collect();
+        let decoded = tokio::task::spawn_blocking(move || {
+            for &i in &verified {
+                for statement in &decoded[i].body.statements {
                     chainql::sql::parse_transaction_statement(statement)?;
                 }
             }
