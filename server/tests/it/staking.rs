@@ -133,6 +133,19 @@ async fn a_follower_stakes_into_the_set_and_stake_not_head_count_makes_the_quoru
         "{copied:?}"
     );
 
+    // Restarted, the replica keeps what it copied (no epoch of its own) and goes on copying.
+    devnet.kill(3);
+    devnet.start(3).await;
+    devnet
+        .client(0)
+        .await
+        .execute(&writer, vec!["INSERT INTO ticks VALUES (0)".into()])
+        .await
+        .expect("a tick");
+    let copied = read_log(&devnet, 3, |entries| entries.len() == 3).await;
+    assert_eq!(copied, read_log(&devnet, 0, |entries| entries.len() == 3).await);
+    assert!(copied.iter().all(|(_, _, epoch, _)| *epoch == 1), "{copied:?}");
+
     // The epoch ends at the next multiple of EPOCH; the set it makes commits two heights later.
     let boundary = receipt.block_height.div_ceil(EPOCH) * EPOCH;
     advance_to(&devnet, 0, boundary + 1, &writer).await;
