@@ -654,6 +654,13 @@ impl Node {
     /// Checks what a replica node can check on its own, then hands the transaction to the
     /// node whose log it copies.
     async fn forward(&self, signed: SignedTransaction) -> Result<Hash> {
+        let decoded = self.check_alone(signed).await?;
+        self.inner.forward(decoded.signed).await
+    }
+
+    /// The checks a transaction gets on its own: a running node, its size, chain and
+    /// signature, and statements that parse.
+    async fn check_alone(&self, signed: SignedTransaction) -> Result<DecodedTransaction> {
         self.inner.check_running()?;
         let limits = &self.inner.config.transaction_limits;
         let decoded = DecodedTransaction::from_signed(signed, limits, &self.inner.genesis.chain_id)?;
@@ -661,7 +668,7 @@ impl Node {
         for statement in &decoded.body.statements {
             chainql::sql::parse_transaction_statement(statement)?;
         }
-        self.inner.forward(decoded.signed).await
+        Ok(decoded)
     }
 
     fn count_admission(&self, result: &Result<Hash>) {
@@ -675,13 +682,7 @@ impl Node {
     }
 
     async fn admit(&self, signed: SignedTransaction) -> Result<Hash> {
-        self.inner.check_running()?;
-        let limits = &self.inner.config.transaction_limits;
-        let decoded = DecodedTransaction::from_signed(signed, limits, &self.inner.genesis.chain_id)?;
-        let decoded = self.inner.verifier.verify(decoded).await?;
-        for statement in &decoded.body.statements {
-            chainql::sql::parse_transaction_statement(statement)?;
-        }
+        let decoded = self.check_alone(signed).await?;
         self.inner.check_gas_funds(&self.state(), &decoded)?;
         let payload = decoded.signed.encode_to_vec();
         let partition = self.inner.partition_of(&decoded.address);
@@ -1862,7 +1863,10 @@ impl Inner {
             }
         }
         let mut verified = Vec::with_capacity(positions.len());
-        for (i, verdict) in positions.into_iter().zip(self.verifier.verify_many(to_verify).await) {
+        for (i, verdict) in positions
+            .into_iter()
+            .zip(self.verifier.verify_many(to_verify).await)
+        {
             verified.push(i);
             kept[i] = Some(verdict?);
         }

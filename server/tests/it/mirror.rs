@@ -90,6 +90,19 @@ fn mirrored(dir: &Path, partitions: u32) -> (Vec<Vec<String>>, Vec<Vec<u64>>) {
     (hashes, epochs)
 }
 
+/// Runs `chainql log mirror --until-committed` and returns its report.
+fn mirror_until_committed(url: &str, dir: &str) -> String {
+    chainql(&[
+        "log",
+        "mirror",
+        "--connect",
+        url,
+        "--dir",
+        dir,
+        "--until-committed",
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -114,15 +127,7 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
 
     // A first run copies what is committed, and stops.
     submit(&remote, &senders, 5).await;
-    let report = chainql(&[
-        "log",
-        "mirror",
-        "--connect",
-        &node.url,
-        "--dir",
-        mirror,
-        "--until-committed",
-    ]);
+    let report = mirror_until_committed(&node.url, mirror);
     assert!(
         report.contains("chain mirror-test: 30 entries copied, 0 rolled back"),
         "{report}"
@@ -179,15 +184,7 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
 
     // Nothing twice, nothing missed: a last run catches up, and the replica is exactly the
     // committed order of every partition, all in the node's first epoch.
-    let report = chainql(&[
-        "log",
-        "mirror",
-        "--connect",
-        &node.url,
-        "--dir",
-        mirror,
-        "--until-committed",
-    ]);
+    let report = mirror_until_committed(&node.url, mirror);
     assert!(report.contains(" 0 rolled back"), "{report}");
     let (hashes, epochs) = mirrored(&mirror_dir, partitions);
     assert_eq!(hashes, committed_order(&remote, partitions).await);
