@@ -1,4 +1,5 @@
-//! A property test: random interleavings of appends, snapshots, failovers (with rollbacks),
+//! A property test: random interleavings of appends, snapshots, failovers (with rollbacks, after
+//! which the new leader proposes some rolled-back entries again and drops the others),
 //! restarts, and readers that subscribe, read a little, disconnect and come back. Every reader
 //! must see each partition's entries exactly once and in order, follow every rollback, see each
 //! snapshot once after the entries it covers, and end up with exactly the log's current branch.
@@ -228,6 +229,19 @@ async fn run(seed: u64, steps: usize) {
                     .expect("fail over");
                 assert_eq!(rolled_back.len() as u64, len + 1 - from, "{context}");
                 model.branch[p].truncate(from as usize - 1);
+                // The new leader proposes some of the rolled-back entries again, in its epoch,
+                // and drops the rest.
+                let again = rng.below(rolled_back.len() as u64 + 1) as usize;
+                let proposed: Vec<_> = rolled_back[..again]
+                    .iter()
+                    .map(|entry| (PartitionId(p as u32), entry.payload.to_vec()))
+                    .collect();
+                for (_, payload) in &proposed {
+                    model.branch[p].push(payload.clone());
+                }
+                if !proposed.is_empty() {
+                    current.append_many(proposed).await.expect("propose again");
+                }
             }
             52..=55 => {
                 for reader in &mut readers {
