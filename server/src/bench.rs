@@ -149,7 +149,7 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "admission            {:.0} tx/s (checked and durable in the log, blocks running alongside)",
+            "admission            {:.0} tx/s (checked and durable in the log)",
             self.transactions as f64 / self.admitted_elapsed.as_secs_f64().max(1e-9)
         )?;
         writeln!(
