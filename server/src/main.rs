@@ -822,11 +822,18 @@ fn mirror(args: MirrorArgs) -> Result<ExitCode> {
         (false, Some(height)) => Until::Height(height),
         (false, None) => Until::Forever,
     };
+    // Ctrl-C stops the copy between writes; what was copied stays, and is reported.
     let report = runtime()?.block_on(async {
-        tokio::select! {
-            report = run_mirror(&args.connect, &args.dir, until) => report,
-            _ = tokio::signal::ctrl_c() => Err(Error::Client("interrupted".into())),
-        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Registered before the copy starts, so an early Ctrl-C is not lost.
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| Error::io("listening for Ctrl-C", e))?;
+        tokio::spawn(async move {
+            if interrupt.recv().await.is_some() {
+                let _ = stop.send(true);
+            }
+        });
+        run_mirror(&args.connect, &args.dir, until, stopped).await
     })?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)

@@ -84,8 +84,14 @@ impl From<chainql_sequencer::Error> for Stop {
     }
 }
 
-/// Mirrors the log of the node at `url` into `dir` until `until` holds.
-pub async fn run_mirror(url: &str, dir: &Path, until: Until) -> Result<MirrorReport> {
+/// Mirrors the log of the node at `url` into `dir` until `until` holds or `stop` turns true
+/// (what was copied by then is kept, and reported).
+pub async fn run_mirror(
+    url: &str,
+    dir: &Path,
+    until: Until,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<MirrorReport> {
     // The first contact must succeed (a wrong address is an error); later ones are retried.
     let client = Client::connect(url).await?;
     let status = client.status().await?;
@@ -110,7 +116,6 @@ pub async fn run_mirror(url: &str, dir: &Path, until: Until) -> Result<MirrorRep
         chain_id: chain_id.clone(),
         leader: status.validator.0.to_vec(),
     };
-    let (_keep, stop) = tokio::sync::watch::channel(false);
     let mut report = MirrorReport {
         chain_id,
         ..MirrorReport::default()

@@ -447,10 +447,12 @@ async fn entries_released_below_a_checkpoint_are_out_of_range_for_readers_and_mi
 
     // A new mirror cannot start from the beginning, and says why.
     let mirror = tempfile::tempdir().expect("tempdir");
+    let (_running, stop) = tokio::sync::watch::channel(false);
     let error = chainql_server::mirror::run_mirror(
         &served.url,
         mirror.path(),
         chainql_server::mirror::Until::Committed,
+        stop,
     )
     .await
     .expect_err("released entries");

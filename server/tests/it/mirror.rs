@@ -90,6 +90,19 @@ fn mirrored(dir: &Path, partitions: u32) -> (Vec<Vec<String>>, Vec<Vec<u64>>) {
     (hashes, epochs)
 }
 
+/// Waits until a mirror process says it streams the node's log; its log lines after that are
+/// read and dropped.
+fn wait_until_streaming(mirror: &mut std::process::Child) {
+    let mut log_lines = BufReader::new(mirror.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = log_lines.next().expect("the mirror streams").expect("a line");
+        if line.contains("streaming the node's log") {
+            break;
+        }
+    }
+    std::thread::spawn(move || log_lines.for_each(drop));
+}
+
 /// Runs `chainql log mirror --until-committed` and returns its report.
 fn mirror_until_committed(url: &str, dir: &str) -> String {
     chainql(&[
@@ -148,14 +161,7 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the mirror");
-    let mut log_lines = BufReader::new(following.stderr.take().expect("stderr")).lines();
-    loop {
-        let line = log_lines.next().expect("the mirror streams").expect("a line");
-        if line.contains("streaming the node's log") {
-            break;
-        }
-    }
-    std::thread::spawn(move || log_lines.for_each(drop));
+    wait_until_streaming(&mut following);
     node.kill();
     let node = NodeProcess::start_on(&data_dir, port, Stdio::null()).await;
     let remote = Client::connect(&node.url).await.expect("connect");
@@ -190,6 +196,29 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
     assert_eq!(hashes, committed_order(&remote, partitions).await);
     assert_eq!(hashes.iter().map(Vec::len).sum::<usize>(), 60);
     assert!(epochs.iter().all(|e| e == &[1]), "{epochs:?}");
+
+    // Following with no end, Ctrl-C stops it cleanly, with its report.
+    let mut following = Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .args(["log", "mirror", "--connect", &node.url, "--dir", mirror])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the mirror");
+    wait_until_streaming(&mut following);
+    let interrupted = Command::new("kill")
+        .args(["-INT", &following.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupted.success());
+    let output = following.wait_with_output().expect("the mirror ends");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("chain mirror-test: 0 entries copied"), "{report}");
 
     // A mirror directory belongs to one chain.
     let other = dir.path().join("other");
