@@ -466,7 +466,21 @@ impl Node {
         let log = if in_genesis {
             Log::open_with(storage, &log_dir, log_config, &validator.address().0)?
         } else {
-            Log::open_replica(storage, &log_dir, log_config)?
+            let log = Log::open_replica(storage, &log_dir, log_config)?;
+            // Partitions this node took over before a restart lead again before the replay,
+            // which then marks their snapshots as a leader's.
+            let me = validator.address().0;
+            for p in 0..log.partitions() {
+                let partition = PartitionId(p);
+                if log
+                    .epochs(partition)?
+                    .last()
+                    .is_some_and(|epoch| epoch.leader == me)
+                {
+                    log.resume_lead(partition, &me).await?;
+                }
+            }
+            log
         };
         let partitions = genesis.log_partitions as usize;
         let blocks = BlockStore::open(&config.data_dir.join("blocks"))?;
@@ -525,19 +539,12 @@ impl Node {
         let recovery = inner.replay().await?;
         inner.recover_pending().await?;
         if inner.log.is_replica() {
-            // Taken over before a restart (or only partly, when it stopped halfway), or joined
+            // Taken over only partly before a restart (a crash stopped it halfway), or joined
             // the set while it was down: the log is this node's now.
-            let me = inner.validator.address().0;
-            let mut taken_over = false;
-            for p in 0..inner.log.partitions() {
-                taken_over |= inner
-                    .log
-                    .epochs(PartitionId(p))?
-                    .last()
-                    .is_some_and(|epoch| epoch.leader == me);
-            }
+            let partly = (0..inner.log.partitions())
+                .any(|p| !inner.log.is_replica_partition(PartitionId(p)).unwrap_or(true));
             let state = inner.state();
-            if taken_over || is_validator_at(&state, state.height() + 1, &inner.validator.public_key()) {
+            if partly || is_validator_at(&state, state.height() + 1, &inner.validator.public_key()) {
                 inner.take_over_log().await?;
             } else {
                 let task = tokio::spawn(Arc::clone(&inner).follow_leader_log(replication_stop));
