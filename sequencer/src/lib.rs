@@ -540,6 +540,19 @@ impl Log {
         answer.await.map_err(|_| writer_gone())?
     }
 
+    /// Waits until every request queued to `partition`'s writer before this call (appends,
+    /// copies, rollbacks) has been carried out.
+    pub async fn barrier(&self, partition: PartitionId) -> Result<()> {
+        let handle = self.partition(partition)?;
+        let (reply, answer) = oneshot::channel();
+        let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
+        requests
+            .send(Request::Barrier { reply })
+            .await
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())
+    }
+
     /// The last snapshot recorded for `partition`, if any.
     pub fn last_snapshot(&self, partition: PartitionId) -> Result<Option<Snapshot>> {
         Ok(self.partition(partition)?.shared.lock().snapshots.last().copied())
@@ -579,7 +592,14 @@ impl Log {
                     height,
                 } => {
                     self.copy_entries(std::mem::take(&mut run), leader).await?;
-                    self.partition(partition)?.shared.mark_snapshot(height, seqno)?;
+                    let shared = &self.partition(partition)?.shared;
+                    if !shared.replica.load(Ordering::Acquire) {
+                        return Err(Error::Role(format!(
+                            "partition {} is led by this log; it marks its own snapshots",
+                            partition.0
+                        )));
+                    }
+                    shared.mark_snapshot(height, seqno)?;
                 }
                 Event::Rollback { partition, to_seqno } => {
                     self.copy_entries(std::mem::take(&mut run), leader).await?;

@@ -265,6 +265,8 @@ pub(crate) enum Request {
         leader: Vec<u8>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Answer once every request queued before this one has been carried out.
+    Barrier { reply: oneshot::Sender<()> },
 }
 
 pub(crate) fn replica_append() -> Error {
@@ -421,17 +423,24 @@ pub(crate) fn open_partition(
             (file, path, HEADER_BYTES)
         }
     };
-    // Entries past the history (possible only if the history was lost) are not trusted.
-    if failover.current().start_seqno > state.last_seqno + 1 && state.last_seqno > 0 {
-        return Err(Error::Corrupt {
-            path: dir.join("failover.dat").display().to_string(),
-            offset: 0,
-            reason: format!(
-                "the current epoch starts at seqno {}, past the end of the log ({})",
-                failover.current().start_seqno,
-                state.last_seqno
-            ),
-        });
+    // Epochs that start past the end: a rollback cut the entries, then stopped before the
+    // history changed. Entries of those epochs may have been read, so their numbers are never
+    // reused: a leader goes on in a new epoch after them (readers on the cut branch are told to
+    // roll back); a replica forgets them and takes its leader's next epoch as it comes.
+    if failover.current().start_seqno > state.last_seqno + 1 {
+        let next = state.last_seqno + 1;
+        tracing::warn!(
+            partition = id.0,
+            epoch_start = failover.current().start_seqno,
+            log_end = state.last_seqno,
+            "finishing a rollback that was interrupted"
+        );
+        if leader.is_some() {
+            let current = failover.current().leader.clone();
+            failover.start_epoch(storage.as_ref(), dir, next, &current)?;
+        } else {
+            failover.forget_from(storage.as_ref(), dir, next + 1)?;
+        }
     }
     // A leader of its own starts an epoch when the partition was last led by another node; a
     // replica keeps the epochs it copied.
@@ -579,6 +588,11 @@ impl Writer {
                         self.commit_group(std::mem::take(&mut group));
                         entries = 0;
                         let _ = reply.send(self.replicate(copied, &leader));
+                    }
+                    Request::Barrier { reply } => {
+                        self.commit_group(std::mem::take(&mut group));
+                        entries = 0;
+                        let _ = reply.send(());
                     }
                     Request::TakeLead { leader, reply } => {
                         self.commit_group(std::mem::take(&mut group));
@@ -826,6 +840,12 @@ impl Writer {
 
     /// Rolls back a replica's entries from `from` on, with the epochs that started there.
     fn roll_back(&mut self, from: SeqNo) -> Result<Vec<Entry>> {
+        if !self.shared.replica.load(Ordering::Acquire) {
+            return Err(Error::Role(format!(
+                "partition {} is led by this log; only a replica rolls back at its leader's word",
+                self.shared.id.0
+            )));
+        }
         let rolled_back = self.cut(from)?;
         let storage = Arc::clone(&self.shared.storage);
         self.failover

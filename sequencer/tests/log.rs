@@ -417,6 +417,25 @@ async fn a_replica_copies_its_leader_exactly_and_refuses_anything_else() {
         .await
         .expect_err("a leader copies nothing");
     assert!(matches!(refused, Error::Role(_)), "{refused}");
+    for event in [
+        Event::Rollback {
+            partition: P0,
+            to_seqno: 2,
+        },
+        Event::Snapshot {
+            partition: P0,
+            seqno: 1,
+            height: 9,
+        },
+    ] {
+        let refused = leader
+            .replicate(deliver(vec![event]), b"a")
+            .await
+            .expect_err("a leader takes no rollback or snapshot from elsewhere");
+        assert!(matches!(refused, Error::Role(_)), "{refused}");
+    }
+    assert_eq!(leader.last_seqno(P0).expect("last"), 3);
+    assert!(leader.snapshots(P0).expect("snapshots").is_empty());
 
     // A gap, or an entry of an older epoch, is refused and changes nothing.
     let refused = replica
@@ -502,4 +521,59 @@ async fn a_replica_copies_its_leader_exactly_and_refuses_anything_else() {
     assert_eq!(starts(&replica), [(1, 1), (2, 3)]);
     leader.close();
     replica.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_cut_off_by_a_crash_is_finished_when_the_log_reopens() {
+    use chainql_sequencer::Event;
+    let storage = FaultyStorage::new();
+    let config = LogConfig {
+        partitions: 1,
+        ..LogConfig::default()
+    };
+    let dir: &std::path::Path = "/log".as_ref();
+    let log = Log::open_with(Arc::new(storage.clone()), dir, config.clone(), b"a").expect("open");
+    for i in 1..=5 {
+        log.append(P0, payload(i)).await.expect("append");
+    }
+    log.fail_over(P0, b"a", None).await.expect("epoch 2 at 6");
+    for i in 6..=10 {
+        log.append(P0, payload(i)).await.expect("append");
+    }
+    // The rollback to 4 cuts the entries (a truncate and a directory sync), then dies while
+    // writing the new history.
+    storage.fail_at_sync(3);
+    log.fail_over(P0, b"a", Some(4))
+        .await
+        .expect_err("the disk fails");
+    log.close();
+    let disk = storage.crash(|_, _| 0);
+
+    let log = Log::open_with(Arc::new(disk), dir, config, b"a").expect("reopens");
+    assert_eq!(log.last_seqno(P0).expect("last"), 3);
+    let starts: Vec<(u64, u64)> = log
+        .epochs(P0)
+        .expect("epochs")
+        .iter()
+        .map(|e| (e.epoch, e.start_seqno))
+        .collect();
+    assert_eq!(starts, [(1, 1), (3, 4)], "epoch 2 is never reused");
+    // A reader that had read up to entry 10 of epoch 2 is sent back to 4.
+    let mut stream = log
+        .subscribe(&[Position {
+            next_seqno: 11,
+            epoch: 2,
+            ..Position::start(P0)
+        }])
+        .expect("subscribe");
+    let first = stream.next().await.expect("an event").expect("no error");
+    assert_eq!(
+        first.event,
+        Event::Rollback {
+            partition: P0,
+            to_seqno: 4
+        }
+    );
+    drop(stream);
+    log.close();
 }
