@@ -217,6 +217,19 @@ impl FailoverLog {
         leader: &[u8],
     ) -> Result<()> {
         if epoch == self.current().epoch {
+            // A new replica's first epoch names no one until the first copy names its source.
+            if self.current().leader.is_empty() && !leader.is_empty() {
+                let start_seqno = self.current().start_seqno;
+                return self.record(
+                    storage,
+                    dir,
+                    EpochStart {
+                        epoch,
+                        start_seqno,
+                        leader: leader.to_vec(),
+                    },
+                );
+            }
             return Ok(());
         }
         if let Some(before) = self.entries.iter().rev().find(|e| e.start_seqno < start_seqno)

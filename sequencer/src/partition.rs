@@ -764,7 +764,8 @@ impl Writer {
         let mut entries = entries.into_iter().peekable();
         while let Some(first) = entries.next() {
             let epoch = first.epoch;
-            if epoch > self.failover.current().epoch {
+            let current = self.failover.current();
+            if epoch > current.epoch || current.leader.is_empty() {
                 self.failover
                     .copy_epoch(storage.as_ref(), &self.shared.dir, epoch, first.seqno, leader)?;
                 self.shared.lock().epochs = self.failover.entries().to_vec();

@@ -74,14 +74,23 @@ pub struct Devnet {
 /// A base port whose next `count` ports (a devnet's gRPC ports) were free a moment ago, with
 /// room above it for the PostgreSQL and metrics ports.
 pub fn free_base_port(count: usize) -> Result<u16> {
-    for _ in 0..100 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::io("finding a free port", e))?
-            .port();
-        if (base as usize) + 200 + count < u16::MAX as usize
-            && (0..count as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
+    // Below the kernel's ephemeral range, where outgoing connections take their local ports:
+    // a validator restarted on its port must not find it taken by some client's connection.
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    const LOWEST: u32 = 10_000;
+    let span = ephemeral_low.saturating_sub(LOWEST + 200 + count as u32).max(1);
+    // Where to start looking differs between processes, so parallel runs rarely collide.
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+    for attempt in 0..500u64 {
+        let base =
+            (LOWEST + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % u64::from(span)) as u32) as u16;
+        if (0..count as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return Ok(base);
         }
     }

@@ -147,6 +147,22 @@ pub async fn follow(
     mut stop: tokio::sync::watch::Receiver<bool>,
     report: &mut MirrorReport,
 ) -> Result<()> {
+    // Every log numbers its entries from 1 in epoch 1: a replica that went on from another
+    // node's log would splice two logs without anything to tell. The epochs it copied name
+    // their source.
+    for p in 0..log.partitions() {
+        if let Some(copied) = log.epochs(PartitionId(p))?.last()
+            && !copied.leader.is_empty()
+            && copied.leader != source.leader
+        {
+            return Err(Error::Config(format!(
+                "this replica copies the log of {}, not of {} at {}",
+                hex::encode(&copied.leader),
+                hex::encode(&source.leader),
+                source.url
+            )));
+        }
+    }
     let mut pause = Duration::from_millis(100);
     loop {
         if *stop.borrow_and_update() || reached(log, target)? {

@@ -302,7 +302,12 @@ struct Inner {
     /// While the log is a replica: the first peer, which admits the transactions this node is
     /// sent.
     leader_client: tokio::sync::Mutex<Option<Client>>,
+    /// Per partition, the turn to hand a transaction on to that peer.
+    forwarding: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// How long a replica node waits for the node whose log it copies to admit a transaction.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pieces of evidence a validator keeps for its proposals.
 const EVIDENCE_KEPT: usize = 256;
@@ -535,6 +540,7 @@ impl Node {
             replicating,
             follower: tokio::sync::Mutex::new(None),
             leader_client: tokio::sync::Mutex::new(None),
+            forwarding: (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
         let recovery = inner.replay().await?;
         inner.recover_pending().await?;
@@ -1384,19 +1390,22 @@ impl Inner {
     /// replica's markers are its leader's; a log taken over from a leader keeps those the
     /// leader made, and the node's own continue above them.
     fn mark_snapshot(&self, height: u64, next_seqnos: &[u64]) -> Result<()> {
-        if self.log.is_replica()
-            || self
-                .log
-                .last_snapshot(PartitionId(0))?
-                .is_some_and(|last| last.height >= height)
-        {
+        if self.log.is_replica() {
             return Ok(());
         }
-        let ranges: Vec<(PartitionId, u64)> = next_seqnos
-            .iter()
-            .enumerate()
-            .map(|(p, next)| (PartitionId(p as u32), next - 1))
-            .collect();
+        // Partitions copied from a leader may hold its markers of later heights (each
+        // partition's copy went at its own pace): those heights keep the leader's.
+        let mut ranges = Vec::with_capacity(next_seqnos.len());
+        for (p, next) in next_seqnos.iter().enumerate() {
+            let partition = PartitionId(p as u32);
+            if self
+                .log
+                .last_snapshot(partition)?
+                .is_none_or(|last| last.height < height)
+            {
+                ranges.push((partition, next - 1));
+            }
+        }
         Ok(self.log.mark_snapshot(height, &ranges)?)
     }
 
@@ -1462,6 +1471,16 @@ impl Inner {
     async fn take_over_log(&self) -> Result<()> {
         // Nothing may be copied (entries or snapshot markers) once the rollback point is chosen.
         self.stop_following().await;
+        // No transaction is handed on or admitted until the rolled-back ones are back in the
+        // log and the pending nonces are this log's: a sender's nonces stay in order.
+        let mut turns = Vec::with_capacity(self.forwarding.len());
+        for turn in &self.forwarding {
+            turns.push(turn.lock().await);
+        }
+        let mut admissions = Vec::with_capacity(self.admission.len());
+        for admission in &self.admission {
+            admissions.push(admission.lock().await);
+        }
         let me = self.validator.address().0;
         let mut rolled_back = Vec::new();
         for p in 0..self.log.partitions() {
@@ -1478,6 +1497,8 @@ impl Inner {
                 self.log.resume_lead(partition, &me).await?;
                 continue;
             }
+            // Copies the stopped task had already queued are carried out first.
+            self.log.barrier(partition).await?;
             // Settled: what the leader's snapshots cover, and what this node's blocks settled.
             let last = self.log.last_seqno(partition)?;
             let committed = self.log.committed_seqno(partition)?;
@@ -1521,48 +1542,69 @@ impl Inner {
             );
         }
         // The pending nonces are now those of this log.
-        for admission in &self.admission {
-            admission.lock().await.next_nonces.clear();
+        for (p, admission) in admissions.iter_mut().enumerate() {
+            admission.next_nonces.clear();
+            self.count_pending(PartitionId(p as u32), admission)?;
         }
         *self.leader_client.lock().await = None;
-        self.recover_pending().await
+        drop(turns);
+        Ok(())
     }
 
     /// While the log is a replica: hands a transaction to the first peer, which admits it into
-    /// the log this one copies, and counts its nonce as pending here once it is admitted.
-    /// One partition's transactions are handed on one at a time, so a sender's keep their order.
+    /// the log this one copies, and counts its nonce as pending here once it is admitted. One
+    /// partition's transactions are handed on one at a time, so a sender's keep their order;
+    /// the admission lock is not held meanwhile, so commits never wait on the peer.
     async fn forward(&self, signed: SignedTransaction) -> Result<Hash> {
         let (transaction, sender) = executable(&signed).map_err(|_| {
             Error::Transaction(chainql::Error::Malformed(
                 "the transaction does not decode".into(),
             ))
         })?;
-        let mut admission = self.admission[self.partition_of(&sender).0 as usize].lock().await;
-        let client = {
-            let mut cached = self.leader_client.lock().await;
-            match cached.as_ref() {
-                Some(client) => client.clone(),
-                None => {
-                    let url = self
-                        .config
-                        .peers
-                        .first()
-                        .ok_or_else(|| Error::Config("a replica node needs a peer".into()))?;
-                    let client = Client::connect(url).await?;
-                    *cached = Some(client.clone());
-                    client
+        let partition = self.partition_of(&sender);
+        let _turn = self.forwarding[partition.0 as usize].lock().await;
+        if !self.log.is_replica_partition(partition)? {
+            return Err(Error::Client(
+                "this node has just joined the validators and taken its log over; submit again".into(),
+            ));
+        }
+        let handed = tokio::time::timeout(FORWARD_TIMEOUT, async {
+            let client = {
+                let mut cached = self.leader_client.lock().await;
+                match cached.as_ref() {
+                    Some(client) => client.clone(),
+                    None => {
+                        let url = self
+                            .config
+                            .peers
+                            .first()
+                            .ok_or_else(|| Error::Config("a replica node needs a peer".into()))?;
+                        let client = Client::connect(url).await?;
+                        *cached = Some(client.clone());
+                        client
+                    }
                 }
-            }
-        };
-        match client.submit(signed, false).await {
-            Ok((hash, _)) => {
+            };
+            client.submit(signed, false).await
+        })
+        .await;
+        match handed {
+            Ok(Ok((hash, _))) => {
+                let mut admission = self.admission[partition.0 as usize].lock().await;
                 let next = admission.next_nonces.entry(sender).or_default();
                 *next = (*next).max(transaction.nonce + 1);
                 Ok(hash)
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 *self.leader_client.lock().await = None;
                 Err(error)
+            }
+            Err(_) => {
+                *self.leader_client.lock().await = None;
+                Err(Error::Client(format!(
+                    "the node whose log this one copies did not admit the transaction within {} s",
+                    FORWARD_TIMEOUT.as_secs()
+                )))
             }
         }
     }
@@ -1570,21 +1612,27 @@ impl Inner {
     /// Rebuilds the pending nonces from log entries not yet in a block.
     async fn recover_pending(&self) -> Result<()> {
         for p in 0..self.log.partitions() {
-            let partition = PartitionId(p);
             let mut admission = self.admission[p as usize].lock().await;
-            let mut from = self.next_seqnos[p as usize].load(Ordering::Acquire);
-            loop {
-                let entries = self.log.read(partition, from, 4096)?;
-                let Some(last) = entries.last() else { break };
-                from = last.seqno + 1;
-                for entry in &entries {
-                    let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
-                        Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
-                    })?;
-                    let (transaction, sender) = executable(&signed)?;
-                    let next = admission.next_nonces.entry(sender).or_default();
-                    *next = (*next).max(transaction.nonce + 1);
-                }
+            self.count_pending(PartitionId(p), &mut admission)?;
+        }
+        Ok(())
+    }
+
+    /// Counts the nonces of `partition`'s log entries not yet in a block as pending.
+    fn count_pending(&self, partition: PartitionId, admission: &mut Admission) -> Result<()> {
+        let p = partition.0;
+        let mut from = self.next_seqnos[p as usize].load(Ordering::Acquire);
+        loop {
+            let entries = self.log.read(partition, from, 4096)?;
+            let Some(last) = entries.last() else { break };
+            from = last.seqno + 1;
+            for entry in &entries {
+                let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
+                    Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
+                })?;
+                let (transaction, sender) = executable(&signed)?;
+                let next = admission.next_nonces.entry(sender).or_default();
+                *next = (*next).max(transaction.nonce + 1);
             }
         }
         Ok(())

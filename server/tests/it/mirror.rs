@@ -248,4 +248,31 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
         error.contains("mirrors chain \"mirror-test\", not \"other-chain\""),
         "{error}"
     );
+
+    // Nor does it go on from another node's log, even of a chain with the same name: every log
+    // starts at seqno 1 of epoch 1, and the two would be spliced.
+    let namesake = dir.path().join("namesake");
+    chainql(&[
+        "init",
+        "--data-dir",
+        namesake.to_str().expect("a UTF-8 path"),
+        "--chain-id",
+        CHAIN,
+    ]);
+    let namesake = NodeProcess::start(&namesake).await;
+    let output = Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .args([
+            "log",
+            "mirror",
+            "--connect",
+            &namesake.url,
+            "--dir",
+            mirror,
+            "--until-committed",
+        ])
+        .output()
+        .expect("run the mirror");
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("this replica copies the log of"), "{error}");
 }

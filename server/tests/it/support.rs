@@ -1,7 +1,6 @@
 //! Helpers shared by the tests: free ports, a `chainql node` child process, waiting for it, and
 //! a devnet's processes.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,12 +8,10 @@ use std::time::{Duration, Instant};
 use chainql::Hash;
 use chainql_server::Client;
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, below the ephemeral range (so a node restarted on it
+/// does not find it taken by an outgoing connection).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    chainql_server::devnet::free_base_port(1).expect("a free port")
 }
 
 /// Runs the `chainql` binary with `arguments` and checks it succeeded.
