@@ -194,15 +194,7 @@ impl FailoverLog {
         leader: &[u8],
     ) -> Result<Epoch> {
         let epoch = self.current().epoch + 1;
-        self.record(
-            storage,
-            dir,
-            EpochStart {
-                epoch,
-                start_seqno,
-                leader: leader.to_vec(),
-            },
-        )?;
+        self.record(storage, dir, epoch, start_seqno, leader)?;
         Ok(epoch)
     }
 
@@ -220,15 +212,7 @@ impl FailoverLog {
             // A new replica's first epoch names no one until the first copy names its source.
             if self.current().leader.is_empty() && !leader.is_empty() {
                 let start_seqno = self.current().start_seqno;
-                return self.record(
-                    storage,
-                    dir,
-                    EpochStart {
-                        epoch,
-                        start_seqno,
-                        leader: leader.to_vec(),
-                    },
-                );
+                return self.record(storage, dir, epoch, start_seqno, leader);
             }
             return Ok(());
         }
@@ -240,15 +224,7 @@ impl FailoverLog {
                 before.epoch
             )));
         }
-        self.record(
-            storage,
-            dir,
-            EpochStart {
-                epoch,
-                start_seqno,
-                leader: leader.to_vec(),
-            },
-        )
+        self.record(storage, dir, epoch, start_seqno, leader)
     }
 
     /// Forgets the epochs that started at or after `seqno` (a replica's entries from there on
@@ -270,7 +246,19 @@ impl FailoverLog {
 
     /// Appends `entry` to the history, first forgetting epochs that started at or after it.
     /// Durable before it returns.
-    fn record(&mut self, storage: &dyn Storage, dir: &Path, entry: EpochStart) -> Result<()> {
+    fn record(
+        &mut self,
+        storage: &dyn Storage,
+        dir: &Path,
+        epoch: Epoch,
+        start_seqno: SeqNo,
+        leader: &[u8],
+    ) -> Result<()> {
+        let entry = EpochStart {
+            epoch,
+            start_seqno,
+            leader: leader.to_vec(),
+        };
         if entry.leader.len() > LEADER_BYTES_MAX {
             return Err(Error::InvalidConfig(format!(
                 "a leader identity is at most {LEADER_BYTES_MAX} bytes"

@@ -103,6 +103,24 @@ fn wait_until_streaming(mirror: &mut std::process::Child) {
     std::thread::spawn(move || log_lines.for_each(drop));
 }
 
+/// Runs `chainql log mirror --until-committed`, which must fail, and returns what it printed.
+fn mirror_refused(url: &str, dir: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .args([
+            "log",
+            "mirror",
+            "--connect",
+            url,
+            "--dir",
+            dir,
+            "--until-committed",
+        ])
+        .output()
+        .expect("run the mirror");
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
 /// Runs `chainql log mirror --until-committed` and returns its report.
 fn mirror_until_committed(url: &str, dir: &str) -> String {
     chainql(&[
@@ -230,20 +248,7 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
         "other-chain",
     ]);
     let foreign = NodeProcess::start(&other).await;
-    let output = Command::new(env!("CARGO_BIN_EXE_chainql"))
-        .args([
-            "log",
-            "mirror",
-            "--connect",
-            &foreign.url,
-            "--dir",
-            mirror,
-            "--until-committed",
-        ])
-        .output()
-        .expect("run the mirror");
-    assert!(!output.status.success());
-    let error = String::from_utf8_lossy(&output.stderr);
+    let error = mirror_refused(&foreign.url, mirror);
     assert!(
         error.contains("mirrors chain \"mirror-test\", not \"other-chain\""),
         "{error}"
@@ -260,19 +265,6 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
         CHAIN,
     ]);
     let namesake = NodeProcess::start(&namesake).await;
-    let output = Command::new(env!("CARGO_BIN_EXE_chainql"))
-        .args([
-            "log",
-            "mirror",
-            "--connect",
-            &namesake.url,
-            "--dir",
-            mirror,
-            "--until-committed",
-        ])
-        .output()
-        .expect("run the mirror");
-    assert!(!output.status.success());
-    let error = String::from_utf8_lossy(&output.stderr);
+    let error = mirror_refused(&namesake.url, mirror);
     assert!(error.contains("this replica copies the log of"), "{error}");
 }
