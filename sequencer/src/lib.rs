@@ -57,7 +57,7 @@ pub use partition::{PartitionRecovery, Snapshot, WaitRecorder};
 pub use storage::{FaultyStorage, FsStorage, Storage, WritableFile};
 pub use stream::{Delivery, Event, Position, Subscription};
 
-use partition::{PartitionShared, Request, open_partition};
+use partition::{Control, PartitionShared, Request, open_partition};
 
 /// A partition's sequence number. The first entry of a partition is 1; 0 means "none yet".
 pub type SeqNo = u64;
@@ -497,18 +497,29 @@ impl Log {
                 "a leader identity is at most {LEADER_BYTES_MAX} bytes"
             )));
         }
+        self.ask(partition, |reply| Control::FailOver {
+            truncate_from,
+            leader: leader.to_vec(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends `partition`'s writer the request `make` builds around a reply channel, and waits
+    /// for the answer: requests are carried out in the order they were queued.
+    async fn ask<T>(
+        &self,
+        partition: PartitionId,
+        make: impl FnOnce(oneshot::Sender<T>) -> Control,
+    ) -> Result<T> {
         let handle = self.partition(partition)?;
         let (reply, answer) = oneshot::channel();
         let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
         requests
-            .send(Request::FailOver {
-                truncate_from,
-                leader: leader.to_vec(),
-                reply,
-            })
+            .send(Request::Control(make(reply)))
             .await
             .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+        answer.await.map_err(|_| writer_gone())
     }
 
     /// Whether some partition is a replica of another log (see [`Log::open_replica`]), not yet
@@ -527,30 +538,17 @@ impl Log {
     /// Makes a replica partition that failed over before a restart lead again: its current
     /// epoch must be `leader`'s (no new epoch starts).
     pub async fn resume_lead(&self, partition: PartitionId, leader: &[u8]) -> Result<()> {
-        let handle = self.partition(partition)?;
-        let (reply, answer) = oneshot::channel();
-        let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
-        requests
-            .send(Request::TakeLead {
-                leader: leader.to_vec(),
-                reply,
-            })
-            .await
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+        self.ask(partition, |reply| Control::TakeLead {
+            leader: leader.to_vec(),
+            reply,
+        })
+        .await?
     }
 
     /// Waits until every request queued to `partition`'s writer before this call (appends,
     /// copies, rollbacks) has been carried out.
     pub async fn barrier(&self, partition: PartitionId) -> Result<()> {
-        let handle = self.partition(partition)?;
-        let (reply, answer) = oneshot::channel();
-        let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
-        requests
-            .send(Request::Barrier { reply })
-            .await
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())
+        self.ask(partition, |reply| Control::Barrier { reply }).await
     }
 
     /// The last snapshot recorded for `partition`, if any.
@@ -603,17 +601,11 @@ impl Log {
                 }
                 Event::Rollback { partition, to_seqno } => {
                     self.copy_entries(std::mem::take(&mut run), leader).await?;
-                    let handle = self.partition(partition)?;
-                    let (reply, answer) = oneshot::channel();
-                    let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
-                    requests
-                        .send(Request::RollBack {
-                            from: to_seqno,
-                            reply,
-                        })
-                        .await
-                        .map_err(|_| writer_gone())?;
-                    answer.await.map_err(|_| writer_gone())??;
+                    self.ask(partition, |reply| Control::RollBack {
+                        from: to_seqno,
+                        reply,
+                    })
+                    .await??;
                 }
             }
         }
@@ -625,18 +617,13 @@ impl Log {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        let handle = self.partition(first.partition)?;
-        let (reply, answer) = oneshot::channel();
-        let requests = handle.requests.as_ref().ok_or_else(writer_gone)?;
-        requests
-            .send(Request::Replicate {
-                entries,
-                leader: leader.to_vec(),
-                reply,
-            })
-            .await
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+        let partition = first.partition;
+        self.ask(partition, |reply| Control::Replicate {
+            entries,
+            leader: leader.to_vec(),
+            reply,
+        })
+        .await?
     }
 
     /// Where a replica resumes reading its leader, per partition: after its last entry (in

@@ -242,6 +242,12 @@ pub(crate) enum Request {
         queued_at: Instant,
         reply: oneshot::Sender<Result<Vec<SeqNo>>>,
     },
+    /// Anything else, carried out alone, in order with the appends around it.
+    Control(Control),
+}
+
+/// A request to a partition's writer other than an append.
+pub(crate) enum Control {
     /// Roll back entries from `truncate_from` (if any) and start a new epoch led by `leader`.
     FailOver {
         truncate_from: Option<SeqNo>,
@@ -569,40 +575,11 @@ impl Writer {
                         entries += payloads.len();
                         group.push((payloads, queued_at, reply));
                     }
-                    Request::FailOver {
-                        truncate_from,
-                        leader,
-                        reply,
-                    } => {
-                        // A failover is ordered with the appends around it: commit what came
-                        // before, then fail over, then go on.
+                    Request::Control(control) => {
+                        // Commit what came before, carry it out, then go on.
                         self.commit_group(std::mem::take(&mut group));
                         entries = 0;
-                        let _ = reply.send(self.fail_over(truncate_from, &leader));
-                    }
-                    Request::Replicate {
-                        entries: copied,
-                        leader,
-                        reply,
-                    } => {
-                        self.commit_group(std::mem::take(&mut group));
-                        entries = 0;
-                        let _ = reply.send(self.replicate(copied, &leader));
-                    }
-                    Request::Barrier { reply } => {
-                        self.commit_group(std::mem::take(&mut group));
-                        entries = 0;
-                        let _ = reply.send(());
-                    }
-                    Request::TakeLead { leader, reply } => {
-                        self.commit_group(std::mem::take(&mut group));
-                        entries = 0;
-                        let _ = reply.send(self.take_lead(&leader));
-                    }
-                    Request::RollBack { from, reply } => {
-                        self.commit_group(std::mem::take(&mut group));
-                        entries = 0;
-                        let _ = reply.send(self.roll_back(from));
+                        self.control(control);
                     }
                 }
                 if entries < limit && started.elapsed() < wait_max {
@@ -612,6 +589,35 @@ impl Writer {
             self.commit_group(group);
         }
         let _ = self.active.file.sync();
+    }
+
+    /// Carries out a request other than an append, and answers it.
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::FailOver {
+                truncate_from,
+                leader,
+                reply,
+            } => {
+                let _ = reply.send(self.fail_over(truncate_from, &leader));
+            }
+            Control::Replicate {
+                entries,
+                leader,
+                reply,
+            } => {
+                let _ = reply.send(self.replicate(entries, &leader));
+            }
+            Control::RollBack { from, reply } => {
+                let _ = reply.send(self.roll_back(from));
+            }
+            Control::TakeLead { leader, reply } => {
+                let _ = reply.send(self.take_lead(&leader));
+            }
+            Control::Barrier { reply } => {
+                let _ = reply.send(());
+            }
+        }
     }
 
     fn commit_group(&mut self, group: Vec<QueuedAppend>) {

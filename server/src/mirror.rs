@@ -102,7 +102,9 @@ pub async fn run_mirror(
         &dir.join("log"),
         LogConfig {
             partitions: status.log_partitions,
-            record_bytes_max: TransactionLimits::default().transaction_bytes_max + 1024,
+            record_bytes_max: crate::node::log_record_bytes_max(
+                TransactionLimits::default().transaction_bytes_max,
+            ),
             ..LogConfig::default()
         },
     )?;
@@ -174,11 +176,7 @@ pub async fn follow(
                 Ok(client) => client,
                 Err(error) => {
                     tracing::warn!(%error, "the node is unreachable; trying again");
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        _ = stop.changed() => {}
-                    }
-                    pause = (pause * 2).min(RETRY_MAX);
+                    back_off(&mut pause, &mut stop).await;
                     continue;
                 }
             },
@@ -193,11 +191,7 @@ pub async fn follow(
             Err(Stop::Lost(why)) => {
                 tracing::warn!(why, "lost the node's log stream; resuming from the replica's end");
                 report.reconnects += 1;
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    _ = stop.changed() => {}
-                }
-                pause = (pause * 2).min(RETRY_MAX);
+                back_off(&mut pause, &mut stop).await;
             }
         }
     }
@@ -222,6 +216,15 @@ fn check_chain(dir: &Path, chain_id: &str) -> Result<()> {
         }
         Err(error) => Err(Error::Config(format!("{}: {error}", path.display()))),
     }
+}
+
+/// Waits `pause` (or until `stop` changes), then doubles it, up to [`RETRY_MAX`].
+pub(crate) async fn back_off(pause: &mut Duration, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(*pause) => {}
+        _ = stop.changed() => {}
+    }
+    *pause = (*pause * 2).min(RETRY_MAX);
 }
 
 /// Whether the mirror holds every partition's snapshot of the target height.

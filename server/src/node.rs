@@ -306,6 +306,12 @@ struct Inner {
     forwarding: Vec<tokio::sync::Mutex<()>>,
 }
 
+/// The largest log record for transactions of at most `transaction_bytes_max`: the signed
+/// transaction and its envelope.
+pub(crate) fn log_record_bytes_max(transaction_bytes_max: usize) -> usize {
+    transaction_bytes_max + 1024
+}
+
 /// How long a replica node waits for the node whose log it copies to admit a transaction.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -456,7 +462,7 @@ impl Node {
         let log_config = LogConfig {
             partitions: genesis.log_partitions,
             segment_bytes_max: config.log_segment_bytes_max,
-            record_bytes_max: config.transaction_limits.transaction_bytes_max + 1024,
+            record_bytes_max: log_record_bytes_max(config.transaction_limits.transaction_bytes_max),
             group_commit_wait_max: Duration::from_millis(config.log_group_commit_wait_ms),
             tail_bytes_max: config.log_tail_bytes_max,
             retention: config.log_retention,
@@ -1444,11 +1450,7 @@ impl Inner {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(peer = %url, %error, "copying the peer's log failed; trying again");
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        _ = stop.changed() => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(2));
+                    crate::mirror::back_off(&mut pause, &mut stop).await;
                 }
             }
         }
@@ -1466,8 +1468,8 @@ impl Inner {
     /// Takes over the log this node kept as a replica of its first peer's, now that it is a
     /// validator: each partition fails over to a new epoch led by this node, rolling back the
     /// copied entries no block this node knows has settled. Those are proposed again from this
-    /// log, unless the committed state has used their nonce (then they are dropped). Idempotent:
-    /// partitions already taken over (before a restart) lead again without a new epoch.
+    /// log, unless the committed state has used their nonce (then they are dropped). Partitions
+    /// that lead already are left as they are, so a take-over a crash stopped halfway finishes.
     async fn take_over_log(&self) -> Result<()> {
         // Nothing may be copied (entries or snapshot markers) once the rollback point is chosen.
         self.stop_following().await;
@@ -1485,16 +1487,8 @@ impl Inner {
         let mut rolled_back = Vec::new();
         for p in 0..self.log.partitions() {
             let partition = PartitionId(p);
+            // Partitions taken over before a restart lead already (`Node::open`).
             if !self.log.is_replica_partition(partition)? {
-                continue;
-            }
-            if self
-                .log
-                .epochs(partition)?
-                .last()
-                .is_some_and(|epoch| epoch.leader == me)
-            {
-                self.log.resume_lead(partition, &me).await?;
                 continue;
             }
             // Copies the stopped task had already queued are carried out first.

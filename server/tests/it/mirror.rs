@@ -106,15 +106,7 @@ fn wait_until_streaming(mirror: &mut std::process::Child) {
 /// Runs `chainql log mirror --until-committed`, which must fail, and returns what it printed.
 fn mirror_refused(url: &str, dir: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_chainql"))
-        .args([
-            "log",
-            "mirror",
-            "--connect",
-            url,
-            "--dir",
-            dir,
-            "--until-committed",
-        ])
+        .args(until_committed(url, dir))
         .output()
         .expect("run the mirror");
     assert!(!output.status.success());
@@ -123,7 +115,12 @@ fn mirror_refused(url: &str, dir: &str) -> String {
 
 /// Runs `chainql log mirror --until-committed` and returns its report.
 fn mirror_until_committed(url: &str, dir: &str) -> String {
-    chainql(&[
+    chainql(&until_committed(url, dir))
+}
+
+/// The arguments of `chainql log mirror --until-committed`.
+fn until_committed<'a>(url: &'a str, dir: &'a str) -> [&'a str; 7] {
+    [
         "log",
         "mirror",
         "--connect",
@@ -131,7 +128,7 @@ fn mirror_until_committed(url: &str, dir: &str) -> String {
         "--dir",
         dir,
         "--until-committed",
-    ])
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,15 +236,7 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
     assert!(report.contains("chain mirror-test: 0 entries copied"), "{report}");
 
     // A mirror directory belongs to one chain.
-    let other = dir.path().join("other");
-    chainql(&[
-        "init",
-        "--data-dir",
-        other.to_str().expect("a UTF-8 path"),
-        "--chain-id",
-        "other-chain",
-    ]);
-    let foreign = NodeProcess::start(&other).await;
+    let foreign = NodeProcess::init_and_start(&dir.path().join("other"), "other-chain").await;
     let error = mirror_refused(&foreign.url, mirror);
     assert!(
         error.contains("mirrors chain \"mirror-test\", not \"other-chain\""),
@@ -256,15 +245,7 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
 
     // Nor does it go on from another node's log, even of a chain with the same name: every log
     // starts at seqno 1 of epoch 1, and the two would be spliced.
-    let namesake = dir.path().join("namesake");
-    chainql(&[
-        "init",
-        "--data-dir",
-        namesake.to_str().expect("a UTF-8 path"),
-        "--chain-id",
-        CHAIN,
-    ]);
-    let namesake = NodeProcess::start(&namesake).await;
+    let namesake = NodeProcess::init_and_start(&dir.path().join("namesake"), CHAIN).await;
     let error = mirror_refused(&namesake.url, mirror);
     assert!(error.contains("this replica copies the log of"), "{error}");
 }
