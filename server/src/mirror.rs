@@ -381,3 +381,57 @@ fn delivery(event: proto::LogEvent, chain_id: &str) -> std::result::Result<Deliv
     };
     Ok(Delivery { event, position })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainql::{Keypair, TransactionBuilder};
+
+    fn event(partition: u32, seqno: u64, token_partition: u32) -> proto::LogEvent {
+        let transaction =
+            TransactionBuilder::new("mirror", Keypair::from_seed([3; 32])).build(0, vec!["SELECT 1".into()]);
+        proto::LogEvent {
+            partition,
+            event: Some(proto::log_event::Event::Entry(proto::LogEntry {
+                seqno,
+                epoch: 1,
+                transaction_hash: chainql::transaction_hash(&transaction.transaction).0.to_vec(),
+                transaction: Some(transaction),
+            })),
+            resume_token: Position {
+                next_seqno: seqno + 1,
+                epoch: 1,
+                ..Position::start(PartitionId(token_partition))
+            }
+            .to_token("mirror"),
+        }
+    }
+
+    fn refusal(event: proto::LogEvent, chain_id: &str) -> String {
+        match delivery(event, chain_id) {
+            Err(Stop::Fatal(error)) => error.to_string(),
+            Err(Stop::Lost(why)) => panic!("a malformed event is not a lost connection: {why}"),
+            Ok(delivery) => panic!("accepted {delivery:?}"),
+        }
+    }
+
+    #[test]
+    fn events_are_checked_before_they_are_copied() {
+        let good = delivery(event(1, 7, 1), "mirror").unwrap_or_else(|_| panic!("a good event"));
+        assert!(
+            matches!(good.event, Event::Entry(ref entry) if entry.seqno == 7 && entry.partition == PartitionId(1))
+        );
+        assert_eq!(good.position.next_seqno, 8);
+
+        let mut forged = event(1, 7, 1);
+        if let Some(proto::log_event::Event::Entry(entry)) = &mut forged.event {
+            entry.transaction_hash[0] ^= 1;
+        }
+        assert!(refusal(forged, "mirror").contains("does not match its transaction hash"));
+        assert!(refusal(event(1, 7, 2), "mirror").contains("carries a position in partition 2"));
+        assert!(refusal(event(1, 7, 1), "another-chain").contains("malformed log event"));
+        let mut empty = event(1, 7, 1);
+        empty.event = None;
+        assert!(refusal(empty, "mirror").contains("no event"));
+    }
+}
