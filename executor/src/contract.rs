@@ -130,6 +130,11 @@ pub(crate) fn is_native_transfer(name: &ast::ObjectName) -> bool {
 
 /// The expressions of a `CALL`'s argument list.
 pub(crate) fn call_arguments(function: &ast::Function) -> Result<Vec<Expr>> {
+    Ok(call_argument_refs(function)?.into_iter().cloned().collect())
+}
+
+/// The expressions of a `CALL`'s argument list, borrowed.
+pub(crate) fn call_argument_refs(function: &ast::Function) -> Result<Vec<&Expr>> {
     let list = match &function.args {
         FunctionArguments::List(list) => &list.args,
         FunctionArguments::None => return Ok(Vec::new()),
@@ -139,7 +144,7 @@ pub(crate) fn call_arguments(function: &ast::Function) -> Result<Vec<Expr>> {
     };
     list.iter()
         .map(|arg| match arg {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Ok(expr.clone()),
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Ok(expr),
             other => Err(Error::Invalid(format!(
                 "CALL takes positional arguments, not {other}"
             ))),

@@ -25,9 +25,9 @@ use chainql_planner::{
     WritePlan, plan_write, register_chain_functions,
 };
 
-use crate::contract::{EmittedEvent, call_arguments, is_native_transfer};
+use crate::contract::{EmittedEvent, call_argument_refs, is_native_transfer};
 use crate::gas::{GasMeter, meter_plan};
-use crate::keys::{Analyzer, ContractTemplates, stages};
+use crate::keys::{Analyzer, ContractTemplates, Footprint, stages};
 use crate::parallel::Split;
 use crate::provider::Extras;
 use crate::r2::{self, CallSuccess, CompiledContracts, VectorCall, VectorContract};
@@ -214,15 +214,15 @@ const PARALLEL_ROWS_MIN: usize = 1024;
 /// Transactions per thread below which analysis stays on fewer threads.
 const PARALLEL_ANALYSIS_MIN: usize = 32;
 
-/// Each transaction's key sets against `state` (a barrier included), and its statement parsed
-/// when it has exactly one. Every transaction is analyzed on its own, so the work is split over
-/// the machine's cores; the result does not depend on how.
+/// Each transaction's footprint (its key sets against `state`, a barrier included), and its
+/// statement parsed when it has exactly one. Every transaction is analyzed on its own, so the
+/// work is split over the machine's cores; the result does not depend on how.
 fn analyze(
     state: &State,
     block: &BlockContext,
     transactions: &[ExecutableTransaction],
     threads: usize,
-) -> Vec<(crate::keys::KeySets, Option<(ChainStatement, StatementKind)>)> {
+) -> Vec<(Footprint, Option<(ChainStatement, StatementKind)>)> {
     let one = |templates: &ContractTemplates, transaction: &ExecutableTransaction| {
         let analyzer = Analyzer::with_templates(state, Some(transaction.sender), templates);
         let statement = match transaction.statements.as_slice() {
@@ -237,7 +237,7 @@ fn analyze(
             // Its gas reservation reads a balance every transaction's fee adds to.
             sets.barrier = Some("the proposer's own transaction".into());
         }
-        (sets, statement)
+        (Footprint::of(&sets), statement)
     };
     let analyzed = crate::parallel::map_ranges(
         transactions.len(),
@@ -391,29 +391,29 @@ impl Executor {
             // that start at one and double while no barrier turns up: the analysis thrown away
             // past a barrier is at most three times the stretch before it, and a long stretch is
             // analyzed on every core.
-            let mut sets = Vec::new();
+            let mut footprints = Vec::new();
             let mut parsed = Vec::new();
             let mut end = next;
             let mut window = ANALYSIS_WINDOW_MIN;
             'stretch: while end < transactions.len() {
                 let window_end = (end + window).min(transactions.len());
-                for (transaction_sets, statement) in analyze(
+                for (footprint, statement) in analyze(
                     state,
                     block,
                     &transactions[end..window_end],
                     self.row_split.threads,
                 ) {
-                    if transaction_sets.barrier.is_some() {
+                    if footprint.is_barrier() {
                         break 'stretch;
                     }
-                    sets.push(transaction_sets);
+                    footprints.push(footprint);
                     parsed.push(statement);
                     end += 1;
                 }
                 window = (window * 2).min(ANALYSIS_WINDOW_MAX);
             }
             let mut compiled = CompiledContracts::new();
-            for stage in stages(&sets) {
+            for stage in stages(&footprints) {
                 stage_number += 1;
                 let members: Vec<usize> = stage.iter().map(|i| next + i).collect();
                 let statements: Vec<_> = stage.iter().map(|&i| parsed[i].take()).collect();
@@ -563,7 +563,7 @@ impl Executor {
         if !r2::may_call(&contract.contract, &transaction.sender) {
             return Ok(None);
         }
-        let Ok(args) = call_arguments(&function) else {
+        let Ok(args) = call_argument_refs(&function) else {
             return Ok(None);
         };
         if args.len() != contract.parameter_types.len() {
@@ -572,7 +572,15 @@ impl Executor {
         let Some(args) = args
             .iter()
             .zip(&contract.parameter_types)
-            .map(|(arg, wanted)| r2::literal_argument(arg)?.cast_to(wanted).ok())
+            .map(|(arg, wanted)| {
+                let value = r2::literal_argument(arg)?;
+                // A cast goes through a one-row Arrow array: skipped when the type is already right.
+                if value.data_type() == *wanted {
+                    Some(value)
+                } else {
+                    value.cast_to(wanted).ok()
+                }
+            })
             .collect::<Option<Vec<_>>>()
         else {
             return Ok(None);
@@ -626,9 +634,8 @@ impl Executor {
     ) -> Result<(Receipt, TransactionRecord)> {
         let gas_used = success.gas_used.min(transaction.gas_limit);
         let fee = gas_used * self.gas_price;
-        state.adjust_balance(&transaction.sender, -(fee as i128))?;
+        state.charge_sender(&transaction.sender, fee)?;
         state.adjust_balance(&block.proposer, fee as i128)?;
-        state.use_nonce(&transaction.sender);
         let receipt = Receipt {
             transaction_hash: transaction.hash.0.to_vec(),
             block_height: block.height,
@@ -1418,7 +1425,7 @@ mod tests {
         let one = analyze(&state, &context, &transactions, 1);
         assert_eq!(one.len(), transactions.len());
         assert!(
-            one.iter().any(|(sets, _)| sets.barrier.is_some()),
+            one.iter().any(|(sets, _)| sets.is_barrier()),
             "the proposer's transactions"
         );
         for threads in [2, 3, 8] {

@@ -29,7 +29,7 @@ use datafusion::sql::sqlparser::ast::{
     TableFactor, TableObject, Value, Visit, Visitor,
 };
 
-use crate::contract::{CALL_DEPTH_MAX, call_arguments, is_native_transfer};
+use crate::contract::{CALL_DEPTH_MAX, call_argument_refs, is_native_transfer};
 use crate::state::State;
 
 /// The keys of one table a transaction touches.
@@ -502,7 +502,7 @@ impl<'a> Analyzer<'a> {
         let Ok(name) = call_target(&function.name) else {
             return Err(Template::barrier("an unknown contract"));
         };
-        let Ok(args) = call_arguments(function) else {
+        let Ok(args) = call_argument_refs(function) else {
             return Err(Template::barrier("a call with arguments that are not positional"));
         };
         let values: Vec<Option<Sym>> = args.iter().map(|a| self.value(a, params)).collect();
@@ -876,16 +876,66 @@ fn split_and<'e>(expr: &'e Expr, out: &mut Vec<&'e Expr>) {
     }
 }
 
-/// Cuts a block's transactions (their key sets, in block order) into stages: each transaction
+/// What cutting stages needs of a transaction's key sets: fingerprints of its tables and keys.
+/// Computed where the key sets are derived (on the analysis threads), so [`stages`], which runs
+/// in block order on one thread, only compares numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footprint {
+    barrier: bool,
+    /// The key fingerprints of every entry, entry after entry.
+    prints: Vec<u64>,
+    /// Per table read, then per table written: the table's fingerprint, and the range of
+    /// `prints` holding its keys' (`None`: any key).
+    reads: Vec<(u64, Option<std::ops::Range<usize>>)>,
+    writes: Vec<(u64, Option<std::ops::Range<usize>>)>,
+}
+
+impl Footprint {
+    pub fn of(sets: &KeySets) -> Footprint {
+        let mut prints = Vec::new();
+        let mut entries = |map: &BTreeMap<String, Keys>| -> Vec<(u64, Option<std::ops::Range<usize>>)> {
+            map.iter()
+                .map(|(table, keys)| {
+                    let range = match keys {
+                        Keys::All => None,
+                        Keys::Known(keys) => {
+                            let start = prints.len();
+                            prints.extend(keys.iter().map(|key| fingerprint(table, key)));
+                            Some(start..prints.len())
+                        }
+                    };
+                    (fingerprint(table, ""), range)
+                })
+                .collect()
+        };
+        let reads = entries(&sets.reads);
+        let writes = entries(&sets.writes);
+        Footprint {
+            barrier: sets.barrier.is_some(),
+            prints,
+            reads,
+            writes,
+        }
+    }
+
+    pub fn is_barrier(&self) -> bool {
+        self.barrier
+    }
+
+    /// The key fingerprints of an entry (`None`: any key).
+    fn keys(&self, range: &Option<std::ops::Range<usize>>) -> Option<&[u64]> {
+        range.clone().map(|range| &self.prints[range])
+    }
+}
+
+/// Cuts a block's transactions (their footprints, in block order) into stages: each transaction
 /// goes one stage past the latest earlier transaction it conflicts with.
-pub fn stages(transactions: &[KeySets]) -> Vec<Vec<usize>> {
+pub fn stages(transactions: &[Footprint]) -> Vec<Vec<usize>> {
     let mut seen = Seen::with_capacity(transactions.len());
-    let mut prints = Prints::default();
     let mut stages: Vec<Vec<usize>> = Vec::new();
-    for (i, sets) in transactions.iter().enumerate() {
-        prints.fill(sets);
-        let stage = seen.stage_of(sets, &prints);
-        seen.record(sets, &prints, stage);
+    for (i, footprint) in transactions.iter().enumerate() {
+        let stage = seen.stage_of(footprint);
+        seen.record(footprint, stage);
         if stages.len() <= stage {
             stages.resize(stage + 1, Vec::new());
         }
@@ -894,72 +944,43 @@ pub fn stages(transactions: &[KeySets]) -> Vec<Vec<usize>> {
     stages
 }
 
-/// The fingerprints of one transaction's keys, each computed once: per entry of its reads then
-/// its writes, the range of `prints` holding its keys' fingerprints, or `None` for any key.
-#[derive(Default)]
-struct Prints {
-    prints: Vec<u64>,
-    entries: Vec<Option<std::ops::Range<usize>>>,
-}
-
-impl Prints {
-    fn fill(&mut self, sets: &KeySets) {
-        self.prints.clear();
-        self.entries.clear();
-        for (table, keys) in sets.reads.iter().chain(&sets.writes) {
-            self.entries.push(match keys {
-                Keys::All => None,
-                Keys::Known(keys) => {
-                    let start = self.prints.len();
-                    self.prints.extend(keys.iter().map(|key| fingerprint(table, key)));
-                    Some(start..self.prints.len())
-                }
-            });
-        }
-    }
-
-    /// The fingerprints of entry `i` (`None`: any key).
-    fn entry(&self, i: usize) -> Option<&[u64]> {
-        self.entries[i].clone().map(|range| &self.prints[range])
-    }
-}
-
 /// The latest stage (plus one) of earlier accesses, per table and key: a transaction's stage is
 /// the largest of these over what it conflicts with, found in O(keys) rather than by comparing
 /// it with every earlier transaction.
-struct Seen<'a> {
+struct Seen {
     /// What was read (or written), by key and by table.
-    reads: Accesses<'a>,
-    writes: Accesses<'a>,
+    reads: Accesses,
+    writes: Accesses,
     /// After the latest stage of any transaction, and of any barrier.
     any: usize,
     barrier: usize,
 }
 
-/// Accesses by key and by table. Keys are known by a 64-bit fingerprint of their table and
-/// text: two keys that share one are treated as one key, which can only put a transaction in a
-/// later stage than it needs (never an earlier one), so the stages stay serially equivalent.
-struct Accesses<'a> {
+/// Accesses by key and by table. Keys and tables are known by 64-bit fingerprints (a key's
+/// covers its table and its text): two that share one are treated as one, which can only put a
+/// transaction in a later stage than it needs (never an earlier one), so the stages stay
+/// serially equivalent.
+struct Accesses {
     /// Per key fingerprint, after the latest stage that accessed it. Membership and maxima
     /// only: the map's iteration order is never observed.
     keys: std::collections::HashMap<u64, usize, FingerprintState>,
-    /// Per table: after the latest stage that accessed any key (`All`), and that accessed
-    /// anything at all.
-    tables: std::collections::HashMap<&'a str, (usize, usize)>,
+    /// Per table fingerprint: after the latest stage that accessed any key (`All`), and that
+    /// accessed anything at all.
+    tables: std::collections::HashMap<u64, (usize, usize), FingerprintState>,
 }
 
-impl<'a> Accesses<'a> {
-    fn with_capacity(keys: usize) -> Accesses<'a> {
+impl Accesses {
+    fn with_capacity(keys: usize) -> Accesses {
         Accesses {
             keys: std::collections::HashMap::with_capacity_and_hasher(keys, FingerprintState),
-            tables: std::collections::HashMap::new(),
+            tables: std::collections::HashMap::with_hasher(FingerprintState),
         }
     }
 
     /// After the latest stage of an access that overlaps `keys` (fingerprints; `None`: any
     /// key) of `table`.
-    fn after(&self, table: &str, keys: Option<&[u64]>) -> usize {
-        let Some(&(all, any)) = self.tables.get(table) else {
+    fn after(&self, table: u64, keys: Option<&[u64]>) -> usize {
+        let Some(&(all, any)) = self.tables.get(&table) else {
             return 0;
         };
         match keys {
@@ -974,7 +995,7 @@ impl<'a> Accesses<'a> {
         }
     }
 
-    fn record(&mut self, table: &'a str, keys: Option<&[u64]>, after: usize) {
+    fn record(&mut self, table: u64, keys: Option<&[u64]>, after: usize) {
         let (all, any) = self.tables.entry(table).or_insert((0, 0));
         *any = (*any).max(after);
         match keys {
@@ -989,8 +1010,8 @@ impl<'a> Accesses<'a> {
     }
 }
 
-impl<'a> Seen<'a> {
-    fn with_capacity(transactions: usize) -> Seen<'a> {
+impl Seen {
+    fn with_capacity(transactions: usize) -> Seen {
         Seen {
             reads: Accesses::with_capacity(2 * transactions),
             writes: Accesses::with_capacity(3 * transactions),
@@ -999,37 +1020,35 @@ impl<'a> Seen<'a> {
         }
     }
 
-    fn stage_of(&self, sets: &KeySets, prints: &Prints) -> usize {
-        if sets.barrier.is_some() {
+    fn stage_of(&self, footprint: &Footprint) -> usize {
+        if footprint.barrier {
             return self.any;
         }
         let mut stage = self.barrier;
-        let reads = sets.reads.len();
-        for (i, table) in sets.writes.keys().enumerate() {
-            let keys = prints.entry(reads + i);
+        for (table, keys) in &footprint.writes {
+            let keys = footprint.keys(keys);
             stage = stage
-                .max(self.reads.after(table, keys))
-                .max(self.writes.after(table, keys));
+                .max(self.reads.after(*table, keys))
+                .max(self.writes.after(*table, keys));
         }
-        for (i, table) in sets.reads.keys().enumerate() {
-            stage = stage.max(self.writes.after(table, prints.entry(i)));
+        for (table, keys) in &footprint.reads {
+            stage = stage.max(self.writes.after(*table, footprint.keys(keys)));
         }
         stage
     }
 
-    fn record(&mut self, sets: &'a KeySets, prints: &Prints, stage: usize) {
+    fn record(&mut self, footprint: &Footprint, stage: usize) {
         let after = stage + 1;
         self.any = self.any.max(after);
-        if sets.barrier.is_some() {
+        if footprint.barrier {
             self.barrier = self.barrier.max(after);
             return;
         }
-        let reads = sets.reads.len();
-        for (i, table) in sets.reads.keys().enumerate() {
-            self.reads.record(table, prints.entry(i), after);
+        for (table, keys) in &footprint.reads {
+            self.reads.record(*table, footprint.keys(keys), after);
         }
-        for (i, table) in sets.writes.keys().enumerate() {
-            self.writes.record(table, prints.entry(reads + i), after);
+        for (table, keys) in &footprint.writes {
+            self.writes.record(*table, footprint.keys(keys), after);
         }
     }
 }
@@ -1038,7 +1057,8 @@ impl<'a> Seen<'a> {
 const FX_SEED: u64 = 0x517c_c1b7_2722_0a95;
 
 /// A key's fingerprint: a hash of its table and text, eight bytes at a time (FxHash's step),
-/// then mixed by MurmurHash3's finalizer.
+/// then mixed by MurmurHash3's finalizer. A table's own fingerprint is that of its empty key
+/// (the two are kept in different maps).
 fn fingerprint(table: &str, key: &str) -> u64 {
     let mut hash: u64 = 0;
     let mut add = |bytes: &[u8]| {
@@ -1106,6 +1126,10 @@ mod tests {
         let mut sets = KeySets::default();
         sets.write(table, keys);
         sets
+    }
+
+    fn stages(transactions: &[KeySets]) -> Vec<Vec<usize>> {
+        super::stages(&transactions.iter().map(Footprint::of).collect::<Vec<_>>())
     }
 
     /// The stages the definition gives: one past the latest earlier conflicting transaction.

@@ -978,6 +978,10 @@ impl Pass<'_> {
 
     /// The row of `table` whose key is `key_columns` of each row of `batch`, or `None` for rows
     /// that are absent or `skipped`: the lookups shared over the pass's threads.
+    ///
+    /// The keys are looked up in key order, each thread taking a contiguous run of them: the
+    /// calls' keys are scattered over the index, and in order, consecutive lookups descend
+    /// through nodes the previous ones brought into cache instead of missing it at every level.
     fn find(
         &self,
         table: &Table,
@@ -985,16 +989,21 @@ impl Pass<'_> {
         key_columns: &[usize],
         skipped: &[bool],
     ) -> Result<Vec<Option<RowLocation>>> {
-        self.split.map(batch.num_rows(), |range| {
+        let mut keys = self.split.map(batch.num_rows(), |range| {
             range
-                .map(|row| {
-                    if skipped[row] {
-                        return Ok(None);
-                    }
-                    Ok(table.locate(&encode_key(batch, key_columns, row)?))
-                })
-                .collect()
-        })
+                .filter(|&row| !skipped[row])
+                .map(|row| Ok((encode_key(batch, key_columns, row)?, row)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let found = self.split.map(keys.len(), |range| {
+            Ok::<_, Error>(keys[range].iter().map(|(key, _)| table.locate(key)).collect())
+        })?;
+        let mut locations = vec![None; batch.num_rows()];
+        for ((_, row), location) in keys.iter().zip(found) {
+            locations[*row] = location;
+        }
+        Ok(locations)
     }
 
     /// Evaluates an expression with its point lookups for every live call, with the read gas

@@ -126,6 +126,28 @@ impl State {
         self.accounts.insert(*address, account);
     }
 
+    /// Takes a transaction's `fee` from its sender's balance and counts its nonce, in one update
+    /// of the account (the serial path does the two apart, with the same result). Refuses a fee
+    /// above the balance, changing nothing.
+    pub(crate) fn charge_sender(&mut self, address: &Address, fee: u64) -> Result<()> {
+        let refused = |balance| Error::InsufficientBalance {
+            account: *address,
+            balance,
+            needed: fee as u128,
+        };
+        match self.accounts.get_mut(address) {
+            Some(account) => {
+                account.balance = account.balance.checked_sub(fee).ok_or(refused(account.balance))?;
+                account.nonce += 1;
+            }
+            None if fee > 0 => return Err(refused(0)),
+            None => {
+                self.accounts.insert(*address, Account { balance: 0, nonce: 1 });
+            }
+        }
+        Ok(())
+    }
+
     /// Adds `delta` (negative: subtracts) to an account's native balance, creating the account
     /// when it is new. Refuses to go below zero or past `u64::MAX`.
     pub(crate) fn adjust_balance(&mut self, address: &Address, delta: i128) -> Result<()> {
