@@ -103,6 +103,21 @@ fn wait_until_streaming(mirror: &mut std::process::Child) {
     std::thread::spawn(move || log_lines.for_each(drop));
 }
 
+/// Starts `chainql log mirror` on `url` into `dir`, with `until` (an end, or none), and waits
+/// until it streams.
+fn start_mirror(url: &str, dir: &str, until: &[&str]) -> std::process::Child {
+    let mut mirror = Command::new(env!("CARGO_BIN_EXE_chainql"))
+        .args(["log", "mirror", "--connect", url, "--dir", dir])
+        .args(until)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the mirror");
+    wait_until_streaming(&mut mirror);
+    mirror
+}
+
 /// Runs `chainql log mirror --until-committed`, which must fail, and returns what it printed.
 fn mirror_refused(url: &str, dir: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_chainql"))
@@ -168,15 +183,7 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
     // A second run resumes where the replica ends; the node is killed and restarted under it.
     submit(&remote, &senders, 3).await;
     let height = remote.status().await.expect("status").height;
-    let mut following = Command::new(env!("CARGO_BIN_EXE_chainql"))
-        .args(["log", "mirror", "--connect", &node.url, "--dir", mirror])
-        .args(["--until-height", &(height + 1).to_string()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the mirror");
-    wait_until_streaming(&mut following);
+    let mut following = start_mirror(&node.url, mirror, &["--until-height", &(height + 1).to_string()]);
     node.kill();
     let node = NodeProcess::start_on(&data_dir, port, Stdio::null()).await;
     let remote = Client::connect(&node.url).await.expect("connect");
@@ -213,14 +220,7 @@ async fn a_mirror_copies_the_committed_order_and_resumes_across_restarts() {
     assert!(epochs.iter().all(|e| e == &[1]), "{epochs:?}");
 
     // Following with no end, Ctrl-C stops it cleanly, with its report.
-    let mut following = Command::new(env!("CARGO_BIN_EXE_chainql"))
-        .args(["log", "mirror", "--connect", &node.url, "--dir", mirror])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the mirror");
-    wait_until_streaming(&mut following);
+    let following = start_mirror(&node.url, mirror, &[]);
     let interrupted = Command::new("kill")
         .args(["-INT", &following.id().to_string()])
         .status()
