@@ -73,7 +73,13 @@ pub struct Devnet {
 
 /// A base port whose next `count` ports (a devnet's gRPC ports) were free a moment ago, with
 /// room above it for the PostgreSQL and metrics ports.
+///
+/// No two calls in one process return overlapping ports (gRPC, PostgreSQL or metrics), even
+/// once a port is free again: a validator stopped for a while must find its port unclaimed
+/// when it restarts, whatever else the process started meanwhile.
 pub fn free_base_port(count: usize) -> Result<u16> {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     // Below the kernel's ephemeral range, where outgoing connections take their local ports:
     // a validator restarted on its port must not find it taken by some client's connection.
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -90,7 +96,17 @@ pub fn free_base_port(count: usize) -> Result<u16> {
     for attempt in 0..500u64 {
         let base =
             (LOWEST + ((seed.wrapping_add(attempt.wrapping_mul(7_919))) % u64::from(span)) as u32) as u16;
-        if (0..count as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        let ports: Vec<u16> = [0, 100, 200]
+            .into_iter()
+            .flat_map(|offset| (0..count as u16).map(move |i| base + offset + i))
+            .collect();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ports.iter().all(|port| !handed_out.contains(port))
+            && (0..count as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            handed_out.extend(ports);
             return Ok(base);
         }
     }

@@ -1250,7 +1250,7 @@ impl Inner {
             let block = lock(&self.blocks)
                 .get(h)?
                 .ok_or_else(|| Error::Corrupt(format!("block {h} is missing")))?;
-            next_seqnos = self.ordered_by(&block, next_seqnos)?;
+            next_seqnos = self.ordered_by(&block, &state, next_seqnos)?;
             if h < start {
                 // In the checkpoint: only the log's snapshot markers are needed.
                 self.mark_snapshot(h, &next_seqnos)?;
@@ -2142,7 +2142,7 @@ impl Inner {
         }
         let height = next.height();
         let root = next.root();
-        let mut next_seqnos = self.ordered_by(&block, self.current_seqnos())?;
+        let mut next_seqnos = self.ordered_by(&block, &state, self.current_seqnos())?;
         self.skip_settled(&next, &mut next_seqnos)?;
         for (slot, next) in self.next_seqnos.iter().zip(&next_seqnos) {
             slot.store(*next, Ordering::Release);
@@ -2188,7 +2188,13 @@ impl Inner {
     /// The log cursors after `block`: a block this validator proposed names ranges of its own
     /// log, and the cursors move past them; another validator's ranges name that validator's
     /// log and leave them where they are. Checks that own ranges follow the cursors.
-    fn ordered_by(&self, block: &Block, mut next_seqnos: Vec<u64>) -> Result<Vec<u64>> {
+    ///
+    /// An own range may start before a cursor, over entries `settled` (the state before the
+    /// block, or a later one) already holds: which settled entries the cursor skipped depends
+    /// on what the log held when it was moved (`skip_settled`), so a replay, reading the whole
+    /// log, can skip entries that had not arrived when the block was proposed. Those entries
+    /// are in no block's transactions twice: the proposer left them out as settled.
+    fn ordered_by(&self, block: &Block, settled: &State, mut next_seqnos: Vec<u64>) -> Result<Vec<u64>> {
         let header = block
             .header
             .as_ref()
@@ -2203,15 +2209,51 @@ impl Inner {
                     header.height, range.partition
                 ))
             })?;
-            if range.first_seqno < *slot {
+            if range.first_seqno < *slot
+                && !self.all_settled(settled, PartitionId(range.partition), range.first_seqno, *slot)?
+            {
                 return Err(Error::Corrupt(format!(
                     "block {} orders partition {} from seqno {}, before the first entry not yet ordered ({})",
                     header.height, range.partition, range.first_seqno, slot
                 )));
             }
-            *slot = range.first_seqno + range.count;
+            *slot = (*slot).max(range.first_seqno + range.count);
         }
         Ok(next_seqnos)
+    }
+
+    /// True when `state` has settled every entry of `partition` from `from` up to (not
+    /// including) `until` that the log still keeps (entries released below a checkpoint were
+    /// all ordered or settled).
+    fn all_settled(&self, state: &State, partition: PartitionId, from: u64, until: u64) -> Result<bool> {
+        let mut next = from;
+        while next < until {
+            let entries = match self.log.read(partition, next, SETTLED_READ) {
+                Err(chainql_sequencer::Error::Released { first_kept, .. }) if first_kept > next => {
+                    next = first_kept;
+                    continue;
+                }
+                read => read?,
+            };
+            let Some(last) = entries.last() else {
+                // Entries the log does not hold were never settled by this node's cursor.
+                return Ok(false);
+            };
+            next = last.seqno + 1;
+            for entry in entries.iter().filter(|entry| entry.seqno < until) {
+                let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
+                    Error::Corrupt(format!(
+                        "log entry {}/{} does not decode: {e}",
+                        partition.0, entry.seqno
+                    ))
+                })?;
+                let (transaction, sender) = executable(&signed)?;
+                if transaction.nonce >= state.account(&sender).nonce {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Moves each log cursor past entries that `state` has settled: transactions committed by

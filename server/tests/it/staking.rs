@@ -41,6 +41,21 @@ async fn advance_to(devnet: &Devnet, via: usize, height: u64, writer: &Transacti
     }
 }
 
+/// Waits until node `via` has committed block `height`: validators decide a block at moments
+/// apart, and a follower copies it after some validator has.
+async fn wait_height(devnet: &Devnet, via: usize, height: u64) {
+    let client = devnet.client(via).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.status().await.expect("status").height < height {
+        assert!(
+            Instant::now() < deadline,
+            "node {via} never reached height {height} (logs in {})",
+            devnet.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One log entry as `SubscribeLog` shows it: partition, seqno, epoch and transaction hash.
 type Logged = (u32, u64, u64, Vec<u8>);
 
@@ -119,6 +134,7 @@ async fn a_follower_stakes_into_the_set_and_stake_not_head_count_makes_the_quoru
         .await
         .expect("stake");
     assert!(receipt.error.is_empty(), "{}", receipt.error);
+    wait_height(&devnet, 0, receipt.block_height).await;
     assert_eq!(power(&devnet, 0, &address).await, 0);
 
     // Its node handed the stake to validator 0, whose log it copies: both logs hold the
@@ -150,6 +166,7 @@ async fn a_follower_stakes_into_the_set_and_stake_not_head_count_makes_the_quoru
     let boundary = receipt.block_height.div_ceil(EPOCH) * EPOCH;
     advance_to(&devnet, 0, boundary + 1, &writer).await;
     assert_eq!(power(&devnet, 0, &address).await, 500);
+    wait_height(&devnet, 3, boundary + 1).await;
     assert_eq!(power(&devnet, 3, &address).await, 500, "the follower agrees");
 
     // A validator now, it took its log over: what it admits goes into epoch 2, led by itself,

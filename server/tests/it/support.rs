@@ -32,6 +32,8 @@ pub fn chainql(arguments: &[&str]) -> String {
 pub struct NodeProcess {
     pub child: Child,
     pub url: String,
+    /// Where its log goes, when a file: shown if the node fails to start.
+    log: Option<PathBuf>,
 }
 
 impl NodeProcess {
@@ -77,30 +79,37 @@ impl NodeProcess {
             .stderr(log)
             .spawn()
             .expect("start chainql node");
-        NodeProcess::ready(child, format!("http://127.0.0.1:{port}")).await
+        NodeProcess::ready(child, format!("http://127.0.0.1:{port}"), None).await
     }
 
     /// A started node process, once its gRPC API at `url` answers.
-    async fn ready(child: Child, url: String) -> NodeProcess {
-        let process = NodeProcess { child, url };
+    async fn ready(child: Child, url: String, log: Option<PathBuf>) -> NodeProcess {
+        let mut process = NodeProcess { child, url, log };
         process.wait_ready().await;
         process
     }
 
     /// Starts `chainql node --config CONFIG` (a devnet validator's settings) serving gRPC at
-    /// `url`, without its PostgreSQL and metrics listeners, logging to `log`.
-    pub async fn start_with_config(config: &Path, url: &str, log: impl Into<Stdio>) -> NodeProcess {
+    /// `url`, without its PostgreSQL and metrics listeners, appending its log to `log`.
+    pub async fn start_with_config(config: &Path, url: &str, log: &Path) -> NodeProcess {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_chainql"))
             .args(["node", "--no-pg", "--no-metrics", "--config"])
             .arg(config)
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(file)
             .spawn()
             .expect("start chainql node");
-        NodeProcess::ready(child, url.to_string()).await
+        NodeProcess::ready(child, url.to_string(), Some(log.to_path_buf())).await
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until the node's gRPC API answers; fails at once, with its exit status and log,
+    /// if the process ends first.
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(remote) = Client::connect(&self.url).await
@@ -108,13 +117,32 @@ impl NodeProcess {
             {
                 return;
             }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the node for {} exited ({status}) before serving{}",
+                    self.url,
+                    self.log_tail()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "the node at {} did not start",
-                self.url
+                "the node at {} did not start{}",
+                self.url,
+                self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The last lines of the node's log file, if it has one, for a failure message.
+    fn log_tail(&self) -> String {
+        let Some(path) = &self.log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        format!("; the end of {}:\n{tail}", path.display())
     }
 
     /// `kill -9`: no chance to flush or clean up.
@@ -200,13 +228,11 @@ impl DevnetProcesses {
 
     pub async fn start(&mut self, i: usize) {
         let data_dir = self.dir.join(format!("validator-{i}"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("node.log"))
-            .expect("log file");
         let url = self.url(i);
-        self.nodes[i] = Some(NodeProcess::start_with_config(&data_dir.join("node.toml"), &url, log).await);
+        self.nodes[i] = Some(
+            NodeProcess::start_with_config(&data_dir.join("node.toml"), &url, &data_dir.join("node.log"))
+                .await,
+        );
     }
 
     /// `kill -9` of node i.
