@@ -42,6 +42,7 @@ mod encode;
 mod execute;
 mod explain;
 mod gas;
+mod index;
 mod keys;
 mod memory;
 mod parallel;

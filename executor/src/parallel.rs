@@ -26,6 +26,44 @@ impl Split {
     ) -> Result<Vec<T>, E> {
         map_ranges(items, self.threads, self.min_per_thread, f)
     }
+
+    /// `f` on each of `items`, in contiguous runs of items, one run per thread, for work
+    /// `weight` rows in all (fewer than `min_per_thread` rows per thread run on the calling
+    /// thread); the results in item order.
+    pub fn map_each<T: Send, R: Send>(
+        self,
+        items: Vec<T>,
+        weight: usize,
+        f: impl Fn(T) -> R + Sync,
+    ) -> Vec<R> {
+        let threads = self
+            .threads
+            .min(weight / self.min_per_thread.max(1))
+            .min(items.len())
+            .max(1);
+        if threads == 1 {
+            return items.into_iter().map(f).collect();
+        }
+        let per_thread = items.len().div_ceil(threads);
+        let mut runs: Vec<Vec<T>> = Vec::with_capacity(threads);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            runs.push(items.by_ref().take(per_thread).collect());
+        }
+        let mut results: Vec<Vec<R>> = runs.iter().map(|_| Vec::new()).collect();
+        rayon::in_place_scope(|scope| {
+            let f = &f;
+            let mut runs = runs.into_iter().zip(results.iter_mut());
+            let first = runs.next();
+            for (run, out) in runs {
+                scope.spawn(move |_| *out = run.into_iter().map(f).collect());
+            }
+            if let Some((run, out)) = first {
+                *out = run.into_iter().map(f).collect();
+            }
+        });
+        results.into_iter().flatten().collect()
+    }
 }
 
 /// `f` over `0..items`, as `f(range)` calls on up to `threads` threads, concatenated in order:
@@ -85,6 +123,16 @@ mod tests {
             }
         }
         assert_eq!(map_ranges(0, 4, 1, square), Ok(vec![]));
+        for threads in [1, 2, 3, 8] {
+            let split = Split {
+                threads,
+                min_per_thread: 1,
+            };
+            let items: Vec<usize> = (0..17).collect();
+            let squares: Vec<usize> = (0..17).map(|i| i * i).collect();
+            assert_eq!(split.map_each(items, 17, |i| i * i), squares);
+            assert_eq!(split.map_each(Vec::<usize>::new(), 0, |i| i), Vec::<usize>::new());
+        }
         // The first failing range's error, whichever thread finishes first.
         let failing = |range: Range<usize>| -> Result<Vec<usize>, String> {
             match range.clone().find(|i| i % 300 == 299) {

@@ -18,14 +18,13 @@ use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use crate::encode::{KEY_BUCKETS, Key, describe_key, encode_key, encode_value, key_bucket};
+use crate::encode::{Key, describe_key, encode_key, encode_value};
+use crate::index::{IndexEntry, KeyIndex};
 use crate::parallel::Split;
 use crate::{Error, Result};
 
 /// Rows per chunk once chunks are compacted.
 pub const CHUNK_ROWS: usize = 8192;
-/// Words of the bitmap of buckets whose digest is out of date.
-const STALE_WORDS: usize = KEY_BUCKETS as usize / 64;
 
 /// Where a row is stored: a chunk and a row within it. Packed into a `u64` for the position
 /// column that `UPDATE` and `DELETE` row queries read.
@@ -79,14 +78,6 @@ impl Chunk {
     }
 }
 
-/// Where a row is, and the hash of its canonical encoding (key and values), computed once when
-/// the row is written so the table's digest never re-reads rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct IndexEntry {
-    location: RowLocation,
-    hash: Hash,
-}
-
 /// The hash of row `row` of `batch` under `key`: what the table digest is built from.
 fn row_hash(key: &[u8], batch: &RecordBatch, row: usize, scratch: &mut Vec<u8>) -> Result<Hash> {
     scratch.clear();
@@ -106,12 +97,10 @@ pub struct Table {
     key_columns: Arc<[usize]>,
     chunks: BTreeMap<u64, Arc<Chunk>>,
     next_chunk_id: u64,
-    index: imbl::OrdMap<Key, IndexEntry>,
+    index: KeyIndex,
     /// Per non-empty bucket, its Merkle leaf: the bucket number and the digest of its rows'
-    /// hashes in key order. Up to date except for the buckets marked in `stale`.
+    /// hashes in key order. Up to date except for the buckets the index reports changed.
     bucket_leaves: imbl::OrdMap<u16, Hash>,
-    /// Buckets written since their leaf was computed, one bit each.
-    stale: [u64; STALE_WORDS],
     /// The next hidden row id, for tables without a primary key.
     next_row_id: i64,
     /// The digest of the contents, or `None` once they changed.
@@ -135,9 +124,8 @@ impl Table {
             key_columns,
             chunks: BTreeMap::new(),
             next_chunk_id: 0,
-            index: imbl::OrdMap::new(),
+            index: KeyIndex::default(),
             bucket_leaves: imbl::OrdMap::new(),
-            stale: [0; STALE_WORDS],
             next_row_id: 1,
             digest: None,
             dirty: true,
@@ -383,39 +371,24 @@ impl Table {
                 })
                 .collect::<Result<Vec<_>>>()
         })?;
-        // In key order, the updates walk the index from one end to the other instead of
-        // jumping between far leaves. The resulting index is the same in any order.
+        // In key order, each shard's updates walk its tree from one end to the other instead
+        // of jumping between far leaves. The resulting index is the same in any order.
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut moved = Vec::new();
-        // What each insertion replaced, to put back if a later row is refused.
-        let mut undo: Vec<(Key, Option<IndexEntry>)> = Vec::with_capacity(rows);
-        let mut refused = None;
-        for (key, hash, row) in keyed {
-            let location = RowLocation { chunk, row };
-            let entry = IndexEntry { location, hash };
-            let previous = self.index_insert(key.clone(), entry);
-            undo.push((key, previous));
-            match previous {
-                None => {}
-                Some(previous) if previous.location.chunk != chunk && is_freed(&previous.location) => {
-                    moved.push(previous.location)
-                }
-                // Present outside the freed rows, or earlier in this batch.
-                Some(_) => {
-                    refused = Some(self.duplicate(&batch, row as usize));
-                    break;
-                }
-            }
-        }
-        if let Some(error) = refused {
-            for (key, previous) in undo.into_iter().rev() {
-                match previous {
-                    Some(previous) => self.index_insert(key, previous),
-                    None => self.index_remove(&key),
-                };
-            }
-            return Err(error);
-        }
+        let rows: Vec<(Key, IndexEntry)> = keyed
+            .into_iter()
+            .map(|(key, hash, row)| {
+                let location = RowLocation { chunk, row };
+                (key, IndexEntry { location, hash })
+            })
+            .collect();
+        // A key may move here from a freed row; any other entry it has (elsewhere, or earlier
+        // in this batch) makes it a duplicate.
+        let replaceable =
+            |previous: &IndexEntry| previous.location.chunk != chunk && is_freed(&previous.location);
+        let moved = match self.index.insert_sorted(rows, split, replaceable) {
+            Ok(replaced) => replaced.into_iter().map(|entry| entry.location).collect(),
+            Err(refused) => return Err(self.duplicate(&batch, refused.location.row as usize)),
+        };
         self.chunks.insert(chunk, Arc::new(Chunk::new(batch)));
         self.next_chunk_id += 1;
         Ok(moved)
@@ -538,7 +511,7 @@ impl Table {
                 // A deleted row whose key did not move to an inserted row leaves the index.
                 if moved.binary_search(&location).is_err() {
                     let key = encode_key(&chunk.batch, &self.key_columns, row as usize)?;
-                    self.index_remove(&key);
+                    self.index.remove(&key);
                 }
             }
             self.chunks.insert(
@@ -552,23 +525,6 @@ impl Table {
         }
         self.touch();
         Ok(())
-    }
-
-    /// Every change of the index goes through here or [`Table::index_remove`], which mark the
-    /// key's bucket for rehashing.
-    fn index_insert(&mut self, key: Key, entry: IndexEntry) -> Option<IndexEntry> {
-        self.mark_stale(&key);
-        self.index.insert(key, entry)
-    }
-
-    fn index_remove(&mut self, key: &Key) -> Option<IndexEntry> {
-        self.mark_stale(key);
-        self.index.remove(key)
-    }
-
-    fn mark_stale(&mut self, key: &[u8]) {
-        let bucket = key_bucket(key) as usize;
-        self.stale[bucket / 64] |= 1 << (bucket % 64);
     }
 
     fn touch(&mut self) {
@@ -698,7 +654,7 @@ impl Table {
         }
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (key, entry) in rows {
-            if table.index_insert(key, entry).is_some() {
+            if table.index.insert(key, entry).is_some() {
                 let location = entry.location;
                 let batch = &table.chunks[&location.chunk].batch;
                 return Err(table.duplicate(batch, location.row as usize));
@@ -719,29 +675,21 @@ impl Table {
         if let Some(digest) = self.digest {
             return Ok(digest);
         }
-        for word in 0..STALE_WORDS {
-            let mut bits = std::mem::take(&mut self.stale[word]);
-            while bits != 0 {
-                let bucket = (word * 64 + bits.trailing_zeros() as usize) as u16;
-                bits &= bits - 1;
-                let low = bucket.to_be_bytes();
-                let high = (bucket + 1).to_be_bytes();
-                let range = (
-                    std::ops::Bound::Included(&low[..]),
-                    std::ops::Bound::Excluded(&high[..]),
+        for bucket in self.index.take_stale() {
+            let mut rows = blake3::Hasher::new();
+            let mut empty = true;
+            for entry in self.index.bucket(bucket) {
+                rows.update(entry.hash.as_bytes());
+                empty = false;
+            }
+            if empty {
+                self.bucket_leaves.remove(&bucket);
+            } else {
+                let leaf = Hash::tagged(
+                    "chainql/bucket/v1",
+                    &[&bucket.to_be_bytes(), rows.finalize().as_bytes()],
                 );
-                let mut rows = blake3::Hasher::new();
-                let mut empty = true;
-                for (_, entry) in self.index.range::<_, [u8]>(range) {
-                    rows.update(entry.hash.as_bytes());
-                    empty = false;
-                }
-                if empty {
-                    self.bucket_leaves.remove(&bucket);
-                } else {
-                    let leaf = Hash::tagged("chainql/bucket/v1", &[&low, rows.finalize().as_bytes()]);
-                    self.bucket_leaves.insert(bucket, leaf);
-                }
+                self.bucket_leaves.insert(bucket, leaf);
             }
         }
         let leaves: Vec<Hash> = self.bucket_leaves.values().copied().collect();
