@@ -13,7 +13,7 @@ use datafusion::execution::context::{SQLOptions, SessionState};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execute_stream;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::StreamExt;
 
 use chainql::contract::ChainStatement;
@@ -254,6 +254,24 @@ fn analyze(
     }
 }
 
+/// The contract a statement calls, the call and its command kind: a `CALL` of a contract by
+/// name (not the native transfer), the statement the vectorized path may take.
+fn contract_call(
+    statement: &Option<(ChainStatement, StatementKind)>,
+) -> Option<(String, &ast::Function, &StatementKind)> {
+    let Some((ChainStatement::Sql(statement), kind)) = statement else {
+        return None;
+    };
+    let Statement::Call(function) = statement.as_ref() else {
+        return None;
+    };
+    if is_native_transfer(&function.name) {
+        return None;
+    }
+    let name = chainql::contract::call_target(&function.name).ok()?;
+    Some((name, function, kind))
+}
+
 impl Executor {
     pub fn new(query_partitions: usize, query_limits: QueryLimits) -> Result<Executor> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -464,11 +482,39 @@ impl Executor {
         // Per contract: its compiled form, the calls' block positions and command tags, and the
         // calls.
         type Group = (Arc<VectorContract>, Vec<(usize, String)>, Vec<VectorCall>);
+        // The contracts the stage calls, compiled once each, in block order.
+        let mut session = None;
+        for statement in &statements {
+            if let Some((name, _, _)) = contract_call(statement)
+                && !compiled.contains_key(&name)
+            {
+                let vectorized = match state.contract(&name) {
+                    Some(contract) => {
+                        if session.is_none() {
+                            session = Some(self.stage_session(state, block)?);
+                        }
+                        let session = session.as_ref().expect("the stage's session was just made");
+                        r2::compile(state, session, contract).map(Arc::new)
+                    }
+                    None => None,
+                };
+                compiled.insert(name, vectorized);
+            }
+        }
+        // Which calls can join a group, checked on every thread: a stage's transactions touch
+        // disjoint keys, so each check reads only what no other member changes.
+        let compiled: &CompiledContracts = compiled;
+        let candidates = self.row_split.map(members.len(), |range| {
+            Ok::<_, Error>(
+                range
+                    .map(|k| self.vector_call(state, &transactions[members[k]], &statements[k], compiled))
+                    .collect(),
+            )
+        })?;
         let mut groups: Vec<Group> = Vec::new();
         let mut serial = Vec::new();
-        let mut session = None;
-        for (&i, statement) in members.iter().zip(statements) {
-            match self.vector_call(state, block, &transactions[i], statement, compiled, &mut session)? {
+        for (&i, candidate) in members.iter().zip(candidates) {
+            match candidate {
                 Some((contract, command, call)) => {
                     match groups
                         .iter_mut()
@@ -495,21 +541,14 @@ impl Executor {
                     calls.iter().map(|_| None).collect()
                 }
             };
+            let mut settled = Vec::with_capacity(indices.len());
             for ((i, command), result) in indices.into_iter().zip(results) {
                 match result {
-                    Some(success) => {
-                        outcomes[i] = Some(self.settle_call(
-                            state,
-                            block,
-                            i as u32,
-                            &transactions[i],
-                            command,
-                            success,
-                        )?)
-                    }
+                    Some(success) => settled.push((i, command, success)),
                     None => serial.push(i),
                 }
             }
+            self.settle_calls(state, block, transactions, settled, outcomes)?;
         }
         serial.sort_unstable();
         for i in serial {
@@ -521,55 +560,26 @@ impl Executor {
         Ok(())
     }
 
-    /// A transaction that is one `CALL` of a compiled contract with literal arguments, by a
-    /// sender whose nonce and gas reservation hold: a member of a vectorized group.
+    /// A transaction that is one `CALL` of a compiled contract (in `compiled`) with literal
+    /// arguments, by a sender who may call it and whose nonce and gas reservation hold: a
+    /// member of a vectorized group.
     fn vector_call(
         &self,
         state: &State,
-        block: &BlockContext,
         transaction: &ExecutableTransaction,
-        statement: Option<(ChainStatement, StatementKind)>,
-        compiled: &mut CompiledContracts,
-        session: &mut Option<SessionState>,
-    ) -> Result<Option<(Arc<VectorContract>, String, VectorCall)>> {
-        let Some((ChainStatement::Sql(statement), kind)) = statement else {
-            return Ok(None);
-        };
-        let Statement::Call(function) = *statement else {
-            return Ok(None);
-        };
-        if is_native_transfer(&function.name) {
-            return Ok(None);
-        }
-        let Ok(name) = chainql::contract::call_target(&function.name) else {
-            return Ok(None);
-        };
-        if !compiled.contains_key(&name) {
-            let vectorized = match state.contract(&name) {
-                Some(contract) => {
-                    if session.is_none() {
-                        *session = Some(self.stage_session(state, block)?);
-                    }
-                    let session = session.as_ref().expect("the stage's session was just made");
-                    r2::compile(state, session, contract).map(Arc::new)
-                }
-                None => None,
-            };
-            compiled.insert(name.clone(), vectorized);
-        }
-        let Some(Some(contract)) = compiled.get(&name) else {
-            return Ok(None);
-        };
+        statement: &Option<(ChainStatement, StatementKind)>,
+        compiled: &CompiledContracts,
+    ) -> Option<(Arc<VectorContract>, String, VectorCall)> {
+        let (name, function, kind) = contract_call(statement)?;
+        let contract = compiled.get(&name)?.as_ref()?;
         if !r2::may_call(&contract.contract, &transaction.sender) {
-            return Ok(None);
+            return None;
         }
-        let Ok(args) = call_argument_refs(&function) else {
-            return Ok(None);
-        };
+        let args = call_argument_refs(function).ok()?;
         if args.len() != contract.parameter_types.len() {
-            return Ok(None);
+            return None;
         }
-        let Some(args) = args
+        let args = args
             .iter()
             .zip(&contract.parameter_types)
             .map(|(arg, wanted)| {
@@ -581,19 +591,16 @@ impl Executor {
                     value.cast_to(wanted).ok()
                 }
             })
-            .collect::<Option<Vec<_>>>()
-        else {
-            return Ok(None);
-        };
+            .collect::<Option<Vec<_>>>()?;
         let account = state.account(&transaction.sender);
         let affordable = transaction
             .gas_limit
             .checked_mul(self.gas_price)
             .is_some_and(|reserved| reserved <= account.balance);
         if transaction.nonce != account.nonce || !affordable {
-            return Ok(None);
+            return None;
         }
-        Ok(Some((
+        Some((
             Arc::clone(contract),
             kind.command_tag().to_string(),
             VectorCall {
@@ -602,7 +609,7 @@ impl Executor {
                 gas_limit: transaction.gas_limit,
                 args,
             },
-        )))
+        ))
     }
 
     /// The session a stage's vectorized expressions are planned in: the block's values, no
@@ -621,46 +628,71 @@ impl Executor {
         self.transaction_session(state, &scope, Extras::default())
     }
 
-    /// Pays for a call a vectorized group ran, as the serial path would have: the fee to the
-    /// proposer, the nonce used; and makes its receipt.
-    fn settle_call(
+    /// Pays for the calls a vectorized group ran (block position, command tag, result), as the
+    /// serial path would have: each fee from its sender, who uses its nonce, and all to the
+    /// proposer; and makes their receipts. The receipts are made on every thread; the senders
+    /// are charged in address order, each charge walking the account map next to the last.
+    /// The order changes nothing: the senders differ, and no charge can fail, each call's
+    /// whole gas limit having been affordable when the group formed.
+    fn settle_calls(
         &self,
         state: &mut State,
         block: &BlockContext,
-        index: u32,
-        transaction: &ExecutableTransaction,
-        command: String,
-        success: CallSuccess,
-    ) -> Result<(Receipt, TransactionRecord)> {
-        let gas_used = success.gas_used.min(transaction.gas_limit);
-        let fee = gas_used * self.gas_price;
-        state.charge_sender(&transaction.sender, fee)?;
-        state.adjust_balance(&block.proposer, fee as i128)?;
-        let receipt = Receipt {
-            transaction_hash: transaction.hash.0.to_vec(),
-            block_height: block.height,
-            index,
-            status: ReceiptStatus::Success as i32,
-            error: String::new(),
-            statements: vec![StatementResult { command, rows: 0 }],
-            gas_used,
-            fee,
-            events: success.events.iter().map(EmittedEvent::to_wire).collect(),
-            ..Receipt::default()
+        transactions: &[ExecutableTransaction],
+        calls: Vec<(usize, String, CallSuccess)>,
+        outcomes: &mut [Option<(Receipt, TransactionRecord)>],
+    ) -> Result<()> {
+        let fee_of = |i: usize, success: &CallSuccess| {
+            let gas_used = success.gas_used.min(transactions[i].gas_limit);
+            (gas_used, gas_used * self.gas_price)
         };
-        let record = TransactionRecord {
-            hash: transaction.hash,
-            sender: transaction.sender,
-            nonce: transaction.nonce,
-            success: true,
-            error: None,
-            statements: transaction.statements.join(";\n"),
-            gas_used,
-            events: success.events,
-            stage: 0,
-            vectorized: true,
-        };
-        Ok((receipt, record))
+        let mut charges: Vec<(Address, u64)> = calls
+            .iter()
+            .map(|(i, _, success)| (transactions[*i].sender, fee_of(*i, success).1))
+            .collect();
+        charges.sort_unstable_by_key(|(sender, _)| *sender);
+        let mut fees: u64 = 0;
+        for (sender, fee) in charges {
+            state.charge_sender(&sender, fee)?;
+            fees = fees
+                .checked_add(fee)
+                .ok_or_else(|| Error::LimitExceeded("a stage's fees pass the largest balance".into()))?;
+        }
+        state.adjust_balance(&block.proposer, fees as i128)?;
+        let count = calls.len();
+        let settled = self.row_split.map_each(calls, count, |(i, command, success)| {
+            let transaction = &transactions[i];
+            let (gas_used, fee) = fee_of(i, &success);
+            let receipt = Receipt {
+                transaction_hash: transaction.hash.0.to_vec(),
+                block_height: block.height,
+                index: i as u32,
+                status: ReceiptStatus::Success as i32,
+                error: String::new(),
+                statements: vec![StatementResult { command, rows: 0 }],
+                gas_used,
+                fee,
+                events: success.events.iter().map(EmittedEvent::to_wire).collect(),
+                ..Receipt::default()
+            };
+            let record = TransactionRecord {
+                hash: transaction.hash,
+                sender: transaction.sender,
+                nonce: transaction.nonce,
+                success: true,
+                error: None,
+                statements: transaction.statements.join(";\n"),
+                gas_used,
+                events: success.events,
+                stage: 0,
+                vectorized: true,
+            };
+            (i, receipt, record)
+        });
+        for (i, receipt, record) in settled {
+            outcomes[i] = Some((receipt, record));
+        }
+        Ok(())
     }
 
     async fn execute_transaction(
