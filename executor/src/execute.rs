@@ -369,7 +369,7 @@ impl Executor {
         state.height = block.height;
         state.block_hash = block.hash;
         state.timestamp_ms = block.timestamp_ms;
-        state.root = state.compute_root()?;
+        state.root = state.compute_root_with(self.row_split)?;
         let accounts = state.accounts.clone();
         state.system.set_accounts(accounts);
         let staking = state.staking.clone();

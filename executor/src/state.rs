@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chainql::{Address, Hash, merkle_root};
 
 use crate::contract::Contract;
+use crate::parallel::Split;
 use crate::provider::{CatalogList, Extras};
 use crate::staking::{Staking, Validators};
 use crate::system::SystemTables;
@@ -199,6 +200,11 @@ impl State {
     /// `H(height, Merkle(tables by name), Merkle(accounts by address), Merkle(contracts by name),
     /// staking)`.
     pub(crate) fn compute_root(&mut self) -> Result<Hash> {
+        self.compute_root_with(Split::SERIAL)
+    }
+
+    /// [`State::compute_root`], tables' changed buckets rehashed on the threads `split` allows.
+    pub(crate) fn compute_root_with(&mut self, split: Split) -> Result<Hash> {
         let mut table_leaves = Vec::with_capacity(self.tables.len());
         for (name, table) in self.tables.iter_mut() {
             if table.is_dirty() {
@@ -206,7 +212,7 @@ impl State {
             }
             let digest = match table.cached_digest() {
                 Some(digest) => digest,
-                None => Arc::make_mut(table).digest()?,
+                None => Arc::make_mut(table).digest_with(split)?,
             };
             table_leaves.push(Hash::tagged(
                 "chainql/table-leaf/v1",

@@ -672,25 +672,44 @@ impl Table {
     /// reads 32 bytes per row of the buckets written since the last digest, not the rows; it is
     /// cached until the next write.
     pub fn digest(&mut self) -> Result<Hash> {
+        self.digest_with(Split::SERIAL)
+    }
+
+    /// [`Table::digest`], the changed buckets rehashed on the threads `split` allows (each
+    /// bucket's leaf on its own, so the result is the same on any number).
+    pub(crate) fn digest_with(&mut self, split: Split) -> Result<Hash> {
         if let Some(digest) = self.digest {
             return Ok(digest);
         }
-        for bucket in self.index.take_stale() {
-            let mut rows = blake3::Hasher::new();
-            let mut empty = true;
-            for entry in self.index.bucket(bucket) {
-                rows.update(entry.hash.as_bytes());
-                empty = false;
-            }
-            if empty {
-                self.bucket_leaves.remove(&bucket);
-            } else {
-                let leaf = Hash::tagged(
-                    "chainql/bucket/v1",
-                    &[&bucket.to_be_bytes(), rows.finalize().as_bytes()],
-                );
-                self.bucket_leaves.insert(bucket, leaf);
-            }
+        let stale = self.index.take_stale();
+        let index = &self.index;
+        let leaves = split.map(stale.len(), |range| {
+            Ok::<_, Error>(
+                stale[range]
+                    .iter()
+                    .map(|&bucket| {
+                        let mut rows = blake3::Hasher::new();
+                        let mut empty = true;
+                        for entry in index.bucket(bucket) {
+                            rows.update(entry.hash.as_bytes());
+                            empty = false;
+                        }
+                        let leaf = (!empty).then(|| {
+                            Hash::tagged(
+                                "chainql/bucket/v1",
+                                &[&bucket.to_be_bytes(), rows.finalize().as_bytes()],
+                            )
+                        });
+                        (bucket, leaf)
+                    })
+                    .collect(),
+            )
+        })?;
+        for (bucket, leaf) in leaves {
+            match leaf {
+                Some(leaf) => self.bucket_leaves.insert(bucket, leaf),
+                None => self.bucket_leaves.remove(&bucket),
+            };
         }
         let leaves: Vec<Hash> = self.bucket_leaves.values().copied().collect();
         let definition = format!("{:?}", self.definition);
@@ -877,8 +896,13 @@ mod tests {
             for batch in table.scan().expect("scan") {
                 afresh.insert(batch).expect("insert");
             }
+            // Rehashed on two threads, incrementally; against one thread, from scratch.
+            let two = Split {
+                threads: 2,
+                min_per_thread: 1,
+            };
             assert_eq!(
-                table.digest().expect("digest"),
+                table.digest_with(two).expect("digest"),
                 afresh.digest().expect("digest"),
                 "round {round}"
             );
