@@ -244,13 +244,7 @@ mod tests {
     /// refusing are), the same index after, and nothing changed by a refusal.
     #[test]
     fn sharded_insertion_equals_one_by_one_on_any_number_of_threads() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |below: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % below
-        };
+        let mut next = crate::test_numbers(0x2545_f491_4f6c_dd1du64);
         // Chunk 0 holds the existing rows; a row of it is "freed" (its key may move) unless
         // its number is a multiple of 7.
         let replaceable =

@@ -1153,13 +1153,7 @@ mod tests {
 
     #[test]
     fn stages_match_their_definition_on_random_key_sets() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |below: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % below
-        };
+        let mut next = crate::test_numbers(0x2545_f491_4f6c_dd1du64);
         for _ in 0..200 {
             let block: Vec<KeySets> = (0..40)
                 .map(|_| {

@@ -54,6 +54,18 @@ mod state;
 mod system;
 mod table;
 
+/// Seeded xorshift numbers for the unit tests' random cases: `next(below)` is in `0..below`,
+/// the same sequence on every run.
+#[cfg(test)]
+fn test_numbers(mut state: u64) -> impl FnMut(u64) -> u64 {
+    move |below| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    }
+}
+
 pub use checkpoint::checkpoint_height;
 pub use contract::{CALL_DEPTH_MAX, Contract, EmittedEvent};
 pub use describe::{Description, PARAMETERS_MAX, parameter_count};

@@ -849,13 +849,7 @@ mod tests {
     #[test]
     fn incremental_digest_equals_a_fresh_one() {
         let mut table = table();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |below: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % below
-        };
+        let mut next = crate::test_numbers(0x9e37_79b9_7f4a_7c15u64);
         for round in 0..60 {
             let keys: std::collections::BTreeSet<i64> = (0..1 + next(40)).map(|_| next(300) as i64).collect();
             let present: Vec<RowLocation> = keys.iter().filter_map(|k| table.locate(&key(*k))).collect();
