@@ -396,6 +396,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The signed transaction of log entry `seqno` of `partition`. Entries were admitted, so a
+/// failure here means the log was damaged.
+fn logged(partition: PartitionId, seqno: u64, payload: &[u8]) -> Result<SignedTransaction> {
+    SignedTransaction::decode(payload)
+        .map_err(|e| Error::Corrupt(format!("log entry {}/{seqno} does not decode: {e}", partition.0)))
+}
+
+/// True when `state` has settled `signed`: its sender has used its nonce, so some block
+/// committed it (from this log or, through gossip, from another validator's).
+fn is_settled(state: &State, signed: &SignedTransaction) -> Result<bool> {
+    let (transaction, sender) = executable(signed)?;
+    Ok(transaction.nonce < state.account(&sender).nonce)
+}
+
 /// Reads the transaction a block or log entry carries. These were admitted, so a failure here
 /// means the file was damaged.
 fn executable(signed: &SignedTransaction) -> Result<(ExecutableTransaction, Address)> {
@@ -1513,14 +1527,7 @@ impl Inner {
         let state = self.state();
         let mut again = Vec::new();
         for entry in &rolled_back {
-            let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
-                Error::Corrupt(format!(
-                    "log entry {}/{} does not decode: {e}",
-                    entry.partition.0, entry.seqno
-                ))
-            })?;
-            let (transaction, sender) = executable(&signed)?;
-            if transaction.nonce >= state.account(&sender).nonce {
+            if !is_settled(&state, &logged(entry.partition, entry.seqno, &entry.payload)?)? {
                 again.push((entry.partition, entry.payload.to_vec()));
             }
         }
@@ -1621,10 +1628,7 @@ impl Inner {
             let Some(last) = entries.last() else { break };
             from = last.seqno + 1;
             for entry in &entries {
-                let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
-                    Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
-                })?;
-                let (transaction, sender) = executable(&signed)?;
+                let (transaction, sender) = executable(&logged(partition, entry.seqno, &entry.payload)?)?;
                 let next = admission.next_nonces.entry(sender).or_default();
                 *next = (*next).max(transaction.nonce + 1);
             }
@@ -2062,16 +2066,11 @@ impl Inner {
                     break;
                 }
                 taken += 1;
-                let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
-                    Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
-                })?;
+                let signed = logged(PartitionId(p as u32), entry.seqno, &entry.payload)?;
                 // Only gossip puts entries in this log that another validator's block can order;
                 // without peers every waiting entry is unordered.
-                if gossiping {
-                    let (transaction, sender) = executable(&signed)?;
-                    if transaction.nonce < state.account(&sender).nonce {
-                        continue; // committed already, from another validator's log
-                    }
+                if gossiping && is_settled(&state, &signed)? {
+                    continue; // committed already, from another validator's log
                 }
                 bytes += entry.payload.len() + 8;
                 transactions.push(signed);
@@ -2241,14 +2240,7 @@ impl Inner {
             };
             next = last.seqno + 1;
             for entry in entries.iter().filter(|entry| entry.seqno < until) {
-                let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
-                    Error::Corrupt(format!(
-                        "log entry {}/{} does not decode: {e}",
-                        partition.0, entry.seqno
-                    ))
-                })?;
-                let (transaction, sender) = executable(&signed)?;
-                if transaction.nonce >= state.account(&sender).nonce {
+                if !is_settled(state, &logged(partition, entry.seqno, &entry.payload)?)? {
                     return Ok(false);
                 }
             }
@@ -2262,18 +2254,15 @@ impl Inner {
     /// entries of this log at positions of its own.)
     fn skip_settled(&self, state: &State, next_seqnos: &mut [u64]) -> Result<()> {
         for (p, next) in next_seqnos.iter_mut().enumerate() {
+            let partition = PartitionId(p as u32);
             'partition: loop {
                 // Usually the first entry is already unsettled: read a few at a time.
-                let entries = self.log.read(PartitionId(p as u32), *next, SETTLED_READ)?;
+                let entries = self.log.read(partition, *next, SETTLED_READ)?;
                 if entries.is_empty() {
                     break;
                 }
                 for entry in &entries {
-                    let signed = SignedTransaction::decode(&entry.payload[..]).map_err(|e| {
-                        Error::Corrupt(format!("log entry {p}/{} does not decode: {e}", entry.seqno))
-                    })?;
-                    let (transaction, sender) = executable(&signed)?;
-                    if transaction.nonce >= state.account(&sender).nonce {
+                    if !is_settled(state, &logged(partition, entry.seqno, &entry.payload)?)? {
                         break 'partition;
                     }
                     *next = entry.seqno + 1;
