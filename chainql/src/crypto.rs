@@ -101,14 +101,69 @@ impl fmt::Display for Address {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(ed25519_dalek::VerifyingKey);
 
+/// Public keys read recently, by their bytes. Reading a key decompresses a curve point (a field
+/// square root, about as costly as a third of a signature check), and a node reads its
+/// senders' keys several times per transaction: at admission, in the proposal it checks, in the
+/// part it forges, and again and again for a sender who sends many. A slot holds the last key
+/// whose bytes map to it; a key that does not decode is never kept.
+struct KeyCache {
+    shards: [std::sync::Mutex<Vec<Option<ed25519_dalek::VerifyingKey>>>; KEY_CACHE_SHARDS],
+}
+
+const KEY_CACHE_SHARDS: usize = 64;
+const KEY_CACHE_SLOTS_PER_SHARD: usize = 256;
+
+static KEY_CACHE: KeyCache = KeyCache {
+    shards: [const { std::sync::Mutex::new(Vec::new()) }; KEY_CACHE_SHARDS],
+};
+
+impl KeyCache {
+    /// The shard and slot of `bytes`: from bytes of the key's y coordinate, which are spread
+    /// evenly over keys. Keys chosen to share a slot only evict each other.
+    fn slot(bytes: &[u8; 32]) -> (usize, usize) {
+        let n = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        (
+            n % KEY_CACHE_SHARDS,
+            (n / KEY_CACHE_SHARDS) % KEY_CACHE_SLOTS_PER_SHARD,
+        )
+    }
+
+    fn get(&self, bytes: &[u8; 32]) -> Option<ed25519_dalek::VerifyingKey> {
+        let (shard, slot) = Self::slot(bytes);
+        let slots = self.shards[shard]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots
+            .get(slot)
+            .copied()
+            .flatten()
+            .filter(|key| key.as_bytes() == bytes)
+    }
+
+    fn put(&self, key: ed25519_dalek::VerifyingKey) {
+        let (shard, slot) = Self::slot(key.as_bytes());
+        let mut slots = self.shards[shard]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slots.is_empty() {
+            slots.resize(KEY_CACHE_SLOTS_PER_SHARD, None);
+        }
+        slots[slot] = Some(key);
+    }
+}
+
 impl PublicKey {
     /// Reads a 32-byte public key; refuses bytes that are not a point on the curve.
     pub fn from_bytes(bytes: &[u8]) -> Result<PublicKey> {
         let bytes: [u8; 32] = bytes
             .try_into()
             .map_err(|_| Error::InvalidPublicKey(format!("{} bytes, expected 32", bytes.len())))?;
+        if let Some(key) = KEY_CACHE.get(&bytes) {
+            return Ok(PublicKey(key));
+        }
         let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
             .map_err(|_| Error::InvalidPublicKey("not a valid ed25519 point".into()))?;
+        KEY_CACHE.put(key);
         Ok(PublicKey(key))
     }
 
@@ -335,6 +390,39 @@ mod tests {
         let results = verify_batch(TRANSACTION_DOMAIN, &items);
         let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
         assert_eq!(ok, [true, true, true, false, true]);
+    }
+
+    #[test]
+    fn keys_read_through_the_cache_are_the_keys_the_bytes_name() {
+        let key = Keypair::from_seed([9; 32]).public_key().to_bytes();
+        // Other bytes in the same slot (same first four bytes): one valid point, one not.
+        let candidates = (0u8..=255).map(|n| {
+            let mut bytes = key;
+            bytes[4] ^= n;
+            bytes[31] &= 0x7f;
+            bytes
+        });
+        let direct = |bytes: &[u8; 32]| ed25519_dalek::VerifyingKey::from_bytes(bytes).ok();
+        let valid = candidates
+            .clone()
+            .find(|b| *b != key && direct(b).is_some())
+            .expect("a point");
+        let invalid = candidates
+            .clone()
+            .find(|b| direct(b).is_none())
+            .expect("a non-point");
+        for _ in 0..2 {
+            for bytes in [key, valid, key, valid] {
+                let read = PublicKey::from_bytes(&bytes).expect("a valid key");
+                assert_eq!(read.to_bytes(), bytes);
+                assert_eq!(Some(read.0), direct(&bytes));
+            }
+            assert!(matches!(
+                PublicKey::from_bytes(&invalid),
+                Err(Error::InvalidPublicKey(_))
+            ));
+        }
+        assert!(PublicKey::from_bytes(&key[..31]).is_err());
     }
 
     #[test]

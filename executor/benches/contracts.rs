@@ -110,7 +110,7 @@ fn calls(count: u64, recipient: impl Fn(&mut Numbers) -> u64) -> Vec<ExecutableT
 }
 
 fn transfer_calls(c: &mut Criterion) {
-    chainql_executor::keep_freed_memory();
+    chainql_executor::configure_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

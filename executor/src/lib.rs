@@ -74,7 +74,7 @@ pub use execute::{
     Offence, QueryLimits, QueryResult, TABLES_MAX, VIEW_GAS_LIMIT,
 };
 pub use gas::{FREE_ROWS_PER_PLAN, GAS_PER_ROW_PROCESSED, GAS_PER_ROW_READ, GasMeter};
-pub use memory::keep_freed_memory;
+pub use memory::configure_allocator;
 pub use staking::{SLASH_PERCENT, Stake, Staking, VALIDATORS_MAX, ValidatorPower, Validators};
 pub use state::{Account, State};
 pub use system::SystemTables;
