@@ -353,16 +353,16 @@ impl State {
         }
 
         let accounts_schema = accounts_schema();
-        let addresses: Vec<&[u8]> = self.accounts.keys().map(|a| a.0.as_slice()).collect();
+        let addresses: Vec<&[u8]> = self.accounts.map().keys().map(|a| a.0.as_slice()).collect();
         let accounts = RecordBatch::try_new(
             Arc::clone(&accounts_schema),
             vec![
                 Arc::new(BinaryArray::from(addresses)),
                 Arc::new(UInt64Array::from_iter_values(
-                    self.accounts.values().map(|a| a.balance),
+                    self.accounts.map().values().map(|a| a.balance),
                 )),
                 Arc::new(UInt64Array::from_iter_values(
-                    self.accounts.values().map(|a| a.nonce),
+                    self.accounts.map().values().map(|a| a.nonce),
                 )),
             ],
         )?;
@@ -597,7 +597,7 @@ impl State {
             tables,
             contracts,
             system: SystemTables::restore(accounts.clone(), staking.clone(), manifest.height, history)?,
-            accounts,
+            accounts: crate::accounts::Accounts::new(accounts),
             staking,
             root: Hash::ZERO,
         };

@@ -370,7 +370,7 @@ impl Executor {
         state.block_hash = block.hash;
         state.timestamp_ms = block.timestamp_ms;
         state.root = state.compute_root_with(self.row_split)?;
-        let accounts = state.accounts.clone();
+        let accounts = state.accounts.map().clone();
         state.system.set_accounts(accounts);
         let staking = state.staking.clone();
         state.system.set_staking(staking, block.height);

@@ -35,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accounts;
 mod checkpoint;
 mod contract;
 mod describe;

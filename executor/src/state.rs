@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use chainql::{Address, Hash, merkle_root};
 
+use crate::accounts::Accounts;
+
 use crate::contract::Contract;
 use crate::parallel::Split;
 use crate::provider::{CatalogList, Extras};
@@ -13,7 +15,7 @@ use crate::system::SystemTables;
 use crate::table::Table;
 use crate::{Error, Result};
 
-const STATE_ROOT_DOMAIN: &str = "chainql/state/v2";
+const STATE_ROOT_DOMAIN: &str = "chainql/state/v3";
 
 /// An account's native balance and the nonce its next transaction must carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,7 +33,7 @@ pub struct State {
     pub(crate) timestamp_ms: u64,
     pub(crate) tables: BTreeMap<String, Arc<Table>>,
     pub(crate) contracts: BTreeMap<String, Arc<Contract>>,
-    pub(crate) accounts: imbl::OrdMap<Address, Account>,
+    pub(crate) accounts: Accounts,
     pub(crate) staking: Staking,
     pub(crate) system: SystemTables,
     pub(crate) root: Hash,
@@ -71,7 +73,7 @@ impl State {
             tables: BTreeMap::new(),
             contracts: BTreeMap::new(),
             system: SystemTables::new(accounts.clone(), staking.clone(), 0),
-            accounts,
+            accounts: Accounts::new(accounts),
             staking,
             root: Hash::ZERO,
         };
@@ -197,7 +199,7 @@ impl State {
     }
 
     /// Compacts the tables changed since the last root and computes the new root:
-    /// `H(height, Merkle(tables by name), Merkle(accounts by address), Merkle(contracts by name),
+    /// `H(height, Merkle(tables by name), Merkle(account buckets), Merkle(contracts by name),
     /// staking)`.
     pub(crate) fn compute_root(&mut self) -> Result<Hash> {
         self.compute_root_with(Split::SERIAL)
@@ -219,27 +221,14 @@ impl State {
                 &[name.as_bytes(), digest.as_bytes()],
             ));
         }
-        let account_leaves: Vec<Hash> = self
-            .accounts
-            .iter()
-            .map(|(address, account)| {
-                Hash::tagged(
-                    "chainql/account/v1",
-                    &[
-                        &address.0,
-                        &account.balance.to_le_bytes(),
-                        &account.nonce.to_le_bytes(),
-                    ],
-                )
-            })
-            .collect();
+        let accounts = self.accounts.digest(split)?;
         let contract_leaves: Vec<Hash> = self.contracts.values().map(|c| c.digest()).collect();
         Ok(Hash::tagged(
             STATE_ROOT_DOMAIN,
             &[
                 &self.height.to_le_bytes(),
                 merkle_root(&table_leaves).as_bytes(),
-                merkle_root(&account_leaves).as_bytes(),
+                accounts.as_bytes(),
                 merkle_root(&contract_leaves).as_bytes(),
                 self.staking.digest().as_bytes(),
             ],
