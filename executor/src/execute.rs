@@ -387,6 +387,7 @@ impl Executor {
             },
             &records,
         )?;
+        crate::parallel::drop_elsewhere(records);
         Ok((state, receipts))
     }
 
@@ -549,7 +550,9 @@ impl Executor {
                 }
             }
             self.settle_calls(state, block, transactions, settled, outcomes)?;
+            crate::parallel::drop_elsewhere(calls);
         }
+        crate::parallel::drop_elsewhere((statements, session));
         serial.sort_unstable();
         for i in serial {
             outcomes[i] = Some(

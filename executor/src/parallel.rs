@@ -66,6 +66,14 @@ impl Split {
     }
 }
 
+/// Drops `value` on the worker pool rather than on the calling thread. A block's parsed
+/// statements, calls and replaced versions are millions of small allocations; freeing them is
+/// a tenth of the block's time on the thread that runs the stages, and no later work waits for
+/// it. Nothing executed or hashed depends on when it happens.
+pub(crate) fn drop_elsewhere<T: Send + 'static>(value: T) {
+    rayon::spawn(move || drop(value));
+}
+
 /// `f` over `0..items`, as `f(range)` calls on up to `threads` threads, concatenated in order:
 /// the first range on the calling thread, the others on the process's worker pool (long-lived
 /// threads, so their allocator heaps stay warm between calls). Runs on the calling thread alone

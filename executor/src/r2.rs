@@ -1384,23 +1384,27 @@ impl Executor {
                 for (call, failed) in pass.failed.iter().enumerate() {
                     excluded[call] |= *failed;
                 }
+                drop(pass);
+                crate::parallel::drop_elsewhere(attempt);
                 continue;
             }
-            *working = attempt;
+            crate::parallel::drop_elsewhere(std::mem::replace(working, attempt));
             let Pass {
                 gas,
                 mut events,
                 failed,
                 ..
             } = pass;
-            return Ok((0..calls.len())
+            let results = (0..calls.len())
                 .map(|c| {
                     (!excluded[c] && !failed[c]).then(|| CallSuccess {
                         gas_used: gas[c],
                         events: std::mem::take(&mut events[c]),
                     })
                 })
-                .collect());
+                .collect();
+            crate::parallel::drop_elsewhere(session);
+            return Ok(results);
         }
     }
 

@@ -293,71 +293,14 @@ impl SystemTables {
         self.blocks
             .push(RecordBatch::try_new(blocks_schema(), columns)?)?;
         let height = to_i64(block.height);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                transactions.iter().map(|t| t.hash.to_hex()),
-            )),
-            Arc::new(Int64Array::from(vec![height; transactions.len()])),
-            Arc::new(Int32Array::from_iter_values(0..transactions.len() as i32)),
-            Arc::new(StringArray::from_iter_values(
-                transactions.iter().map(|t| t.sender.to_hex()),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                transactions.iter().map(|t| to_i64(t.nonce)),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                transactions
-                    .iter()
-                    .map(|t| if t.success { "success" } else { "failed" }),
-            )),
-            Arc::new(StringArray::from_iter(
-                transactions.iter().map(|t| t.error.as_deref()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                transactions.iter().map(|t| t.statements.as_str()),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                transactions.iter().map(|t| to_i64(t.gas_used)),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                transactions.iter().map(|t| t.stage as i32),
-            )),
-            Arc::new(BooleanArray::from_iter(
-                transactions.iter().map(|t| Some(t.vectorized)),
-            )),
-        ];
-        self.transactions
-            .push(RecordBatch::try_new(transactions_schema(), columns)?)?;
-
-        let mut hashes = Vec::new();
-        let mut transaction_indexes = Vec::new();
-        let mut event_indexes = Vec::new();
-        let mut contracts = Vec::new();
-        let mut names = Vec::new();
-        let mut args = ListBuilder::new(StringBuilder::new());
-        for (t, transaction) in transactions.iter().enumerate() {
-            for (e, event) in transaction.events.iter().enumerate() {
-                hashes.push(transaction.hash.to_hex());
-                transaction_indexes.push(t as i32);
-                event_indexes.push(e as i32);
-                contracts.push(event.contract.as_str());
-                names.push(event.name.as_str());
-                for arg in &event.args {
-                    args.values().append_option(arg.as_deref());
-                }
-                args.append(true);
-            }
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(vec![height; hashes.len()])),
-            Arc::new(StringArray::from(hashes)),
-            Arc::new(Int32Array::from(transaction_indexes)),
-            Arc::new(Int32Array::from(event_indexes)),
-            Arc::new(StringArray::from(contracts)),
-            Arc::new(StringArray::from(names)),
-            Arc::new(args.finish()),
-        ];
-        self.events.push(RecordBatch::try_new(events_schema(), columns)?)
+        // The two tables' rows are built side by side: a block's records are a good part of
+        // its serial work.
+        let (transaction_rows, event_rows) = rayon::join(
+            || transaction_rows(height, transactions),
+            || event_rows(height, transactions),
+        );
+        self.transactions.push(transaction_rows?)?;
+        self.events.push(event_rows?)
     }
 
     /// The schema and rows of system table `name`; `tables` are the user tables of the same
@@ -582,4 +525,75 @@ fn describe_columns(tables: &BTreeMap<String, Arc<Table>>) -> Result<(SchemaRef,
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
     Ok((schema, vec![batch]))
+}
+
+/// The `chain.transactions` rows of a block's transactions.
+fn transaction_rows(height: i64, transactions: &[TransactionRecord]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            transactions.iter().map(|t| t.hash.to_hex()),
+        )),
+        Arc::new(Int64Array::from(vec![height; transactions.len()])),
+        Arc::new(Int32Array::from_iter_values(0..transactions.len() as i32)),
+        Arc::new(StringArray::from_iter_values(
+            transactions.iter().map(|t| t.sender.to_hex()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            transactions.iter().map(|t| to_i64(t.nonce)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            transactions
+                .iter()
+                .map(|t| if t.success { "success" } else { "failed" }),
+        )),
+        Arc::new(StringArray::from_iter(
+            transactions.iter().map(|t| t.error.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            transactions.iter().map(|t| t.statements.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            transactions.iter().map(|t| to_i64(t.gas_used)),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            transactions.iter().map(|t| t.stage as i32),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            transactions.iter().map(|t| Some(t.vectorized)),
+        )),
+    ];
+    Ok(RecordBatch::try_new(transactions_schema(), columns)?)
+}
+
+/// The `chain.events` rows of the events a block's transactions emitted.
+fn event_rows(height: i64, transactions: &[TransactionRecord]) -> Result<RecordBatch> {
+    let mut hashes = Vec::new();
+    let mut transaction_indexes = Vec::new();
+    let mut event_indexes = Vec::new();
+    let mut contracts = Vec::new();
+    let mut names = Vec::new();
+    let mut args = ListBuilder::new(StringBuilder::new());
+    for (t, transaction) in transactions.iter().enumerate() {
+        for (e, event) in transaction.events.iter().enumerate() {
+            hashes.push(transaction.hash.to_hex());
+            transaction_indexes.push(t as i32);
+            event_indexes.push(e as i32);
+            contracts.push(event.contract.as_str());
+            names.push(event.name.as_str());
+            for arg in &event.args {
+                args.values().append_option(arg.as_deref());
+            }
+            args.append(true);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![height; hashes.len()])),
+        Arc::new(StringArray::from(hashes)),
+        Arc::new(Int32Array::from(transaction_indexes)),
+        Arc::new(Int32Array::from(event_indexes)),
+        Arc::new(StringArray::from(contracts)),
+        Arc::new(StringArray::from(names)),
+        Arc::new(args.finish()),
+    ];
+    Ok(RecordBatch::try_new(events_schema(), columns)?)
 }

@@ -372,8 +372,16 @@ impl Table {
                 .collect::<Result<Vec<_>>>()
         })?;
         // In key order, each shard's updates walk its tree from one end to the other instead
-        // of jumping between far leaves. The resulting index is the same in any order.
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // of jumping between far leaves. The resulting index is the same in any order. Ties
+        // (a key repeated in the batch) go by row, so the order is total and the same however
+        // the sort is shared out.
+        let by_key_then_row = |a: &(Key, Hash, u32), b: &(Key, Hash, u32)| a.0.cmp(&b.0).then(a.2.cmp(&b.2));
+        if split.threads > 1 && rows >= 2 * split.min_per_thread {
+            use rayon::slice::ParallelSliceMut;
+            keyed.par_sort_unstable_by(by_key_then_row);
+        } else {
+            keyed.sort_unstable_by(by_key_then_row);
+        }
         let rows: Vec<(Key, IndexEntry)> = keyed
             .into_iter()
             .map(|(key, hash, row)| {
