@@ -1,7 +1,9 @@
 //! Executor-only speed of contract calls: a pre-ordered block of `transfer` calls (the token
 //! contract of `docs/chainql.md`) over a table of 1,000,000 holders, recipients drawn uniformly or
 //! from 1% hot keys, through the R2 runtime (100,000 calls) and through the serial path (2,000
-//! calls: it is two orders of magnitude slower) in the same run. Signatures, the log and
+//! calls: it is two orders of magnitude slower) in the same run, and a block of 4,992 calls
+//! from 64 senders (78 each, in nonce order: at least 78 stages), the shape of the blocks of
+//! `chainql bench`. Signatures, the log and
 //! consensus are not involved: this is the block execution a validator does. Run with
 //! `cargo bench -p chainql-executor`; figures go to BENCHMARKS.md.
 
@@ -18,6 +20,11 @@ const HOLDERS: u64 = 1_000_000;
 const CALLS: u64 = 100_000;
 /// Calls in the block the serial path runs.
 const SERIAL_CALLS: u64 = 2_000;
+/// Senders of the few-senders block: the clients of `chainql bench`, whose blocks hold about
+/// `FEW_SENDERS_CALLS` calls, each sender's in a chain of nonces, so at least that many
+/// over `FEW_SENDERS` stages.
+const FEW_SENDERS: u64 = 64;
+const FEW_SENDERS_CALLS: u64 = 4_992;
 
 const CONTRACT: &str = "CREATE CONTRACT transfer(to_addr TEXT, amount BIGINT) AS $$
   REQUIRE amount > 0, 'amount must be positive';
@@ -109,6 +116,26 @@ fn calls(count: u64, recipient: impl Fn(&mut Numbers) -> u64) -> Vec<ExecutableT
         .collect()
 }
 
+/// `count` calls from holders 1..=`senders` in turn (the n-th call of a sender carries nonce n),
+/// to uniformly drawn recipients: the shape of an end-to-end bench block, where a few clients
+/// each send many transactions.
+fn few_senders_calls(count: u64, senders: u64) -> Vec<ExecutableTransaction> {
+    let mut numbers = Numbers(0x9e37_79b9_7f4a_7c15);
+    (0..count)
+        .map(|i| ExecutableTransaction {
+            hash: Hash::tagged("bench-call", &[&i.to_le_bytes()]),
+            sender: holder(i % senders + 1),
+            sender_key: None,
+            nonce: i / senders,
+            gas_limit: 10_000_000,
+            statements: vec![format!(
+                "CALL transfer('{}', 1)",
+                holder(numbers.next(HOLDERS) + 1)
+            )],
+        })
+        .collect()
+}
+
 fn transfer_calls(c: &mut Criterion) {
     chainql_executor::configure_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -145,6 +172,23 @@ fn transfer_calls(c: &mut Criterion) {
             });
         }
     }
+    group.throughput(Throughput::Elements(FEW_SENDERS_CALLS));
+    group.bench_with_input(
+        BenchmarkId::new("r2", "64_senders"),
+        &few_senders_calls(FEW_SENDERS_CALLS, FEW_SENDERS),
+        |b, block_calls| {
+            b.iter(|| {
+                let (_, receipts) = runtime
+                    .block_on(executor.execute_block(&state, &context, block_calls))
+                    .expect("block");
+                assert!(
+                    receipts.iter().all(|r| r.error.is_empty()),
+                    "{}",
+                    receipts[0].error
+                );
+            });
+        },
+    );
     group.finish();
 }
 

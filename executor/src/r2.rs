@@ -18,10 +18,10 @@
 //! body has anything else (nested calls, a result, subqueries other than point lookups, tables
 //! without a primary key) is not compiled, and its calls run serially.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{OnceCell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chainql::Address;
 use chainql::contract::{Access, ContractStatement, placeholder_position};
@@ -48,13 +48,22 @@ use crate::state::State;
 use crate::table::{RowLocation, Table, check_constraints};
 use crate::{Error, Executor, Result};
 
-/// A contract body compiled for vectorized calls.
+/// A contract body compiled for vectorized calls. It lives for one stretch of a block (the
+/// compiled contracts are made again after a barrier), so what it keeps is planned against
+/// one block's values and one catalog.
 #[derive(Debug)]
 pub(crate) struct VectorContract {
     pub contract: Arc<Contract>,
     pub parameter_types: Vec<DataType>,
     steps: Vec<Step>,
+    /// Physical expressions planned so far, by expression and the columns they were planned
+    /// over: every stage of the stretch evaluates the same expressions over columns of the
+    /// same names and types, and only the first plans them.
+    plans: Mutex<HashMap<PlanKey, Arc<dyn PhysicalExpr>>>,
 }
+
+/// An expression and the (qualified) columns of the frame it is planned over.
+type PlanKey = (Expr, Vec<(Option<TableReference>, Arc<Field>)>);
 
 #[derive(Debug)]
 enum Step {
@@ -608,6 +617,7 @@ pub(crate) fn compile(
         contract: Arc::clone(contract),
         parameter_types,
         steps,
+        plans: Mutex::default(),
     })
 }
 
@@ -706,18 +716,16 @@ impl Frame {
         Ok(physical.evaluate(&batch)?.into_array(self.rows)?)
     }
 
-    /// Evaluates `expr` for every row; a row whose evaluation fails is flagged in the second
-    /// result (its value in the first is null). `None` when the expression cannot be planned
-    /// over these columns at all.
-    fn evaluate(&self, session: &SessionState, expr: &Expr) -> Option<(ArrayRef, Vec<bool>)> {
-        let physical = self.plan(session, expr).ok()?;
-        match self.evaluate_all(&physical) {
+    /// Evaluates `physical` for every row; a row whose evaluation fails is flagged in the
+    /// second result (its value in the first is null).
+    fn evaluate(&self, physical: &Arc<dyn PhysicalExpr>) -> Option<(ArrayRef, Vec<bool>)> {
+        match self.evaluate_all(physical) {
             Ok(values) => Some((values, vec![false; self.rows])),
             Err(_) if self.rows > 0 => {
                 let mut failed = vec![false; self.rows];
                 let mut parts: Vec<Option<ArrayRef>> = Vec::with_capacity(self.rows);
                 for (row, failed) in failed.iter_mut().enumerate() {
-                    match self.slice(row).evaluate_all(&physical) {
+                    match self.slice(row).evaluate_all(physical) {
                         Ok(value) => parts.push(Some(value)),
                         Err(_) => {
                             *failed = true;
@@ -769,8 +777,8 @@ fn truths(values: &ArrayRef) -> Option<Vec<bool>> {
 
 /// The value of a frame's expression, or, when it cannot be planned, the attempt abandoned.
 macro_rules! evaluated {
-    ($frame:expr, $session:expr, $expr:expr) => {
-        match $frame.evaluate($session, $expr) {
+    ($pass:expr, $frame:expr, $expr:expr) => {
+        match $pass.evaluate(&$frame, $expr)? {
             Some(evaluated) => evaluated,
             None => return Ok(Attempt::Abandon),
         }
@@ -837,9 +845,29 @@ struct Writes {
     inserted: Option<RecordBatch>,
 }
 
+/// The session a group's expressions are planned in, made the first time one is not in the
+/// contract's plans (in a stretch's later stages, usually never).
+struct StageSession<'a> {
+    executor: &'a Executor,
+    state: &'a State,
+    block: &'a BlockContext,
+    made: OnceCell<SessionState>,
+}
+
+impl StageSession<'_> {
+    fn get(&self) -> Result<&SessionState> {
+        if let Some(session) = self.made.get() {
+            return Ok(session);
+        }
+        let session = self.executor.stage_session(self.state, self.block)?;
+        Ok(self.made.get_or_init(|| session))
+    }
+}
+
 /// One pass over a group: the calls still in it and what each has done.
 struct Pass<'a> {
-    session: &'a SessionState,
+    session: &'a StageSession<'a>,
+    compiled: &'a VectorContract,
     /// How the row work of a step (key lookups, keying written rows) is shared over threads.
     split: Split,
     calls: &'a [VectorCall],
@@ -865,6 +893,35 @@ struct Pass<'a> {
 type Located = (String, Expr, Vec<Option<RowLocation>>);
 
 impl Pass<'_> {
+    /// Evaluates `expr` over `frame` for every row, as [`Frame::evaluate`]; `None` when the
+    /// expression cannot be planned over these columns at all. The physical expression comes
+    /// from the contract's plans, or is planned and kept there.
+    fn evaluate(&self, frame: &Frame, expr: &Expr) -> Result<Option<(ArrayRef, Vec<bool>)>> {
+        let key: PlanKey = (expr.clone(), frame.fields.clone());
+        let kept = self
+            .compiled
+            .plans
+            .lock()
+            .map_err(|_| Error::Internal("a contract's plans were poisoned".into()))?
+            .get(&key)
+            .cloned();
+        let physical = match kept {
+            Some(physical) => physical,
+            None => match frame.plan(self.session.get()?, expr) {
+                Ok(physical) => {
+                    self.compiled
+                        .plans
+                        .lock()
+                        .map_err(|_| Error::Internal("a contract's plans were poisoned".into()))?
+                        .insert(key, Arc::clone(&physical));
+                    physical
+                }
+                Err(_) => return Ok(None),
+            },
+        };
+        Ok(frame.evaluate(&physical))
+    }
+
     fn frame(&self) -> Frame {
         let mut frame = Frame::new(self.live.len());
         for (n, column) in self.values.iter().enumerate() {
@@ -951,7 +1008,7 @@ impl Pass<'_> {
         {
             return Ok(Attempt::Done(found.clone()));
         }
-        let (keys, mut failing) = evaluated!(frame, self.session, key);
+        let (keys, mut failing) = evaluated!(self, frame, key);
         let definition = table.definition();
         let key_type = &definition.columns[definition.primary_key[0]]
             .column_type
@@ -1033,7 +1090,7 @@ impl Pass<'_> {
                 None => BooleanArray::from(found),
                 Some(filter) => {
                     let chosen = rows_frame.select(&BooleanArray::from(found.clone()))?;
-                    let (matches, failing) = evaluated!(chosen, self.session, filter);
+                    let (matches, failing) = evaluated!(self, chosen, filter);
                     let found_mask = BooleanArray::from(found.clone());
                     if failing.iter().any(|f| *f) {
                         return Ok(Attempt::Failing(spread(&failing, &found_mask)));
@@ -1045,13 +1102,13 @@ impl Pass<'_> {
                 }
             };
             let chosen = rows_frame.select(&selected)?;
-            let (values, failing) = evaluated!(chosen, self.session, &lookup.value);
+            let (values, failing) = evaluated!(self, chosen, &lookup.value);
             if failing.iter().any(|f| *f) {
                 return Ok(Attempt::Failing(spread(&failing, &selected)));
             }
             frame.push(None, &lookup_column(n), scatter(&values, &selected)?);
         }
-        let (values, failing) = evaluated!(frame, self.session, &vectorized.expr);
+        let (values, failing) = evaluated!(self, frame, &vectorized.expr);
         if failing.iter().any(|f| *f) {
             return Ok(Attempt::Failing(failing));
         }
@@ -1073,7 +1130,7 @@ impl Pass<'_> {
         for (i, current) in rows.iter().enumerate() {
             match assignments.iter().find(|(c, _)| *c == i) {
                 Some((_, expr)) => {
-                    let (values, failing) = evaluated!(chosen, self.session, expr);
+                    let (values, failing) = evaluated!(self, chosen, expr);
                     if failing.iter().any(|f| *f) {
                         return Ok(Attempt::Failing(spread(&failing, selected)));
                     }
@@ -1113,7 +1170,7 @@ impl Pass<'_> {
         let selected = match filter {
             None => found.clone(),
             Some(filter) => {
-                let (matches, failing) = evaluated!(frame.select(&found)?, self.session, filter);
+                let (matches, failing) = evaluated!(self, frame.select(&found)?, filter);
                 if failing.iter().any(|f| *f) {
                     return Ok(Attempt::Failing(spread(&failing, &found)));
                 }
@@ -1174,7 +1231,7 @@ impl Pass<'_> {
         for (value, column) in values.iter().zip(&definition.columns) {
             match value {
                 Some(expr) => {
-                    let (values, failing) = evaluated!(frame, self.session, expr);
+                    let (values, failing) = evaluated!(self, frame, expr);
                     if failing.iter().any(|f| *f) {
                         return Ok(Attempt::Failing(failing));
                     }
@@ -1211,8 +1268,7 @@ impl Pass<'_> {
                     let selected = match filter {
                         None => conflicting.clone(),
                         Some(filter) => {
-                            let (matches, failing) =
-                                evaluated!(frame.select(&conflicting)?, self.session, filter);
+                            let (matches, failing) = evaluated!(self, frame.select(&conflicting)?, filter);
                             if failing.iter().any(|f| *f) {
                                 return Ok(Attempt::Failing(spread(&failing, &conflicting)));
                             }
@@ -1375,7 +1431,13 @@ impl Executor {
         compiled: &VectorContract,
         calls: &[VectorCall],
     ) -> Result<Vec<Option<CallSuccess>>> {
-        let session = self.stage_session(working, block)?;
+        let base = working.clone();
+        let session = StageSession {
+            executor: self,
+            state: &base,
+            block,
+            made: OnceCell::new(),
+        };
         let mut excluded = vec![false; calls.len()];
         loop {
             let mut attempt = working.clone();
@@ -1403,16 +1465,17 @@ impl Executor {
                     })
                 })
                 .collect();
-            crate::parallel::drop_elsewhere(session);
+            crate::parallel::drop_elsewhere(session.made.into_inner());
+            crate::parallel::drop_elsewhere(base);
             return Ok(results);
         }
     }
 
     fn pass<'a>(
         &self,
-        session: &'a SessionState,
+        session: &'a StageSession<'a>,
         working: &mut State,
-        compiled: &VectorContract,
+        compiled: &'a VectorContract,
         calls: &'a [VectorCall],
         excluded: &[bool],
     ) -> Result<Pass<'a>> {
@@ -1435,6 +1498,7 @@ impl Executor {
         ));
         let mut pass = Pass {
             session,
+            compiled,
             split: self.row_split,
             calls,
             live,
@@ -1492,3 +1556,123 @@ pub(crate) fn literal_argument(expr: &Expr) -> Option<ScalarValue> {
 
 /// Compiled contracts of one stretch of a block, by name (`None`: not vectorizable).
 pub(crate) type CompiledContracts = BTreeMap<String, Option<Arc<VectorContract>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExecutableTransaction, QueryLimits};
+    use chainql::Hash;
+
+    fn block(state: &State) -> BlockContext {
+        BlockContext {
+            height: state.height() + 1,
+            hash: Hash::ZERO,
+            parent_hash: state.block_hash(),
+            timestamp_ms: 1,
+            transactions_root: Hash::ZERO,
+            state_root: state.root(),
+            proposer: Address([9; 20]),
+            offences: Vec::new(),
+        }
+    }
+
+    fn holder(n: u8) -> Address {
+        Address([n; 20])
+    }
+
+    /// One `transfer(to, 1)` from each of `senders`, each to the holder after it.
+    fn calls(senders: std::ops::Range<u8>) -> Vec<VectorCall> {
+        senders
+            .map(|n| VectorCall {
+                caller: holder(n),
+                transaction: Hash::tagged("r2-plans", &[&[n]]),
+                gas_limit: 1_000_000,
+                args: vec![
+                    ScalarValue::Utf8(Some(holder(n + 1).to_hex())),
+                    ScalarValue::Int64(Some(1)),
+                ],
+            })
+            .collect()
+    }
+
+    /// A later group of a stretch evaluates its expressions with the plans the first one made,
+    /// planning nothing, and writes exactly what a freshly compiled contract writes.
+    #[tokio::test]
+    async fn later_groups_reuse_the_plans_of_the_first() {
+        let owner = Address([1; 20]);
+        let genesis = State::genesis(Hash::ZERO, 0, &[(owner, 0)]).expect("genesis");
+        let executor = Executor::new(1, QueryLimits::default()).expect("executor");
+        let mut statements = vec![
+            "CREATE TABLE tokens (owner TEXT PRIMARY KEY, balance BIGINT NOT NULL)".to_string(),
+            "CREATE CONTRACT transfer(to_addr TEXT, amount BIGINT) AS $$
+               REQUIRE amount > 0, 'amount must be positive';
+               REQUIRE (SELECT balance FROM tokens WHERE owner = CALLER()) >= amount, 'insufficient';
+               UPDATE tokens SET balance = balance - amount WHERE owner = CALLER();
+               INSERT INTO tokens VALUES (to_addr, amount)
+                 ON CONFLICT (owner) DO UPDATE SET balance = tokens.balance + excluded.balance;
+               EMIT transferred(CALLER(), to_addr, amount);
+             $$"
+            .to_string(),
+        ];
+        statements
+            .extend((10..40u8).map(|n| format!("INSERT INTO tokens VALUES ('{}', 100)", holder(n).to_hex())));
+        let setup = ExecutableTransaction {
+            hash: Hash::ZERO,
+            sender: owner,
+            sender_key: None,
+            nonce: 0,
+            gas_limit: 100_000_000,
+            statements,
+        };
+        let (state, receipts) = executor
+            .execute_block(&genesis, &block(&genesis), &[setup])
+            .await
+            .expect("setup");
+        assert!(receipts[0].error.is_empty(), "{}", receipts[0].error);
+        let context = block(&state);
+        let contract = state.contract("transfer").expect("deployed");
+        let session = executor.stage_session(&state, &context).expect("session");
+        let compiled = compile(&state, &session, contract).expect("vectorizable");
+        let planned = |c: &VectorContract| c.plans.lock().expect("plans").len();
+        assert_eq!(planned(&compiled), 0);
+
+        let mut working = state.clone();
+        let first = executor
+            .run_vectorized(&mut working, &context, &compiled, &calls(10..20))
+            .expect("first group");
+        assert!(first.iter().all(Option::is_some));
+        let after_first = planned(&compiled);
+        assert!(after_first > 0, "the first group plans its expressions");
+
+        // The second group, on the state the first left: no new plans.
+        let mut reused = working.clone();
+        let second = executor
+            .run_vectorized(&mut reused, &context, &compiled, &calls(20..30))
+            .expect("second group");
+        assert_eq!(planned(&compiled), after_first, "the second group planned again");
+
+        // The same group through a freshly compiled contract gives the same writes and results.
+        let fresh = compile(&working, &session, contract).expect("vectorizable");
+        let mut planned_afresh = working.clone();
+        let expected = executor
+            .run_vectorized(&mut planned_afresh, &context, &fresh, &calls(20..30))
+            .expect("fresh group");
+        assert_eq!(planned(&fresh), after_first);
+        assert_eq!(
+            format!("{second:?}"),
+            format!("{expected:?}"),
+            "results with kept plans differ"
+        );
+        assert_eq!(
+            reused.compute_root_with(executor.row_split).expect("root"),
+            planned_afresh
+                .compute_root_with(executor.row_split)
+                .expect("root")
+        );
+        assert_ne!(
+            reused.compute_root_with(executor.row_split).expect("root"),
+            working.compute_root_with(executor.row_split).expect("root"),
+            "the second group wrote"
+        );
+    }
+}
