@@ -1431,16 +1431,15 @@ impl Executor {
         compiled: &VectorContract,
         calls: &[VectorCall],
     ) -> Result<Vec<Option<CallSuccess>>> {
-        let base = working.clone();
         let session = StageSession {
             executor: self,
-            state: &base,
+            state: working,
             block,
             made: OnceCell::new(),
         };
         let mut excluded = vec![false; calls.len()];
-        loop {
-            let mut attempt = working.clone();
+        let (attempt, results) = loop {
+            let mut attempt = session.state.clone();
             let pass = self.pass(&session, &mut attempt, compiled, calls, &excluded)?;
             if pass.redo {
                 for (call, failed) in pass.failed.iter().enumerate() {
@@ -1450,14 +1449,13 @@ impl Executor {
                 crate::parallel::drop_elsewhere(attempt);
                 continue;
             }
-            crate::parallel::drop_elsewhere(std::mem::replace(working, attempt));
             let Pass {
                 gas,
                 mut events,
                 failed,
                 ..
             } = pass;
-            let results = (0..calls.len())
+            let results: Vec<_> = (0..calls.len())
                 .map(|c| {
                     (!excluded[c] && !failed[c]).then(|| CallSuccess {
                         gas_used: gas[c],
@@ -1465,10 +1463,11 @@ impl Executor {
                     })
                 })
                 .collect();
-            crate::parallel::drop_elsewhere(session.made.into_inner());
-            crate::parallel::drop_elsewhere(base);
-            return Ok(results);
-        }
+            break (attempt, results);
+        };
+        crate::parallel::drop_elsewhere(session.made.into_inner());
+        crate::parallel::drop_elsewhere(std::mem::replace(working, attempt));
+        Ok(results)
     }
 
     fn pass<'a>(
