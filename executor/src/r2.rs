@@ -45,7 +45,7 @@ use crate::execute::{BlockContext, GAS_PER_ROW_WRITTEN, GAS_PER_STATEMENT, cast_
 use crate::gas::GAS_PER_ROW_READ;
 use crate::parallel::Split;
 use crate::state::State;
-use crate::table::{RowLocation, Table, check_constraints};
+use crate::table::{RowLocation, Table, TableUndo, check_constraints};
 use crate::{Error, Executor, Result};
 
 /// A contract body compiled for vectorized calls. It lives for one stretch of a block (the
@@ -777,8 +777,8 @@ fn truths(values: &ArrayRef) -> Option<Vec<bool>> {
 
 /// The value of a frame's expression, or, when it cannot be planned, the attempt abandoned.
 macro_rules! evaluated {
-    ($pass:expr, $frame:expr, $expr:expr) => {
-        match $pass.evaluate(&$frame, $expr)? {
+    ($pass:expr, $working:expr, $frame:expr, $expr:expr) => {
+        match $pass.evaluate($working, &$frame, $expr)? {
             Some(evaluated) => evaluated,
             None => return Ok(Attempt::Abandon),
         }
@@ -849,17 +849,17 @@ struct Writes {
 /// contract's plans (in a stretch's later stages, usually never).
 struct StageSession<'a> {
     executor: &'a Executor,
-    state: &'a State,
     block: &'a BlockContext,
     made: OnceCell<SessionState>,
 }
 
 impl StageSession<'_> {
-    fn get(&self) -> Result<&SessionState> {
+    /// The session, made over `state` (the group's working state) the first time.
+    fn get(&self, state: &State) -> Result<&SessionState> {
         if let Some(session) = self.made.get() {
             return Ok(session);
         }
-        let session = self.executor.stage_session(self.state, self.block)?;
+        let session = self.executor.stage_session(state, self.block)?;
         Ok(self.made.get_or_init(|| session))
     }
 }
@@ -883,6 +883,8 @@ struct Pass<'a> {
     failed: Vec<bool>,
     /// A call failed after it had written: the pass's writes must be redone without it.
     redo: bool,
+    /// What takes back each write of the pass, by table, in the order written.
+    undo: Vec<(String, TableUndo)>,
     /// Rows `locate` found, by table and key expression, for the live calls as they are: a
     /// later step after the same rows (a `REQUIRE` reads the caller's row, then an `UPDATE`
     /// writes it) finds them here. Forgotten when calls drop out or anything is written.
@@ -896,7 +898,7 @@ impl Pass<'_> {
     /// Evaluates `expr` over `frame` for every row, as [`Frame::evaluate`]; `None` when the
     /// expression cannot be planned over these columns at all. The physical expression comes
     /// from the contract's plans, or is planned and kept there.
-    fn evaluate(&self, frame: &Frame, expr: &Expr) -> Result<Option<(ArrayRef, Vec<bool>)>> {
+    fn evaluate(&self, working: &State, frame: &Frame, expr: &Expr) -> Result<Option<(ArrayRef, Vec<bool>)>> {
         let key: PlanKey = (expr.clone(), frame.fields.clone());
         let kept = self
             .compiled
@@ -907,7 +909,7 @@ impl Pass<'_> {
             .cloned();
         let physical = match kept {
             Some(physical) => physical,
-            None => match frame.plan(self.session.get()?, expr) {
+            None => match frame.plan(self.session.get(working)?, expr) {
                 Ok(physical) => {
                     self.compiled
                         .plans
@@ -999,7 +1001,13 @@ impl Pass<'_> {
     /// Each live call's row of `table` by the key `key` evaluates to. A call whose key is null
     /// or fails to evaluate fails; a key of another type than the key column fails them all (the
     /// serial path would not find it through the index).
-    fn locate(&self, frame: &Frame, table: &Table, key: &Expr) -> Result<Attempt<Vec<Option<RowLocation>>>> {
+    fn locate(
+        &self,
+        working: &State,
+        frame: &Frame,
+        table: &Table,
+        key: &Expr,
+    ) -> Result<Attempt<Vec<Option<RowLocation>>>> {
         if let Some((_, _, found)) = self
             .located
             .borrow()
@@ -1008,7 +1016,7 @@ impl Pass<'_> {
         {
             return Ok(Attempt::Done(found.clone()));
         }
-        let (keys, mut failing) = evaluated!(self, frame, key);
+        let (keys, mut failing) = evaluated!(self, working, frame, key);
         let definition = table.definition();
         let key_type = &definition.columns[definition.primary_key[0]]
             .column_type
@@ -1072,7 +1080,7 @@ impl Pass<'_> {
             let table = working
                 .table(&lookup.target.table)
                 .ok_or_else(|| Error::Internal("a compiled contract's table is gone".into()))?;
-            let locations = match self.locate(&self.frame(), table, &lookup.key)? {
+            let locations = match self.locate(working, &self.frame(), table, &lookup.key)? {
                 Attempt::Done(locations) => locations,
                 Attempt::Failing(failing) => return Ok(Attempt::Failing(failing)),
                 Attempt::Abandon => return Ok(Attempt::Abandon),
@@ -1090,7 +1098,7 @@ impl Pass<'_> {
                 None => BooleanArray::from(found),
                 Some(filter) => {
                     let chosen = rows_frame.select(&BooleanArray::from(found.clone()))?;
-                    let (matches, failing) = evaluated!(self, chosen, filter);
+                    let (matches, failing) = evaluated!(self, working, chosen, filter);
                     let found_mask = BooleanArray::from(found.clone());
                     if failing.iter().any(|f| *f) {
                         return Ok(Attempt::Failing(spread(&failing, &found_mask)));
@@ -1102,13 +1110,13 @@ impl Pass<'_> {
                 }
             };
             let chosen = rows_frame.select(&selected)?;
-            let (values, failing) = evaluated!(self, chosen, &lookup.value);
+            let (values, failing) = evaluated!(self, working, chosen, &lookup.value);
             if failing.iter().any(|f| *f) {
                 return Ok(Attempt::Failing(spread(&failing, &selected)));
             }
             frame.push(None, &lookup_column(n), scatter(&values, &selected)?);
         }
-        let (values, failing) = evaluated!(self, frame, &vectorized.expr);
+        let (values, failing) = evaluated!(self, working, frame, &vectorized.expr);
         if failing.iter().any(|f| *f) {
             return Ok(Attempt::Failing(failing));
         }
@@ -1119,6 +1127,7 @@ impl Pass<'_> {
     /// `assignments` applied where `selected`, checked against the table's constraints.
     fn updated_rows(
         &self,
+        working: &State,
         frame: &Frame,
         definition: &TableDefinition,
         rows: &[ArrayRef],
@@ -1130,7 +1139,7 @@ impl Pass<'_> {
         for (i, current) in rows.iter().enumerate() {
             match assignments.iter().find(|(c, _)| *c == i) {
                 Some((_, expr)) => {
-                    let (values, failing) = evaluated!(self, chosen, expr);
+                    let (values, failing) = evaluated!(self, working, chosen, expr);
                     if failing.iter().any(|f| *f) {
                         return Ok(Attempt::Failing(spread(&failing, selected)));
                     }
@@ -1158,7 +1167,7 @@ impl Pass<'_> {
             .table(&target.table)
             .ok_or_else(|| Error::Internal("a compiled contract's table is gone".into()))?;
         let definition = table.definition();
-        let locations = match self.locate(&self.frame(), table, key)? {
+        let locations = match self.locate(working, &self.frame(), table, key)? {
             Attempt::Done(locations) => locations,
             Attempt::Failing(failing) => return Ok(Attempt::Failing(failing)),
             Attempt::Abandon => return Ok(Attempt::Abandon),
@@ -1170,7 +1179,7 @@ impl Pass<'_> {
         let selected = match filter {
             None => found.clone(),
             Some(filter) => {
-                let (matches, failing) = evaluated!(self, frame.select(&found)?, filter);
+                let (matches, failing) = evaluated!(self, working, frame.select(&found)?, filter);
                 if failing.iter().any(|f| *f) {
                     return Ok(Attempt::Failing(spread(&failing, &found)));
                 }
@@ -1196,7 +1205,7 @@ impl Pass<'_> {
         let inserted = match assignments {
             None => None,
             Some(assignments) => {
-                match self.updated_rows(&frame, definition, &rows, &selected, assignments)? {
+                match self.updated_rows(working, &frame, definition, &rows, &selected, assignments)? {
                     Attempt::Done(columns) => {
                         Some(RecordBatch::try_new(table.storage_schema().clone(), columns)?)
                     }
@@ -1231,7 +1240,7 @@ impl Pass<'_> {
         for (value, column) in values.iter().zip(&definition.columns) {
             match value {
                 Some(expr) => {
-                    let (values, failing) = evaluated!(self, frame, expr);
+                    let (values, failing) = evaluated!(self, working, frame, expr);
                     if failing.iter().any(|f| *f) {
                         return Ok(Attempt::Failing(failing));
                     }
@@ -1268,7 +1277,8 @@ impl Pass<'_> {
                     let selected = match filter {
                         None => conflicting.clone(),
                         Some(filter) => {
-                            let (matches, failing) = evaluated!(self, frame.select(&conflicting)?, filter);
+                            let (matches, failing) =
+                                evaluated!(self, working, frame.select(&conflicting)?, filter);
                             if failing.iter().any(|f| *f) {
                                 return Ok(Attempt::Failing(spread(&failing, &conflicting)));
                             }
@@ -1288,7 +1298,7 @@ impl Pass<'_> {
                             deleted.push(location.expect("a conflicting row exists"));
                         }
                     }
-                    match self.updated_rows(&frame, definition, &current, &selected, assignments)? {
+                    match self.updated_rows(working, &frame, definition, &current, &selected, assignments)? {
                         Attempt::Done(columns) => {
                             inserted.push(RecordBatch::try_new(table.storage_schema().clone(), columns)?)
                         }
@@ -1308,7 +1318,7 @@ impl Pass<'_> {
     }
 
     /// Applies a write step's changes to its table.
-    fn write(&mut self, working: &mut State, table: &str, writes: Writes) -> Result<()> {
+    fn write(&mut self, working: &mut State, name: &str, writes: Writes) -> Result<()> {
         self.located.get_mut().clear();
         self.charge_all(&writes.gas);
         for (live, writes) in writes.writers.iter().enumerate() {
@@ -1319,14 +1329,29 @@ impl Pass<'_> {
         }
         let table = working
             .tables
-            .get_mut(table)
+            .get_mut(name)
             .ok_or_else(|| Error::Internal("a compiled contract's table is gone".into()))?;
         let table = Arc::make_mut(table);
         let inserted = match writes.inserted {
             Some(batch) => batch,
             None => RecordBatch::new_empty(Arc::clone(table.storage_schema())),
         };
-        table.replace(&writes.deleted, inserted, self.split)
+        let undo = table.replace_undoable(&writes.deleted, inserted, self.split)?;
+        self.undo.push((name.to_string(), undo));
+        Ok(())
+    }
+
+    /// Takes back every write of the pass, latest first: `working` is again what the pass
+    /// started from.
+    fn take_back(&mut self, working: &mut State) -> Result<()> {
+        while let Some((name, undo)) = self.undo.pop() {
+            let table = working
+                .tables
+                .get_mut(&name)
+                .ok_or_else(|| Error::Internal("a compiled contract's table is gone".into()))?;
+            Arc::make_mut(table).take_back(undo);
+        }
+        Ok(())
     }
 
     /// Runs one body statement for every live call.
@@ -1433,28 +1458,33 @@ impl Executor {
     ) -> Result<Vec<Option<CallSuccess>>> {
         let session = StageSession {
             executor: self,
-            state: working,
             block,
             made: OnceCell::new(),
         };
         let mut excluded = vec![false; calls.len()];
-        let (attempt, results) = loop {
-            let mut attempt = session.state.clone();
-            let pass = self.pass(&session, &mut attempt, compiled, calls, &excluded)?;
+        // Each pass writes `working` in place and keeps what takes its writes back: a pass
+        // that must be redone, or fails, leaves `working` as it found it.
+        let results = loop {
+            let mut pass = self.pass(&session, compiled, calls, &excluded)?;
+            if let Err(error) = self.run_pass(&mut pass, working, compiled) {
+                pass.take_back(working)?;
+                return Err(error);
+            }
             if pass.redo {
                 for (call, failed) in pass.failed.iter().enumerate() {
                     excluded[call] |= *failed;
                 }
-                drop(pass);
-                crate::parallel::drop_elsewhere(attempt);
+                pass.take_back(working)?;
                 continue;
             }
             let Pass {
                 gas,
                 mut events,
                 failed,
+                undo,
                 ..
             } = pass;
+            crate::parallel::drop_elsewhere(undo);
             let results: Vec<_> = (0..calls.len())
                 .map(|c| {
                     (!excluded[c] && !failed[c]).then(|| CallSuccess {
@@ -1463,17 +1493,16 @@ impl Executor {
                     })
                 })
                 .collect();
-            break (attempt, results);
+            break results;
         };
         crate::parallel::drop_elsewhere(session.made.into_inner());
-        crate::parallel::drop_elsewhere(std::mem::replace(working, attempt));
         Ok(results)
     }
 
+    /// A pass over the calls not `excluded`, before its first step.
     fn pass<'a>(
         &self,
         session: &'a StageSession<'a>,
-        working: &mut State,
         compiled: &'a VectorContract,
         calls: &'a [VectorCall],
         excluded: &[bool],
@@ -1495,7 +1524,7 @@ impl Executor {
         let transaction: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from_iter_values(
             live.iter().map(|&c| calls[c].transaction.to_hex()),
         ));
-        let mut pass = Pass {
+        let pass = Pass {
             session,
             compiled,
             split: self.row_split,
@@ -1510,8 +1539,15 @@ impl Executor {
             wrote: vec![false; calls.len()],
             failed: vec![false; calls.len()],
             redo: false,
+            undo: Vec::new(),
             located: RefCell::default(),
         };
+        Ok(pass)
+    }
+
+    /// Runs the body's steps over the pass's calls, until they are done, none is left, or a
+    /// call that had written failed (`redo`).
+    fn run_pass(&self, pass: &mut Pass<'_>, working: &mut State, compiled: &VectorContract) -> Result<()> {
         let name = &compiled.contract.definition.name;
         for step in &compiled.steps {
             if pass.live.is_empty() {
@@ -1524,7 +1560,7 @@ impl Executor {
                 break;
             }
         }
-        Ok(pass)
+        Ok(())
     }
 }
 

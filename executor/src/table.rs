@@ -113,6 +113,18 @@ pub struct Table {
     grants: BTreeMap<Address, Privileges>,
 }
 
+/// What a table was before a change, to take it back: see [`Table::replace_undoable`].
+#[derive(Debug)]
+pub(crate) struct TableUndo {
+    chunks: BTreeMap<u64, Arc<Chunk>>,
+    next_chunk_id: u64,
+    next_row_id: i64,
+    digest: Option<Hash>,
+    dirty: bool,
+    /// Each touched key and its entry before the change, in the order recorded.
+    entries: Vec<(Key, Option<IndexEntry>)>,
+}
+
 impl Table {
     /// A new, empty table owned by `owner`.
     pub fn new(definition: TableDefinition, owner: Address) -> Table {
@@ -484,6 +496,71 @@ impl Table {
             return self.insert(batch).map(|_| ());
         }
         self.delete_and_insert(deleted, batch, split)
+    }
+
+    /// [`Table::replace`], returning what takes it back ([`Table::take_back`]): the chunk map
+    /// and counters as they were, and the index entry (or its absence) of every key the change
+    /// touches. A refused change leaves the table as it was and returns the error.
+    ///
+    /// R2 writes a group's steps in place with these, instead of on a copy of the state kept
+    /// for a redo: while a copy shares the index, every write copies the nodes it touches.
+    pub(crate) fn replace_undoable(
+        &mut self,
+        deleted: &[RowLocation],
+        batch: RecordBatch,
+        split: Split,
+    ) -> Result<TableUndo> {
+        let mut entries = Vec::with_capacity(deleted.len() + batch.num_rows());
+        for location in deleted {
+            let chunk = self
+                .chunks
+                .get(&location.chunk)
+                .ok_or_else(|| Error::Internal(format!("row {location:?} is not live")))?;
+            let key = encode_key(&chunk.batch, &self.key_columns, location.row as usize)?;
+            let previous = self.index.get(&key).copied();
+            entries.push((key, previous));
+        }
+        for row in 0..batch.num_rows() {
+            let key = encode_key(&batch, &self.key_columns, row)?;
+            let previous = self.index.get(&key).copied();
+            entries.push((key, previous));
+        }
+        let undo = TableUndo {
+            chunks: self.chunks.clone(),
+            next_chunk_id: self.next_chunk_id,
+            next_row_id: self.next_row_id,
+            digest: self.digest,
+            dirty: self.dirty,
+            entries,
+        };
+        match self.replace(deleted, batch, split) {
+            Ok(()) => Ok(undo),
+            Err(error) => {
+                self.take_back(undo);
+                Err(error)
+            }
+        }
+    }
+
+    /// Takes back a change [`Table::replace_undoable`] made, and any made after it that are
+    /// taken back first. The index's changed buckets stay marked: rehashing them gives the
+    /// digests they had.
+    pub(crate) fn take_back(&mut self, undo: TableUndo) {
+        for (key, previous) in undo.entries.into_iter().rev() {
+            match previous {
+                Some(entry) => {
+                    self.index.insert(key, entry);
+                }
+                None => {
+                    self.index.remove(&key);
+                }
+            }
+        }
+        self.chunks = undo.chunks;
+        self.next_chunk_id = undo.next_chunk_id;
+        self.next_row_id = undo.next_row_id;
+        self.digest = undo.digest;
+        self.dirty = undo.dirty;
     }
 
     /// What [`Table::replace`] and [`Table::delete`] share: every location checked before
@@ -910,6 +987,59 @@ mod tests {
             );
         }
         assert!(table.row_count() > 50, "{}", table.row_count());
+    }
+
+    /// Changes taken back, latest first, leave the table as it was: the same rows, index,
+    /// digest and next chunk; a refused change is taken back by itself.
+    #[test]
+    fn changes_taken_back_leave_the_table_as_it_was() {
+        let split = Split {
+            threads: 2,
+            min_per_thread: 1,
+        };
+        let mut table = table();
+        table
+            .insert(rows(&table, &[1, 2, 3], &["a", "b", "c"]))
+            .expect("insert");
+        let digest = table.clone().digest().expect("digest");
+        let scan = |t: &Table| format!("{:?}", t.scan().expect("scan"));
+        let before = scan(&table);
+        let next_chunk = table.next_chunk_id;
+
+        // Key 1 changes value, key 2 goes, key 4 arrives; then key 4 changes and 5 arrives.
+        let first = [
+            table.locate(&key(1)).expect("1"),
+            table.locate(&key(2)).expect("2"),
+        ];
+        let one = table
+            .replace_undoable(&first, rows(&table, &[1, 4], &["A", "d"]), split)
+            .expect("first change");
+        let second = [table.locate(&key(4)).expect("4")];
+        let two = table
+            .replace_undoable(&second, rows(&table, &[4, 5], &["D", "e"]), split)
+            .expect("second change");
+        assert_ne!(table.clone().digest().expect("digest"), digest);
+        assert!(table.locate(&key(2)).is_none());
+
+        // A refused change (key 3 exists) leaves the two before it.
+        let changed = table.clone().digest().expect("digest");
+        let third = [table.locate(&key(5)).expect("5")];
+        table
+            .replace_undoable(&third, rows(&table, &[3], &["x"]), split)
+            .expect_err("duplicate");
+        assert_eq!(table.clone().digest().expect("digest"), changed);
+
+        table.take_back(two);
+        table.take_back(one);
+        assert_eq!(scan(&table), before);
+        assert_eq!(table.clone().digest().expect("digest"), digest);
+        assert_eq!(table.next_chunk_id, next_chunk);
+        assert_eq!(table.row_count(), 3);
+        for k in [1, 2, 3] {
+            let location = table.locate(&key(k)).expect("indexed again");
+            assert!(table.row_at(location).is_some(), "key {k} points at a live row");
+        }
+        assert!(table.locate(&key(4)).is_none() && table.locate(&key(5)).is_none());
     }
 
     /// `replace` equals `delete` then `insert`: same rows, same digest; and a refused one
