@@ -152,6 +152,17 @@ fn transfer_calls(c: &mut Criterion) {
     let hot = HOLDERS / 100;
     let mut group = c.benchmark_group("transfer_calls_over_1m_holders");
     group.sample_size(10);
+    // Runs a block on `state`; every call must succeed.
+    let run = |executor: &Executor, block_calls: &[ExecutableTransaction]| {
+        let (_, receipts) = runtime
+            .block_on(executor.execute_block(&state, &context, block_calls))
+            .expect("block");
+        assert!(
+            receipts.iter().all(|r| r.error.is_empty()),
+            "{}",
+            receipts[0].error
+        );
+    };
     for (path, executor, count) in [("r2", &executor, CALLS), ("serial", &serial, SERIAL_CALLS)] {
         group.throughput(Throughput::Elements(count));
         for (name, block_calls) in [
@@ -159,16 +170,7 @@ fn transfer_calls(c: &mut Criterion) {
             ("hot_1_percent", calls(count, |n| n.next(hot))),
         ] {
             group.bench_with_input(BenchmarkId::new(path, name), &block_calls, |b, block_calls| {
-                b.iter(|| {
-                    let (_, receipts) = runtime
-                        .block_on(executor.execute_block(&state, &context, block_calls))
-                        .expect("block");
-                    assert!(
-                        receipts.iter().all(|r| r.error.is_empty()),
-                        "{}",
-                        receipts[0].error
-                    );
-                });
+                b.iter(|| run(executor, block_calls));
             });
         }
     }
@@ -176,18 +178,7 @@ fn transfer_calls(c: &mut Criterion) {
     group.bench_with_input(
         BenchmarkId::new("r2", "64_senders"),
         &few_senders_calls(FEW_SENDERS_CALLS, FEW_SENDERS),
-        |b, block_calls| {
-            b.iter(|| {
-                let (_, receipts) = runtime
-                    .block_on(executor.execute_block(&state, &context, block_calls))
-                    .expect("block");
-                assert!(
-                    receipts.iter().all(|r| r.error.is_empty()),
-                    "{}",
-                    receipts[0].error
-                );
-            });
-        },
+        |b, block_calls| b.iter(|| run(&executor, block_calls)),
     );
     group.finish();
 }
