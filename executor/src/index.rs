@@ -158,12 +158,27 @@ impl KeyIndex {
     /// it was and returns the refused row first in key order, as inserting the rows one by one
     /// would. Otherwise returns the entries replaced, in key order. The result does not depend
     /// on the number of threads.
+    #[cfg(test)]
     pub fn insert_sorted(
         &mut self,
         rows: Vec<(Key, IndexEntry)>,
         split: Split,
         replaceable: impl Fn(&IndexEntry) -> bool + Sync,
     ) -> Result<Vec<IndexEntry>, IndexEntry> {
+        let mut changed = Vec::new();
+        self.insert_sorted_noting(rows, split, replaceable, &mut changed)?;
+        Ok(changed.into_iter().filter_map(|(_, previous)| previous).collect())
+    }
+
+    /// [`KeyIndex::insert_sorted`], noting in `changed` each key inserted and the entry it had
+    /// (in key order by shard), for taking the insertion back later; a refusal notes nothing.
+    pub fn insert_sorted_noting(
+        &mut self,
+        rows: Vec<(Key, IndexEntry)>,
+        split: Split,
+        replaceable: impl Fn(&IndexEntry) -> bool + Sync,
+        changed: &mut Vec<(Key, Option<IndexEntry>)>,
+    ) -> Result<(), IndexEntry> {
         let count = rows.len();
         let mut by_shard: [Vec<(Key, IndexEntry)>; INDEX_SHARDS] = Default::default();
         for row in rows {
@@ -186,10 +201,10 @@ impl KeyIndex {
             }
             return Err(refused);
         }
-        Ok(results
-            .into_iter()
-            .flat_map(|(_, undo, _)| undo.into_iter().filter_map(|(_, previous)| previous))
-            .collect())
+        for (_, undo, _) in results {
+            changed.extend(undo);
+        }
+        Ok(())
     }
 }
 

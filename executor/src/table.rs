@@ -121,7 +121,7 @@ pub(crate) struct TableUndo {
     next_row_id: i64,
     digest: Option<Hash>,
     dirty: bool,
-    /// Each touched key and its entry before the change, in the order recorded.
+    /// Each index key the change set, and the entry it had before, in the order set.
     entries: Vec<(Key, Option<IndexEntry>)>,
 }
 
@@ -343,7 +343,7 @@ impl Table {
         if rows == 0 {
             return Ok(0);
         }
-        self.add_chunk(batch, &BTreeMap::new(), Split::SERIAL)?;
+        self.add_chunk(batch, &BTreeMap::new(), Split::SERIAL, &mut Vec::new())?;
         self.touch();
         Ok(rows)
     }
@@ -359,6 +359,7 @@ impl Table {
         batch: RecordBatch,
         freed: &BTreeMap<u64, Vec<u32>>,
         split: Split,
+        changed: &mut Vec<(Key, Option<IndexEntry>)>,
     ) -> Result<Vec<RowLocation>> {
         let rows = batch.num_rows();
         if batch.schema().fields() != self.storage_schema.fields() {
@@ -405,10 +406,14 @@ impl Table {
         // in this batch) makes it a duplicate.
         let replaceable =
             |previous: &IndexEntry| previous.location.chunk != chunk && is_freed(&previous.location);
-        let moved = match self.index.insert_sorted(rows, split, replaceable) {
-            Ok(replaced) => replaced.into_iter().map(|entry| entry.location).collect(),
-            Err(refused) => return Err(self.duplicate(&batch, refused.location.row as usize)),
-        };
+        let first = changed.len();
+        if let Err(refused) = self.index.insert_sorted_noting(rows, split, replaceable, changed) {
+            return Err(self.duplicate(&batch, refused.location.row as usize));
+        }
+        let moved = changed[first..]
+            .iter()
+            .filter_map(|(_, previous)| previous.map(|entry| entry.location))
+            .collect();
         self.chunks.insert(chunk, Arc::new(Chunk::new(batch)));
         self.next_chunk_id += 1;
         Ok(moved)
@@ -476,7 +481,7 @@ impl Table {
     /// appears twice, leaving the table unchanged.
     pub fn delete(&mut self, locations: &[RowLocation]) -> Result<usize> {
         let nothing = RecordBatch::new_empty(Arc::clone(&self.storage_schema));
-        self.delete_and_insert(locations, nothing, Split::SERIAL)?;
+        self.delete_and_insert(locations, nothing, Split::SERIAL, &mut Vec::new())?;
         Ok(locations.len())
     }
 
@@ -486,16 +491,32 @@ impl Table {
     /// when a location is not live or repeats, or an inserted key exists (outside the deleted
     /// rows) or repeats.
     /// Rows are keyed and hashed as `split` says.
+    #[cfg(test)]
     pub(crate) fn replace(
         &mut self,
         deleted: &[RowLocation],
         batch: RecordBatch,
         split: Split,
     ) -> Result<()> {
+        self.replace_noting(deleted, batch, split, &mut Vec::new())
+    }
+
+    /// [`Table::replace`], noting in `changed` each index key it changes and the entry it had.
+    fn replace_noting(
+        &mut self,
+        deleted: &[RowLocation],
+        batch: RecordBatch,
+        split: Split,
+        changed: &mut Vec<(Key, Option<IndexEntry>)>,
+    ) -> Result<()> {
         if deleted.is_empty() {
-            return self.insert(batch).map(|_| ());
+            if batch.num_rows() > 0 {
+                self.add_chunk(batch, &BTreeMap::new(), Split::SERIAL, changed)?;
+                self.touch();
+            }
+            return Ok(());
         }
-        self.delete_and_insert(deleted, batch, split)
+        self.delete_and_insert(deleted, batch, split, changed)
     }
 
     /// [`Table::replace`], returning what takes it back ([`Table::take_back`]): the chunk map
@@ -510,30 +531,15 @@ impl Table {
         batch: RecordBatch,
         split: Split,
     ) -> Result<TableUndo> {
-        let mut entries = Vec::with_capacity(deleted.len() + batch.num_rows());
-        for location in deleted {
-            let chunk = self
-                .chunks
-                .get(&location.chunk)
-                .ok_or_else(|| Error::Internal(format!("row {location:?} is not live")))?;
-            let key = encode_key(&chunk.batch, &self.key_columns, location.row as usize)?;
-            let previous = self.index.get(&key).copied();
-            entries.push((key, previous));
-        }
-        for row in 0..batch.num_rows() {
-            let key = encode_key(&batch, &self.key_columns, row)?;
-            let previous = self.index.get(&key).copied();
-            entries.push((key, previous));
-        }
-        let undo = TableUndo {
+        let mut undo = TableUndo {
             chunks: self.chunks.clone(),
             next_chunk_id: self.next_chunk_id,
             next_row_id: self.next_row_id,
             digest: self.digest,
             dirty: self.dirty,
-            entries,
+            entries: Vec::with_capacity(deleted.len() + batch.num_rows()),
         };
-        match self.replace(deleted, batch, split) {
+        match self.replace_noting(deleted, batch, split, &mut undo.entries) {
             Ok(()) => Ok(undo),
             Err(error) => {
                 self.take_back(undo);
@@ -566,7 +572,13 @@ impl Table {
     /// What [`Table::replace`] and [`Table::delete`] share: every location checked before
     /// anything changes, then the batch added (keys of deleted rows may move to it), then the
     /// deleted rows masked out and their unmoved keys taken out of the index.
-    fn delete_and_insert(&mut self, deleted: &[RowLocation], batch: RecordBatch, split: Split) -> Result<()> {
+    fn delete_and_insert(
+        &mut self,
+        deleted: &[RowLocation],
+        batch: RecordBatch,
+        split: Split,
+        changed: &mut Vec<(Key, Option<IndexEntry>)>,
+    ) -> Result<()> {
         let mut by_chunk: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for location in deleted {
             if self.row_at(*location).is_none() {
@@ -581,7 +593,7 @@ impl Table {
             }
         }
         let mut moved = if batch.num_rows() > 0 {
-            self.add_chunk(batch, &by_chunk, split)?
+            self.add_chunk(batch, &by_chunk, split, changed)?
         } else {
             Vec::new()
         };
@@ -596,7 +608,8 @@ impl Table {
                 // A deleted row whose key did not move to an inserted row leaves the index.
                 if moved.binary_search(&location).is_err() {
                     let key = encode_key(&chunk.batch, &self.key_columns, row as usize)?;
-                    self.index.remove(&key);
+                    let previous = self.index.remove(&key);
+                    changed.push((key, previous));
                 }
             }
             self.chunks.insert(
