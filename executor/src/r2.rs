@@ -900,27 +900,22 @@ impl Pass<'_> {
     /// from the contract's plans, or is planned and kept there.
     fn evaluate(&self, working: &State, frame: &Frame, expr: &Expr) -> Result<Option<(ArrayRef, Vec<bool>)>> {
         let key: PlanKey = (expr.clone(), frame.fields.clone());
-        let kept = self
+        let mut plans = self
             .compiled
             .plans
             .lock()
-            .map_err(|_| Error::Internal("a contract's plans were poisoned".into()))?
-            .get(&key)
-            .cloned();
-        let physical = match kept {
-            Some(physical) => physical,
-            None => match frame.plan(self.session.get(working)?, expr) {
-                Ok(physical) => {
-                    self.compiled
-                        .plans
-                        .lock()
-                        .map_err(|_| Error::Internal("a contract's plans were poisoned".into()))?
-                        .insert(key, Arc::clone(&physical));
-                    physical
-                }
-                Err(_) => return Ok(None),
-            },
+            .map_err(|_| Error::Internal("a contract's plans were poisoned".into()))?;
+        let physical = match plans.get(&key) {
+            Some(physical) => Arc::clone(physical),
+            None => {
+                let Ok(physical) = frame.plan(self.session.get(working)?, expr) else {
+                    return Ok(None);
+                };
+                plans.insert(key, Arc::clone(&physical));
+                physical
+            }
         };
+        drop(plans);
         Ok(frame.evaluate(&physical))
     }
 

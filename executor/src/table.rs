@@ -116,13 +116,18 @@ pub struct Table {
 /// What a table was before a change, to take it back: see [`Table::replace_undoable`].
 #[derive(Debug)]
 pub(crate) struct TableUndo {
-    chunks: BTreeMap<u64, Arc<Chunk>>,
     next_chunk_id: u64,
     next_row_id: i64,
     digest: Option<Hash>,
     dirty: bool,
-    /// Each index key the change set, and the entry it had before, in the order set.
-    entries: Vec<(Key, Option<IndexEntry>)>,
+    noted: Noted,
+}
+
+/// What a change set, noted as it sets it, with what was there before, in the order set.
+#[derive(Debug, Default)]
+struct Noted {
+    index: Vec<(Key, Option<IndexEntry>)>,
+    chunks: Vec<(u64, Option<Arc<Chunk>>)>,
 }
 
 impl Table {
@@ -343,8 +348,7 @@ impl Table {
         if rows == 0 {
             return Ok(0);
         }
-        self.add_chunk(batch, &BTreeMap::new(), Split::SERIAL, &mut Vec::new())?;
-        self.touch();
+        self.replace_noting(&[], batch, Split::SERIAL, &mut Noted::default())?;
         Ok(rows)
     }
 
@@ -359,7 +363,7 @@ impl Table {
         batch: RecordBatch,
         freed: &BTreeMap<u64, Vec<u32>>,
         split: Split,
-        changed: &mut Vec<(Key, Option<IndexEntry>)>,
+        noted: &mut Noted,
     ) -> Result<Vec<RowLocation>> {
         let rows = batch.num_rows();
         if batch.schema().fields() != self.storage_schema.fields() {
@@ -406,15 +410,19 @@ impl Table {
         // in this batch) makes it a duplicate.
         let replaceable =
             |previous: &IndexEntry| previous.location.chunk != chunk && is_freed(&previous.location);
-        let first = changed.len();
-        if let Err(refused) = self.index.insert_sorted_noting(rows, split, replaceable, changed) {
+        let first = noted.index.len();
+        if let Err(refused) = self
+            .index
+            .insert_sorted_noting(rows, split, replaceable, &mut noted.index)
+        {
             return Err(self.duplicate(&batch, refused.location.row as usize));
         }
-        let moved = changed[first..]
+        let moved = noted.index[first..]
             .iter()
             .filter_map(|(_, previous)| previous.map(|entry| entry.location))
             .collect();
-        self.chunks.insert(chunk, Arc::new(Chunk::new(batch)));
+        let previous = self.chunks.insert(chunk, Arc::new(Chunk::new(batch)));
+        noted.chunks.push((chunk, previous));
         self.next_chunk_id += 1;
         Ok(moved)
     }
@@ -481,7 +489,7 @@ impl Table {
     /// appears twice, leaving the table unchanged.
     pub fn delete(&mut self, locations: &[RowLocation]) -> Result<usize> {
         let nothing = RecordBatch::new_empty(Arc::clone(&self.storage_schema));
-        self.delete_and_insert(locations, nothing, Split::SERIAL, &mut Vec::new())?;
+        self.delete_and_insert(locations, nothing, Split::SERIAL, &mut Noted::default())?;
         Ok(locations.len())
     }
 
@@ -498,30 +506,31 @@ impl Table {
         batch: RecordBatch,
         split: Split,
     ) -> Result<()> {
-        self.replace_noting(deleted, batch, split, &mut Vec::new())
+        self.replace_noting(deleted, batch, split, &mut Noted::default())
     }
 
-    /// [`Table::replace`], noting in `changed` each index key it changes and the entry it had.
+    /// [`Table::replace`], noting each index entry and chunk it sets, with what was there.
     fn replace_noting(
         &mut self,
         deleted: &[RowLocation],
         batch: RecordBatch,
         split: Split,
-        changed: &mut Vec<(Key, Option<IndexEntry>)>,
+        noted: &mut Noted,
     ) -> Result<()> {
         if deleted.is_empty() {
             if batch.num_rows() > 0 {
-                self.add_chunk(batch, &BTreeMap::new(), Split::SERIAL, changed)?;
+                self.add_chunk(batch, &BTreeMap::new(), Split::SERIAL, noted)?;
                 self.touch();
             }
             return Ok(());
         }
-        self.delete_and_insert(deleted, batch, split, changed)
+        self.delete_and_insert(deleted, batch, split, noted)
     }
 
-    /// [`Table::replace`], returning what takes it back ([`Table::take_back`]): the chunk map
-    /// and counters as they were, and the index entry (or its absence) of every key the change
-    /// touches. A refused change leaves the table as it was and returns the error.
+    /// [`Table::replace`], returning what takes it back ([`Table::take_back`]): the counters as
+    /// they were, and what each index entry and chunk the change set held before (noted as the
+    /// change goes, not looked up first). A refused change leaves the table as it was and
+    /// returns the error.
     ///
     /// R2 writes a group's steps in place with these, instead of on a copy of the state kept
     /// for a redo: while a copy shares the index, every write copies the nodes it touches.
@@ -532,14 +541,13 @@ impl Table {
         split: Split,
     ) -> Result<TableUndo> {
         let mut undo = TableUndo {
-            chunks: self.chunks.clone(),
             next_chunk_id: self.next_chunk_id,
             next_row_id: self.next_row_id,
             digest: self.digest,
             dirty: self.dirty,
-            entries: Vec::with_capacity(deleted.len() + batch.num_rows()),
+            noted: Noted::default(),
         };
-        match self.replace_noting(deleted, batch, split, &mut undo.entries) {
+        match self.replace_noting(deleted, batch, split, &mut undo.noted) {
             Ok(()) => Ok(undo),
             Err(error) => {
                 self.take_back(undo);
@@ -552,17 +560,19 @@ impl Table {
     /// taken back first. The index's changed buckets stay marked: rehashing them gives the
     /// digests they had.
     pub(crate) fn take_back(&mut self, undo: TableUndo) {
-        for (key, previous) in undo.entries.into_iter().rev() {
+        let Noted { index, chunks } = undo.noted;
+        for (key, previous) in index.into_iter().rev() {
             match previous {
-                Some(entry) => {
-                    self.index.insert(key, entry);
-                }
-                None => {
-                    self.index.remove(&key);
-                }
-            }
+                Some(entry) => self.index.insert(key, entry),
+                None => self.index.remove(&key),
+            };
         }
-        self.chunks = undo.chunks;
+        for (id, previous) in chunks.into_iter().rev() {
+            match previous {
+                Some(chunk) => self.chunks.insert(id, chunk),
+                None => self.chunks.remove(&id),
+            };
+        }
         self.next_chunk_id = undo.next_chunk_id;
         self.next_row_id = undo.next_row_id;
         self.digest = undo.digest;
@@ -577,7 +587,7 @@ impl Table {
         deleted: &[RowLocation],
         batch: RecordBatch,
         split: Split,
-        changed: &mut Vec<(Key, Option<IndexEntry>)>,
+        noted: &mut Noted,
     ) -> Result<()> {
         let mut by_chunk: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for location in deleted {
@@ -593,7 +603,7 @@ impl Table {
             }
         }
         let mut moved = if batch.num_rows() > 0 {
-            self.add_chunk(batch, &by_chunk, split, changed)?
+            self.add_chunk(batch, &by_chunk, split, noted)?
         } else {
             Vec::new()
         };
@@ -609,10 +619,10 @@ impl Table {
                 if moved.binary_search(&location).is_err() {
                     let key = encode_key(&chunk.batch, &self.key_columns, row as usize)?;
                     let previous = self.index.remove(&key);
-                    changed.push((key, previous));
+                    noted.index.push((key, previous));
                 }
             }
-            self.chunks.insert(
+            let previous = self.chunks.insert(
                 chunk_id,
                 Arc::new(Chunk {
                     batch: chunk.batch.clone(),
@@ -620,6 +630,7 @@ impl Table {
                     live_rows: chunk.live_rows - rows.len(),
                 }),
             );
+            noted.chunks.push((chunk_id, previous));
         }
         self.touch();
         Ok(())
