@@ -109,9 +109,36 @@ impl KeyIndex {
         self.get(key).is_some()
     }
 
-    /// The entry of `key`, to change its location (not its hash: the bucket is not marked).
-    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut IndexEntry> {
-        self.shards[shard_of(key)].entries.get_mut(key)
+    /// Moves existing entries to new locations (their hashes stay, so no bucket is marked):
+    /// `moves` in key order, each shard's on one of the threads `split` allows, so each shard's
+    /// updates walk its tree from one end to the other. A key without an entry is an error,
+    /// returned after every other move is made (the caller treats the index as broken).
+    pub fn relocate_sorted(&mut self, moves: Vec<(Key, RowLocation)>, split: Split) -> Result<(), Key> {
+        let count = moves.len();
+        let mut by_shard: [Vec<(Key, RowLocation)>; INDEX_SHARDS] = Default::default();
+        for row in moves {
+            by_shard[shard_of(&row.0)].push(row);
+        }
+        let work: Vec<(&mut Shard, Vec<(Key, RowLocation)>)> = self
+            .shards
+            .iter_mut()
+            .zip(by_shard)
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect();
+        let missing = split.map_each(work, count, |(shard, moves)| {
+            let mut missing = None;
+            for (key, location) in moves {
+                match shard.entries.get_mut(&key) {
+                    Some(entry) => entry.location = location,
+                    None => missing = missing.or(Some(key)),
+                }
+            }
+            missing
+        });
+        match missing.into_iter().flatten().next() {
+            Some(key) => Err(key),
+            None => Ok(()),
+        }
     }
 
     pub fn insert(&mut self, key: Key, entry: IndexEntry) -> Option<IndexEntry> {
@@ -312,7 +339,18 @@ mod tests {
         assert_eq!(index.take_stale(), vec![5, 300, 4095]);
         assert!(index.take_stale().is_empty());
         index.remove(&key(300, 1));
-        let _ = index.get_mut(&key(5, 1)).expect("present");
+        // A move changes no hash, so it marks nothing; a key without an entry is refused.
+        index
+            .relocate_sorted(vec![(key(5, 1), RowLocation { chunk: 7, row: 3 })], Split::SERIAL)
+            .expect("present");
+        assert_eq!(
+            index.get(&key(5, 1)).map(|e| e.location),
+            Some(RowLocation { chunk: 7, row: 3 })
+        );
+        assert_eq!(
+            index.relocate_sorted(vec![(key(6, 1), RowLocation { chunk: 7, row: 4 })], Split::SERIAL),
+            Err(key(6, 1))
+        );
         assert_eq!(index.take_stale(), vec![300]);
         assert_eq!(index.len(), 2);
         assert_eq!(index.bucket(5).count(), 1);

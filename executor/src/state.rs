@@ -210,7 +210,7 @@ impl State {
         let mut table_leaves = Vec::with_capacity(self.tables.len());
         for (name, table) in self.tables.iter_mut() {
             if table.is_dirty() {
-                Arc::make_mut(table).compact()?;
+                Arc::make_mut(table).compact_with(split)?;
             }
             let digest = match table.cached_digest() {
                 Some(digest) => digest,

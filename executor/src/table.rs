@@ -643,7 +643,14 @@ impl Table {
 
     /// Rewrites chunks that are small or mostly deleted into full ones, so the number of chunks
     /// stays proportional to the number of rows. Deterministic: it depends only on the table.
+    #[cfg(test)]
     pub fn compact(&mut self) -> Result<()> {
+        self.compact_with(Split::SERIAL)
+    }
+
+    /// [`Table::compact`], the moved rows keyed as `split` says and their index entries moved in
+    /// key order, shard by shard on its threads. The result does not depend on the threads.
+    pub(crate) fn compact_with(&mut self, split: Split) -> Result<()> {
         self.dirty = false;
         let candidates: Vec<u64> = self
             .chunks
@@ -667,28 +674,38 @@ impl Table {
             return Ok(());
         }
         let merged = concat_batches(&self.storage_schema, &live)?;
+        // Row `r` of `merged` goes to chunk `first + r / CHUNK_ROWS`, row `r % CHUNK_ROWS`.
+        let first = self.next_chunk_id;
+        let key_columns = &self.key_columns;
+        let mut moves = split.map(merged.num_rows(), |range| {
+            range
+                .map(|r| {
+                    let location = RowLocation {
+                        chunk: first + (r / CHUNK_ROWS) as u64,
+                        row: (r % CHUNK_ROWS) as u32,
+                    };
+                    Ok((encode_key(&merged, key_columns, r)?, location))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        if split.threads > 1 && moves.len() >= 2 * split.min_per_thread {
+            use rayon::slice::ParallelSliceMut;
+            moves.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        } else {
+            moves.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        if self.index.relocate_sorted(moves, split).is_err() {
+            return Err(Error::Internal(
+                "a compacted row is missing from the index".into(),
+            ));
+        }
         let mut offset = 0;
         while offset < merged.num_rows() {
             let length = CHUNK_ROWS.min(merged.num_rows() - offset);
-            let batch = merged.slice(offset, length);
             let chunk_id = self.next_chunk_id;
             self.next_chunk_id += 1;
-            for row in 0..length {
-                let key = encode_key(&batch, &self.key_columns, row)?;
-                let location = RowLocation {
-                    chunk: chunk_id,
-                    row: row as u32,
-                };
-                match self.index.get_mut(&key) {
-                    Some(entry) => entry.location = location,
-                    None => {
-                        return Err(Error::Internal(
-                            "a compacted row is missing from the index".into(),
-                        ));
-                    }
-                }
-            }
-            self.chunks.insert(chunk_id, Arc::new(Chunk::new(batch)));
+            self.chunks
+                .insert(chunk_id, Arc::new(Chunk::new(merged.slice(offset, length))));
             offset += length;
         }
         Ok(())
@@ -1011,6 +1028,69 @@ mod tests {
             );
         }
         assert!(table.row_count() > 50, "{}", table.row_count());
+    }
+
+    /// Compaction moves the same rows to the same places on any number of threads, and every
+    /// index entry then points at its own row.
+    #[test]
+    fn compaction_is_the_same_on_any_number_of_threads() {
+        let mut table = table();
+        // Many small chunks, some rows of each deleted.
+        for round in 0..40i64 {
+            let keys: Vec<i64> = (0..30).map(|n| round * 1_000 + n * 7).collect();
+            let values: Vec<String> = keys.iter().map(|k| format!("v{k}")).collect();
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            table.insert(rows(&table, &keys, &values)).expect("insert");
+            let gone: Vec<RowLocation> = keys
+                .iter()
+                .step_by(3)
+                .map(|k| table.locate(&key(*k)).expect("present"))
+                .collect();
+            table.delete(&gone).expect("delete");
+        }
+        let layout = |t: &Table| {
+            let (chunks, next) = t.layout();
+            let chunks: Vec<(u64, RecordBatch, Vec<bool>)> = chunks
+                .map(|(id, batch, live)| (id, batch.clone(), live.iter().collect()))
+                .collect();
+            (chunks, next)
+        };
+        let mut serial = table.clone();
+        serial.compact_with(Split::SERIAL).expect("compact");
+        assert!(serial.chunk_count() < table.chunk_count());
+        for threads in [2, 3, 8] {
+            let mut parallel = table.clone();
+            parallel
+                .compact_with(Split {
+                    threads,
+                    min_per_thread: 1,
+                })
+                .expect("compact");
+            assert_eq!(layout(&parallel), layout(&serial), "{threads} threads");
+        }
+        for batch in serial.scan_with_positions().expect("scan") {
+            let keys = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("keys");
+            let positions = batch
+                .column(batch.num_columns() - 1)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .expect("positions");
+            for row in 0..batch.num_rows() {
+                assert_eq!(
+                    serial.locate(&key(keys.value(row))),
+                    Some(RowLocation::unpack(positions.value(row)))
+                );
+            }
+        }
+        assert_eq!(serial.row_count(), 40 * 20);
+        assert_eq!(
+            serial.clone().digest().expect("digest"),
+            table.clone().digest().expect("digest")
+        );
     }
 
     /// Changes taken back, latest first, leave the table as it was: the same rows, index,
