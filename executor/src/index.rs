@@ -109,23 +109,26 @@ impl KeyIndex {
         self.get(key).is_some()
     }
 
+    /// Each shard that `rows` (in key order) reach, with its rows, still in key order.
+    fn by_shard<T>(&mut self, rows: Vec<(Key, T)>) -> Vec<(&mut Shard, Vec<(Key, T)>)> {
+        let mut by_shard: [Vec<(Key, T)>; INDEX_SHARDS] = Default::default();
+        for row in rows {
+            by_shard[shard_of(&row.0)].push(row);
+        }
+        self.shards
+            .iter_mut()
+            .zip(by_shard)
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect()
+    }
+
     /// Moves existing entries to new locations (their hashes stay, so no bucket is marked):
     /// `moves` in key order, each shard's on one of the threads `split` allows, so each shard's
     /// updates walk its tree from one end to the other. A key without an entry is an error,
     /// returned after every other move is made (the caller treats the index as broken).
     pub fn relocate_sorted(&mut self, moves: Vec<(Key, RowLocation)>, split: Split) -> Result<(), Key> {
         let count = moves.len();
-        let mut by_shard: [Vec<(Key, RowLocation)>; INDEX_SHARDS] = Default::default();
-        for row in moves {
-            by_shard[shard_of(&row.0)].push(row);
-        }
-        let work: Vec<(&mut Shard, Vec<(Key, RowLocation)>)> = self
-            .shards
-            .iter_mut()
-            .zip(by_shard)
-            .filter(|(_, rows)| !rows.is_empty())
-            .collect();
-        let missing = split.map_each(work, count, |(shard, moves)| {
+        let missing = split.map_each(self.by_shard(moves), count, |(shard, moves)| {
             let mut missing = None;
             for (key, location) in moves {
                 match shard.entries.get_mut(&key) {
@@ -207,17 +210,7 @@ impl KeyIndex {
         changed: &mut Vec<(Key, Option<IndexEntry>)>,
     ) -> Result<(), IndexEntry> {
         let count = rows.len();
-        let mut by_shard: [Vec<(Key, IndexEntry)>; INDEX_SHARDS] = Default::default();
-        for row in rows {
-            by_shard[shard_of(&row.0)].push(row);
-        }
-        let work: Vec<(&mut Shard, Vec<(Key, IndexEntry)>)> = self
-            .shards
-            .iter_mut()
-            .zip(by_shard)
-            .filter(|(_, rows)| !rows.is_empty())
-            .collect();
-        let results = split.map_each(work, count, |(shard, rows)| {
+        let results = split.map_each(self.by_shard(rows), count, |(shard, rows)| {
             let (undo, refused) = shard.insert_all(rows, &replaceable);
             (shard, undo, refused)
         });
