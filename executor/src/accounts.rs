@@ -106,10 +106,11 @@ impl Accounts {
             ..split
         };
         let leaves = split.map(stale.len(), |range| {
+            let mut bytes = Vec::new();
             Ok::<_, Error>(
                 stale[range]
                     .iter()
-                    .map(|&bucket| (bucket, bucket_leaf(map, bucket)))
+                    .map(|&bucket| (bucket, bucket_leaf(map, bucket, &mut bytes)))
                     .collect(),
             )
         })?;
@@ -125,24 +126,23 @@ impl Accounts {
 }
 
 /// The leaf of `bucket`: its number and its accounts (address, balance and nonce, the numbers
-/// little-endian) in address order; `None` when it holds no account.
-fn bucket_leaf(map: &imbl::OrdMap<Address, Account>, bucket: usize) -> Option<Hash> {
+/// little-endian) in address order; `None` when it holds no account. The accounts are encoded
+/// into `bytes` (cleared first) and hashed in one call, so blake3 hashes whole chunks side by side.
+fn bucket_leaf(map: &imbl::OrdMap<Address, Account>, bucket: usize, bytes: &mut Vec<u8>) -> Option<Hash> {
     let end = match bucket + 1 {
         BUCKETS => Bound::Unbounded,
         next => Bound::Excluded(bucket_start(next)),
     };
-    let mut accounts = blake3::Hasher::new();
-    let mut empty = true;
+    bytes.clear();
     for (address, account) in map.range((Bound::Included(bucket_start(bucket)), end)) {
-        accounts.update(&address.0);
-        accounts.update(&account.balance.to_le_bytes());
-        accounts.update(&account.nonce.to_le_bytes());
-        empty = false;
+        bytes.extend_from_slice(&address.0);
+        bytes.extend_from_slice(&account.balance.to_le_bytes());
+        bytes.extend_from_slice(&account.nonce.to_le_bytes());
     }
-    (!empty).then(|| {
+    (!bytes.is_empty()).then(|| {
         Hash::tagged(
             "chainql/account-bucket/v1",
-            &[&(bucket as u16).to_be_bytes(), accounts.finalize().as_bytes()],
+            &[&(bucket as u16).to_be_bytes(), blake3::hash(bytes).as_bytes()],
         )
     })
 }

@@ -810,20 +810,21 @@ impl Table {
         let stale = self.index.take_stale();
         let index = &self.index;
         let leaves = split.map(stale.len(), |range| {
+            // A bucket's row hashes are gathered and hashed in one call, which lets blake3 hash
+            // its 1 KiB chunks side by side (SIMD) rather than one 32-byte update at a time.
+            let mut rows = Vec::new();
             Ok::<_, Error>(
                 stale[range]
                     .iter()
                     .map(|&bucket| {
-                        let mut rows = blake3::Hasher::new();
-                        let mut empty = true;
+                        rows.clear();
                         for entry in index.bucket(bucket) {
-                            rows.update(entry.hash.as_bytes());
-                            empty = false;
+                            rows.extend_from_slice(entry.hash.as_bytes());
                         }
-                        let leaf = (!empty).then(|| {
+                        let leaf = (!rows.is_empty()).then(|| {
                             Hash::tagged(
                                 "chainql/bucket/v1",
-                                &[&bucket.to_be_bytes(), rows.finalize().as_bytes()],
+                                &[&bucket.to_be_bytes(), blake3::hash(&rows).as_bytes()],
                             )
                         });
                         (bucket, leaf)

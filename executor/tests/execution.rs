@@ -241,3 +241,51 @@ async fn fees_move_to_the_proposer_and_an_unfunded_sender_pays_nothing() {
     assert_eq!(state.account(&poor).balance, 0);
     assert!(state.table("u").is_none());
 }
+
+/// The state root is what validators agree on: its value for a fixed history is pinned here, so
+/// any change to how rows, buckets, accounts or tables are encoded and hashed fails this test
+/// first (and has to come with a new state-root domain). The table is large enough, and forty
+/// accounts share one bucket, so that bucket leaves hash more than one 1 KiB blake3 chunk.
+#[tokio::test]
+async fn the_state_root_of_a_fixed_history_is_pinned() {
+    let executor = Executor::new(2, QueryLimits::default()).expect("executor");
+    let mut balances = vec![(alice(), 1_000_000)];
+    for n in 0..40u8 {
+        let mut bytes = [n; 20];
+        bytes[..2].copy_from_slice(&[0x12, 0x30 | (n % 16)]);
+        balances.push((Address(bytes), 1_000 + n as u64));
+    }
+    let genesis = State::genesis(Hash::ZERO, 0, &balances).expect("genesis");
+    let transactions = [
+        transaction(
+            0,
+            &["CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT, score DOUBLE, ok BOOLEAN)"],
+        ),
+        ExecutableTransaction {
+            gas_limit: 100_000_000,
+            ..transaction(
+                1,
+                &["INSERT INTO t SELECT value, 'n' || value, value / 7.0, \
+                   CASE WHEN value % 5 = 0 THEN NULL ELSE value % 2 = 0 END \
+                   FROM generate_series(1, 150000)"],
+            )
+        },
+        transaction(
+            2,
+            &[
+                "DELETE FROM t WHERE id % 11 = 0",
+                "UPDATE t SET name = NULL WHERE id < 50",
+            ],
+        ),
+    ];
+    let (state, receipts) = executor
+        .execute_block(&genesis, &block(&genesis, 1), &transactions)
+        .await
+        .expect("block");
+    assert!(receipts.iter().all(|r| r.error.is_empty()), "{receipts:?}");
+    assert_eq!(
+        state.root().to_hex(),
+        "0xa348f4d3c989d93c94e0d538190db5af904d3fb174b41c0e288166bb3010956e",
+        "the state root changed: a change of encoding needs a new state-root domain"
+    );
+}
