@@ -56,14 +56,15 @@ pub(crate) struct VectorContract {
     pub contract: Arc<Contract>,
     pub parameter_types: Vec<DataType>,
     steps: Vec<Step>,
-    /// Physical expressions planned so far, by expression and the columns they were planned
-    /// over: every stage of the stretch evaluates the same expressions over columns of the
-    /// same names and types, and only the first plans them.
-    plans: Mutex<HashMap<PlanKey, Arc<dyn PhysicalExpr>>>,
+    /// Physical expressions planned so far, by expression and then by the columns they were
+    /// planned over: every stage of the stretch evaluates the same expressions over columns of
+    /// the same names and types, and only the first plans them. Looking one up borrows the
+    /// expression and the frame's columns; only planning copies them.
+    plans: Mutex<HashMap<Expr, Vec<(FrameFields, Arc<dyn PhysicalExpr>)>>>,
 }
 
-/// An expression and the (qualified) columns of the frame it is planned over.
-type PlanKey = (Expr, Vec<(Option<TableReference>, Arc<Field>)>);
+/// The (qualified) columns of a frame.
+type FrameFields = Vec<(Option<TableReference>, Arc<Field>)>;
 
 #[derive(Debug)]
 enum Step {
@@ -640,7 +641,7 @@ pub(crate) struct CallSuccess {
 
 /// Columns over the live calls of a batch, each qualified or not, with a DataFusion schema.
 struct Frame {
-    fields: Vec<(Option<TableReference>, Arc<Field>)>,
+    fields: FrameFields,
     columns: Vec<ArrayRef>,
     rows: usize,
 }
@@ -899,19 +900,24 @@ impl Pass<'_> {
     /// expression cannot be planned over these columns at all. The physical expression comes
     /// from the contract's plans, or is planned and kept there.
     fn evaluate(&self, working: &State, frame: &Frame, expr: &Expr) -> Result<Option<(ArrayRef, Vec<bool>)>> {
-        let key: PlanKey = (expr.clone(), frame.fields.clone());
         let mut plans = self
             .compiled
             .plans
             .lock()
             .map_err(|_| Error::Internal("a contract's plans were poisoned".into()))?;
-        let physical = match plans.get(&key) {
-            Some(physical) => Arc::clone(physical),
+        let planned = plans
+            .get(expr)
+            .and_then(|by_fields| by_fields.iter().find(|(fields, _)| *fields == frame.fields));
+        let physical = match planned {
+            Some((_, physical)) => Arc::clone(physical),
             None => {
                 let Ok(physical) = frame.plan(self.session.get(working)?, expr) else {
                     return Ok(None);
                 };
-                plans.insert(key, Arc::clone(&physical));
+                plans
+                    .entry(expr.clone())
+                    .or_default()
+                    .push((frame.fields.clone(), Arc::clone(&physical)));
                 physical
             }
         };
@@ -1663,7 +1669,14 @@ mod tests {
         let contract = state.contract("transfer").expect("deployed");
         let session = executor.stage_session(&state, &context).expect("session");
         let compiled = compile(&state, &session, contract).expect("vectorizable");
-        let planned = |c: &VectorContract| c.plans.lock().expect("plans").len();
+        let planned = |c: &VectorContract| {
+            c.plans
+                .lock()
+                .expect("plans")
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+        };
         assert_eq!(planned(&compiled), 0);
 
         let mut working = state.clone();
